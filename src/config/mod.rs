@@ -1,0 +1,570 @@
+//! Typed configuration: the embedded default, file loading, CLI overrides and
+//! `validate()`, which names the key that is wrong and why.
+//!
+//! `default.toml` is the one source of default values. A user's file is merged
+//! over it key by key (tables recursively), except `advertisers` and
+//! `event_types`, which a file replaces whole when it names them: an operator
+//! who lists their own event types does not want the defaults mixed in.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use schema::{EventTypeConfig, Format, ParamSpec};
+
+/// The embedded default configuration, as shipped.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// A configuration that could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    /// A key is unknown or has a value of the wrong type.
+    #[error("{origin}: key `{key}`: {message}")]
+    Key {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    /// A key has a well-typed value that makes no sense.
+    #[error("key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node name in every event id; empty means the hostname.
+    pub node_id: String,
+    /// Root of everything the node writes.
+    pub data_dir: PathBuf,
+    /// Listeners, workers, limits and timeouts.
+    pub server: ServerConfig,
+    /// IP and do-not-track handling.
+    pub privacy: PrivacyConfig,
+    /// Names of the parameters with a meaning of their own.
+    pub params: ParamNames,
+    /// The event type each route implies when `ev` is absent.
+    pub routes: RouteEvents,
+    /// Where advertiser catalogs live and how often they are re-read.
+    pub catalogs: CatalogConfig,
+    /// How the interim event log is flushed.
+    pub sink: SinkConfig,
+    /// Known advertisers and their redirect policy.
+    pub advertisers: BTreeMap<String, AdvertiserConfig>,
+    /// Event types and their schemas.
+    pub event_types: BTreeMap<String, EventTypeConfig>,
+}
+
+/// Listeners, workers, limits and timeouts of `trackplane serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public data port.
+    pub listen: SocketAddr,
+    /// Admin port: metrics, health, views. Never the public port.
+    pub admin_listen: SocketAddr,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// I/O driver: auto, uring or epoll.
+    pub driver: Driver,
+    /// Open connections one worker accepts before refusing more.
+    pub max_connections_per_worker: usize,
+    /// Longest request line (method, target, version); longer gets 414.
+    pub max_request_line_bytes: usize,
+    /// Longest request head (line and headers); longer gets 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Most query or form parameters in one event; more gets 400.
+    pub max_params: usize,
+    /// Time allowed to receive a whole request head; slower gets 408.
+    pub header_timeout_ms: u64,
+    /// Time allowed between two reads of a body; slower gets 408.
+    pub body_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout_ms: u64,
+    /// Bytes of each worker's hand-off ring to the event log.
+    pub ring_bytes: usize,
+}
+
+/// The I/O driver a worker runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    /// io_uring only; refuse to start without it.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+/// IP and do-not-track handling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// What is kept of the client's address.
+    pub ip: IpPolicy,
+    /// What a `DNT: 1` or `Sec-GPC: 1` request does.
+    pub dnt: DntPolicy,
+}
+
+/// What is kept of the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpPolicy {
+    /// IPv4 to /24, IPv6 to /48.
+    Truncate,
+    /// Nothing.
+    Drop,
+    /// The whole address.
+    Full,
+}
+
+/// What a request that asks not to be tracked does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DntPolicy {
+    /// Recorded like any other.
+    Ignore,
+    /// Recorded without ip, user agent or user id.
+    Anonymize,
+    /// Answered, counted, not recorded.
+    Drop,
+}
+
+/// Names of the parameters with a meaning of their own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamNames {
+    /// Advertiser id.
+    pub advertiser: String,
+    /// Event type.
+    pub event_type: String,
+    /// Product ids, comma-separated.
+    pub products: String,
+    /// User id.
+    pub user: String,
+    /// Click target.
+    pub redirect: String,
+    /// HMAC-SHA256 of the click target, hex, for signed links.
+    pub signature: String,
+}
+
+/// The event type each route implies when the event-type parameter is absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEvents {
+    /// `GET /i`.
+    pub pixel_event: String,
+    /// `GET /c`.
+    pub click_event: String,
+    /// `GET|POST /e` and `/batch` items.
+    pub beacon_event: String,
+}
+
+/// Where advertiser catalogs live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Catalog directory; empty means `<data_dir>/catalogs`.
+    pub dir: PathBuf,
+    /// How often the directory is checked for changed files.
+    pub reload_interval_ms: u64,
+}
+
+/// How the interim event log is flushed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Events reach the file at most this long after they were answered.
+    pub flush_interval_ms: u64,
+}
+
+/// One advertiser's policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdvertiserConfig {
+    /// Hosts clicks may redirect to: `shop.com` (exactly) or `*.shop.com`
+    /// (any subdomain, and shop.com itself).
+    pub redirect_hosts: Vec<String>,
+    /// Key for HMAC-SHA256-signed click targets; empty disables signed links.
+    pub redirect_signing_key: String,
+}
+
+/// Command-line overrides, applied after the file and before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `--driver`.
+    pub driver: Option<Driver>,
+}
+
+impl Config {
+    /// The embedded default.
+    pub fn embedded() -> Config {
+        Self::from_toml_str(DEFAULT_TOML, "embedded default")
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Loads a file merged over the embedded default, and validates it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text merged over the embedded default, and validates it.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let syntax = |origin: &str, e: toml::de::Error| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        };
+        let mut merged: toml::Table =
+            toml::from_str(DEFAULT_TOML).map_err(|e| syntax("embedded default", e))?;
+        let user: toml::Table = toml::from_str(text).map_err(|e| syntax(origin, e))?;
+        merge(&mut merged, user, true);
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+                ConfigError::Key {
+                    origin: origin.to_owned(),
+                    key: e.path().to_string(),
+                    message: e.into_inner().to_string().trim_end().to_owned(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies command-line overrides and validates again.
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(a) = o.listen {
+            self.server.listen = a;
+        }
+        if let Some(a) = o.admin_listen {
+            self.server.admin_listen = a;
+        }
+        if let Some(d) = &o.data_dir {
+            self.data_dir = d.clone();
+        }
+        if let Some(w) = o.workers {
+            self.server.workers = w;
+        }
+        if let Some(d) = o.driver {
+            self.server.driver = d;
+        }
+        self.validate()
+    }
+
+    /// Checks what types alone can't: names, ranges, references between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen == s.admin_listen && s.listen.port() != 0 {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen: the admin port is never the public one",
+            ));
+        }
+        let positive = [
+            (
+                "server.max_connections_per_worker",
+                s.max_connections_per_worker,
+            ),
+            ("server.max_request_line_bytes", s.max_request_line_bytes),
+            ("server.max_headers", s.max_headers),
+            ("server.max_params", s.max_params),
+            ("server.header_timeout_ms", s.header_timeout_ms as usize),
+            ("server.body_timeout_ms", s.body_timeout_ms as usize),
+            ("server.idle_timeout_ms", s.idle_timeout_ms as usize),
+            (
+                "catalogs.reload_interval_ms",
+                self.catalogs.reload_interval_ms as usize,
+            ),
+            (
+                "sink.flush_interval_ms",
+                self.sink.flush_interval_ms as usize,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if s.max_header_bytes < s.max_request_line_bytes {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be at least server.max_request_line_bytes",
+            ));
+        }
+        if s.max_headers > 1024 {
+            return Err(invalid("server.max_headers", "must be at most 1024"));
+        }
+        if s.max_params > 1024 {
+            return Err(invalid("server.max_params", "must be at most 1024"));
+        }
+        if !s.ring_bytes.is_power_of_two() || s.ring_bytes < 65536 {
+            return Err(invalid(
+                "server.ring_bytes",
+                "must be a power of two of at least 65536",
+            ));
+        }
+        if !self.node_id.is_empty() && !valid_name(&self.node_id) {
+            return Err(invalid(
+                "node_id",
+                "must be letters, digits, '.', '_' or '-', at most 64 bytes",
+            ));
+        }
+        let p = &self.params;
+        let names = [
+            ("params.advertiser", &p.advertiser),
+            ("params.event_type", &p.event_type),
+            ("params.products", &p.products),
+            ("params.user", &p.user),
+            ("params.redirect", &p.redirect),
+            ("params.signature", &p.signature),
+        ];
+        for (key, name) in names {
+            if !valid_name(name) {
+                return Err(invalid(key, "must be a non-empty parameter name"));
+            }
+        }
+        for (name, ev) in &self.event_types {
+            if !valid_name(name) {
+                return Err(invalid(
+                    format!("event_types.{name}"),
+                    "is not a valid event type name",
+                ));
+            }
+            ev.validate(&format!("event_types.{name}"))
+                .map_err(|(key, why)| invalid(key, why))?;
+        }
+        for (key, event) in [
+            ("routes.pixel_event", &self.routes.pixel_event),
+            ("routes.click_event", &self.routes.click_event),
+            ("routes.beacon_event", &self.routes.beacon_event),
+        ] {
+            if !self.event_types.contains_key(event) {
+                return Err(invalid(
+                    key,
+                    format!("names `{event}`, which is not in event_types"),
+                ));
+            }
+        }
+        for (name, adv) in &self.advertisers {
+            if !valid_name(name) {
+                return Err(invalid(
+                    format!("advertisers.{name}"),
+                    "is not a valid advertiser id",
+                ));
+            }
+            for (i, host) in adv.redirect_hosts.iter().enumerate() {
+                if let Err(why) = crate::audit::redirect::HostRule::parse(host) {
+                    return Err(invalid(
+                        format!("advertisers.{name}.redirect_hosts[{i}]"),
+                        why,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalog directory, resolved against the data directory.
+    pub fn catalog_dir(&self) -> PathBuf {
+        if self.catalogs.dir.as_os_str().is_empty() {
+            self.data_dir.join("catalogs")
+        } else {
+            self.catalogs.dir.clone()
+        }
+    }
+
+    /// The node id, with the hostname standing in for an empty one.
+    pub fn node(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = hostname();
+        let clean: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        if clean.is_empty() {
+            "node".to_owned()
+        } else {
+            clean
+        }
+    }
+}
+
+/// Names of advertisers, event types, parameters and nodes: printable ASCII
+/// without JSON or URL metacharacters, so they go into records unescaped.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Merges `over` into `base`: tables recursively, everything else replaced.
+/// At the top level, `advertisers` and `event_types` are replaced whole.
+fn merge(base: &mut toml::Table, over: toml::Table, top: bool) {
+    for (key, value) in over {
+        let whole = top && (key == "advertisers" || key == "event_types");
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !whole => merge(b, o, false),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml_str(text, "test.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn embedded_default_has_the_documented_values() {
+        let c = Config::embedded();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        for t in [
+            "impression",
+            "click",
+            "page_view",
+            "view_item",
+            "add_to_cart",
+            "purchase",
+        ] {
+            assert!(c.event_types.contains_key(t), "{t}");
+        }
+        let p = &c.event_types["purchase"];
+        assert_eq!(p.required, ["order_id", "value", "currency", "pid"]);
+        assert_eq!(p.params["value"].format, Format::Decimal);
+        assert_eq!(p.params["currency"].format, Format::Currency);
+        assert!(p.params["pid"].list);
+        assert_eq!(c.catalog_dir(), PathBuf::from("./data/catalogs"));
+    }
+
+    #[test]
+    fn a_file_overrides_single_keys_and_keeps_the_rest() {
+        let c = Config::from_toml_str("[server]\nworkers = 3\n", "t").unwrap();
+        assert_eq!(c.server.workers, 3);
+        assert_eq!(c.server.max_body_bytes, 1048576);
+        assert!(c.event_types.contains_key("purchase"));
+    }
+
+    #[test]
+    fn event_types_in_a_file_replace_the_defaults_whole() {
+        let text =
+            "[routes]\npixel_event='x'\nclick_event='x'\nbeacon_event='x'\n[event_types.x]\n";
+        let c = Config::from_toml_str(text, "t").unwrap();
+        assert_eq!(c.event_types.keys().collect::<Vec<_>>(), ["x"]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let e = err("[server]\nmax_body_bytez = 3\n");
+        assert!(e.contains("test.toml: key `server.max_body_bytez`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let e = err("[server]\nworkers = \"two\"\n");
+        assert!(e.contains("key `server.workers`"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let e = err("[server\n");
+        assert!(e.starts_with("test.toml:") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        assert!(err("[server]\nring_bytes = 1000\n").contains("`server.ring_bytes`"));
+        assert!(err("[server]\nmax_headers = 0\n").contains("`server.max_headers`"));
+        assert!(err("[routes]\npixel_event = 'nope'\n").contains("`routes.pixel_event`"));
+        assert!(err("[advertisers.a]\nredirect_hosts = ['*']\n")
+            .contains("`advertisers.a.redirect_hosts[0]`"));
+        assert!(err("[event_types.impression]\nrequired = ['x y']\n")
+            .contains("`event_types.impression.required[0]`"));
+        let e = err("[event_types.impression.params.v]\nformat = 'enum'\n");
+        assert!(
+            e.contains("`event_types.impression.params.v.values`"),
+            "{e}"
+        );
+        assert!(
+            err("[server]\nlisten='127.0.0.1:1'\nadmin_listen='127.0.0.1:1'\n")
+                .contains("`server.admin_listen`")
+        );
+        assert!(err("node_id = 'a b'\n").contains("`node_id`"));
+    }
+
+    #[test]
+    fn overrides_apply_and_validate() {
+        let mut c = Config::embedded();
+        let o = Overrides {
+            workers: Some(2),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        c.apply(&o).unwrap();
+        assert_eq!(c.server.workers, 2);
+        assert_eq!(c.catalog_dir(), PathBuf::from("/tmp/x/catalogs"));
+    }
+}
