@@ -7,6 +7,15 @@
 //! - `config`: typed configuration, embedded default, validation
 //! - `http`: sans-io HTTP/1.x parsing and responses
 //! - `audit`: schemas, catalogs, redirect policy, issue codes
+//! - `record`: the JSON event record, exactly as stored and shipped
+//! - `ring`: the lock-free hand-off from a worker to storage (the one
+//!   module allowed `unsafe`; the crate denies it everywhere else)
+//! - `sink`: drains the rings into the interim JSON-lines event log
+//! - `server`: workers, connection loop, request handler, admin port
 pub mod audit;
 pub mod config;
 pub mod http;
+pub mod record;
+pub mod ring;
+pub mod server;
+pub mod sink;

@@ -1,0 +1,217 @@
+//! Event records: the JSON object stored per event and sent to Kafka as the
+//! message value, byte for byte. Keys are stable (DESIGN.md, "Event record");
+//! new keys may be added, none renamed.
+//!
+//! Encoding writes into a caller's reused buffer and allocates only to
+//! repair invalid UTF-8 (replaced with U+FFFD).
+
+pub mod json;
+
+use std::net::IpAddr;
+
+use crate::audit::Verdict;
+use crate::config::IpPolicy;
+use crate::http::Params;
+use json::{write_str, write_u64};
+
+/// Where and when an event was received, beside its parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// Node name.
+    pub node: &'a str,
+    /// Stream (worker) number.
+    pub stream: u32,
+    /// Sequence number within the stream.
+    pub seq: u64,
+    /// Receive time, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Client address as it will be stored (already truncated), if kept.
+    pub ip: Option<IpAddr>,
+    /// `User-Agent`, empty when absent or not kept.
+    pub user_agent: &'a [u8],
+    /// `Referer`, empty when absent.
+    pub referer: &'a [u8],
+    /// A parameter left out of `params` for privacy (the user id), or empty.
+    pub withheld_param: &'a [u8],
+}
+
+/// Appends the record of one audited event to `out`.
+pub fn encode(out: &mut Vec<u8>, env: &Envelope<'_>, verdict: &Verdict<'_>, params: &Params) {
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(env.node.as_bytes());
+    out.push(b'-');
+    write_u64(out, u64::from(env.stream));
+    out.push(b'-');
+    write_u64(out, env.seq);
+    out.extend_from_slice(b"\",\"ts_ms\":");
+    write_u64(out, env.ts_ms);
+    out.extend_from_slice(b",\"type\":");
+    write_str(out, verdict.event_type);
+    out.extend_from_slice(b",\"advertiser\":");
+    write_str(out, verdict.advertiser);
+    out.extend_from_slice(if verdict.issues.is_empty() {
+        b",\"status\":\"ok\",\"issues\":["
+    } else {
+        b",\"status\":\"invalid\",\"issues\":["
+    });
+    for (i, issue) in verdict.issues.as_slice().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"code\":\"");
+        out.extend_from_slice(issue.code.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"param\":");
+        write_str(out, issue.param);
+        if !issue.value.is_empty() {
+            out.extend_from_slice(b",\"value\":");
+            write_str(out, issue.value);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"params\":{");
+    let mut first = true;
+    for (k, v) in params.iter() {
+        if !env.withheld_param.is_empty() && k == env.withheld_param {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_str(out, k);
+        out.push(b':');
+        write_str(out, v);
+    }
+    out.extend_from_slice(b"},\"products\":[");
+    if !verdict.products.is_empty() {
+        for (i, p) in verdict.products.split(|&b| b == b',').enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, p);
+        }
+    }
+    out.extend_from_slice(b"],\"ip\":");
+    match env.ip {
+        Some(ip) => json::write_ip(out, ip),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"user_agent\":");
+    write_str(out, env.user_agent);
+    out.extend_from_slice(b",\"referer\":");
+    write_str(out, env.referer);
+    out.extend_from_slice(b",\"node\":");
+    write_str(out, env.node.as_bytes());
+    out.push(b'}');
+}
+
+/// The client address as the policy keeps it.
+pub fn keep_ip(ip: IpAddr, policy: IpPolicy) -> Option<IpAddr> {
+    match (policy, ip) {
+        (IpPolicy::Drop, _) => None,
+        (IpPolicy::Full, ip) => Some(ip),
+        (IpPolicy::Truncate, IpAddr::V4(v4)) => {
+            let [a, b, c, _] = v4.octets();
+            Some(IpAddr::from([a, b, c, 0]))
+        }
+        (IpPolicy::Truncate, IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => keep_ip(IpAddr::V4(v4), policy),
+            None => {
+                let s = v6.segments();
+                Some(IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0]))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Auditor, Catalogs, Route};
+    use crate::config::Config;
+
+    fn record(query: &str, env: Envelope<'_>) -> serde_json::Value {
+        let auditor = Auditor::new(&Config::embedded());
+        let catalogs = Catalogs::default();
+        let mut params = Params::with_capacity(16);
+        params.parse_urlencoded(query.as_bytes(), 16).unwrap();
+        let verdict = auditor.audit(&params, Route::Pixel, &catalogs);
+        let mut out = Vec::new();
+        encode(&mut out, &env, &verdict, &params);
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    fn env() -> Envelope<'static> {
+        Envelope {
+            node: "edge-1",
+            stream: 3,
+            seq: 42,
+            ts_ms: 1_700_000_000_123,
+            ip: Some("203.0.113.0".parse().unwrap()),
+            user_agent: b"Mozilla/5.0 \"quoted\"",
+            referer: b"",
+            withheld_param: b"",
+        }
+    }
+
+    #[test]
+    fn record_has_every_stable_key() {
+        let r = record("adv=demo&pid=a,b&x=%E2%82%AC%0A%22", env());
+        assert_eq!(r["id"], "edge-1-3-42");
+        assert_eq!(r["ts_ms"], 1_700_000_000_123u64);
+        assert_eq!(r["type"], "impression");
+        assert_eq!(r["advertiser"], "demo");
+        assert_eq!(r["status"], "invalid");
+        assert_eq!(r["issues"][0]["code"], "no_catalog");
+        assert_eq!(r["issues"][0]["param"], "pid");
+        assert_eq!(r["params"]["x"], "€\n\"");
+        assert_eq!(r["products"], serde_json::json!(["a", "b"]));
+        assert_eq!(r["ip"], "203.0.113.0");
+        assert_eq!(r["user_agent"], "Mozilla/5.0 \"quoted\"");
+        assert_eq!(r["referer"], "");
+        assert_eq!(r["node"], "edge-1");
+    }
+
+    #[test]
+    fn invalid_utf8_and_controls_stay_valid_json() {
+        let r = record("adv=demo&x=%FF%00%1F", Envelope { ip: None, ..env() });
+        assert_eq!(r["params"]["x"], "\u{FFFD}\u{0}\u{1F}");
+        assert_eq!(r["status"], "ok");
+        assert!(r["ip"].is_null());
+    }
+
+    #[test]
+    fn withheld_param_is_left_out() {
+        let r = record(
+            "adv=demo&uid=u1&k=v",
+            Envelope {
+                withheld_param: b"uid",
+                ..env()
+            },
+        );
+        assert!(r["params"].get("uid").is_none());
+        assert_eq!(r["params"]["k"], "v");
+    }
+
+    #[test]
+    fn ip_policies() {
+        let v4: IpAddr = "198.51.100.77".parse().unwrap();
+        let v6: IpAddr = "2001:db8:abcd:12::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:198.51.100.77".parse().unwrap();
+        assert_eq!(
+            keep_ip(v4, IpPolicy::Truncate).unwrap().to_string(),
+            "198.51.100.0"
+        );
+        assert_eq!(
+            keep_ip(v6, IpPolicy::Truncate).unwrap().to_string(),
+            "2001:db8:abcd::"
+        );
+        assert_eq!(
+            keep_ip(mapped, IpPolicy::Truncate).unwrap().to_string(),
+            "198.51.100.0"
+        );
+        assert_eq!(keep_ip(v4, IpPolicy::Drop), None);
+        assert_eq!(keep_ip(v4, IpPolicy::Full), Some(v4));
+    }
+}

@@ -1,0 +1,309 @@
+//! Lock-free single-producer single-consumer byte ring: how an event leaves
+//! the request path. A worker copies each encoded record into its own ring
+//! (no allocation, no lock, no syscall); one consumer thread drains it.
+//!
+//! This is the only module with `unsafe`. The model is rtrb: head and tail on
+//! their own cache lines, each side caching the other's position so that it
+//! touches the shared line only when its cached view says "full" or "empty".
+//!
+//! # Invariants
+//! - `tail` is written only by the producer, `head` only by the consumer;
+//!   both only grow. `tail - head <= capacity` at all times.
+//! - Bytes in `[head, tail)` belong to the consumer, all others to the
+//!   producer. The producer publishes bytes with a Release store of `tail`
+//!   after writing them; the consumer returns them with a Release store of
+//!   `head` after reading them. Each side Acquire-loads the other's position
+//!   before touching bytes it hands over.
+//! - A record is a little-endian `u32` length, then the bytes, padded to a
+//!   multiple of 4. All positions are multiples of 4, so at least 4 bytes
+//!   remain before the end of the buffer whenever any do; a length of
+//!   `u32::MAX` there means "skip to the start".
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+const WRAP: u32 = u32::MAX;
+
+struct Shared {
+    buf: Box<[UnsafeCell<u8>]>,
+    head: CachePadded<AtomicUsize>,
+    tail: CachePadded<AtomicUsize>,
+}
+
+// SAFETY: the bytes behind the UnsafeCells are shared between exactly one
+// Producer and one Consumer, which by the module invariants never access the
+// same byte at the same time; head and tail are atomics.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn base(&self) -> *mut u8 {
+        UnsafeCell::raw_get(self.buf.as_ptr())
+    }
+}
+
+/// A record that can never fit: longer than a quarter of the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// Not enough free space now; the consumer is behind.
+    #[error("ring full")]
+    Full,
+    /// The record is larger than the ring accepts at all.
+    #[error("record too large for the ring")]
+    TooLarge,
+}
+
+/// The writing end, owned by one worker.
+pub struct Producer {
+    shared: Arc<Shared>,
+    tail: usize,
+    cached_head: usize,
+}
+
+/// The reading end, owned by the consumer thread.
+pub struct Consumer {
+    shared: Arc<Shared>,
+    head: usize,
+    cached_tail: usize,
+}
+
+/// A ring of `capacity` bytes, a power of two of at least 64.
+pub fn ring(capacity: usize) -> (Producer, Consumer) {
+    assert!(
+        capacity.is_power_of_two() && capacity >= 64,
+        "ring capacity {capacity}"
+    );
+    let shared = Arc::new(Shared {
+        buf: (0..capacity).map(|_| UnsafeCell::new(0)).collect(),
+        head: CachePadded::new(AtomicUsize::new(0)),
+        tail: CachePadded::new(AtomicUsize::new(0)),
+    });
+    (
+        Producer {
+            shared: shared.clone(),
+            tail: 0,
+            cached_head: 0,
+        },
+        Consumer {
+            shared,
+            head: 0,
+            cached_tail: 0,
+        },
+    )
+}
+
+#[inline]
+fn padded(len: usize) -> usize {
+    4 + ((len + 3) & !3)
+}
+
+impl Producer {
+    /// Largest record the ring accepts.
+    pub fn max_record(&self) -> usize {
+        self.shared.capacity() / 4 - 4
+    }
+
+    /// Bytes the producer can still write without waiting for the consumer
+    /// (as of the consumer's last published position).
+    pub fn free_bytes(&mut self) -> usize {
+        self.cached_head = self.shared.head.load(Ordering::Acquire);
+        self.shared.capacity() - (self.tail - self.cached_head)
+    }
+
+    /// Whether `records` records totalling `bytes` bytes would all fit now.
+    /// Only the producer adds bytes, so a `true` stays true until it pushes.
+    pub fn fits(&mut self, records: usize, bytes: usize) -> bool {
+        // Each record may waste up to its own padded size at the wrap point.
+        let worst = 2 * (bytes + records * 8);
+        worst <= self.free_bytes()
+    }
+
+    /// Appends one record, or says why not. Never blocks.
+    pub fn push(&mut self, record: &[u8]) -> Result<(), PushError> {
+        if record.len() > self.max_record() {
+            return Err(PushError::TooLarge);
+        }
+        let cap = self.shared.capacity();
+        let need = padded(record.len());
+        let mut idx = self.tail & (cap - 1);
+        let skip = if cap - idx < need { cap - idx } else { 0 };
+        if self.tail + skip + need - self.cached_head > cap {
+            self.cached_head = self.shared.head.load(Ordering::Acquire);
+            if self.tail + skip + need - self.cached_head > cap {
+                return Err(PushError::Full);
+            }
+        }
+        let base = self.shared.base();
+        if skip > 0 {
+            // SAFETY: [tail, tail + skip) is free (checked against head
+            // above), idx + 4 <= cap because positions are multiples of 4
+            // and skip > 0, and only this producer writes free bytes.
+            unsafe {
+                base.add(idx)
+                    .cast::<[u8; 4]>()
+                    .write_unaligned(WRAP.to_le_bytes())
+            };
+            self.tail += skip;
+            idx = 0;
+        }
+        // SAFETY: [idx, idx + need) lies inside the buffer (need <= cap - idx
+        // after the wrap) and is free by the head check; the consumer reads
+        // it only after the Release store of tail below.
+        unsafe {
+            base.add(idx)
+                .cast::<[u8; 4]>()
+                .write_unaligned((record.len() as u32).to_le_bytes());
+            std::ptr::copy_nonoverlapping(record.as_ptr(), base.add(idx + 4), record.len());
+        }
+        self.tail += need;
+        self.shared.tail.store(self.tail, Ordering::Release);
+        Ok(())
+    }
+
+    /// Total capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity()
+    }
+}
+
+impl Consumer {
+    /// Calls `f` with every record published so far, in order, then returns
+    /// their space to the producer. Returns how many records it read.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        self.drain_at_most(usize::MAX, &mut f)
+    }
+
+    /// Like [`Consumer::drain`], reading at most `max` records.
+    pub fn drain_at_most(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        self.cached_tail = self.shared.tail.load(Ordering::Acquire);
+        let cap = self.shared.capacity();
+        let base = self.shared.base();
+        let mut n = 0;
+        while self.head < self.cached_tail && n < max {
+            let idx = self.head & (cap - 1);
+            // SAFETY: [head, cached_tail) was published by the producer
+            // (Acquire load above) and stays untouched until head moves past
+            // it; idx + 4 <= cap since positions are multiples of 4.
+            let len =
+                u32::from_le_bytes(unsafe { base.add(idx).cast::<[u8; 4]>().read_unaligned() });
+            if len == WRAP {
+                self.head += cap - idx;
+                continue;
+            }
+            let len = len as usize;
+            // SAFETY: the producer wrote len bytes after the header within
+            // the buffer and published them before tail; they are ours
+            // until the Release store of head below.
+            let record = unsafe { std::slice::from_raw_parts(base.add(idx + 4), len) };
+            f(record);
+            self.head += padded(len);
+            n += 1;
+        }
+        self.shared.head.store(self.head, Ordering::Release);
+        n
+    }
+
+    /// Bytes published and not yet drained.
+    pub fn used_bytes(&self) -> usize {
+        self.shared.tail.load(Ordering::Acquire) - self.shared.head.load(Ordering::Acquire)
+    }
+
+    /// Total capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain_all(c: &mut Consumer) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        c.drain(|r| v.push(r.to_vec()));
+        v
+    }
+
+    #[test]
+    fn records_come_out_in_order_across_wraps() {
+        let (mut p, mut c) = ring(256);
+        let mut expect = Vec::new();
+        let mut got = Vec::new();
+        for i in 0..1000u32 {
+            let rec = vec![i as u8; (i % 37) as usize];
+            loop {
+                match p.push(&rec) {
+                    Ok(()) => break,
+                    Err(PushError::Full) => got.extend(drain_all(&mut c)),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            expect.push(rec);
+        }
+        got.extend(drain_all(&mut c));
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn full_and_too_large_are_reported() {
+        let (mut p, mut c) = ring(64);
+        assert_eq!(p.max_record(), 12);
+        assert_eq!(p.push(&[0; 13]), Err(PushError::TooLarge));
+        for _ in 0..4 {
+            p.push(&[1; 12]).unwrap();
+        }
+        assert_eq!(p.push(&[]), Err(PushError::Full));
+        assert_eq!(c.used_bytes(), 64);
+        assert_eq!(c.drain_at_most(1, |_| {}), 1);
+        p.push(&[2; 12]).unwrap();
+        assert_eq!(drain_all(&mut c).len(), 4);
+        assert_eq!(c.used_bytes(), 0);
+    }
+
+    #[test]
+    fn fits_is_conservative() {
+        let (mut p, _c) = ring(1024);
+        assert!(p.fits(10, 100));
+        assert!(!p.fits(10, 500));
+    }
+
+    #[test]
+    fn two_threads_pass_a_million_records() {
+        let (mut p, mut c) = ring(4096);
+        const N: u64 = 1_000_000;
+        let writer = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while i < N {
+                let len = (i % 50) as usize + 8;
+                let mut rec = [0u8; 64];
+                rec[..8].copy_from_slice(&i.to_le_bytes());
+                rec[8..len].fill(i as u8);
+                match p.push(&rec[..len]) {
+                    Ok(()) => i += 1,
+                    Err(PushError::Full) => std::hint::spin_loop(),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        let mut next = 0u64;
+        while next < N {
+            c.drain(|r| {
+                let i = u64::from_le_bytes(r[..8].try_into().unwrap());
+                assert_eq!(i, next);
+                assert_eq!(r.len(), (i % 50) as usize + 8);
+                assert!(r[8..].iter().all(|&b| b == i as u8));
+                next += 1;
+            });
+        }
+        writer.join().unwrap();
+    }
+}

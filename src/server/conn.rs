@@ -1,0 +1,175 @@
+//! The connection loop: read into one buffer, answer every complete request
+//! in it (pipelining), write all answers with one send, repeat. Buffers are
+//! handed to the kernel and back (monoio's owned-buffer I/O) and reused for
+//! the life of the connection.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut as _;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use crate::http::{parse_head, response};
+use crate::server::worker::Worker;
+
+const INITIAL_READ: usize = 4096;
+const INITIAL_WRITE: usize = 2048;
+/// A connection whose buffer grew past this for a large body gives the
+/// memory back once the body is answered.
+const KEEP_READ: usize = 64 * 1024;
+
+/// Serves one client connection until it closes, errs, idles out or the
+/// worker shuts down.
+pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let cfg = &worker.shared.config.server;
+    let limits = worker.limits;
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let header_timeout = Duration::from_millis(cfg.header_timeout_ms);
+    let body_timeout = Duration::from_millis(cfg.body_timeout_ms);
+    let mut rbuf: Vec<u8> = Vec::with_capacity(INITIAL_READ);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(INITIAL_WRITE);
+    let mut busy = Busy::new(&worker);
+    // When the request now in the buffer began, and whether we are waiting
+    // for its body (the head is complete).
+    let mut started = Instant::now();
+    let mut sent_continue = false;
+    loop {
+        let mut pos = 0;
+        let mut close = false;
+        let mut awaiting_body = false;
+        while pos < rbuf.len() {
+            match parse_head(&rbuf[pos..], &limits) {
+                Ok(None) => break,
+                Ok(Some(head)) => {
+                    let total = head.head_len + head.content_length;
+                    if rbuf.len() - pos < total {
+                        awaiting_body = true;
+                        if head.expect_continue && !sent_continue {
+                            wbuf.extend_from_slice(response::CONTINUE);
+                            sent_continue = true;
+                        }
+                        if rbuf.capacity() - pos < total {
+                            rbuf.reserve(total - (rbuf.len() - pos));
+                        }
+                        break;
+                    }
+                    sent_continue = false;
+                    let keep = worker.handler.borrow_mut().handle(
+                        &mut rbuf[pos..pos + total],
+                        &head,
+                        peer.ip(),
+                        &mut wbuf,
+                    );
+                    pos += total;
+                    started = Instant::now();
+                    if !keep {
+                        close = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    worker.handler.borrow_mut().reject(e, &mut wbuf);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !wbuf.is_empty() {
+            let (res, buf) = stream.write_all(wbuf).await;
+            wbuf = buf;
+            wbuf.clear();
+            if res.is_err() {
+                break;
+            }
+        }
+        if close {
+            break;
+        }
+        rbuf.drain(..pos);
+        if rbuf.is_empty() {
+            busy.set(false);
+            if rbuf.capacity() > KEEP_READ {
+                rbuf = Vec::with_capacity(INITIAL_READ);
+            }
+            if worker.shutting_down() {
+                break;
+            }
+        }
+        // Room for the rest of a head up to the limit (one byte past it, so
+        // that an oversized head is seen as such).
+        if rbuf.len() == rbuf.capacity() {
+            let cap = rbuf.capacity();
+            rbuf.reserve(
+                (cap * 2)
+                    .min(limits.max_header_bytes + 1)
+                    .saturating_sub(cap)
+                    .max(1),
+            );
+        }
+        let deadline = if rbuf.is_empty() {
+            Instant::now() + idle
+        } else if awaiting_body {
+            Instant::now() + body_timeout
+        } else {
+            started + header_timeout
+        };
+        let len = rbuf.len();
+        let cap = rbuf.capacity();
+        let read = monoio::time::timeout_at(deadline, stream.read(rbuf.slice_mut(len..cap))).await;
+        let Ok((res, slice)) = read else {
+            if len > 0 {
+                worker.handler.borrow_mut().timeout(&mut wbuf);
+                let _ = stream.write_all(wbuf).await;
+            }
+            break;
+        };
+        rbuf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                // From the first byte of a request until its answer is
+                // written, shutdown waits for this connection.
+                busy.set(true);
+                if len == 0 {
+                    started = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Counts the connection as in flight (holding part of a request) while set,
+/// so that shutdown waits for it; clears itself when dropped.
+struct Busy<'a> {
+    worker: &'a Worker,
+    on: bool,
+}
+
+impl<'a> Busy<'a> {
+    fn new(worker: &'a Worker) -> Busy<'a> {
+        worker.metrics.connections_open.inc();
+        Busy { worker, on: false }
+    }
+
+    fn set(&mut self, on: bool) {
+        if on != self.on {
+            self.on = on;
+            let n = self.worker.in_flight.get();
+            self.worker.in_flight.set(if on { n + 1 } else { n - 1 });
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+        self.worker.metrics.connections_open.dec();
+        self.worker
+            .connections
+            .set(self.worker.connections.get() - 1);
+    }
+}

@@ -1,0 +1,490 @@
+//! One request, start to finish, without I/O: route, decode parameters,
+//! audit, encode the record, hand it to the ring, write the answer. The
+//! connection loop calls this with the request's bytes; everything here
+//! reuses the worker's buffers, so the pixel path allocates nothing.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use simd_json::BorrowedValue;
+
+use crate::audit::{Route, Verdict};
+use crate::config::DntPolicy;
+use crate::http::date::HttpDate;
+use crate::http::{response, HeadError, Method, Params, RequestHead, Status};
+use crate::record::{self, json, Envelope};
+use crate::ring::Producer;
+use crate::server::metrics::WorkerMetrics;
+use crate::server::Shared;
+
+/// Largest number of events in one `/batch` request.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// A worker's request handler and the buffers it reuses.
+pub struct Handler {
+    shared: Arc<Shared>,
+    metrics: Arc<WorkerMetrics>,
+    params: Params,
+    emitter: Emitter,
+    date: HttpDate,
+    batch_body: Vec<u8>,
+    json_buffers: simd_json::Buffers,
+}
+
+/// Encodes records and hands them to the worker's ring.
+struct Emitter {
+    stream: u32,
+    next_seq: u64,
+    producer: Producer,
+    scratch: Vec<u8>,
+    /// Ends of each pending record in `scratch` (for `/batch`).
+    pending: Vec<usize>,
+}
+
+/// The request facts a record needs besides its parameters.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    ip: IpAddr,
+    user_agent: &'a [u8],
+    referer: &'a [u8],
+    do_not_track: bool,
+    ts_ms: u64,
+}
+
+impl Handler {
+    /// A handler for stream `stream`, whose next sequence number is `next_seq`.
+    pub fn new(
+        shared: Arc<Shared>,
+        metrics: Arc<WorkerMetrics>,
+        stream: u32,
+        next_seq: u64,
+        producer: Producer,
+    ) -> Handler {
+        let max_params = shared.config.server.max_params;
+        Handler {
+            shared,
+            metrics,
+            params: Params::with_capacity(max_params),
+            emitter: Emitter {
+                stream,
+                next_seq,
+                producer,
+                scratch: Vec::with_capacity(4096),
+                pending: Vec::new(),
+            },
+            date: HttpDate::default(),
+            batch_body: Vec::new(),
+            json_buffers: simd_json::Buffers::default(),
+        }
+    }
+
+    fn now(&mut self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.date.update(now.as_secs());
+        now.as_millis() as u64
+    }
+
+    /// Answers one complete request (`req` holds its head and body) into
+    /// `out`. Returns whether the connection stays open.
+    pub fn handle(
+        &mut self,
+        req: &mut [u8],
+        head: &RequestHead,
+        peer: IpAddr,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let ts_ms = self.now();
+        let keep = head.keep_alive && !self.shared.shutdown.load(Ordering::Relaxed);
+        let (route, allow): (usize, &str) = match head.path.of(req) {
+            b"/i" => (0, "GET, HEAD"),
+            b"/c" => (1, "GET, HEAD"),
+            b"/e" => (2, "GET, HEAD, POST"),
+            b"/batch" => (3, "POST"),
+            b"/healthz" => (4, "GET, HEAD"),
+            _ => (5, ""),
+        };
+        self.metrics.requests[route].inc();
+        let allowed = match (route, head.method) {
+            (5, _) => return self.error(out, Status::NotFound, keep, None),
+            (3, Method::Post) => true,
+            (3, _) => false,
+            (2, Method::Get | Method::Head | Method::Post) => true,
+            (_, Method::Get | Method::Head) => true,
+            _ => false,
+        };
+        if !allowed {
+            return self.error(out, Status::MethodNotAllowed, keep, Some(allow));
+        }
+        if route == 4 {
+            response::empty(out, Status::Ok, &self.date, keep);
+            self.metrics.response(200);
+            return keep;
+        }
+        let (head_part, body) = req.split_at_mut(head.head_len);
+        let client = Client {
+            ip: peer,
+            user_agent: head.user_agent.of(head_part),
+            referer: head.referer.of(head_part),
+            do_not_track: head.do_not_track,
+            ts_ms,
+        };
+        if route == 3 {
+            return self.batch(body, &client, out, keep);
+        }
+        self.params.clear();
+        let max = self.shared.config.server.max_params;
+        let mut decoded = self
+            .params
+            .parse_urlencoded(head.query.of(head_part), max)
+            .is_ok();
+        if decoded && head.method == Method::Post && !body.is_empty() {
+            decoded = if head
+                .content_type
+                .of(head_part)
+                .starts_with(b"application/json")
+            {
+                parse_json_object(body, &mut self.params, max, &mut self.json_buffers)
+            } else {
+                self.params.parse_urlencoded(body, max).is_ok()
+            };
+        }
+        if !decoded {
+            return self.error(out, Status::BadRequest, keep, None);
+        }
+        let route = [Route::Pixel, Route::Click, Route::Beacon][route];
+        let catalogs = self.shared.catalogs.load();
+        let verdict = self.shared.auditor.audit(&self.params, route, &catalogs);
+        self.emitter
+            .emit(&self.shared, &self.metrics, &verdict, &self.params, &client);
+        self.emitter.commit_all(&self.metrics);
+        match route {
+            Route::Pixel => {
+                response::gif(out, &self.date, keep, head.method == Method::Head);
+                self.metrics.response(200);
+            }
+            Route::Beacon => {
+                response::empty(out, Status::NoContent, &self.date, keep);
+                self.metrics.response(204);
+            }
+            Route::Click => match verdict.redirect {
+                Some(target) => {
+                    response::redirect(out, &self.date, keep, target);
+                    self.metrics.response(302);
+                }
+                None => {
+                    response::error(out, Status::BadRequest, &self.date, keep, None);
+                    self.metrics.response(400);
+                }
+            },
+        }
+        keep
+    }
+
+    /// `POST /batch`: a JSON array of event objects, recorded all or none.
+    fn batch(
+        &mut self,
+        body: &mut [u8],
+        client: &Client<'_>,
+        out: &mut Vec<u8>,
+        keep: bool,
+    ) -> bool {
+        let max = self.shared.config.server.max_params;
+        let mut doc_buffers = std::mem::take(&mut self.json_buffers);
+        let parsed = simd_json::to_borrowed_value_with_buffers(body, &mut doc_buffers);
+        let items = match parsed {
+            Ok(BorrowedValue::Array(items)) => items,
+            Ok(_) => {
+                self.json_buffers = doc_buffers;
+                return self.json_error(
+                    out,
+                    Status::BadRequest,
+                    keep,
+                    "body must be a JSON array of events",
+                );
+            }
+            Err(_) => {
+                self.json_buffers = doc_buffers;
+                return self.json_error(out, Status::BadRequest, keep, "body is not valid JSON");
+            }
+        };
+        if items.len() > MAX_BATCH_ITEMS {
+            self.json_buffers = doc_buffers;
+            return self.json_error(
+                out,
+                Status::PayloadTooLarge,
+                keep,
+                "too many events in one batch",
+            );
+        }
+        let catalogs = self.shared.catalogs.load();
+        let body_out = &mut self.batch_body;
+        body_out.clear();
+        body_out.extend_from_slice(b"{\"results\":[");
+        let (mut accepted, mut invalid, mut rejected) = (0u64, 0u64, 0u64);
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                body_out.push(b',');
+            }
+            self.params.clear();
+            let ok = match item {
+                BorrowedValue::Object(obj) => fill_params(obj, &mut self.params, max),
+                _ => false,
+            };
+            if !ok {
+                rejected += 1;
+                body_out.extend_from_slice(b"{\"status\":\"rejected\",\"error\":\"not an object of at most max_params scalar or list values\"}");
+                continue;
+            }
+            let verdict = self
+                .shared
+                .auditor
+                .audit(&self.params, Route::Beacon, &catalogs);
+            match self
+                .emitter
+                .emit(&self.shared, &self.metrics, &verdict, &self.params, client)
+            {
+                Some(seq) => {
+                    body_out.extend_from_slice(b"{\"id\":\"");
+                    body_out.extend_from_slice(self.shared.node.as_bytes());
+                    body_out.push(b'-');
+                    json::write_u64(body_out, u64::from(self.emitter.stream));
+                    body_out.push(b'-');
+                    json::write_u64(body_out, seq);
+                    body_out.push(b'"');
+                }
+                None => body_out.extend_from_slice(b"{\"id\":null"),
+            }
+            accepted += 1;
+            if verdict.issues.is_empty() {
+                body_out.extend_from_slice(b",\"status\":\"ok\"}");
+            } else {
+                invalid += 1;
+                body_out.extend_from_slice(b",\"status\":\"invalid\",\"issues\":[");
+                for (j, issue) in verdict.issues.as_slice().iter().enumerate() {
+                    if j > 0 {
+                        body_out.push(b',');
+                    }
+                    body_out.extend_from_slice(b"{\"code\":\"");
+                    body_out.extend_from_slice(issue.code.as_str().as_bytes());
+                    body_out.extend_from_slice(b"\",\"param\":");
+                    json::write_str(body_out, issue.param);
+                    if !issue.value.is_empty() {
+                        body_out.extend_from_slice(b",\"value\":");
+                        json::write_str(body_out, issue.value);
+                    }
+                    body_out.push(b'}');
+                }
+                body_out.extend_from_slice(b"]}");
+            }
+        }
+        drop(items);
+        self.json_buffers = doc_buffers;
+        if !self.emitter.commit_all(&self.metrics) {
+            return self.json_error(
+                out,
+                Status::Unavailable,
+                keep,
+                "storage is behind; retry later",
+            );
+        }
+        body_out.extend_from_slice(b"],\"accepted\":");
+        json::write_u64(body_out, accepted);
+        body_out.extend_from_slice(b",\"invalid\":");
+        json::write_u64(body_out, invalid);
+        body_out.extend_from_slice(b",\"rejected\":");
+        json::write_u64(body_out, rejected);
+        body_out.push(b'}');
+        response::json(out, Status::Ok, &self.date, keep, None, body_out);
+        self.metrics.response(200);
+        keep
+    }
+
+    fn json_error(&mut self, out: &mut Vec<u8>, status: Status, keep: bool, message: &str) -> bool {
+        let body = &mut self.batch_body;
+        body.clear();
+        body.extend_from_slice(b"{\"error\":");
+        json::write_str(body, message.as_bytes());
+        body.push(b'}');
+        let retry = (status == Status::Unavailable).then_some(1);
+        response::json(out, status, &self.date, keep, retry, body);
+        self.metrics.response(status.code());
+        keep
+    }
+
+    fn error(
+        &mut self,
+        out: &mut Vec<u8>,
+        status: Status,
+        keep: bool,
+        allow: Option<&str>,
+    ) -> bool {
+        response::error(out, status, &self.date, keep, allow);
+        self.metrics.response(status.code());
+        keep
+    }
+
+    /// Answers a request that could not be parsed; the connection closes.
+    pub fn reject(&mut self, err: HeadError, out: &mut Vec<u8>) {
+        self.now();
+        let status = match err {
+            HeadError::Malformed => Status::BadRequest,
+            HeadError::UriTooLong => Status::UriTooLong,
+            HeadError::HeadersTooLarge => Status::HeadersTooLarge,
+            HeadError::BodyTooLarge => Status::PayloadTooLarge,
+            HeadError::LengthRequired => Status::LengthRequired,
+        };
+        self.error(out, status, false, None);
+    }
+
+    /// Answers a client too slow to send its request; the connection closes.
+    pub fn timeout(&mut self, out: &mut Vec<u8>) {
+        self.now();
+        self.error(out, Status::RequestTimeout, false, None);
+    }
+
+    /// Next sequence number of this worker's stream.
+    pub fn next_seq(&self) -> u64 {
+        self.emitter.next_seq
+    }
+}
+
+impl Emitter {
+    /// Encodes one event into the pending records and returns its sequence
+    /// number, or `None` when the do-not-track policy drops it;
+    /// [`Emitter::commit_all`] hands the pending records to the ring.
+    fn emit(
+        &mut self,
+        shared: &Shared,
+        metrics: &WorkerMetrics,
+        verdict: &Verdict<'_>,
+        params: &Params,
+        client: &Client<'_>,
+    ) -> Option<u64> {
+        let privacy = &shared.config.privacy;
+        let anonymize = client.do_not_track && privacy.dnt == DntPolicy::Anonymize;
+        if client.do_not_track && privacy.dnt == DntPolicy::Drop {
+            metrics.events_dnt_dropped.inc();
+            return None;
+        }
+        let seq = self.next_seq + self.pending.len() as u64;
+        let env = Envelope {
+            node: &shared.node,
+            stream: self.stream,
+            seq,
+            ts_ms: client.ts_ms,
+            ip: if anonymize {
+                None
+            } else {
+                record::keep_ip(client.ip, privacy.ip)
+            },
+            user_agent: if anonymize { b"" } else { client.user_agent },
+            referer: client.referer,
+            withheld_param: if anonymize {
+                shared.config.params.user.as_bytes()
+            } else {
+                b""
+            },
+        };
+        record::encode(&mut self.scratch, &env, verdict, params);
+        self.pending.push(self.scratch.len());
+        if verdict.issues.is_empty() {
+            metrics.events_ok.inc();
+        } else {
+            metrics.events_invalid.inc();
+            for issue in verdict.issues.as_slice() {
+                metrics.issue(issue.code);
+            }
+        }
+        Some(seq)
+    }
+
+    /// Pushes every pending record, or none when they don't all fit.
+    /// Returns whether they were pushed.
+    fn commit_all(&mut self, metrics: &WorkerMetrics) -> bool {
+        let n = self.pending.len();
+        if n == 0 {
+            return true;
+        }
+        let fits = self.producer.fits(n, self.scratch.len());
+        if fits {
+            let mut start = 0;
+            for &end in &self.pending {
+                // Cannot fail: the whole batch was checked to fit, and a
+                // record larger than the ring accepts is refused by `fits`.
+                if self.producer.push(&self.scratch[start..end]).is_err() {
+                    metrics.events_refused.inc();
+                }
+                start = end;
+            }
+            self.next_seq += n as u64;
+            metrics.record_bytes.add(self.scratch.len() as u64);
+        } else {
+            metrics.events_refused.add(n as u64);
+        }
+        self.pending.clear();
+        self.scratch.clear();
+        fits
+    }
+}
+
+/// Copies a JSON object's members into `params`: strings as they are,
+/// numbers and booleans as their text, lists of scalars comma-joined.
+fn fill_params(obj: &simd_json::borrowed::Object<'_>, params: &mut Params, max: usize) -> bool {
+    for (key, value) in obj.iter() {
+        let begun = params.begin_value(key.as_bytes());
+        let ok = match value {
+            BorrowedValue::String(s) => {
+                params.extend_value(s.as_bytes());
+                true
+            }
+            BorrowedValue::Static(simd_json::StaticNode::Null) => true,
+            BorrowedValue::Static(node) => {
+                push_scalar(params, node);
+                true
+            }
+            BorrowedValue::Array(list) => list.iter().enumerate().all(|(i, v)| {
+                if i > 0 {
+                    params.extend_value(b",");
+                }
+                match v {
+                    BorrowedValue::String(s) => params.extend_value(s.as_bytes()),
+                    BorrowedValue::Static(node) => push_scalar(params, node),
+                    _ => return false,
+                }
+                true
+            }),
+            BorrowedValue::Object(_) => false,
+        };
+        if !ok || params.finish_value(begun, max).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn push_scalar(params: &mut Params, node: &simd_json::StaticNode) {
+    use simd_json::StaticNode;
+    match *node {
+        StaticNode::I64(n) => params.extend_value(itoa::Buffer::new().format(n).as_bytes()),
+        StaticNode::U64(n) => params.extend_value(itoa::Buffer::new().format(n).as_bytes()),
+        StaticNode::F64(f) => params.extend_value(ryu::Buffer::new().format(f).as_bytes()),
+        StaticNode::Bool(b) => params.extend_value(if b { b"true" } else { b"false" }),
+        StaticNode::Null => {}
+    }
+}
+
+fn parse_json_object(
+    body: &mut [u8],
+    params: &mut Params,
+    max: usize,
+    buffers: &mut simd_json::Buffers,
+) -> bool {
+    match simd_json::to_borrowed_value_with_buffers(body, buffers) {
+        Ok(BorrowedValue::Object(obj)) => fill_params(&obj, params, max),
+        _ => false,
+    }
+}

@@ -1,0 +1,364 @@
+//! `trackplane serve`: start the workers, the storage consumer, the catalog
+//! reloader and the admin listener; stop them in order on shutdown so that
+//! nothing answered is lost.
+//!
+//! # Layout
+//! - `worker`: per-core thread, runtime, driver choice, accept loop, drain
+//! - `conn`: the connection loop (read, pipeline, write, timeouts)
+//! - `handler`: one request: route, audit, record, answer
+//! - `admin`: `/metrics`, `/healthz`, `/readyz`
+//! - `metrics`: per-worker counters
+//!
+//! # Invariants
+//! - Shutdown order: stop accepting, finish in-flight requests, stop the
+//!   workers (dropping their ring producers), then drain the rings to disk
+//!   and fsync. An event whose answer was written is on disk when `wait`
+//!   returns.
+
+pub mod admin;
+pub mod conn;
+pub mod handler;
+pub mod metrics;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::{Auditor, CatalogDir, Catalogs};
+use crate::config::Config;
+use crate::sink::Sink;
+pub use worker::DriverKind;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A runtime could not be built on the requested driver.
+    #[error("cannot start the {driver} runtime: {source}")]
+    Runtime {
+        /// The driver.
+        driver: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The data directory or the event log failed.
+    #[error("{what} ({path}): {source}")]
+    Storage {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A thread could not be started or died.
+    #[error("{0}")]
+    Thread(String),
+}
+
+/// What every worker and helper thread shares. Read-mostly; swapped, never
+/// locked.
+pub struct Shared {
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+    /// Compiled audit rules.
+    pub auditor: Auditor,
+    /// Current catalogs; the reloader swaps in new snapshots.
+    pub catalogs: ArcSwap<Catalogs>,
+    /// Node name for event ids.
+    pub node: String,
+    /// Set once to stop everything.
+    pub shutdown: AtomicBool,
+    /// Set when every worker is accepting.
+    pub ready: AtomicBool,
+}
+
+/// A running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    helpers: Vec<JoinHandle<()>>,
+    sink: Sink,
+    /// The bound data address (the real port when configured with port 0).
+    pub data_addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
+    /// The driver each worker runs on.
+    pub drivers: Vec<DriverKind>,
+    worker_metrics: Vec<Arc<metrics::WorkerMetrics>>,
+}
+
+fn storage<'a>(
+    what: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> ServeError + 'a {
+    move |source| ServeError::Storage {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Binds `addr` with SO_REUSEPORT so that every worker has its own socket.
+fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |source| ServeError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(bind)?;
+    socket.set_reuse_address(true).map_err(bind)?;
+    socket.set_reuse_port(true).map_err(bind)?;
+    socket.set_nonblocking(true).map_err(bind)?;
+    socket.bind(&addr.into()).map_err(bind)?;
+    socket.listen(4096).map_err(bind)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Starts everything and returns once every worker accepts connections.
+    pub fn start(config: Config) -> Result<Server, ServeError> {
+        let config = Arc::new(config);
+        let cfg = &config.server;
+        let workers = if cfg.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.workers
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(storage(
+            "cannot create the data directory",
+            &config.data_dir,
+        ))?;
+
+        let mut catalog_dir = CatalogDir::new(&config.catalog_dir());
+        if let Err(e) = catalog_dir.scan() {
+            tracing::warn!(dir = %config.catalog_dir().display(), error = %e, "cannot read catalogs; starting without");
+        }
+        let shared = Arc::new(Shared {
+            auditor: Auditor::new(&config),
+            catalogs: ArcSwap::from_pointee(catalog_dir.catalogs().clone()),
+            node: config.node(),
+            shutdown: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            config: config.clone(),
+        });
+
+        // Bind every listener before starting anything, so that a taken port
+        // fails the start cleanly. Port 0 takes the first socket's port.
+        let first = reuseport_listener(cfg.listen)?;
+        let data_addr = first.local_addr().map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(reuseport_listener(data_addr)?);
+        }
+        let admin_listener =
+            std::net::TcpListener::bind(cfg.admin_listen).map_err(|source| ServeError::Bind {
+                addr: cfg.admin_listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.admin_listen,
+                source,
+            })?;
+
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut consumers = Vec::with_capacity(workers);
+        let mut worker_metrics = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        let (tx, rx) = mpsc::channel();
+        let mut specs = Vec::with_capacity(workers);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (producer, consumer) = crate::ring::ring(cfg.ring_bytes);
+            consumers.push(consumer);
+            let metrics = Arc::new(metrics::WorkerMetrics::default());
+            worker_metrics.push(metrics.clone());
+            let next_seq = crate::sink::next_seq(&config.data_dir, index)
+                .map_err(storage("cannot read the event log", &config.data_dir))?;
+            specs.push(worker::WorkerSpec {
+                index,
+                listener,
+                producer,
+                next_seq,
+                metrics,
+                core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+            });
+        }
+        let sink = Sink::start(
+            &config.data_dir,
+            consumers,
+            Duration::from_millis(config.sink.flush_interval_ms),
+        )
+        .map_err(storage("cannot open the event log", &config.data_dir))?;
+        for spec in specs {
+            let handle = worker::spawn(shared.clone(), spec, tx.clone())
+                .map_err(|e| ServeError::Thread(e.to_string()))?;
+            handles.push(handle);
+        }
+        drop(tx);
+        let mut drivers = Vec::with_capacity(workers);
+        let mut failure = None;
+        for _ in 0..workers {
+            match rx.recv() {
+                Ok(Ok(kind)) => drivers.push(kind),
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some(ServeError::Thread("a worker died while starting".into())),
+            }
+        }
+        let mut server = Server {
+            shared: shared.clone(),
+            workers: handles,
+            helpers: Vec::new(),
+            sink,
+            data_addr,
+            admin_addr,
+            drivers,
+            worker_metrics,
+        };
+        if let Some(e) = failure {
+            server.shutdown();
+            let _ = server.wait();
+            return Err(e);
+        }
+        let reloader = spawn_reloader(shared.clone(), catalog_dir)
+            .map_err(|e| ServeError::Thread(e.to_string()))?;
+        server.helpers.push(reloader);
+        let render_metrics = {
+            let workers = server.worker_metrics.clone();
+            let sink = server.sink.metrics.clone();
+            let catalogs_shared = shared.clone();
+            Box::new(move || {
+                let mut out = String::with_capacity(8192);
+                metrics::render(&mut out, &workers);
+                render_storage(&mut out, &sink, &catalogs_shared);
+                out
+            })
+        };
+        let admin = admin::spawn(admin_listener, shared.clone(), render_metrics)
+            .map_err(|e| ServeError::Thread(e.to_string()))?;
+        server.helpers.push(admin);
+        shared.ready.store(true, Ordering::Release);
+        let driver = server.drivers.first().map_or("none", |d| d.as_str());
+        tracing::info!(listen = %data_addr, admin = %admin_addr, workers, driver, node = %shared.node, "trackplane serving");
+        Ok(server)
+    }
+
+    /// Asks every part to stop; returns at once. [`Server::wait`] finishes.
+    pub fn shutdown(&self) {
+        self.shared.ready.store(false, Ordering::Release);
+        self.shared.shutdown.store(true, Ordering::Release);
+    }
+
+    /// Waits for the workers to drain, then flushes and syncs the event log.
+    pub fn wait(self) -> Result<(), ServeError> {
+        let mut panicked = false;
+        for w in self.workers {
+            panicked |= w.join().is_err();
+        }
+        let stored = self.sink.finish().map_err(storage(
+            "cannot flush the event log",
+            &self.shared.config.data_dir,
+        ));
+        for h in self.helpers {
+            panicked |= h.join().is_err();
+        }
+        stored?;
+        if panicked {
+            return Err(ServeError::Thread("a thread panicked".into()));
+        }
+        tracing::info!("trackplane stopped");
+        Ok(())
+    }
+
+    /// The metrics page, as the admin port serves it.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        metrics::render(&mut out, &self.worker_metrics);
+        render_storage(&mut out, &self.sink.metrics, &self.shared);
+        out
+    }
+}
+
+fn render_storage(out: &mut String, sink: &crate::sink::SinkMetrics, shared: &Shared) {
+    use std::fmt::Write as _;
+    let records = sink.records.load(Ordering::Relaxed);
+    let bytes = sink.bytes.load(Ordering::Relaxed);
+    let errors = sink.errors.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP trackplane_log_records_total Records written to the event log."
+    );
+    let _ = writeln!(out, "# TYPE trackplane_log_records_total counter");
+    let _ = writeln!(out, "trackplane_log_records_total {records}");
+    let _ = writeln!(
+        out,
+        "# HELP trackplane_log_bytes_total Bytes written to the event log."
+    );
+    let _ = writeln!(out, "# TYPE trackplane_log_bytes_total counter");
+    let _ = writeln!(out, "trackplane_log_bytes_total {bytes}");
+    let _ = writeln!(
+        out,
+        "# HELP trackplane_log_errors_total Event log write errors."
+    );
+    let _ = writeln!(out, "# TYPE trackplane_log_errors_total counter");
+    let _ = writeln!(out, "trackplane_log_errors_total {errors}");
+    let catalogs = shared.catalogs.load();
+    let products: usize = catalogs
+        .advertisers()
+        .filter_map(|a| catalogs.get(a))
+        .map(|s| s.len())
+        .sum();
+    let _ = writeln!(
+        out,
+        "# HELP trackplane_catalogs Advertisers with a loaded catalog."
+    );
+    let _ = writeln!(out, "# TYPE trackplane_catalogs gauge");
+    let _ = writeln!(out, "trackplane_catalogs {}", catalogs.len());
+    let _ = writeln!(
+        out,
+        "# HELP trackplane_catalog_products Product ids in all loaded catalogs."
+    );
+    let _ = writeln!(out, "# TYPE trackplane_catalog_products gauge");
+    let _ = writeln!(out, "trackplane_catalog_products {products}");
+}
+
+/// Re-reads changed catalog files every `reload_interval_ms` and swaps the
+/// new snapshot in; workers keep serving from the old one meanwhile.
+fn spawn_reloader(shared: Arc<Shared>, mut dir: CatalogDir) -> std::io::Result<JoinHandle<()>> {
+    let interval = Duration::from_millis(shared.config.catalogs.reload_interval_ms);
+    std::thread::Builder::new().name("trackplane-catalogs".into()).spawn(move || {
+        let step = Duration::from_millis(20).min(interval);
+        let mut waited = Duration::ZERO;
+        while !shared.shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(step);
+            waited += step;
+            if waited < interval {
+                continue;
+            }
+            waited = Duration::ZERO;
+            match dir.scan() {
+                Ok(Some(report)) => {
+                    shared.catalogs.store(Arc::new(dir.catalogs().clone()));
+                    tracing::info!(loaded = ?report.loaded, removed = ?report.removed, "catalogs reloaded");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "catalog scan failed; keeping the current catalogs"),
+            }
+        }
+    })
+}

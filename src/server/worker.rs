@@ -1,0 +1,206 @@
+//! One worker: a thread pinned to its core, its own monoio runtime (io_uring,
+//! or epoll when the kernel refuses io_uring), its own SO_REUSEPORT listener,
+//! and its own stream of events. Workers share nothing mutable.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use monoio::io::Canceller;
+use monoio::net::TcpListener;
+
+use crate::config::Driver;
+use crate::http::Limits;
+use crate::ring::Producer;
+use crate::server::handler::Handler;
+use crate::server::metrics::WorkerMetrics;
+use crate::server::{ServeError, Shared};
+
+/// The I/O driver a worker ended up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring.
+    Uring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl DriverKind {
+    /// As logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Uring => "io_uring",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// A worker's state, shared by its connection tasks on its one thread.
+pub struct Worker {
+    /// What all workers share.
+    pub shared: Arc<Shared>,
+    /// Request limits, copied out of the config.
+    pub limits: Limits,
+    /// The request handler and its buffers.
+    pub handler: RefCell<Handler>,
+    /// This worker's counters.
+    pub metrics: Arc<WorkerMetrics>,
+    /// Connections holding part of a request or an unsent answer.
+    pub in_flight: Cell<usize>,
+    /// Connections open.
+    pub connections: Cell<usize>,
+}
+
+impl Worker {
+    /// Whether the server is shutting down.
+    #[inline]
+    pub fn shutting_down(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything one worker thread starts with.
+pub struct WorkerSpec {
+    /// Worker (and stream) number.
+    pub index: usize,
+    /// Its listening socket, already bound.
+    pub listener: std::net::TcpListener,
+    /// Its end of the hand-off ring.
+    pub producer: Producer,
+    /// First sequence number of its stream.
+    pub next_seq: u64,
+    /// Its counters.
+    pub metrics: Arc<WorkerMetrics>,
+    /// The core to pin to, if any.
+    pub core: Option<core_affinity::CoreId>,
+}
+
+/// Starts a worker thread. The channel receives the driver it runs on once
+/// its runtime is up, or the error that stopped it.
+pub fn spawn(
+    shared: Arc<Shared>,
+    spec: WorkerSpec,
+    started: mpsc::Sender<Result<DriverKind, ServeError>>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("trackplane-w{}", spec.index))
+        .spawn(move || {
+            if let Some(core) = spec.core {
+                if !core_affinity::set_for_current(core) {
+                    tracing::warn!(worker = spec.index, core = core.id, "could not pin worker to its core");
+                }
+            }
+            let entries = 4096;
+            let want = shared.config.server.driver;
+            let use_uring = match want {
+                Driver::Uring => true,
+                Driver::Epoll => false,
+                Driver::Auto => monoio::utils::detect_uring(),
+            };
+            if use_uring {
+                match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(entries).enable_timer().build() {
+                    Ok(mut rt) => {
+                        let _ = started.send(Ok(DriverKind::Uring));
+                        rt.block_on(run(shared, spec));
+                        return;
+                    }
+                    Err(e) if want == Driver::Uring => {
+                        let _ = started.send(Err(ServeError::Runtime { driver: "io_uring", source: e }));
+                        return;
+                    }
+                    Err(e) => tracing::warn!(worker = spec.index, error = %e, "io_uring refused; falling back to epoll"),
+                }
+            }
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+                Ok(mut rt) => {
+                    let _ = started.send(Ok(DriverKind::Epoll));
+                    rt.block_on(run(shared, spec));
+                }
+                Err(e) => {
+                    let _ = started.send(Err(ServeError::Runtime { driver: "epoll", source: e }));
+                }
+            }
+        })
+}
+
+async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
+    let cfg = &shared.config.server;
+    let limits = Limits {
+        max_request_line_bytes: cfg.max_request_line_bytes,
+        max_header_bytes: cfg.max_header_bytes,
+        max_headers: cfg.max_headers,
+        max_body_bytes: cfg.max_body_bytes,
+    };
+    let max_connections = cfg.max_connections_per_worker;
+    let drain = Duration::from_millis(cfg.drain_timeout_ms);
+    let listener = match TcpListener::from_std(spec.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = spec.index, error = %e, "listener unusable; worker stops");
+            return;
+        }
+    };
+    let handler = Handler::new(
+        shared.clone(),
+        spec.metrics.clone(),
+        spec.index as u32,
+        spec.next_seq,
+        spec.producer,
+    );
+    let worker = Rc::new(Worker {
+        shared,
+        limits,
+        handler: RefCell::new(handler),
+        metrics: spec.metrics,
+        in_flight: Cell::new(0),
+        connections: Cell::new(0),
+    });
+
+    // Accept blocks in the kernel; a watcher cancels it at shutdown.
+    let canceller = Canceller::new();
+    let cancel = canceller.handle();
+    let watcher = worker.clone();
+    monoio::spawn(async move {
+        while !watcher.shutting_down() {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        canceller.cancel();
+    });
+
+    loop {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                if worker.connections.get() >= max_connections {
+                    worker.metrics.connections_refused.inc();
+                    drop(stream);
+                    continue;
+                }
+                worker.connections.set(worker.connections.get() + 1);
+                worker.metrics.connections_accepted.inc();
+                monoio::spawn(super::conn::serve(worker.clone(), stream, peer));
+            }
+            Err(_) if worker.shutting_down() => break,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(worker = spec.index, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    let deadline = monoio::time::Instant::now() + drain;
+    while worker.in_flight.get() > 0 && monoio::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if worker.in_flight.get() > 0 {
+        tracing::warn!(
+            worker = spec.index,
+            in_flight = worker.in_flight.get(),
+            "drain timeout; closing busy connections"
+        );
+    }
+}
