@@ -1,0 +1,233 @@
+//! Test harness: a real server on loopback with its own data directory, and
+//! a raw-bytes HTTP client that parses answers strictly.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use trackplane::config::{Config, Driver};
+use trackplane::server::Server;
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a one-worker server on `driver` with `extra` TOML merged over a
+/// test base config.
+pub fn start(driver: Driver, extra: &str) -> TestServer {
+    start_with(driver, extra, |_| {})
+}
+
+pub fn start_with(driver: Driver, extra: &str, prepare: impl FnOnce(&Path)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path());
+    let base = format!(
+        "node_id = \"t1\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n",
+        dir.path().display()
+    );
+    let config = Config::from_toml_str(&merge_toml(&base, extra), "test").unwrap();
+    let mut config = config;
+    config.server.driver = driver;
+    let server = Server::start(config).unwrap();
+    TestServer {
+        addr: server.data_addr,
+        admin: server.admin_addr,
+        server: Some(server),
+        dir,
+    }
+}
+
+/// Appends `extra` to `base`, moving keys of a `[server]` table in `extra`
+/// into the base's `[server]` table (TOML forbids defining it twice).
+fn merge_toml(base: &str, extra: &str) -> String {
+    let mut base: toml::Table = toml::from_str(base).unwrap();
+    let extra: toml::Table = toml::from_str(extra).unwrap();
+    for (k, v) in extra {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => b.extend(e),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+    toml::to_string(&base).unwrap()
+}
+
+impl TestServer {
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// Sends `raw` on a new connection and reads `n` answers.
+    pub fn exchange(&self, raw: &[u8], n: usize) -> Vec<Response> {
+        let mut s = self.connect();
+        s.write_all(raw).unwrap();
+        read_responses(&mut s, n)
+    }
+
+    pub fn get(&self, target: &str) -> Response {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\nUser-Agent: test-agent\r\n\r\n");
+        self.exchange(raw.as_bytes(), 1).remove(0)
+    }
+
+    pub fn admin_get(&self, path: &str) -> Response {
+        let mut s = TcpStream::connect(self.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        read_responses(&mut s, 1).remove(0)
+    }
+
+    /// Stops the server (drain, flush, fsync) and returns every record.
+    pub fn stop(&mut self) -> Vec<serde_json::Value> {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.wait().unwrap();
+        }
+        records(self.dir.path())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            let _ = server.wait();
+        }
+    }
+}
+
+/// Every record in the event log under `data_dir`, stream by stream.
+pub fn records(data_dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(data_dir.join("events")) else {
+        return out;
+    };
+    let mut paths: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    for p in paths {
+        for line in std::fs::read_to_string(&p).unwrap().lines() {
+            out.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")));
+        }
+    }
+    out
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads exactly `n` answers (Content-Length framed) from `s`.
+pub fn read_responses(s: &mut TcpStream, n: usize) -> Vec<Response> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let status = resp.code.unwrap();
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let body_len = if status == 100 || status == 204 {
+                0
+            } else {
+                len
+            };
+            if buf.len() >= head + body_len {
+                let body = buf[head..head + body_len].to_vec();
+                buf.drain(..head + body_len);
+                if status != 100 {
+                    out.push(Response {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+                continue;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {} answers; have {:?}",
+            out.len(),
+            String::from_utf8_lossy(&buf)
+        );
+        let mut chunk = [0u8; 65536];
+        let k = s
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("read failed after {} answers: {e}", out.len()));
+        assert!(
+            k > 0,
+            "connection closed after {} answers; have {:?}",
+            out.len(),
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    assert!(
+        buf.is_empty(),
+        "unexpected bytes after answers: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    out
+}
+
+/// Whether the server closed `s` (EOF) within a few seconds.
+pub fn closed(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 1024];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Generates one test per driver from `fn name(driver: Driver)`.
+#[macro_export]
+macro_rules! on_both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod uring { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Uring) } )* }
+        mod epoll { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Epoll) } )* }
+    };
+}

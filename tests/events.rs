@@ -1,0 +1,252 @@
+//! What reaches the event log: audited records, `/batch` semantics,
+//! privacy policies, catalog hot reload under load, and metrics.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{read_responses, start, start_with};
+use trackplane::config::Driver;
+
+on_both_drivers!(
+    records_carry_the_audit,
+    batch_answers_per_item,
+    batch_refuses_whole_under_back_pressure,
+    do_not_track_policies,
+    catalog_hot_reload_under_load,
+    metrics_count_what_happened,
+);
+
+const SHOP: &str =
+    "[advertisers.shop]\nredirect_hosts = [\"shop.com\"]\n[catalogs]\nreload_interval_ms = 50\n";
+
+fn with_catalog(dir: &std::path::Path, ids: &str) {
+    std::fs::create_dir_all(dir.join("catalogs")).unwrap();
+    std::fs::write(dir.join("catalogs/shop.txt"), ids).unwrap();
+}
+
+fn records_carry_the_audit(d: Driver) {
+    let mut s = start_with(d, SHOP, |dir| with_catalog(dir, "p1\np2\n"));
+    let targets = [
+        "/i?adv=shop&pid=p1",
+        "/i?adv=shop&pid=p1,p9",
+        "/e?adv=shop&ev=purchase&order_id=o1&value=9,99&currency=EUR&pid=p2",
+        "/e?adv=ghost",
+        "/e?adv=shop&ev=signup",
+        "/c?adv=shop&url=https://evil.com/",
+    ];
+    for t in targets {
+        let r = s.get(t);
+        assert!(r.status < 500, "{t}: {}", r.status);
+    }
+    let records = s.stop();
+    assert_eq!(records.len(), targets.len());
+    let codes: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            r["issues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}:{}",
+                        i["code"].as_str().unwrap(),
+                        i["param"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(codes[0], Vec::<String>::new());
+    assert_eq!(codes[1], ["unknown_product:pid"]);
+    assert_eq!(codes[2], ["bad_format:value"]);
+    assert_eq!(codes[3], ["unknown_advertiser:adv"]);
+    assert_eq!(codes[4], ["unknown_event_type:ev"]);
+    assert_eq!(codes[5], ["disallowed_redirect:url"]);
+    let first = &records[0];
+    for key in [
+        "id",
+        "ts_ms",
+        "type",
+        "advertiser",
+        "status",
+        "issues",
+        "params",
+        "products",
+        "ip",
+        "user_agent",
+        "referer",
+        "node",
+    ] {
+        assert!(first.get(key).is_some(), "missing key {key}");
+    }
+    assert_eq!(first["id"], "t1-0-0");
+    assert_eq!(records[5]["id"], "t1-0-5");
+    assert_eq!(
+        first["ip"], "127.0.0.0",
+        "IPv4 is truncated to /24 by default"
+    );
+    assert_eq!(first["user_agent"], "test-agent");
+    assert_eq!(first["node"], "t1");
+}
+
+fn post_batch(s: &common::TestServer, body: &str) -> common::Response {
+    let raw = format!("POST /batch HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.exchange(raw.as_bytes(), 1).remove(0)
+}
+
+fn batch_answers_per_item(d: Driver) {
+    let mut s = start_with(d, SHOP, |dir| with_catalog(dir, "p1\n"));
+    let body = r#"[
+        {"adv":"shop","ev":"view_item","pid":"p1"},
+        {"adv":"shop","ev":"purchase","order_id":"o9","value":19.9,"currency":"EUR","pid":["p1","zz"]},
+        "not an object",
+        {"adv":"shop","nested":{"no":1}}
+    ]"#;
+    let r = post_batch(&s, body);
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["accepted"], 2);
+    assert_eq!(v["invalid"], 1);
+    assert_eq!(v["rejected"], 2);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "ok");
+    assert_eq!(results[0]["id"], "t1-0-0");
+    assert_eq!(results[1]["status"], "invalid");
+    assert_eq!(results[1]["issues"][0]["code"], "unknown_product");
+    assert_eq!(results[1]["issues"][0]["value"], "zz");
+    assert_eq!(results[2]["status"], "rejected");
+    assert_eq!(results[3]["status"], "rejected");
+    for (body, status) in [("{\"a\":1}", 400), ("[1,", 400), ("", 400)] {
+        assert_eq!(post_batch(&s, body).status, status, "{body:?}");
+    }
+    let records = s.stop();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1]["params"]["value"], "19.9");
+    assert_eq!(records[1]["products"], serde_json::json!(["p1", "zz"]));
+}
+
+fn batch_refuses_whole_under_back_pressure(d: Driver) {
+    // A 64 KiB ring cannot take a 300-event batch: the whole batch is
+    // refused with 503 + Retry-After and nothing of it is recorded.
+    let mut s = start(d, "[server]\nring_bytes = 65536\n");
+    let item = r#"{"adv":"demo","ev":"page_view","filler":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    let body = format!("[{}]", vec![item; 300].join(","));
+    let r = post_batch(&s, &body);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let small = format!("[{}]", [item; 3].join(","));
+    assert_eq!(post_batch(&s, &small).status, 200);
+    let m = s.admin_get("/metrics");
+    assert!(String::from_utf8_lossy(&m.body).contains("trackplane_events_refused_total 300"));
+    let records = s.stop();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records[0]["id"], "t1-0-0",
+        "refused events leave no sequence gap"
+    );
+}
+
+fn do_not_track_policies(d: Driver) {
+    for (policy, want_records) in [("ignore", 1), ("anonymize", 1), ("drop", 0)] {
+        let mut s = start(
+            d,
+            &format!("[privacy]\ndnt = \"{policy}\"\nip = \"truncate\"\n"),
+        );
+        let raw = b"GET /i?adv=demo&uid=user-7 HTTP/1.1\r\nUser-Agent: ua\r\nDNT: 1\r\n\r\n";
+        assert_eq!(s.exchange(raw, 1)[0].status, 200, "{policy}");
+        let records = s.stop();
+        assert_eq!(records.len(), want_records, "{policy}");
+        if policy == "anonymize" {
+            assert!(records[0]["ip"].is_null());
+            assert_eq!(records[0]["user_agent"], "");
+            assert!(records[0]["params"].get("uid").is_none());
+        }
+        if policy == "ignore" {
+            assert_eq!(records[0]["params"]["uid"], "user-7");
+            assert_eq!(records[0]["ip"], "127.0.0.0");
+        }
+    }
+    let mut s = start(d, "[privacy]\nip = \"drop\"\n");
+    s.get("/i?adv=demo");
+    assert!(s.stop()[0]["ip"].is_null());
+}
+
+fn catalog_hot_reload_under_load(d: Driver) {
+    let mut s = start_with(d, SHOP, |dir| with_catalog(dir, "p1\n"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let addr = s.addr;
+    let load = {
+        let stop = stop.clone();
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let req =
+                b"GET /i?adv=shop&pid=p2 HTTP/1.1\r\n\r\nGET /i?adv=shop&pid=p2 HTTP/1.1\r\n\r\n";
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                c.write_all(req).unwrap();
+                for r in read_responses(&mut c, 2) {
+                    assert_eq!(r.status, 200);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let tmp = s.data_dir().join("catalogs/.shop.txt.tmp");
+    std::fs::write(&tmp, "p1\np2\n").unwrap();
+    std::fs::rename(&tmp, s.data_dir().join("catalogs/shop.txt")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let records = s.stop();
+    assert_eq!(
+        records.len() as u64,
+        answered.load(Ordering::Relaxed),
+        "every answered call recorded"
+    );
+    let statuses: Vec<&str> = records
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    let flip = statuses
+        .iter()
+        .position(|&st| st == "ok")
+        .expect("the new catalog took effect");
+    assert!(flip > 0, "the old catalog served first");
+    assert!(statuses[..flip].iter().all(|&st| st == "invalid"));
+    assert!(
+        statuses[flip..].iter().all(|&st| st == "ok"),
+        "no request saw the old catalog after the swap"
+    );
+}
+
+fn metrics_count_what_happened(d: Driver) {
+    let s = start(d, "");
+    s.get("/i?adv=demo");
+    s.get("/i?adv=nobody");
+    s.get("/nope");
+    let m = s.admin_get("/metrics");
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body);
+    for line in [
+        "trackplane_http_requests_total{route=\"pixel\"} 2",
+        "trackplane_http_responses_total{code=\"200\"} 2",
+        "trackplane_http_responses_total{code=\"404\"} 1",
+        "trackplane_events_audited_total{status=\"ok\"} 1",
+        "trackplane_events_audited_total{status=\"invalid\"} 1",
+        "trackplane_audit_issues_total{code=\"unknown_advertiser\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    assert_eq!(s.admin_get("/healthz").status, 200);
+    assert_eq!(s.admin_get("/readyz").status, 200);
+    assert_eq!(s.admin_get("/nope").status, 404);
+}

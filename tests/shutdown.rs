@@ -1,0 +1,170 @@
+//! SIGTERM on the real binary under load: every call that got an answer is
+//! in the event log after exit, and the process exits 0.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Starts `trackplane serve` and returns it with its data address, read
+/// from its start-up log line.
+pub fn spawn_server(dir: &std::path::Path, driver: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trackplane"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--driver",
+            driver,
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        assert!(Instant::now() < deadline, "server did not start");
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn sigterm_loses_nothing_answered(driver: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_server(dir.path(), driver);
+    let answered = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let answered = answered.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let mut n = 0u64;
+                'outer: while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                        break;
+                    };
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    for _ in 0..50 {
+                        let id = c * 1_000_000 + n;
+                        n += 1;
+                        let req = format!("GET /i?adv=demo&n={id} HTTP/1.1\r\n\r\n");
+                        if s.write_all(req.as_bytes()).is_err() {
+                            continue 'outer;
+                        }
+                        match read_one(&mut s) {
+                            Some(200) => {
+                                answered.lock().unwrap().insert(id);
+                            }
+                            _ => continue 'outer,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let rc = send_sigterm(child.id());
+    assert_eq!(rc, 0);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(status.success(), "exit status {status:?}");
+    let answered = answered.lock().unwrap();
+    assert!(
+        answered.len() > 100,
+        "load too light to mean anything: {}",
+        answered.len()
+    );
+    let records = common::records(dir.path());
+    let stored: HashSet<u64> = records
+        .iter()
+        .map(|r| r["params"]["n"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let missing: Vec<_> = answered.iter().filter(|n| !stored.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered calls missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let ids: HashSet<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), records.len(), "ids are unique");
+}
+
+fn read_one(s: &mut std::net::TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let len: usize = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| {
+                    std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                });
+            if buf.len() >= head + len {
+                return resp.code;
+            }
+        }
+        let n = std::io::Read::read(s, &mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn send_sigterm(pid: u32) -> i32 {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .map_or(-1, |s| s.code().unwrap_or(-1))
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("server did not exit within {limit:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_loses_nothing_answered_uring() {
+    sigterm_loses_nothing_answered("uring");
+}
+
+#[test]
+fn sigterm_loses_nothing_answered_epoll() {
+    sigterm_loses_nothing_answered("epoll");
+}

@@ -1,0 +1,129 @@
+//! Zero heap allocations per request in steady state, proven with a
+//! counting allocator: after warm-up, thousands of pixel, beacon and click
+//! calls (pipelined and one by one) must not allocate at all, in any thread
+//! of the process. The client below allocates nothing in its loop either.
+//!
+//! One test function, so no other test runs in this process meanwhile.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use trackplane::config::Driver;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting calls.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Sends `rounds` rounds of `batch` pipelined copies of `request` and reads
+/// exactly `answer_len` bytes per copy, using only stack buffers.
+fn drive(
+    stream: &mut std::net::TcpStream,
+    request: &[u8],
+    batch: usize,
+    rounds: usize,
+    answer_len: usize,
+) {
+    let mut out = [0u8; 16384];
+    let mut n = 0;
+    for _ in 0..batch {
+        out[n..n + request.len()].copy_from_slice(request);
+        n += request.len();
+    }
+    let mut sink = [0u8; 65536];
+    for _ in 0..rounds {
+        stream.write_all(&out[..n]).unwrap();
+        let mut want = answer_len * batch;
+        while want > 0 {
+            let got = stream.read(&mut sink[..want.min(65536)]).unwrap();
+            assert!(got > 0, "server closed the connection");
+            want -= got;
+        }
+    }
+}
+
+fn answer_len(s: &common::TestServer, request: &[u8]) -> usize {
+    let mut c = s.connect();
+    c.write_all(request).unwrap();
+    let r = common::read_responses(&mut c, 1).remove(0);
+    let head: usize = r
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + 2 + v.len() + 2)
+        .sum();
+    "HTTP/1.1 200 OK\r\n".len() + head + 2 + r.body.len() + status_line_delta(r.status)
+}
+
+fn status_line_delta(status: u16) -> usize {
+    match status {
+        200 => 0,
+        204 => "HTTP/1.1 204 No Content\r\n".len() - "HTTP/1.1 200 OK\r\n".len(),
+        302 => "HTTP/1.1 302 Found\r\n".len() - "HTTP/1.1 200 OK\r\n".len(),
+        s => panic!("unexpected status {s}"),
+    }
+}
+
+fn steady_state_allocations(driver: Driver) -> u64 {
+    let s = common::start(driver, "[catalogs]\nreload_interval_ms = 3600000\n[advertisers.shop]\nredirect_hosts = [\"shop.com\"]\n");
+    let requests: [&[u8]; 3] = [
+        b"GET /i?adv=demo&ev=purchase&order_id=o-1&value=9.99&currency=EUR&pid=a,b,c&uid=u1 HTTP/1.1\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nReferer: https://shop.com/p/1\r\n\r\n",
+        b"GET /e?adv=shop&ev=view_item&pid=p%2C1 HTTP/1.1\r\nUser-Agent: test\r\n\r\n",
+        b"GET /c?adv=shop&url=https%3A%2F%2Fshop.com%2Fx HTTP/1.1\r\n\r\n",
+    ];
+    let lens: Vec<usize> = requests.iter().map(|r| answer_len(&s, r)).collect();
+    let mut conns: Vec<std::net::TcpStream> = (0..4).map(|_| s.connect()).collect();
+    // Warm-up: every buffer reaches its working size.
+    for (i, c) in conns.iter_mut().enumerate() {
+        for (r, &len) in requests.iter().zip(&lens) {
+            drive(c, r, 1 + i * 10, 50, len);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let mut calls = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        for (r, &len) in requests.iter().zip(&lens) {
+            drive(c, r, 1 + i * 10, 120, len);
+            calls += (1 + i * 10) * 120;
+        }
+    }
+    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    assert!(calls >= 20_000);
+    drop(conns);
+    let mut s = s;
+    let records = s.stop();
+    assert!(records.len() >= calls, "every call was recorded");
+    after - before
+}
+
+#[test]
+fn no_allocation_per_request_on_either_driver() {
+    for driver in [Driver::Uring, Driver::Epoll] {
+        let n = steady_state_allocations(driver);
+        assert_eq!(n, 0, "{driver:?}: {n} allocations in steady state");
+    }
+}
