@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Side by side in one run: nginx empty_gif (buffered access log), a bare
+# monoio+httparse responder (the floor), and trackplane with the realistic
+# mix (audit, catalogs, records on disk). Each server is pinned to core 0,
+# the load generator to core 1. For each fixed rate it prints requests/s,
+# server CPU µs per request (from /proc/PID/task/*/schedstat, all threads)
+# and latency percentiles from the intended send time, plus ratios to nginx.
+#
+#   bench/compare.sh [RATES] [SECONDS]        e.g. bench/compare.sh "20000 50000 100000" 10
+#
+# Uses wrk2 for the fixed rates when it is installed, loadtest otherwise;
+# wrk (closed loop) for the saturation row. Writes bench/results/compare-<date>.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATES=${1:-"20000 50000 100000"}
+SECONDS_PER_RATE=${2:-10}
+CONNS=64
+SERVER_CORE=0
+LOAD_CORE=1
+W=$(mktemp -d /tmp/trackplane-bench.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "nginx -p $W" 2>/dev/null || true; rm -rf "$W"' EXIT
+
+command -v nginx >/dev/null || { echo "compare.sh: needs nginx (apt-get install nginx-light)"; exit 1; }
+cargo build --release --quiet --bin trackplane -p trackplane -p trackplane-loadtest
+LT=target/release/loadtest
+
+cpu_ns() { # total on-CPU ns of every thread of the given pids
+  local total=0 pid t
+  for pid in "$@"; do
+    for t in /proc/"$pid"/task/*/schedstat; do
+      total=$((total + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
+
+# The realistic mix: 50 advertisers x 20k products, 10% broken tags.
+$LT setup --dir "$W/mix" >/dev/null
+mkdir -p "$W/tp-data"
+cp -r "$W/mix/catalogs" "$W/tp-data/"
+
+cat > "$W/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $W/access.log combined buffer=64k flush=1s;
+  keepalive_requests 10000000;
+  keepalive_timeout 60s;
+  client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp;
+  uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;
+  server { listen 127.0.0.1:18081; location / { empty_gif; } }
+}
+NGINX
+mkdir -p "$W/tmp"
+
+declare -A PIDS
+start_server() {
+  case "$1" in
+    nginx) taskset -c $SERVER_CORE nginx -p "$W" -c "$W/nginx.conf" 2>/dev/null & PORT=18081 ;;
+    bare) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18082 uring-coop & PORT=18082 ;;
+    trackplane|trackplane-epoll) RUST_LOG=warn taskset -c $SERVER_CORE target/release/trackplane serve --config "$W/mix/trackplane.toml" \
+        --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19180 --data-dir "$W/tp-data" --workers 1 \
+        --driver "$([ "$1" = trackplane ] && echo uring || echo epoll)" & PORT=18080 ;;
+  esac
+  wait_port $PORT
+  sleep 0.3
+  if [ "$1" = nginx ]; then PIDS[$1]="$(cat "$W/nginx.pid") $(pgrep -P "$(cat "$W/nginx.pid")")"; else PIDS[$1]=$!; fi
+}
+
+stop_server() {
+  case "$1" in
+    nginx) kill -QUIT "$(cat "$W/nginx.pid")"; sleep 0.5 ;;
+    *) kill -TERM ${PIDS[$1]}; wait ${PIDS[$1]} 2>/dev/null || true ;;
+  esac
+}
+
+calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
+
+json_field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
+
+ROWS=()
+run_rate() { # server port rate
+  local before after out us
+  before=$(cpu_ns ${PIDS[$1]})
+  out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$2" --rate "$3" --connections $CONNS --duration "$SECONDS_PER_RATE" --warmup 2 --json)
+  after=$(cpu_ns ${PIDS[$1]})
+  local done; done=$(json_field "$out" completed)
+  # CPU is measured over warm-up + measured window; count both windows' calls.
+  local total; total=$(calc "$done + $(json_field "$out" achieved_rate) * 2")
+  us=$(calc "($after - $before) / 1000 / $total")
+  ROWS+=("$1|$3|$(json_field "$out" achieved_rate)|$us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$(json_field "$out" p9999_us)|$(json_field "$out" max_us)|$(json_field "$out" other_status)")
+  echo "  $1 @ $3/s: cpu ${us} µs/req  $out" >&2
+}
+
+SAT=()
+for s in nginx bare trackplane trackplane-epoll; do
+  echo "== $s" >&2
+  start_server $s
+  for r in $RATES; do run_rate $s $PORT "$r"; done
+  if command -v wrk >/dev/null; then
+    target="/i?adv=adv-1&pid=sku-1-7&uid=u1"
+    rps=$(taskset -c $LOAD_CORE wrk -t1 -c$CONNS -d"${SECONDS_PER_RATE}s" "http://127.0.0.1:$PORT$target" | awk '/Requests\/sec/ {print $2}')
+    SAT+=("$s|$rps")
+    echo "  $s saturation (wrk -t1 -c$CONNS): $rps req/s" >&2
+  fi
+  if [ $s = trackplane-epoll ]; then
+    RSS=$(awk '/VmHWM/ {print $2}' /proc/"${PIDS[$s]}"/status)
+    curl -s 127.0.0.1:19180/metrics > "$W/metrics.txt" || true
+  fi
+  stop_server $s
+done
+
+RECORDS=$(cat "$W"/tp-data/events/*.jsonl | wc -l)
+RECORD_BYTES=$(cat "$W"/tp-data/events/*.jsonl | wc -c)
+INVALID=$(cat "$W"/tp-data/events/*.jsonl | grep -c '"status":"invalid"' || true)
+
+out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
+{
+  echo "# trackplane vs nginx vs bare responder — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Command: \`bench/compare.sh \"$RATES\" $SECONDS_PER_RATE\`"
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
+  echo "Servers pinned to core $SERVER_CORE, load generator (loadtest, open loop, wrk2 semantics, $CONNS connections) to core $LOAD_CORE."
+  echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else. trackplane: io_uring; trackplane-epoll: the same binary with --driver epoll."
+  echo "trackplane: 1 worker, realistic mix (50 advertisers x 20k-product catalogs, 10% broken tags), records on disk."
+  echo
+  echo "| server | target/s | achieved/s | CPU µs/req | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx/3xx |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  for row in "${ROWS[@]}"; do echo "|${row}|"; done
+  echo
+  echo "Ratios to nginx at the same rate (CPU per request; p99; p99.9):"
+  echo
+  for r in $RATES; do
+    n=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" '$1=="nginx" && $2==r')
+    for s in bare trackplane trackplane-epoll; do
+      x=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" -v s=$s '$1==s && $2==r')
+      [ -n "$x" ] && [ -n "$n" ] || continue
+      echo "- $s @ $r/s: CPU $(calc "$(cut -d'|' -f4 <<<"$x") / $(cut -d'|' -f4 <<<"$n")")x, p99 $(calc "$(cut -d'|' -f6 <<<"$x") / $(cut -d'|' -f6 <<<"$n")")x, p99.9 $(calc "$(cut -d'|' -f7 <<<"$x") / $(cut -d'|' -f7 <<<"$n")")x"
+    done
+  done
+  if [ ${#SAT[@]} -gt 0 ]; then
+    echo
+    echo "Saturation, closed loop (\`wrk -t1 -c$CONNS -d${SECONDS_PER_RATE}s\`, one URL):"
+    echo
+    for row in "${SAT[@]}"; do echo "- ${row%%|*}: ${row##*|} req/s"; done
+  fi
+  echo
+  echo "trackplane stored $RECORDS records ($RECORD_BYTES bytes, $((RECORD_BYTES / (RECORDS > 0 ? RECORDS : 1))) bytes/record, $INVALID invalid); peak RSS ${RSS:-?} KiB."
+} > "$out"
+cat "$out"
+echo "wrote $out" >&2

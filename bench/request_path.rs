@@ -1,0 +1,109 @@
+//! Everything a worker does per pixel call between reading bytes and
+//! writing its answer, without sockets: parse the head, decode parameters,
+//! audit against schema and catalog, encode the record, write the response.
+//! Raced against the obvious implementation (a HashMap of owned strings and
+//! serde_json building a Value per event).
+//!
+//! `cargo bench --bench request_path`
+
+use std::collections::HashMap;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use trackplane::audit::{Auditor, Catalogs, ProductSet, Route};
+use trackplane::config::Config;
+use trackplane::http::date::HttpDate;
+use trackplane::http::{parse_head, response, Limits, Params};
+use trackplane::record::{self, Envelope};
+
+const REQUEST: &[u8] = b"GET /e?adv=shop&ev=purchase&order_id=o-81723&value=129.90&currency=EUR&pid=sku-1-17%2Csku-1-99&uid=u829173 HTTP/1.1\r\nHost: edge.example\r\nUser-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36\r\nReferer: https://www.shop.example/cart\r\nAccept: */*\r\n\r\n";
+
+const LIMITS: Limits = Limits {
+    max_request_line_bytes: 8192,
+    max_header_bytes: 16384,
+    max_headers: 64,
+    max_body_bytes: 1 << 20,
+};
+
+fn bench(c: &mut Criterion) {
+    let config = Config::from_toml_str("[advertisers.shop]\n", "bench").unwrap();
+    let auditor = Auditor::new(&config);
+    let ids: Vec<String> = (0..100_000).map(|i| format!("sku-1-{i}")).collect();
+    let catalogs =
+        Catalogs::default().with("shop", ProductSet::build(ids.iter().map(|s| s.as_bytes())));
+    let mut params = Params::with_capacity(64);
+    let mut rec = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(1024);
+    let date = HttpDate::default();
+
+    let mut g = c.benchmark_group("request_path");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("trackplane", |b| {
+        b.iter(|| {
+            let head = parse_head(REQUEST, &LIMITS).unwrap().unwrap();
+            params.clear();
+            params.parse_urlencoded(head.query.of(REQUEST), 64).unwrap();
+            let verdict = auditor.audit(&params, Route::Beacon, &catalogs);
+            rec.clear();
+            let env = Envelope {
+                node: "edge-1",
+                stream: 0,
+                seq: 1,
+                ts_ms: 1_700_000_000_000,
+                ip: Some("203.0.113.0".parse().unwrap()),
+                user_agent: head.user_agent.of(REQUEST),
+                referer: head.referer.of(REQUEST),
+                withheld_param: b"",
+            };
+            record::encode(&mut rec, &env, &verdict, &params);
+            out.clear();
+            response::empty(&mut out, trackplane::http::Status::NoContent, &date, true);
+            rec.len() + out.len()
+        })
+    });
+    let naive_catalog: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    g.bench_function("naive_hashmap_serde_json", |b| {
+        b.iter(|| {
+            let text = String::from_utf8(REQUEST.to_vec()).unwrap();
+            let line = text.lines().next().unwrap();
+            let target = line.split(' ').nth(1).unwrap();
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            let mut map: HashMap<String, String> = HashMap::new();
+            for pair in query.split('&') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let v = v.replace("%2C", ",");
+                map.entry(k.to_owned()).or_insert(v);
+            }
+            let mut headers: HashMap<String, String> = HashMap::new();
+            for h in text.lines().skip(1).take_while(|l| !l.is_empty()) {
+                if let Some((k, v)) = h.split_once(": ") {
+                    headers.insert(k.to_ascii_lowercase(), v.to_owned());
+                }
+            }
+            let mut issues = Vec::new();
+            for req in ["order_id", "value", "currency", "pid"] {
+                if !map.contains_key(req) {
+                    issues.push(serde_json::json!({"code": "missing_param", "param": req}));
+                }
+            }
+            let products: Vec<String> = map.get("pid").map(|p| p.split(',').map(str::to_owned).collect()).unwrap_or_default();
+            for p in &products {
+                if !naive_catalog.contains(p) {
+                    issues.push(serde_json::json!({"code": "unknown_product", "param": "pid", "value": p}));
+                }
+            }
+            let record = serde_json::json!({
+                "id": "edge-1-0-1", "ts_ms": 1_700_000_000_000u64, "type": map.get("ev"), "advertiser": map.get("adv"),
+                "status": if issues.is_empty() { "ok" } else { "invalid" }, "issues": issues, "params": map,
+                "products": products, "ip": "203.0.113.0", "user_agent": headers.get("user-agent"),
+                "referer": headers.get("referer"), "node": "edge-1",
+            });
+            let bytes = serde_json::to_vec(&record).unwrap();
+            let resp = format!("HTTP/1.1 204 No Content\r\nDate: {}\r\n\r\n", "Thu, 01 Jan 1970 00:00:00 GMT");
+            bytes.len() + resp.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,99 @@
+//! The floor: a bare monoio + httparse responder that answers every request
+//! with nginx's empty GIF and does nothing else. `bench/compare.sh` races
+//! trackplane and nginx against it, and the loadtest measures its own floor
+//! on it.
+//!
+//! `bare-responder 127.0.0.1:8082 [uring|epoll]`
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nServer: bare\r\nContent-Type: image/gif\r\nContent-Length: 43\r\nConnection: keep-alive\r\n\r\nGIF89a\x01\x00\x01\x00\x80\x01\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x01\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x4c\x01\x00\x3b";
+
+fn main() {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8082".into());
+    let driver = std::env::args().nth(2).unwrap_or_else(|| "uring".into());
+    if driver == "epoll" {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .expect("runtime");
+        rt.block_on(accept_loop(addr));
+    } else if driver == "uring-defer" {
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(urb)
+            .build()
+            .expect("runtime");
+        rt.block_on(accept_loop(addr));
+    } else if driver == "uring-coop" {
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_coop_taskrun().setup_single_issuer();
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(urb)
+            .build()
+            .expect("runtime");
+        rt.block_on(accept_loop(addr));
+    } else {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .build()
+            .expect("runtime");
+        rt.block_on(accept_loop(addr));
+    }
+}
+
+async fn accept_loop(addr: String) {
+    let listener = TcpListener::bind(&addr).expect("bind");
+    loop {
+        if let Ok((stream, _)) = listener.accept().await {
+            monoio::spawn(serve(stream));
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut out: Vec<u8> = Vec::with_capacity(8192);
+    loop {
+        let mut pos = 0;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf[pos..]) {
+                Ok(httparse::Status::Complete(n)) => {
+                    pos += n;
+                    out.extend_from_slice(ANSWER);
+                }
+                Ok(httparse::Status::Partial) => break,
+                Err(_) => return,
+            }
+        }
+        buf.drain(..pos);
+        if !out.is_empty() {
+            let (res, o) = stream.write_all(out).await;
+            out = o;
+            out.clear();
+            if res.is_err() {
+                return;
+            }
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity());
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        let (res, slice) = stream
+            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+            .await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `loadtest`: an open-loop HTTP load generator with wrk2's semantics, for
+//! trackplane and any other HTTP server (nginx, the bare responder).
+//!
+//! ```text
+//! loadtest setup --dir D            # catalogs + trackplane config for the mix
+//! loadtest run --addr 127.0.0.1:8080 --rate 50000 --duration 10 [--json]
+//! ```
+
+mod engine;
+mod mix;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Open-loop HTTP load with wrk2 semantics")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write catalogs and a trackplane config matching the mix.
+    Setup {
+        /// Directory to write into (catalogs/ and trackplane.toml).
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        mix: MixArgs,
+    },
+    /// Send load and report latency and throughput.
+    Run {
+        /// Server address (loopback only).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Requests per second in total; 0 means closed loop (as fast as
+        /// answers come).
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Connections, each with one request outstanding.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Seconds of load before measuring.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        mix: MixArgs,
+    },
+}
+
+#[derive(Args, Clone, Copy)]
+struct MixArgs {
+    /// Advertisers in the mix.
+    #[arg(long, default_value_t = 50)]
+    advertisers: usize,
+    /// Products per advertiser catalog.
+    #[arg(long, default_value_t = 20_000)]
+    products: usize,
+    /// Share of broken tags, in percent.
+    #[arg(long, default_value_t = 10)]
+    invalid_percent: u64,
+    /// Seed of the mix.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+impl MixArgs {
+    fn spec(self) -> mix::MixSpec {
+        mix::MixSpec {
+            advertisers: self.advertisers.max(1),
+            products: self.products.max(1),
+            invalid_percent: self.invalid_percent.min(100),
+            seed: self.seed,
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match Cli::parse().command {
+        Command::Setup { dir, mix } => match mix::write_setup(&dir, &mix.spec()) {
+            Ok(()) => {
+                println!(
+                    "wrote {}/catalogs and {}/trackplane.toml",
+                    dir.display(),
+                    dir.display()
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {}: {e}", dir.display());
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Run {
+            addr,
+            rate,
+            connections,
+            duration,
+            warmup,
+            json,
+            mix,
+        } => {
+            if !addr.ip().is_loopback() {
+                eprintln!("loadtest: {addr} is not a loopback address; refusing to send load");
+                return std::process::ExitCode::FAILURE;
+            }
+            let duration = Duration::from_secs(duration.clamp(1, 600));
+            let requests = mix::requests(&mix.spec(), 10_000, "edge.example");
+            match engine::run(
+                addr,
+                connections.clamp(1, 10_000),
+                rate,
+                duration,
+                &requests,
+                Duration::from_secs(warmup.min(60)),
+            ) {
+                Ok(r) => {
+                    print_report(&r, rate, connections, json);
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadtest: {addr}: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn print_report(r: &engine::Report, rate: u64, connections: usize, json: bool) {
+    let secs = r.elapsed.as_secs_f64();
+    let achieved = r.completed as f64 / secs;
+    let us = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
+    let max = r.latency.max() as f64 / 1000.0;
+    if json {
+        println!(
+            "{{\"target_rate\":{rate},\"connections\":{connections},\"seconds\":{secs:.1},\"sent\":{},\"completed\":{},\"achieved_rate\":{achieved:.0},\"ok\":{},\"other_status\":{},\"errors\":{},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"p9999_us\":{:.1},\"max_us\":{max:.1}}}",
+            r.sent, r.completed, r.status_2xx_3xx, r.status_other, r.errors, us(0.5), us(0.9), us(0.99), us(0.999), us(0.9999)
+        );
+    } else {
+        println!("target {rate}/s over {connections} connections for {secs:.1}s");
+        println!(
+            "achieved {achieved:.0}/s  completed {}  2xx/3xx {}  other {}  errors {}",
+            r.completed, r.status_2xx_3xx, r.status_other, r.errors
+        );
+        println!("latency from intended send time (µs):");
+        println!(
+            "  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {max:.1}",
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            us(0.9999)
+        );
+    }
+}
