@@ -10,6 +10,7 @@
 //! - `record`: the JSON event record, exactly as stored and shipped
 //! - `ring`: the lock-free hand-off from a worker to storage (the one
 //!   module allowed `unsafe`; the crate denies it everywhere else)
+//! - `segment`: the on-disk format, writer, reader and crash recovery
 //! - `sink`: drains the rings into the interim JSON-lines event log
 //! - `server`: workers, connection loop, request handler, admin port
 pub mod audit;
@@ -17,5 +18,6 @@ pub mod config;
 pub mod http;
 pub mod record;
 pub mod ring;
+pub mod segment;
 pub mod server;
 pub mod sink;

@@ -1,0 +1,273 @@
+//! Appends blocks to one stream's open segment, seals and rotates it.
+//! Owned by the store thread; never shared.
+//!
+//! # Invariants
+//! - Bytes are only appended; a block goes out in one `write`.
+//! - A new segment's header is durable (fdatasync + directory fsync) before
+//!   its first block is written.
+//! - Sealing syncs the file, renames `.seg.open` to `.seg` and syncs the
+//!   directory, so a sealed name always holds complete, durable blocks.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::format::{self, BlockHeader, SegmentHeader, BLOCK_HEADER_LEN, CODEC_ZSTD, HEADER_LEN};
+
+/// How blocks are cut and segments rotated.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Cut a block once its uncompressed records reach this size.
+    pub block_max_bytes: usize,
+    /// Seal a segment once it reaches this size.
+    pub segment_max_bytes: u64,
+    /// Seal a segment once it is this old (and holds a block).
+    pub segment_max_age: Duration,
+    /// zstd level.
+    pub zstd_level: i32,
+}
+
+/// What one block write did, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockStats {
+    /// Records in the block.
+    pub records: u64,
+    /// Uncompressed record bytes (with length prefixes).
+    pub raw_bytes: u64,
+    /// Bytes written (header and payload).
+    pub written_bytes: u64,
+}
+
+/// The writer of one stream.
+pub struct StreamWriter {
+    dir: PathBuf,
+    stream: u32,
+    node: String,
+    cfg: WriterConfig,
+    file: File,
+    path: PathBuf,
+    base_seq: u64,
+    size: u64,
+    blocks: u64,
+    opened: Instant,
+    // The block being built.
+    raw: Vec<u8>,
+    count: u32,
+    first_seq: u64,
+    next_seq: u64,
+    min_ts: u64,
+    max_ts: u64,
+    compressor: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
+    unsynced: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// fsyncs a directory, so that a rename or create in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl StreamWriter {
+    /// Opens a new segment for `stream` whose first record will be
+    /// `next_seq`.
+    pub fn create(
+        dir: &Path,
+        stream: u32,
+        node: &str,
+        next_seq: u64,
+        cfg: WriterConfig,
+    ) -> io::Result<StreamWriter> {
+        let (file, path) = new_segment(dir, stream, node, next_seq)?;
+        Ok(StreamWriter {
+            dir: dir.to_owned(),
+            stream,
+            node: node.to_owned(),
+            cfg,
+            file,
+            path,
+            base_seq: next_seq,
+            size: HEADER_LEN as u64,
+            blocks: 0,
+            opened: Instant::now(),
+            raw: Vec::with_capacity(cfg.block_max_bytes + 4096),
+            count: 0,
+            first_seq: next_seq,
+            next_seq,
+            min_ts: u64::MAX,
+            max_ts: 0,
+            compressor: zstd::bulk::Compressor::new(cfg.zstd_level)?,
+            out: Vec::new(),
+            unsynced: false,
+        })
+    }
+
+    /// Adds a record to the block being built. Records must come in
+    /// sequence order without gaps.
+    pub fn append(&mut self, seq: u64, ts_ms: u64, record: &[u8]) -> io::Result<()> {
+        if seq != self.next_seq {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "stream {} expected sequence {} but got {seq}",
+                    self.stream, self.next_seq
+                ),
+            ));
+        }
+        if record.len() > format::MAX_RECORD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "record larger than the format allows",
+            ));
+        }
+        if self.count == 0 {
+            self.first_seq = seq;
+        }
+        self.raw
+            .extend_from_slice(&(record.len() as u32).to_le_bytes());
+        self.raw.extend_from_slice(record);
+        self.count += 1;
+        self.next_seq = seq + 1;
+        self.min_ts = self.min_ts.min(ts_ms);
+        self.max_ts = self.max_ts.max(ts_ms);
+        Ok(())
+    }
+
+    /// Whether the block being built has reached its size.
+    pub fn block_full(&self) -> bool {
+        self.raw.len() >= self.cfg.block_max_bytes
+    }
+
+    /// Records waiting in the block being built.
+    pub fn pending(&self) -> u32 {
+        self.count
+    }
+
+    /// Compresses and writes the block being built, if any.
+    pub fn write_block(&mut self) -> io::Result<Option<BlockStats>> {
+        if self.count == 0 {
+            return Ok(None);
+        }
+        let bound = zstd::zstd_safe::compress_bound(self.raw.len());
+        self.out.clear();
+        self.out.resize(BLOCK_HEADER_LEN + bound, 0);
+        let n = self
+            .compressor
+            .compress_to_buffer(&self.raw, &mut self.out[BLOCK_HEADER_LEN..])?;
+        let header = BlockHeader {
+            compressed_len: n as u32,
+            uncompressed_len: self.raw.len() as u32,
+            count: self.count,
+            first_seq: self.first_seq,
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            codec: CODEC_ZSTD,
+            crc: 0,
+        };
+        let head = header.encode(&self.out[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + n]);
+        self.out[..BLOCK_HEADER_LEN].copy_from_slice(&head);
+        self.file.write_all(&self.out[..BLOCK_HEADER_LEN + n])?;
+        let stats = BlockStats {
+            records: u64::from(self.count),
+            raw_bytes: self.raw.len() as u64,
+            written_bytes: (BLOCK_HEADER_LEN + n) as u64,
+        };
+        self.size += stats.written_bytes;
+        self.blocks += 1;
+        self.unsynced = true;
+        self.raw.clear();
+        self.count = 0;
+        self.min_ts = u64::MAX;
+        self.max_ts = 0;
+        Ok(Some(stats))
+    }
+
+    /// fdatasyncs written blocks, if any are unsynced. Returns whether it
+    /// synced.
+    pub fn sync(&mut self) -> io::Result<bool> {
+        if !self.unsynced {
+            return Ok(false);
+        }
+        self.file.sync_data()?;
+        self.unsynced = false;
+        Ok(true)
+    }
+
+    /// Whether the segment should be sealed (by size or age) now.
+    pub fn should_rotate(&self) -> bool {
+        self.blocks > 0
+            && (self.size >= self.cfg.segment_max_bytes
+                || self.opened.elapsed() >= self.cfg.segment_max_age)
+    }
+
+    /// Seals this segment and opens the next one.
+    pub fn rotate(&mut self) -> io::Result<()> {
+        self.write_block()?;
+        seal(&mut self.file, &self.path, self.blocks == 0, &self.dir)?;
+        let (file, path) = new_segment(&self.dir, self.stream, &self.node, self.next_seq)?;
+        self.file = file;
+        self.path = path;
+        self.base_seq = self.next_seq;
+        self.size = HEADER_LEN as u64;
+        self.blocks = 0;
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    /// Writes what is pending, syncs and seals. A segment without a block
+    /// is removed instead of sealed.
+    pub fn close(mut self) -> io::Result<()> {
+        self.write_block()?;
+        seal(&mut self.file, &self.path, self.blocks == 0, &self.dir)
+    }
+
+    /// Sequence number the next record must have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The open segment's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open segment's first sequence number.
+    pub fn base_seq(&self) -> u64 {
+        self.base_seq
+    }
+}
+
+fn new_segment(dir: &Path, stream: u32, node: &str, base_seq: u64) -> io::Result<(File, PathBuf)> {
+    let path = dir.join(format::file_name(stream, base_seq, true));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    let header = SegmentHeader {
+        stream,
+        base_seq,
+        created_ms: now_ms(),
+        node: node.to_owned(),
+    };
+    file.write_all(&header.encode())?;
+    file.sync_data()?;
+    sync_dir(dir)?;
+    Ok((file, path))
+}
+
+fn seal(file: &mut File, path: &Path, empty: bool, dir: &Path) -> io::Result<()> {
+    if empty {
+        std::fs::remove_file(path)?;
+    } else {
+        file.sync_data()?;
+        let sealed = path.with_extension("");
+        std::fs::rename(path, &sealed)?;
+    }
+    sync_dir(dir)
+}
