@@ -11,7 +11,8 @@
 //! - `ring`: the lock-free hand-off from a worker to storage (the one
 //!   module allowed `unsafe`; the crate denies it everywhere else)
 //! - `segment`: the on-disk format, writer, reader and crash recovery
-//! - `sink`: drains the rings into the interim JSON-lines event log
+//! - `store`: drains the rings into zstd blocks in segments; fsync, rotation,
+//!   disk budget
 //! - `server`: workers, connection loop, request handler, admin port
 pub mod audit;
 pub mod config;
@@ -20,4 +21,4 @@ pub mod record;
 pub mod ring;
 pub mod segment;
 pub mod server;
-pub mod sink;
+pub mod store;

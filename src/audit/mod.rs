@@ -15,7 +15,7 @@ pub mod redirect;
 
 use std::collections::HashMap;
 
-use crate::config::{Config, EventTypeConfig, ParamSpec};
+use crate::config::{Config, Durability, EventTypeConfig, ParamSpec};
 use crate::http::Params;
 pub use catalog::{CatalogDir, Catalogs, ProductSet};
 pub use issue::{Issue, IssueCode, Issues};
@@ -35,6 +35,7 @@ pub enum Route {
 
 struct EventRules {
     name: Vec<u8>,
+    durability: Durability,
     required: Vec<Vec<u8>>,
     params: Vec<(Vec<u8>, ParamSpec)>,
     product_param: Vec<u8>,
@@ -72,6 +73,7 @@ impl Auditor {
         let names = &config.params;
         let compile = |name: &String, t: &EventTypeConfig| EventRules {
             name: name.as_bytes().to_vec(),
+            durability: t.durability,
             required: t.required.iter().map(|r| r.as_bytes().to_vec()).collect(),
             params: t
                 .params
@@ -237,6 +239,20 @@ impl Auditor {
                 None => {}
             }
         }
+    }
+
+    /// When events of `event_type` are answered; unknown types are
+    /// buffered.
+    pub fn durability(&self, event_type: &[u8]) -> Durability {
+        self.events
+            .iter()
+            .find(|e| e.name == event_type)
+            .map_or(Durability::Buffered, |e| e.durability)
+    }
+
+    /// Whether any event type is answered only once durable.
+    pub fn has_sync_types(&self) -> bool {
+        self.events.iter().any(|e| e.durability == Durability::Sync)
     }
 
     /// The advertisers named in the config.

@@ -2,9 +2,11 @@
 //! `validate()`, which names the key that is wrong and why.
 //!
 //! `default.toml` is the one source of default values. A user's file is merged
-//! over it key by key (tables recursively), except `advertisers` and
-//! `event_types`, which a file replaces whole when it names them: an operator
-//! who lists their own event types does not want the defaults mixed in.
+//! over it key by key (tables recursively), with two exceptions: a file that
+//! names `advertisers` replaces the default advertisers whole (the demo
+//! advertiser has no place on a real node), and each event type a file names
+//! replaces that default type whole (its schema is not mixed with the
+//! default's), while the other default types stay.
 
 mod schema;
 
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use schema::{EventTypeConfig, Format, ParamSpec};
+pub use schema::{Durability, EventTypeConfig, Format, ParamSpec};
 
 /// The embedded default configuration, as shipped.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -68,8 +70,8 @@ pub struct Config {
     pub routes: RouteEvents,
     /// Where advertiser catalogs live and how often they are re-read.
     pub catalogs: CatalogConfig,
-    /// How the interim event log is flushed.
-    pub sink: SinkConfig,
+    /// Blocks, segments, fsync and the disk budget.
+    pub storage: StorageConfig,
     /// Known advertisers and their redirect policy.
     pub advertisers: BTreeMap<String, AdvertiserConfig>,
     /// Event types and their schemas.
@@ -198,12 +200,38 @@ pub struct CatalogConfig {
     pub reload_interval_ms: u64,
 }
 
-/// How the interim event log is flushed.
+/// Blocks, segments, fsync and the disk budget.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// Events reach the file at most this long after they were answered.
+pub struct StorageConfig {
+    /// Events reach segment files at most this long after being answered.
     pub flush_interval_ms: u64,
+    /// A block is cut once its records reach this many bytes.
+    pub block_max_bytes: usize,
+    /// A segment is sealed at this size.
+    pub segment_max_bytes: u64,
+    /// A segment is sealed at this age.
+    pub segment_max_age_s: u64,
+    /// zstd level of blocks.
+    pub zstd_level: i32,
+    /// `buffered` events are fdatasync'ed at least this often.
+    pub sync_interval_ms: u64,
+    /// Longest a `sync` event waits for its fdatasync.
+    pub sync_timeout_ms: u64,
+    /// Bytes of segments kept on this node; 0 means no limit.
+    pub disk_budget_bytes: u64,
+    /// What happens at the disk budget.
+    pub full_policy: FullPolicy,
+}
+
+/// What happens when segments reach the disk budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// New events are refused (counted); `/batch` answers 503.
+    Refuse,
+    /// The oldest sealed segments are deleted, shipped or not.
+    DropOldest,
 }
 
 /// One advertiser's policy.
@@ -257,7 +285,7 @@ impl Config {
         let mut merged: toml::Table =
             toml::from_str(DEFAULT_TOML).map_err(|e| syntax("embedded default", e))?;
         let user: toml::Table = toml::from_str(text).map_err(|e| syntax(origin, e))?;
-        merge(&mut merged, user, true);
+        merge(&mut merged, user, Depth::Top);
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
                 ConfigError::Key {
@@ -315,8 +343,20 @@ impl Config {
                 self.catalogs.reload_interval_ms as usize,
             ),
             (
-                "sink.flush_interval_ms",
-                self.sink.flush_interval_ms as usize,
+                "storage.flush_interval_ms",
+                self.storage.flush_interval_ms as usize,
+            ),
+            (
+                "storage.sync_interval_ms",
+                self.storage.sync_interval_ms as usize,
+            ),
+            (
+                "storage.sync_timeout_ms",
+                self.storage.sync_timeout_ms as usize,
+            ),
+            (
+                "storage.segment_max_age_s",
+                self.storage.segment_max_age_s as usize,
             ),
         ];
         for (key, value) in positive {
@@ -330,8 +370,30 @@ impl Config {
                 "must be at least server.max_request_line_bytes",
             ));
         }
-        if s.max_headers > 1024 {
-            return Err(invalid("server.max_headers", "must be at most 1024"));
+        let st = &self.storage;
+        if st.block_max_bytes < 1024 || st.block_max_bytes > 16 << 20 {
+            return Err(invalid(
+                "storage.block_max_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if st.segment_max_bytes < st.block_max_bytes as u64 {
+            return Err(invalid(
+                "storage.segment_max_bytes",
+                "must be at least storage.block_max_bytes",
+            ));
+        }
+        if !(1..=19).contains(&st.zstd_level) {
+            return Err(invalid("storage.zstd_level", "must be between 1 and 19"));
+        }
+        if st.disk_budget_bytes != 0 && st.disk_budget_bytes < 2 * st.segment_max_bytes {
+            return Err(invalid(
+                "storage.disk_budget_bytes",
+                "must be 0 (no limit) or at least twice storage.segment_max_bytes",
+            ));
+        }
+        if s.max_headers > crate::http::request::MAX_HEADERS {
+            return Err(invalid("server.max_headers", "must be at most 256"));
         }
         if s.max_params > 1024 {
             return Err(invalid("server.max_params", "must be at most 1024"));
@@ -452,14 +514,29 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Merges `over` into `base`: tables recursively, everything else replaced.
-/// At the top level, `advertisers` and `event_types` are replaced whole.
-fn merge(base: &mut toml::Table, over: toml::Table, top: bool) {
+/// How deep a user's table merges into the default.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// The top level.
+    Top,
+    /// Inside `event_types`: each type replaces the default's whole.
+    EventTypes,
+    /// Anywhere else: recursive.
+    Nested,
+}
+
+/// Merges `over` into `base`: tables recursively, everything else replaced;
+/// `advertisers` whole, and each event type whole.
+fn merge(base: &mut toml::Table, over: toml::Table, depth: Depth) {
     for (key, value) in over {
-        let whole = top && (key == "advertisers" || key == "event_types");
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !whole => merge(b, o, false),
-            (_, v) => {
+        let inner = match (depth, key.as_str()) {
+            (Depth::Top, "advertisers") | (Depth::EventTypes, _) => None,
+            (Depth::Top, "event_types") => Some(Depth::EventTypes),
+            _ => Some(Depth::Nested),
+        };
+        match (base.get_mut(&key), value, inner) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o), Some(d)) => merge(b, o, d),
+            (_, v, _) => {
                 base.insert(key, v);
             }
         }
@@ -509,11 +586,26 @@ mod tests {
     }
 
     #[test]
-    fn event_types_in_a_file_replace_the_defaults_whole() {
-        let text =
-            "[routes]\npixel_event='x'\nclick_event='x'\nbeacon_event='x'\n[event_types.x]\n";
+    fn an_event_type_in_a_file_replaces_that_type_only() {
+        let text = "[event_types.purchase]\ndurability = 'sync'\nrequired = ['order_id']\n[event_types.signup]\n";
         let c = Config::from_toml_str(text, "t").unwrap();
-        assert_eq!(c.event_types.keys().collect::<Vec<_>>(), ["x"]);
+        assert_eq!(c.event_types["purchase"].required, ["order_id"]);
+        assert_eq!(c.event_types["purchase"].durability, Durability::Sync);
+        assert!(
+            c.event_types["purchase"].params.is_empty(),
+            "not mixed with the default"
+        );
+        assert!(c.event_types.contains_key("signup"));
+        assert!(
+            c.event_types.contains_key("view_item"),
+            "other defaults stay"
+        );
+    }
+
+    #[test]
+    fn advertisers_in_a_file_replace_the_defaults_whole() {
+        let c = Config::from_toml_str("[advertisers.shop]\n", "t").unwrap();
+        assert_eq!(c.advertisers.keys().collect::<Vec<_>>(), ["shop"]);
     }
 
     #[test]

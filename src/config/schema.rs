@@ -17,6 +17,19 @@ pub struct EventTypeConfig {
     pub product_param: String,
     /// Parameter carrying the click target; empty means `params.redirect`.
     pub redirect_param: String,
+    /// When an event of this type is answered relative to its fsync.
+    pub durability: Durability,
+}
+
+/// When an event is answered relative to the fsync of its block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Answered at once; synced within `storage.sync_interval_ms`.
+    #[default]
+    Buffered,
+    /// Answered after the block holding it is fdatasync'ed.
+    Sync,
 }
 
 /// The format of one parameter.

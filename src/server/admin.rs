@@ -80,7 +80,9 @@ fn answer(mut stream: TcpStream, shared: &Shared, metrics: &MetricsFn) -> std::i
         ),
         "/healthz" => reply(&mut stream, "200 OK", "text/plain", "ok\n"),
         "/readyz"
-            if shared.ready.load(Ordering::Relaxed) && !shared.shutdown.load(Ordering::Relaxed) =>
+            if shared.ready.load(Ordering::Relaxed)
+                && !shared.shutdown.load(Ordering::Relaxed)
+                && !shared.store_status.refusing.load(Ordering::Relaxed) =>
         {
             reply(&mut stream, "200 OK", "text/plain", "ready\n")
         }

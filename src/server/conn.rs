@@ -78,6 +78,10 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                 }
             }
         }
+        let sync_wait = worker.handler.borrow_mut().take_sync_wait();
+        if let Some(seq) = sync_wait {
+            wait_durable(&worker, seq).await;
+        }
         if !wbuf.is_empty() {
             let (res, buf) = stream.write_all(wbuf).await;
             wbuf = buf;
@@ -139,6 +143,21 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                 }
             }
         }
+    }
+}
+
+/// Waits until the store has synced `seq` (group commit), or the sync
+/// timeout passes (counted).
+async fn wait_durable(worker: &Worker, seq: u64) {
+    let stream = &worker.shared.streams[worker.index];
+    let deadline =
+        Instant::now() + Duration::from_millis(worker.shared.config.storage.sync_timeout_ms);
+    while !stream.is_durable(seq) {
+        if Instant::now() >= deadline {
+            worker.metrics.sync_timeouts.inc();
+            return;
+        }
+        monoio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -11,13 +11,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use simd_json::BorrowedValue;
 
 use crate::audit::{Route, Verdict};
-use crate::config::DntPolicy;
+use crate::config::{DntPolicy, Durability};
 use crate::http::date::HttpDate;
 use crate::http::{response, HeadError, Method, Params, RequestHead, Status};
 use crate::record::{self, json, Envelope};
 use crate::ring::Producer;
 use crate::server::metrics::WorkerMetrics;
 use crate::server::Shared;
+use crate::store::{StoreStatus, StreamShared, RING_PREFIX};
 
 /// Largest number of events in one `/batch` request.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
@@ -41,6 +42,12 @@ struct Emitter {
     scratch: Vec<u8>,
     /// Ends of each pending record in `scratch` (for `/batch`).
     pending: Vec<usize>,
+    /// Highest pending sequence number of a `sync` event type.
+    pending_sync: Option<u64>,
+    /// Highest committed sequence number the answer must wait for.
+    sync_wait: Option<u64>,
+    stream_shared: Arc<StreamShared>,
+    store: Arc<StoreStatus>,
 }
 
 /// The request facts a record needs besides its parameters.
@@ -63,6 +70,8 @@ impl Handler {
         producer: Producer,
     ) -> Handler {
         let max_params = shared.config.server.max_params;
+        let stream_shared = shared.streams[stream as usize].clone();
+        let store = shared.store_status.clone();
         Handler {
             shared,
             metrics,
@@ -73,6 +82,10 @@ impl Handler {
                 producer,
                 scratch: Vec::with_capacity(4096),
                 pending: Vec::new(),
+                pending_sync: None,
+                sync_wait: None,
+                stream_shared,
+                store,
             },
             date: HttpDate::default(),
             batch_body: Vec::new(),
@@ -350,6 +363,12 @@ impl Handler {
     pub fn next_seq(&self) -> u64 {
         self.emitter.next_seq
     }
+
+    /// The sequence number that must be durable before the answers written
+    /// since the last call may be sent (a `sync` event among them).
+    pub fn take_sync_wait(&mut self) -> Option<u64> {
+        self.emitter.sync_wait.take()
+    }
 }
 
 impl Emitter {
@@ -371,6 +390,11 @@ impl Emitter {
             return None;
         }
         let seq = self.next_seq + self.pending.len() as u64;
+        self.scratch.extend_from_slice(&seq.to_le_bytes());
+        self.scratch.extend_from_slice(&client.ts_ms.to_le_bytes());
+        if shared.auditor.durability(verdict.event_type) == Durability::Sync {
+            self.pending_sync = Some(seq);
+        }
         let env = Envelope {
             node: &shared.node,
             stream: self.stream,
@@ -409,7 +433,8 @@ impl Emitter {
         if n == 0 {
             return true;
         }
-        let fits = self.producer.fits(n, self.scratch.len());
+        let refusing = self.store.refusing.load(Ordering::Relaxed);
+        let fits = !refusing && self.producer.fits(n, self.scratch.len());
         if fits {
             let mut start = 0;
             for &end in &self.pending {
@@ -421,10 +446,17 @@ impl Emitter {
                 start = end;
             }
             self.next_seq += n as u64;
-            metrics.record_bytes.add(self.scratch.len() as u64);
+            metrics
+                .record_bytes
+                .add((self.scratch.len() - n * RING_PREFIX) as u64);
+            if let Some(seq) = self.pending_sync {
+                self.stream_shared.want_sync(seq);
+                self.sync_wait = self.sync_wait.max(Some(seq));
+            }
         } else {
             metrics.events_refused.add(n as u64);
         }
+        self.pending_sync = None;
         self.pending.clear();
         self.scratch.clear();
         fits

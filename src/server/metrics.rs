@@ -75,6 +75,9 @@ pub struct WorkerMetrics {
     pub connections_refused: Counter,
     /// Connections open now.
     pub connections_open: Counter,
+    /// Answers to `sync` events sent after `storage.sync_timeout_ms`
+    /// without confirmed durability.
+    pub sync_timeouts: Counter,
 }
 
 impl WorkerMetrics {
@@ -195,5 +198,10 @@ pub fn render(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
         out,
         "trackplane_connections_open {}",
         sum(&|w| w.connections_open.get())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trackplane_store_sync_timeouts_total Answers to sync events sent without confirmed durability after storage.sync_timeout_ms.\n# TYPE trackplane_store_sync_timeouts_total counter\ntrackplane_store_sync_timeouts_total {}",
+        sum(&|w| w.sync_timeouts.get())
     );
 }

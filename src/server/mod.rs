@@ -32,7 +32,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::{Auditor, CatalogDir, Catalogs};
 use crate::config::Config;
-use crate::sink::Sink;
+use crate::store::{Store, StoreStatus, StreamShared, StreamSpec};
 pub use worker::DriverKind;
 
 /// Why the server could not start or stop cleanly.
@@ -84,6 +84,10 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Set when every worker is accepting.
     pub ready: AtomicBool,
+    /// Per stream: durable sequence and sync requests, shared with the store.
+    pub streams: Vec<Arc<StreamShared>>,
+    /// Whether the store refuses new events (disk budget).
+    pub store_status: Arc<StoreStatus>,
 }
 
 /// A running server.
@@ -91,7 +95,8 @@ pub struct Server {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     helpers: Vec<JoinHandle<()>>,
-    sink: Sink,
+    store: Store,
+    recovery: RecoveryCounts,
     /// The bound data address (the real port when configured with port 0).
     pub data_addr: SocketAddr,
     /// The bound admin address.
@@ -140,6 +145,20 @@ impl Server {
             "cannot create the data directory",
             &config.data_dir,
         ))?;
+        let recovered = crate::segment::recover(&config.data_dir)
+            .map_err(storage("cannot recover segments", &config.data_dir))?;
+        if !recovered.sealed.is_empty() || !recovered.quarantined.is_empty() {
+            tracing::warn!(
+                sealed = recovered.sealed.len(),
+                cut = recovered.cut.len(),
+                quarantined = recovered.quarantined.len(),
+                "recovered segments left open by an earlier run"
+            );
+        }
+        let recovery = RecoveryCounts {
+            cut: recovered.cut.len() as u64,
+            quarantined: recovered.quarantined.len() as u64,
+        };
 
         let mut catalog_dir = CatalogDir::new(&config.catalog_dir());
         if let Err(e) = catalog_dir.scan() {
@@ -151,6 +170,10 @@ impl Server {
             node: config.node(),
             shutdown: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            streams: (0..workers)
+                .map(|_| Arc::new(StreamShared::default()))
+                .collect(),
+            store_status: Arc::new(StoreStatus::default()),
             config: config.clone(),
         });
 
@@ -183,13 +206,18 @@ impl Server {
         let mut handles = Vec::with_capacity(workers);
         let (tx, rx) = mpsc::channel();
         let mut specs = Vec::with_capacity(workers);
+        let mut next_seqs = Vec::with_capacity(workers);
         for (index, listener) in listeners.into_iter().enumerate() {
             let (producer, consumer) = crate::ring::ring(cfg.ring_bytes);
             consumers.push(consumer);
             let metrics = Arc::new(metrics::WorkerMetrics::default());
             worker_metrics.push(metrics.clone());
-            let next_seq = crate::sink::next_seq(&config.data_dir, index)
-                .map_err(storage("cannot read the event log", &config.data_dir))?;
+            let next_seq = recovered
+                .next_seq
+                .get(&(index as u32))
+                .copied()
+                .unwrap_or(0);
+            next_seqs.push(next_seq);
             specs.push(worker::WorkerSpec {
                 index,
                 listener,
@@ -199,12 +227,25 @@ impl Server {
                 core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
             });
         }
-        let sink = Sink::start(
+        let stream_specs = consumers
+            .into_iter()
+            .zip(next_seqs)
+            .zip(&shared.streams)
+            .map(|((consumer, next_seq), shared)| StreamSpec {
+                consumer,
+                next_seq,
+                shared: shared.clone(),
+            })
+            .collect();
+        let store = Store::start(
             &config.data_dir,
-            consumers,
-            Duration::from_millis(config.sink.flush_interval_ms),
+            &shared.node,
+            &config.storage,
+            stream_specs,
+            shared.store_status.clone(),
+            shared.auditor.has_sync_types(),
         )
-        .map_err(storage("cannot open the event log", &config.data_dir))?;
+        .map_err(storage("cannot open segments", &config.data_dir))?;
         for spec in specs {
             let handle = worker::spawn(shared.clone(), spec, tx.clone())
                 .map_err(|e| ServeError::Thread(e.to_string()))?;
@@ -224,7 +265,8 @@ impl Server {
             shared: shared.clone(),
             workers: handles,
             helpers: Vec::new(),
-            sink,
+            store,
+            recovery,
             data_addr,
             admin_addr,
             drivers,
@@ -240,12 +282,13 @@ impl Server {
         server.helpers.push(reloader);
         let render_metrics = {
             let workers = server.worker_metrics.clone();
-            let sink = server.sink.metrics.clone();
-            let catalogs_shared = shared.clone();
+            let store = server.store.metrics.clone();
+            let shared = shared.clone();
+            let recovery = server.recovery;
             Box::new(move || {
                 let mut out = String::with_capacity(8192);
                 metrics::render(&mut out, &workers);
-                render_storage(&mut out, &sink, &catalogs_shared);
+                render_storage(&mut out, &store, &shared, recovery);
                 out
             })
         };
@@ -264,14 +307,15 @@ impl Server {
         self.shared.shutdown.store(true, Ordering::Release);
     }
 
-    /// Waits for the workers to drain, then flushes and syncs the event log.
+    /// Waits for the workers to drain, then writes, syncs and seals every
+    /// stream's segment.
     pub fn wait(self) -> Result<(), ServeError> {
         let mut panicked = false;
         for w in self.workers {
             panicked |= w.join().is_err();
         }
-        let stored = self.sink.finish().map_err(storage(
-            "cannot flush the event log",
+        let stored = self.store.finish().map_err(storage(
+            "cannot write segments",
             &self.shared.config.data_dir,
         ));
         for h in self.helpers {
@@ -289,34 +333,30 @@ impl Server {
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
         metrics::render(&mut out, &self.worker_metrics);
-        render_storage(&mut out, &self.sink.metrics, &self.shared);
+        render_storage(&mut out, &self.store.metrics, &self.shared, self.recovery);
         out
     }
 }
 
-fn render_storage(out: &mut String, sink: &crate::sink::SinkMetrics, shared: &Shared) {
+/// What start-up recovery did, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+struct RecoveryCounts {
+    cut: u64,
+    quarantined: u64,
+}
+
+fn render_storage(
+    out: &mut String,
+    store: &crate::store::StoreMetrics,
+    shared: &Shared,
+    recovery: RecoveryCounts,
+) {
     use std::fmt::Write as _;
-    let records = sink.records.load(Ordering::Relaxed);
-    let bytes = sink.bytes.load(Ordering::Relaxed);
-    let errors = sink.errors.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP trackplane_log_records_total Records written to the event log."
-    );
-    let _ = writeln!(out, "# TYPE trackplane_log_records_total counter");
-    let _ = writeln!(out, "trackplane_log_records_total {records}");
-    let _ = writeln!(
-        out,
-        "# HELP trackplane_log_bytes_total Bytes written to the event log."
-    );
-    let _ = writeln!(out, "# TYPE trackplane_log_bytes_total counter");
-    let _ = writeln!(out, "trackplane_log_bytes_total {bytes}");
-    let _ = writeln!(
-        out,
-        "# HELP trackplane_log_errors_total Event log write errors."
-    );
-    let _ = writeln!(out, "# TYPE trackplane_log_errors_total counter");
-    let _ = writeln!(out, "trackplane_log_errors_total {errors}");
+    store.render(out);
+    let _ = writeln!(out, "# HELP trackplane_segment_cut_blocks_total Torn or corrupt segment tails cut by recovery at start.\n# TYPE trackplane_segment_cut_blocks_total counter\ntrackplane_segment_cut_blocks_total {}", recovery.cut);
+    let _ = writeln!(out, "# HELP trackplane_segments_quarantined_total Unreadable segments moved to quarantine/ at start.\n# TYPE trackplane_segments_quarantined_total counter\ntrackplane_segments_quarantined_total {}", recovery.quarantined);
+    let refusing = u8::from(shared.store_status.refusing.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP trackplane_store_refusing Whether the disk budget refuses new events (1) or not (0).\n# TYPE trackplane_store_refusing gauge\ntrackplane_store_refusing {refusing}");
     let catalogs = shared.catalogs.load();
     let products: usize = catalogs
         .advertisers()

@@ -41,6 +41,8 @@ impl DriverKind {
 
 /// A worker's state, shared by its connection tasks on its one thread.
 pub struct Worker {
+    /// Worker (and stream) number.
+    pub index: usize,
     /// What all workers share.
     pub shared: Arc<Shared>,
     /// Request limits, copied out of the config.
@@ -180,6 +182,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
         spec.producer,
     );
     let worker = Rc::new(Worker {
+        index: spec.index,
         shared,
         limits,
         handler: RefCell::new(handler),

@@ -109,17 +109,27 @@ impl Drop for TestServer {
     }
 }
 
-/// Every record in the event log under `data_dir`, stream by stream.
+/// Every record in the segments under `data_dir`, stream by stream, in
+/// sequence order; checks that sequences are consecutive per stream.
 pub fn records(data_dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(data_dir.join("events")) else {
-        return out;
-    };
-    let mut paths: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
-    paths.sort();
-    for p in paths {
-        for line in std::fs::read_to_string(&p).unwrap().lines() {
-            out.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    let mut next: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for seg in trackplane::segment::list(&data_dir.join("segments")).unwrap() {
+        let mut r = trackplane::segment::SegmentReader::open(&seg.path).unwrap();
+        while let Some(block) = r.next_block().unwrap() {
+            for (seq, rec) in block.records() {
+                let want = next.entry(seg.stream).or_insert(seq);
+                assert_eq!(
+                    seq, *want,
+                    "stream {} skips from {} to {seq}",
+                    seg.stream, *want
+                );
+                *want = seq + 1;
+                out.push(
+                    serde_json::from_slice(rec)
+                        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(rec))),
+                );
+            }
         }
     }
     out
@@ -230,4 +240,18 @@ macro_rules! on_both_drivers {
         mod uring { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Uring) } )* }
         mod epoll { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Epoll) } )* }
     };
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+impl TestServer {
+    pub fn metrics(&self) -> String {
+        String::from_utf8_lossy(&self.admin_get("/metrics").body).into_owned()
+    }
 }

@@ -1,0 +1,341 @@
+//! The store: one thread that drains every worker's ring, batches records
+//! into zstd blocks and appends them to each stream's open segment. It
+//! decides when data is durable (fdatasync per interval, or at once for
+//! `sync` event types: group commit), rotates segments, and enforces the
+//! disk budget. Workers never wait for it except, by choice, for `sync`.
+//!
+//! # Invariants
+//! - Ring record = `seq: u64 LE`, `ts_ms: u64 LE`, then the record bytes;
+//!   a stream's sequence numbers arrive consecutively.
+//! - `durable_seq` of a stream only grows, and every record below it is in a
+//!   block that was written and fdatasync'ed.
+//! - On stop, every record drained is written, synced and its segment
+//!   sealed before `finish` returns.
+
+pub mod metrics;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use crate::config::{FullPolicy, StorageConfig};
+use crate::ring::Consumer;
+use crate::segment::{StreamWriter, WriterConfig};
+pub use metrics::StoreMetrics;
+
+/// Bytes before each record in a ring: sequence and event time.
+pub const RING_PREFIX: usize = 16;
+
+/// What a worker and the store share about one stream.
+#[derive(Debug, Default)]
+pub struct StreamShared {
+    /// One past the last sequence number known durable.
+    pub durable_seq: CachePadded<AtomicU64>,
+    /// The highest sequence number a worker waits to see durable, plus one
+    /// (0: nobody waits).
+    pub sync_wanted: CachePadded<AtomicU64>,
+}
+
+impl StreamShared {
+    /// Asks the store to make everything up to `seq` durable soon.
+    #[inline]
+    pub fn want_sync(&self, seq: u64) {
+        self.sync_wanted.fetch_max(seq + 1, Ordering::AcqRel);
+    }
+
+    /// Whether `seq` is durable.
+    #[inline]
+    pub fn is_durable(&self, seq: u64) -> bool {
+        self.durable_seq.load(Ordering::Acquire) > seq
+    }
+}
+
+/// State every worker checks: whether the disk budget refuses new events.
+#[derive(Debug, Default)]
+pub struct StoreStatus {
+    /// Set while segments are at the budget and the policy is to refuse.
+    pub refusing: AtomicBool,
+}
+
+/// The segments directory under a data directory.
+pub fn segments_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("segments")
+}
+
+/// A running store thread.
+pub struct Store {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    /// Its counters.
+    pub metrics: Arc<StoreMetrics>,
+    /// Budget state workers check.
+    pub status: Arc<StoreStatus>,
+}
+
+/// What the store needs to take over one stream.
+pub struct StreamSpec {
+    /// The reading end of the worker's ring.
+    pub consumer: Consumer,
+    /// Sequence number of the stream's next record.
+    pub next_seq: u64,
+    /// State shared with the worker.
+    pub shared: Arc<StreamShared>,
+}
+
+/// One stream as the store thread holds it.
+struct Stream {
+    consumer: Consumer,
+    writer: StreamWriter,
+    shared: Arc<StreamShared>,
+}
+
+impl Store {
+    /// Starts the store for `streams` (stream `i` is `streams[i]`), each
+    /// with a new open segment.
+    pub fn start(
+        data_dir: &Path,
+        node: &str,
+        cfg: &StorageConfig,
+        specs: Vec<StreamSpec>,
+        status: Arc<StoreStatus>,
+        has_sync_types: bool,
+    ) -> std::io::Result<Store> {
+        let dir = segments_dir(data_dir);
+        std::fs::create_dir_all(&dir)?;
+        let wcfg = WriterConfig {
+            block_max_bytes: cfg.block_max_bytes,
+            segment_max_bytes: cfg.segment_max_bytes,
+            segment_max_age: Duration::from_secs(cfg.segment_max_age_s),
+            zstd_level: cfg.zstd_level,
+        };
+        let mut streams = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let writer = StreamWriter::create(&dir, i as u32, node, spec.next_seq, wcfg)?;
+            spec.shared
+                .durable_seq
+                .store(spec.next_seq, Ordering::Release);
+            streams.push(Stream {
+                consumer: spec.consumer,
+                writer,
+                shared: spec.shared,
+            });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(StoreMetrics::default());
+        let ctx = Ctx {
+            dir,
+            cfg: cfg.clone(),
+            stop: stop.clone(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+            has_sync_types,
+        };
+        let thread = std::thread::Builder::new()
+            .name("trackplane-store".into())
+            .spawn(move || ctx.run(streams))?;
+        Ok(Store {
+            stop,
+            thread: Some(thread),
+            metrics,
+            status,
+        })
+    }
+
+    /// Writes everything drained, syncs, seals and stops. Call after every
+    /// producer has stopped.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("store thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Ctx {
+    dir: PathBuf,
+    cfg: StorageConfig,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<StoreMetrics>,
+    status: Arc<StoreStatus>,
+    has_sync_types: bool,
+}
+
+impl Ctx {
+    fn run(self, mut streams: Vec<Stream>) -> std::io::Result<()> {
+        let flush_every = Duration::from_millis(self.cfg.flush_interval_ms);
+        let sync_every = Duration::from_millis(self.cfg.sync_interval_ms);
+        // Idle naps: short when a `sync` event may be waiting, else a
+        // quarter of the flush interval (each wake-up costs the workers'
+        // core a context switch).
+        let idle = if self.has_sync_types {
+            Duration::from_micros(200)
+        } else {
+            (flush_every / 4).clamp(Duration::from_millis(1), Duration::from_millis(10))
+        };
+        let mut last_flush = Instant::now();
+        let mut last_sync = Instant::now();
+        let mut last_budget = Instant::now() - Duration::from_secs(10);
+        let mut wanted: Vec<u64> = Vec::with_capacity(streams.len());
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            // Read what workers wait for before draining, so that every
+            // record they wait on is drained in this round.
+            wanted.clear();
+            wanted.extend(
+                streams
+                    .iter()
+                    .map(|s| s.shared.sync_wanted.load(Ordering::Acquire)),
+            );
+            let mut drained = 0;
+            for s in streams.iter_mut() {
+                drained += self.drain(s)?;
+            }
+            let now = Instant::now();
+            let sync_due = streams
+                .iter()
+                .zip(&wanted)
+                .any(|(s, &w)| w > s.shared.durable_seq.load(Ordering::Relaxed));
+            if stopping || sync_due || now.duration_since(last_flush) >= flush_every {
+                for s in streams.iter_mut() {
+                    if let Some(stats) = s.writer.write_block()? {
+                        self.metrics.block(&stats);
+                    }
+                }
+                last_flush = now;
+            }
+            if stopping || sync_due || now.duration_since(last_sync) >= sync_every {
+                for s in streams.iter_mut() {
+                    let began = Instant::now();
+                    let durable_before = s.shared.durable_seq.load(Ordering::Relaxed);
+                    if s.writer.sync()? {
+                        self.metrics
+                            .fsync(began.elapsed(), s.writer.next_seq() - durable_before);
+                    }
+                    // Everything appended is in a written block now (blocks
+                    // were cut above), and that block is synced.
+                    if s.writer.pending() == 0 {
+                        s.shared
+                            .durable_seq
+                            .store(s.writer.next_seq(), Ordering::Release);
+                    }
+                }
+                last_sync = now;
+            }
+            for s in streams.iter_mut() {
+                if s.writer.should_rotate() {
+                    s.writer.rotate()?;
+                    self.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if now.duration_since(last_budget) >= Duration::from_secs(1) {
+                self.enforce_budget(&streams)?;
+                last_budget = now;
+            }
+            if stopping {
+                for s in streams {
+                    s.writer.close()?;
+                    self.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            if drained == 0 && !sync_due {
+                std::thread::sleep(idle);
+            }
+        }
+    }
+
+    fn drain(&self, s: &mut Stream) -> std::io::Result<usize> {
+        let mut result = Ok(());
+        let writer = &mut s.writer;
+        let metrics = &self.metrics;
+        let n = s.consumer.drain(|rec| {
+            if result.is_err() || rec.len() < RING_PREFIX {
+                return;
+            }
+            let seq = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
+            let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
+            result = writer.append(seq, ts, &rec[RING_PREFIX..]);
+            if result.is_ok() && writer.block_full() {
+                match writer.write_block() {
+                    Ok(Some(stats)) => metrics.block(&stats),
+                    Ok(None) => {}
+                    Err(e) => result = Err(e),
+                }
+            }
+        });
+        if let Err(e) = &result {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(segment = %s.writer.path().display(), error = %e, "segment write failed");
+        }
+        result.map(|()| n)
+    }
+
+    /// Measures the segments directory; at the budget either refuses new
+    /// events or deletes the oldest sealed segments, as configured. Without
+    /// a budget nothing is measured (the steady state allocates nothing).
+    fn enforce_budget(&self, streams: &[Stream]) -> std::io::Result<()> {
+        if self.cfg.disk_budget_bytes == 0 {
+            return Ok(());
+        }
+        let segments = crate::segment::list(&self.dir)?;
+        let mut sizes: Vec<(u64, PathBuf, bool)> = Vec::with_capacity(segments.len());
+        for seg in segments {
+            if let Ok(meta) = std::fs::metadata(&seg.path) {
+                sizes.push((meta.len(), seg.path, seg.open));
+            }
+        }
+        let mut total: u64 = sizes.iter().map(|(len, _, _)| len).sum();
+        self.metrics.segment_bytes.store(total, Ordering::Relaxed);
+        let budget = self.cfg.disk_budget_bytes;
+        if budget == 0 {
+            return Ok(());
+        }
+        if total >= budget && self.cfg.full_policy == FullPolicy::DropOldest {
+            // Oldest first: by creation order, approximated by mtime.
+            let mut sealed: Vec<(std::time::SystemTime, u64, PathBuf)> = sizes
+                .iter()
+                .filter(|(_, _, open)| !open)
+                .filter_map(|(len, p, _)| {
+                    Some((std::fs::metadata(p).ok()?.modified().ok()?, *len, p.clone()))
+                })
+                .collect();
+            sealed.sort();
+            for (_, len, path) in sealed {
+                if total < budget * 9 / 10 {
+                    break;
+                }
+                std::fs::remove_file(&path)?;
+                total -= len;
+                self.metrics
+                    .segments_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(segment = %path.display(), "disk budget reached: deleted oldest segment (policy drop_oldest)");
+            }
+            self.metrics.segment_bytes.store(total, Ordering::Relaxed);
+        }
+        let refuse = total >= budget && self.cfg.full_policy == FullPolicy::Refuse;
+        if refuse != self.status.refusing.swap(refuse, Ordering::AcqRel) {
+            if refuse {
+                tracing::error!(
+                    bytes = total,
+                    budget,
+                    streams = streams.len(),
+                    "disk budget reached: refusing new events"
+                );
+            } else {
+                tracing::info!(
+                    bytes = total,
+                    budget,
+                    "below the disk budget again: accepting events"
+                );
+            }
+        }
+        Ok(())
+    }
+}
