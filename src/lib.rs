@@ -14,6 +14,7 @@
 //! - `store`: drains the rings into zstd blocks in segments; fsync, rotation,
 //!   disk budget
 //! - `server`: workers, connection loop, request handler, admin port
+//! - `tail`: the operator's `trackplane tail` (follow, filter, stats, verify)
 pub mod audit;
 pub mod config;
 pub mod http;
@@ -22,3 +23,4 @@ pub mod ring;
 pub mod segment;
 pub mod server;
 pub mod store;
+pub mod tail;

@@ -35,6 +35,48 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Print, follow, filter, count or verify segment files.
+    Tail(TailArgs),
+}
+
+#[derive(Parser)]
+struct TailArgs {
+    /// Data or segments directory; default: the configured data_dir.
+    dir: Option<PathBuf>,
+    /// Configuration whose data_dir to read.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Keep printing new records, across segment rotation (like tail -F).
+    #[arg(short, long)]
+    follow: bool,
+    /// Print every record, not only the last 10.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Only records received at or after TIME: Unix s or ms, RFC 3339, or an
+    /// age like 15m.
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Print the last N matching records.
+    #[arg(short = 'n', long = "lines", value_name = "N")]
+    last: Option<usize>,
+    /// Only this advertiser.
+    #[arg(long)]
+    advertiser: Option<String>,
+    /// Only this event type.
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+    /// Only events with audit issues.
+    #[arg(long)]
+    invalid: bool,
+    /// Only events with this issue code.
+    #[arg(long, value_name = "CODE")]
+    issue: Option<String>,
+    /// Print counts by type, advertiser and issue instead of records.
+    #[arg(long)]
+    stats: bool,
+    /// Check every CRC; one line per file; exit 1 on corruption.
+    #[arg(long)]
+    verify: bool,
 }
 
 #[derive(Parser, Default)]
@@ -84,6 +126,11 @@ fn main() -> ExitCode {
             print!("{}", trackplane::config::DEFAULT_TOML);
             Ok(())
         }
+        Command::Tail(args) => match tail(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +138,50 @@ fn main() -> ExitCode {
             eprintln!("trackplane: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `tail`; `Ok(false)` when corruption was found (already reported).
+fn tail(args: TailArgs) -> anyhow::Result<bool> {
+    let dir = match args.dir {
+        Some(d) => d,
+        None => match &args.config {
+            Some(path) => Config::load(path)?.data_dir,
+            None => Config::embedded().data_dir,
+        },
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let since_ms = match &args.since {
+        Some(s) => Some(trackplane::tail::parse_time(s, now_ms).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let opts = trackplane::tail::TailOptions {
+        dir,
+        follow: args.follow,
+        from_beginning: args.from_beginning,
+        last: args.last,
+        filter: trackplane::tail::Filter {
+            advertiser: args.advertiser,
+            event_type: args.event_type,
+            invalid_only: args.invalid,
+            issue: args.issue,
+            since_ms,
+        },
+        stats: args.stats,
+        verify: args.verify,
+        poll: std::time::Duration::from_millis(100),
+        follow_for: None,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut err = std::io::stderr();
+    match trackplane::tail::run(&opts, &mut out, &mut err) {
+        Ok(intact) => Ok(intact),
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::format::{self, BlockHeader, SegmentHeader, BLOCK_HEADER_LEN, CODEC_ZSTD, HEADER_LEN};
@@ -45,7 +46,7 @@ pub struct StreamWriter {
     stream: u32,
     node: String,
     cfg: WriterConfig,
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     base_seq: u64,
     size: u64,
@@ -85,6 +86,7 @@ impl StreamWriter {
         cfg: WriterConfig,
     ) -> io::Result<StreamWriter> {
         let (file, path) = new_segment(dir, stream, node, next_seq)?;
+        let file = Arc::new(file);
         Ok(StreamWriter {
             dir: dir.to_owned(),
             stream,
@@ -172,7 +174,7 @@ impl StreamWriter {
         };
         let head = header.encode(&self.out[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + n]);
         self.out[..BLOCK_HEADER_LEN].copy_from_slice(&head);
-        self.file.write_all(&self.out[..BLOCK_HEADER_LEN + n])?;
+        (&*self.file).write_all(&self.out[..BLOCK_HEADER_LEN + n])?;
         let stats = BlockStats {
             records: u64::from(self.count),
             raw_bytes: self.raw.len() as u64,
@@ -199,6 +201,25 @@ impl StreamWriter {
         Ok(true)
     }
 
+    /// Whether blocks were written since the last sync or sync point.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Undoes [`StreamWriter::sync_point`] when its sync could not be
+    /// scheduled.
+    pub fn mark_unsynced(&mut self) {
+        self.unsynced = true;
+    }
+
+    /// The open segment's file and the sequence number below which every
+    /// record is in a written block: what an fdatasync of that file makes
+    /// durable. Lets another thread sync while this one keeps writing.
+    pub fn sync_point(&mut self) -> (Arc<File>, u64) {
+        self.unsynced = false;
+        (self.file.clone(), self.next_seq - u64::from(self.count))
+    }
+
     /// Whether the segment should be sealed (by size or age) now.
     pub fn should_rotate(&self) -> bool {
         self.blocks > 0
@@ -209,9 +230,9 @@ impl StreamWriter {
     /// Seals this segment and opens the next one.
     pub fn rotate(&mut self) -> io::Result<()> {
         self.write_block()?;
-        seal(&mut self.file, &self.path, self.blocks == 0, &self.dir)?;
+        seal(&self.file, &self.path, self.blocks == 0, &self.dir)?;
         let (file, path) = new_segment(&self.dir, self.stream, &self.node, self.next_seq)?;
-        self.file = file;
+        self.file = Arc::new(file);
         self.path = path;
         self.base_seq = self.next_seq;
         self.size = HEADER_LEN as u64;
@@ -224,7 +245,7 @@ impl StreamWriter {
     /// is removed instead of sealed.
     pub fn close(mut self) -> io::Result<()> {
         self.write_block()?;
-        seal(&mut self.file, &self.path, self.blocks == 0, &self.dir)
+        seal(&self.file, &self.path, self.blocks == 0, &self.dir)
     }
 
     /// Sequence number the next record must have.
@@ -261,7 +282,7 @@ fn new_segment(dir: &Path, stream: u32, node: &str, base_seq: u64) -> io::Result
     Ok((file, path))
 }
 
-fn seal(file: &mut File, path: &Path, empty: bool, dir: &Path) -> io::Result<()> {
+fn seal(file: &File, path: &Path, empty: bool, dir: &Path) -> io::Result<()> {
     if empty {
         std::fs::remove_file(path)?;
     } else {

@@ -1,8 +1,9 @@
 //! The store: one thread that drains every worker's ring, batches records
-//! into zstd blocks and appends them to each stream's open segment. It
-//! decides when data is durable (fdatasync per interval, or at once for
-//! `sync` event types: group commit), rotates segments, and enforces the
-//! disk budget. Workers never wait for it except, by choice, for `sync`.
+//! into zstd blocks and appends them to each stream's open segment, rotates
+//! segments and enforces the disk budget; and a syncer thread that
+//! fdatasyncs (per interval, or at once for `sync` event types: group
+//! commit) while the store keeps writing. Workers never wait for either
+//! except, by choice, for `sync` events.
 //!
 //! # Invariants
 //! - Ring record = `seq: u64 LE`, `ts_ms: u64 LE`, then the record bytes;
@@ -91,6 +92,49 @@ struct Stream {
     consumer: Consumer,
     writer: StreamWriter,
     shared: Arc<StreamShared>,
+    /// Highest sequence (exclusive) handed to the syncer.
+    requested: u64,
+}
+
+/// An fdatasync for the syncer: once `file` is synced, every record of
+/// `stream` below `through` is durable.
+struct SyncJob {
+    stream: usize,
+    file: Arc<std::fs::File>,
+    through: u64,
+}
+
+/// The syncer thread: fdatasyncs what the store asks, coalescing queued
+/// requests per stream (group commit), and publishes durable sequences.
+fn syncer(
+    rx: std::sync::mpsc::Receiver<SyncJob>,
+    streams: Vec<Arc<StreamShared>>,
+    metrics: Arc<StoreMetrics>,
+) {
+    let mut latest: Vec<Option<(Arc<std::fs::File>, u64)>> = vec![None; streams.len()];
+    while let Ok(job) = rx.recv() {
+        latest[job.stream] = Some((job.file, job.through));
+        while let Ok(job) = rx.try_recv() {
+            latest[job.stream] = Some((job.file, job.through));
+        }
+        for (i, slot) in latest.iter_mut().enumerate() {
+            let Some((file, through)) = slot.take() else {
+                continue;
+            };
+            let before = streams[i].durable_seq.load(Ordering::Acquire);
+            let began = Instant::now();
+            match file.sync_data() {
+                Ok(()) => {
+                    metrics.fsync(began.elapsed(), through.saturating_sub(before));
+                    streams[i].durable_seq.fetch_max(through, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(stream = i, error = %e, "fdatasync failed; events stay unconfirmed");
+                }
+            }
+        }
+    }
 }
 
 impl Store {
@@ -122,6 +166,7 @@ impl Store {
                 consumer: spec.consumer,
                 writer,
                 shared: spec.shared,
+                requested: spec.next_seq,
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -178,6 +223,16 @@ impl Ctx {
         } else {
             (flush_every / 4).clamp(Duration::from_millis(1), Duration::from_millis(10))
         };
+        // fdatasync runs on its own thread: a slow disk stalls durability,
+        // never the writing of blocks (and so never the flush window).
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncJob>(64);
+        let syncer = {
+            let shared: Vec<Arc<StreamShared>> = streams.iter().map(|s| s.shared.clone()).collect();
+            let metrics = self.metrics.clone();
+            std::thread::Builder::new()
+                .name("trackplane-sync".into())
+                .spawn(move || syncer(sync_rx, shared, metrics))?
+        };
         let mut last_flush = Instant::now();
         let mut last_sync = Instant::now();
         let mut last_budget = Instant::now() - Duration::from_secs(10);
@@ -197,10 +252,7 @@ impl Ctx {
                 drained += self.drain(s)?;
             }
             let now = Instant::now();
-            let sync_due = streams
-                .iter()
-                .zip(&wanted)
-                .any(|(s, &w)| w > s.shared.durable_seq.load(Ordering::Relaxed));
+            let sync_due = streams.iter().zip(&wanted).any(|(s, &w)| w > s.requested);
             if stopping || sync_due || now.duration_since(last_flush) >= flush_every {
                 for s in streams.iter_mut() {
                     if let Some(stats) = s.writer.write_block()? {
@@ -209,20 +261,25 @@ impl Ctx {
                 }
                 last_flush = now;
             }
-            if stopping || sync_due || now.duration_since(last_sync) >= sync_every {
-                for s in streams.iter_mut() {
-                    let began = Instant::now();
-                    let durable_before = s.shared.durable_seq.load(Ordering::Relaxed);
-                    if s.writer.sync()? {
-                        self.metrics
-                            .fsync(began.elapsed(), s.writer.next_seq() - durable_before);
+            if sync_due || now.duration_since(last_sync) >= sync_every {
+                for (i, s) in streams.iter_mut().enumerate() {
+                    if !s.writer.has_unsynced() {
+                        continue;
                     }
-                    // Everything appended is in a written block now (blocks
-                    // were cut above), and that block is synced.
-                    if s.writer.pending() == 0 {
-                        s.shared
-                            .durable_seq
-                            .store(s.writer.next_seq(), Ordering::Release);
+                    let (file, through) = s.writer.sync_point();
+                    // A full queue means the syncer is behind; this round's
+                    // request is folded into the next one.
+                    if sync_tx
+                        .try_send(SyncJob {
+                            stream: i,
+                            file,
+                            through,
+                        })
+                        .is_ok()
+                    {
+                        s.requested = through;
+                    } else {
+                        s.writer.mark_unsynced();
                     }
                 }
                 last_sync = now;
@@ -231,6 +288,10 @@ impl Ctx {
                 if s.writer.should_rotate() {
                     s.writer.rotate()?;
                     self.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
+                    s.shared
+                        .durable_seq
+                        .fetch_max(s.writer.next_seq(), Ordering::AcqRel);
+                    s.requested = s.requested.max(s.writer.next_seq());
                 }
             }
             if now.duration_since(last_budget) >= Duration::from_secs(1) {
@@ -238,8 +299,12 @@ impl Ctx {
                 last_budget = now;
             }
             if stopping {
+                drop(sync_tx);
+                let _ = syncer.join();
                 for s in streams {
+                    let next = s.writer.next_seq();
                     s.writer.close()?;
+                    s.shared.durable_seq.fetch_max(next, Ordering::AcqRel);
                     self.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
                 }
                 return Ok(());
