@@ -40,6 +40,14 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 $LT setup --dir "$W/mix" >/dev/null
 mkdir -p "$W/tp-data"
 cp -r "$W/mix/catalogs" "$W/tp-data/"
+# trackplane's variants: as shipped (io_uring, epoll); storing nothing (the
+# cost of storage is the difference); every event type 'sync'.
+for v in trackplane trackplane-epoll; do cp "$W/mix/trackplane.toml" "$W/$v.toml"; done
+{ cat "$W/mix/trackplane.toml"; printf '[storage]\ndiscard_for_benchmarks = true\n'; } > "$W/trackplane-nostore.toml"
+{ cat "$W/mix/trackplane.toml"; for t in impression click page_view view_item add_to_cart purchase; do
+    target/release/trackplane default-config | awk -v t="[event_types.$t]" '$0==t {p=1; print; next} /^\[/ {p=0} p'
+    echo 'durability = "sync"'; done; } > "$W/trackplane-sync.toml"
+target/release/trackplane check-config "$W/trackplane-sync.toml" >/dev/null
 
 cat > "$W/nginx.conf" <<NGINX
 worker_processes 1;
@@ -63,9 +71,9 @@ start_server() {
   case "$1" in
     nginx) taskset -c $SERVER_CORE nginx -p "$W" -c "$W/nginx.conf" 2>/dev/null & PORT=18081 ;;
     bare) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18082 uring-coop & PORT=18082 ;;
-    trackplane|trackplane-epoll) RUST_LOG=warn taskset -c $SERVER_CORE target/release/trackplane serve --config "$W/mix/trackplane.toml" \
+    trackplane*) RUST_LOG=warn taskset -c $SERVER_CORE target/release/trackplane serve --config "$W/$1.toml" \
         --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19180 --data-dir "$W/tp-data" --workers 1 \
-        --driver "$([ "$1" = trackplane ] && echo uring || echo epoll)" & PORT=18080 ;;
+        --driver "$([ "$1" = trackplane-epoll ] && echo epoll || echo uring)" & PORT=18080 ;;
   esac
   wait_port $PORT
   sleep 0.3
@@ -98,9 +106,16 @@ run_rate() { # server port rate
 }
 
 SAT=()
-for s in nginx bare trackplane trackplane-epoll; do
+for s in nginx bare trackplane trackplane-epoll trackplane-nostore trackplane-sync; do
   echo "== $s" >&2
   start_server $s
+  if [ $s = trackplane-sync ]; then
+    # Every call waits for its group commit: one rate shows the cost.
+    run_rate $s $PORT "${RATES%% *}"
+    curl -s 127.0.0.1:19180/metrics > "$W/metrics-sync.txt" || true
+    stop_server $s
+    continue
+  fi
   for r in $RATES; do run_rate $s $PORT "$r"; done
   if command -v wrk >/dev/null; then
     target="/i?adv=adv-1&pid=sku-1-7&uid=u1"
@@ -108,16 +123,22 @@ for s in nginx bare trackplane trackplane-epoll; do
     SAT+=("$s|$rps")
     echo "  $s saturation (wrk -t1 -c$CONNS): $rps req/s" >&2
   fi
-  if [ $s = trackplane-epoll ]; then
+  if [ $s = trackplane ]; then
     RSS=$(awk '/VmHWM/ {print $2}' /proc/"${PIDS[$s]}"/status)
     curl -s 127.0.0.1:19180/metrics > "$W/metrics.txt" || true
   fi
   stop_server $s
 done
 
-RECORDS=$(cat "$W"/tp-data/events/*.jsonl | wc -l)
-RECORD_BYTES=$(cat "$W"/tp-data/events/*.jsonl | wc -c)
-INVALID=$(cat "$W"/tp-data/events/*.jsonl | grep -c '"status":"invalid"' || true)
+metric() { awk -v m="$2" '$1==m {print $2}' "$1"; }
+STATS=$(target/release/trackplane tail "$W/tp-data" --stats)
+RECORDS=$(sed -nE 's/^  "records": ([0-9]+).*/\1/p' <<<"$STATS")
+INVALID=$(sed -nE 's/^  "invalid": ([0-9]+).*/\1/p' <<<"$STATS")
+RATIO=$(metric "$W/metrics.txt" trackplane_store_compression_ratio)
+RAW=$(metric "$W/metrics.txt" trackplane_store_raw_bytes_total)
+SYNC_COUNT=$(metric "$W/metrics-sync.txt" trackplane_store_fsync_seconds_count)
+SYNC_SUM=$(metric "$W/metrics-sync.txt" trackplane_store_fsync_seconds_sum)
+SYNC_RECORDS=$(metric "$W/metrics-sync.txt" trackplane_store_fsync_records_total)
 
 out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
 {
@@ -126,7 +147,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo "Command: \`bench/compare.sh \"$RATES\" $SECONDS_PER_RATE\`"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
   echo "Servers pinned to core $SERVER_CORE, load generator (loadtest, open loop, wrk2 semantics, $CONNS connections) to core $LOAD_CORE."
-  echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else. trackplane: io_uring; trackplane-epoll: the same binary with --driver epoll."
+  echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else. trackplane: io_uring, as shipped; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."
   echo "trackplane: 1 worker, realistic mix (50 advertisers x 20k-product catalogs, 10% broken tags), records on disk."
   echo
   echo "| server | target/s | achieved/s | CPU µs/req | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx/3xx |"
@@ -137,7 +158,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo
   for r in $RATES; do
     n=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" '$1=="nginx" && $2==r')
-    for s in bare trackplane trackplane-epoll; do
+    for s in bare trackplane trackplane-epoll trackplane-nostore trackplane-sync; do
       x=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" -v s=$s '$1==s && $2==r')
       [ -n "$x" ] && [ -n "$n" ] || continue
       echo "- $s @ $r/s: CPU $(calc "$(cut -d'|' -f4 <<<"$x") / $(cut -d'|' -f4 <<<"$n")")x, p99 $(calc "$(cut -d'|' -f6 <<<"$x") / $(cut -d'|' -f6 <<<"$n")")x, p99.9 $(calc "$(cut -d'|' -f7 <<<"$x") / $(cut -d'|' -f7 <<<"$n")")x"
@@ -150,7 +171,10 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
     for row in "${SAT[@]}"; do echo "- ${row%%|*}: ${row##*|} req/s"; done
   fi
   echo
-  echo "trackplane stored $RECORDS records ($RECORD_BYTES bytes, $((RECORD_BYTES / (RECORDS > 0 ? RECORDS : 1))) bytes/record, $INVALID invalid); peak RSS ${RSS:-?} KiB."
+  echo "trackplane (io_uring run) wrote $RAW bytes of records at a compression ratio of $RATIO (zstd level 3, 256 KiB blocks); peak RSS ${RSS:-?} KiB."
+  echo "All runs stored $RECORDS records, $INVALID of them invalid (the mix breaks 10% of tags)."
+  echo "trackplane-nostore is the same server with storage.discard_for_benchmarks: storage costs the difference to it."
+  echo "trackplane-sync (every event type durability = \"sync\"): $SYNC_COUNT fdatasyncs, mean $(calc "$SYNC_SUM / ($SYNC_COUNT + 0.000001) * 1000") ms each, $(calc "$SYNC_RECORDS / ($SYNC_COUNT + 0.000001)") records per group commit."
 } > "$out"
 cat "$out"
 echo "wrote $out" >&2

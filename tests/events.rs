@@ -243,6 +243,9 @@ fn metrics_count_what_happened(d: Driver) {
         "trackplane_events_audited_total{status=\"ok\"} 1",
         "trackplane_events_audited_total{status=\"invalid\"} 1",
         "trackplane_audit_issues_total{code=\"unknown_advertiser\"} 1",
+        "trackplane_ring_used_bytes{stream=\"0\"} ",
+        "trackplane_ring_capacity_bytes 8388608",
+        "trackplane_store_fsync_seconds_bucket{le=\"+Inf\"} ",
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }

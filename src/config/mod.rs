@@ -222,6 +222,8 @@ pub struct StorageConfig {
     pub disk_budget_bytes: u64,
     /// What happens at the disk budget.
     pub full_policy: FullPolicy,
+    /// Benchmarks only: drop records after the ring instead of storing them.
+    pub discard_for_benchmarks: bool,
 }
 
 /// What happens when segments reach the disk budget.

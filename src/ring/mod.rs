@@ -76,6 +76,26 @@ pub struct Consumer {
     cached_tail: usize,
 }
 
+/// A read-only view of a ring's fill level, for metrics.
+#[derive(Clone)]
+pub struct RingGauge {
+    shared: Arc<Shared>,
+}
+
+impl RingGauge {
+    /// Bytes published and not yet drained (a snapshot).
+    pub fn used_bytes(&self) -> usize {
+        // Head is loaded second and may have passed the tail loaded first.
+        let tail = self.shared.tail.load(Ordering::Acquire);
+        tail.saturating_sub(self.shared.head.load(Ordering::Acquire))
+    }
+
+    /// Total capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity()
+    }
+}
+
 /// A ring of `capacity` bytes, a power of two of at least 64.
 pub fn ring(capacity: usize) -> (Producer, Consumer) {
     assert!(
@@ -214,7 +234,14 @@ impl Consumer {
 
     /// Bytes published and not yet drained.
     pub fn used_bytes(&self) -> usize {
-        self.shared.tail.load(Ordering::Acquire) - self.shared.head.load(Ordering::Acquire)
+        self.gauge().used_bytes()
+    }
+
+    /// A view of the fill level that any thread may read (metrics).
+    pub fn gauge(&self) -> RingGauge {
+        RingGauge {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Total capacity in bytes.

@@ -96,14 +96,46 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     helpers: Vec<JoinHandle<()>>,
     store: Store,
-    recovery: RecoveryCounts,
     /// The bound data address (the real port when configured with port 0).
     pub data_addr: SocketAddr,
     /// The bound admin address.
     pub admin_addr: SocketAddr,
     /// The driver each worker runs on.
     pub drivers: Vec<DriverKind>,
-    worker_metrics: Vec<Arc<metrics::WorkerMetrics>>,
+    page: Arc<MetricsPage>,
+}
+
+/// Everything the metrics page reads, behind one `render`.
+struct MetricsPage {
+    workers: Vec<Arc<metrics::WorkerMetrics>>,
+    store: Arc<crate::store::StoreMetrics>,
+    shared: Arc<Shared>,
+    recovery: RecoveryCounts,
+    rings: Vec<crate::ring::RingGauge>,
+}
+
+impl MetricsPage {
+    fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(8192);
+        metrics::render(&mut out, &self.workers);
+        render_storage(&mut out, &self.store, &self.shared, self.recovery);
+        let _ = writeln!(out, "# HELP trackplane_ring_used_bytes Bytes waiting in a worker's hand-off ring.\n# TYPE trackplane_ring_used_bytes gauge");
+        for (i, ring) in self.rings.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "trackplane_ring_used_bytes{{stream=\"{i}\"}} {}",
+                ring.used_bytes()
+            );
+        }
+        let capacity: usize = self
+            .rings
+            .iter()
+            .map(crate::ring::RingGauge::capacity)
+            .sum();
+        let _ = writeln!(out, "# HELP trackplane_ring_capacity_bytes Bytes of all hand-off rings.\n# TYPE trackplane_ring_capacity_bytes gauge\ntrackplane_ring_capacity_bytes {capacity}");
+        out
+    }
 }
 
 fn storage<'a>(
@@ -203,12 +235,14 @@ impl Server {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut consumers = Vec::with_capacity(workers);
         let mut worker_metrics = Vec::with_capacity(workers);
+        let mut rings = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         let (tx, rx) = mpsc::channel();
         let mut specs = Vec::with_capacity(workers);
         let mut next_seqs = Vec::with_capacity(workers);
         for (index, listener) in listeners.into_iter().enumerate() {
             let (producer, consumer) = crate::ring::ring(cfg.ring_bytes);
+            rings.push(consumer.gauge());
             consumers.push(consumer);
             let metrics = Arc::new(metrics::WorkerMetrics::default());
             worker_metrics.push(metrics.clone());
@@ -261,16 +295,22 @@ impl Server {
                 Err(_) => failure = Some(ServeError::Thread("a worker died while starting".into())),
             }
         }
+        let page = Arc::new(MetricsPage {
+            workers: worker_metrics,
+            store: store.metrics.clone(),
+            shared: shared.clone(),
+            recovery,
+            rings,
+        });
         let mut server = Server {
             shared: shared.clone(),
             workers: handles,
             helpers: Vec::new(),
             store,
-            recovery,
             data_addr,
             admin_addr,
             drivers,
-            worker_metrics,
+            page,
         };
         if let Some(e) = failure {
             server.shutdown();
@@ -281,16 +321,8 @@ impl Server {
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(reloader);
         let render_metrics = {
-            let workers = server.worker_metrics.clone();
-            let store = server.store.metrics.clone();
-            let shared = shared.clone();
-            let recovery = server.recovery;
-            Box::new(move || {
-                let mut out = String::with_capacity(8192);
-                metrics::render(&mut out, &workers);
-                render_storage(&mut out, &store, &shared, recovery);
-                out
-            })
+            let page = server.page.clone();
+            Box::new(move || page.render())
         };
         let admin = admin::spawn(admin_listener, shared.clone(), render_metrics)
             .map_err(|e| ServeError::Thread(e.to_string()))?;
@@ -331,10 +363,7 @@ impl Server {
 
     /// The metrics page, as the admin port serves it.
     pub fn metrics_text(&self) -> String {
-        let mut out = String::new();
-        metrics::render(&mut out, &self.worker_metrics);
-        render_storage(&mut out, &self.store.metrics, &self.shared, self.recovery);
-        out
+        self.page.render()
     }
 }
 

@@ -1,0 +1,149 @@
+//! The storage path per event: encode the record, hand it through the ring,
+//! batch it into a zstd block and append the block to a segment, against
+//! the obvious way (an owned record through a `Mutex<Vec>` queue, one
+//! `write` per event). Reports events/s and bytes/s of record data, and the
+//! compression ratio. Run on the loadtest's realistic records.
+//!
+//! `cargo bench --bench store`
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use trackplane::audit::{Auditor, Catalogs, Route};
+use trackplane::config::Config;
+use trackplane::http::Params;
+use trackplane::record::{self, Envelope};
+use trackplane::segment::{StreamWriter, WriterConfig};
+
+const EVENTS: usize = 50_000;
+
+/// Realistic queries: the shapes the loadtest sends.
+fn queries() -> Vec<String> {
+    (0..1000)
+        .map(|i| match i % 5 {
+            0..=2 => format!("adv=adv-{}&uid=u{}&pid=sku-{}-{}", i % 50, i * 7919 % 1_000_000, i % 50, i * 31 % 20000),
+            3 => format!("adv=adv-{}&ev=add_to_cart&pid=sku-{}-{}&value={}.{:02}&currency=EUR&uid=u{}", i % 50, i % 50, i % 20000, i % 300, i % 100, i * 13),
+            _ => format!("adv=adv-{}&ev=purchase&order_id=o-{i}&value={}.99&currency=EUR&pid=sku-{}-{}%2Csku-{}-{}&uid=u{}", i % 50, i % 900, i % 50, i % 20000, i % 50, (i + 7) % 20000, i * 17),
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let config = Config::from_toml_str("", "bench").unwrap();
+    let auditor = Auditor::new(&config);
+    let catalogs = Catalogs::default();
+    let queries = queries();
+    let ua = b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
+    let mut params = Params::with_capacity(64);
+    let mut encode = |i: usize, out: &mut Vec<u8>| {
+        params.clear();
+        params
+            .parse_urlencoded(queries[i % queries.len()].as_bytes(), 64)
+            .unwrap();
+        let verdict = auditor.audit(&params, Route::Beacon, &catalogs);
+        let env = Envelope {
+            node: "edge-1",
+            stream: 0,
+            seq: i as u64,
+            ts_ms: 1_700_000_000_000 + i as u64,
+            ip: Some("203.0.113.0".parse().unwrap()),
+            user_agent: ua,
+            referer: b"https://www.shop7.example/cat/3",
+            withheld_param: b"",
+        };
+        record::encode(out, &env, &verdict, &params);
+    };
+    // Record bytes per event, for the throughput figure.
+    let mut sample = Vec::new();
+    for i in 0..1000 {
+        encode(i, &mut sample);
+    }
+    let record_bytes = sample.len() / 1000;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("store_path");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(EVENTS as u64));
+    let mut ratio = (0u64, 0u64);
+    g.bench_function("ring_zstd_block_segment", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for it in 0..iters {
+                let (mut p, mut cons) = trackplane::ring::ring(1 << 23);
+                let sub = dir
+                    .path()
+                    .join(format!("s{it}-{}", Instant::now().elapsed().as_nanos()));
+                std::fs::create_dir_all(&sub).unwrap();
+                let cfg = WriterConfig {
+                    block_max_bytes: 262_144,
+                    segment_max_bytes: 1 << 30,
+                    segment_max_age: Duration::from_secs(3600),
+                    zstd_level: 3,
+                };
+                let mut w = StreamWriter::create(&sub, 0, "edge-1", 0, cfg).unwrap();
+                let mut rec = Vec::with_capacity(1024);
+                let start = Instant::now();
+                for i in 0..EVENTS {
+                    rec.clear();
+                    rec.extend_from_slice(&(i as u64).to_le_bytes());
+                    rec.extend_from_slice(&(i as u64).to_le_bytes());
+                    encode(i, &mut rec);
+                    p.push(&rec).unwrap();
+                    if i % 256 == 255 || i == EVENTS - 1 {
+                        cons.drain(|r| {
+                            let seq = u64::from_le_bytes(r[..8].try_into().unwrap());
+                            w.append(seq, seq, &r[16..]).unwrap();
+                            if w.block_full() {
+                                if let Some(s) = w.write_block().unwrap() {
+                                    ratio.0 += s.raw_bytes;
+                                    ratio.1 += s.written_bytes;
+                                }
+                            }
+                        });
+                    }
+                }
+                if let Some(s) = w.write_block().unwrap() {
+                    ratio.0 += s.raw_bytes;
+                    ratio.1 += s.written_bytes;
+                }
+                total += start.elapsed();
+                w.close().unwrap();
+            }
+            total
+        })
+    });
+    g.bench_function("naive_mutex_vec_write_per_event", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for it in 0..iters {
+                let queue: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+                let mut file =
+                    std::fs::File::create(dir.path().join(format!("naive-{it}.jsonl"))).unwrap();
+                let start = Instant::now();
+                for i in 0..EVENTS {
+                    let mut rec = Vec::new();
+                    encode(i, &mut rec);
+                    rec.push(b'\n');
+                    queue.lock().unwrap().push(rec);
+                    if i % 256 == 255 || i == EVENTS - 1 {
+                        for r in queue.lock().unwrap().drain(..) {
+                            file.write_all(&r).unwrap();
+                        }
+                    }
+                }
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+    eprintln!(
+        "record bytes/event {record_bytes}; compression ratio (raw / written, with headers) {:.2}",
+        ratio.0 as f64 / ratio.1.max(1) as f64
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
