@@ -15,6 +15,8 @@
 //!   disk budget
 //! - `server`: workers, connection loop, request handler, admin port
 //! - `tail`: the operator's `trackplane tail` (follow, filter, stats, verify)
+//! - `shipper`: `trackplane-shipper`, segments to Kafka with checkpoints and
+//!   watermarks
 pub mod audit;
 pub mod config;
 pub mod http;
@@ -22,5 +24,6 @@ pub mod record;
 pub mod ring;
 pub mod segment;
 pub mod server;
+pub mod shipper;
 pub mod store;
 pub mod tail;

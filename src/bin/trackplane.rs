@@ -200,6 +200,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             DriverArg::Uring => Driver::Uring,
             DriverArg::Epoll => Driver::Epoll,
         }),
+        ..Default::default()
     })?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("cannot install signal handlers")?;

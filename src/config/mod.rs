@@ -76,6 +76,57 @@ pub struct Config {
     pub advertisers: BTreeMap<String, AdvertiserConfig>,
     /// Event types and their schemas.
     pub event_types: BTreeMap<String, EventTypeConfig>,
+    /// The Kafka shipper (`trackplane-shipper`).
+    pub shipper: ShipperConfig,
+}
+
+/// The Kafka shipper.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipperConfig {
+    /// Kafka bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Admin port: metrics and health.
+    pub admin_listen: SocketAddr,
+    /// Topic of event types not in `topics`.
+    pub default_topic: String,
+    /// Topic per event type.
+    pub topics: BTreeMap<String, String>,
+    /// How often watermarks go to every partition written.
+    pub watermark_interval_ms: u64,
+    /// How often checkpoints are written at most.
+    pub checkpoint_interval_ms: u64,
+    /// Fully shipped sealed segments are deleted after this long.
+    pub retain_shipped_s: u64,
+    /// Produced, unacknowledged records per stream, at most.
+    pub max_in_flight: usize,
+    /// librdkafka `linger.ms`.
+    pub linger_ms: u64,
+    /// librdkafka `batch.size`.
+    pub batch_size_bytes: usize,
+    /// librdkafka `max.in.flight.requests.per.connection`.
+    pub max_requests_in_flight: u32,
+    /// Other librdkafka properties, passed through.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl ShipperConfig {
+    /// The topic of an event type.
+    pub fn topic(&self, event_type: &str) -> &str {
+        self.topics
+            .get(event_type)
+            .map_or(&self.default_topic, String::as_str)
+    }
+}
+
+/// Kafka topic names: letters, digits, '.', '_', '-', at most 249 bytes.
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Listeners, workers, limits and timeouts of `trackplane serve`.
@@ -260,6 +311,10 @@ pub struct Overrides {
     pub workers: Option<usize>,
     /// `--driver`.
     pub driver: Option<Driver>,
+    /// `--brokers` (shipper).
+    pub brokers: Option<String>,
+    /// `--admin-listen` of the shipper.
+    pub shipper_admin_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -317,11 +372,48 @@ impl Config {
         if let Some(d) = o.driver {
             self.server.driver = d;
         }
+        if let Some(b) = &o.brokers {
+            self.shipper.brokers = b.clone();
+        }
+        if let Some(a) = o.shipper_admin_listen {
+            self.shipper.admin_listen = a;
+        }
         self.validate()
     }
 
     /// Checks what types alone can't: names, ranges, references between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let sh = &self.shipper;
+        if sh.brokers.split(',').any(|b| b.trim().is_empty()) {
+            return Err(invalid(
+                "shipper.brokers",
+                "must be host:port[,host:port...]",
+            ));
+        }
+        if !valid_topic(&sh.default_topic) {
+            return Err(invalid(
+                "shipper.default_topic",
+                "is not a Kafka topic name",
+            ));
+        }
+        for (event, topic) in &sh.topics {
+            if !valid_topic(topic) {
+                return Err(invalid(
+                    format!("shipper.topics.{event}"),
+                    "is not a Kafka topic name",
+                ));
+            }
+        }
+        if !(1..=5).contains(&sh.max_requests_in_flight) {
+            return Err(invalid(
+                "shipper.max_requests_in_flight",
+                "must be 1 to 5 (the idempotent producer's limit)",
+            ));
+        }
+        if sh.max_in_flight == 0 || sh.watermark_interval_ms == 0 || sh.checkpoint_interval_ms == 0
+        {
+            return Err(invalid("shipper", "max_in_flight, watermark_interval_ms and checkpoint_interval_ms must be greater than 0"));
+        }
         let s = &self.server;
         if s.listen == s.admin_listen && s.listen.port() != 0 {
             return Err(invalid(
@@ -365,6 +457,9 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if s.workers > 1024 {
+            return Err(invalid("server.workers", "must be at most 1024"));
         }
         if s.max_header_bytes < s.max_request_line_bytes {
             return Err(invalid(

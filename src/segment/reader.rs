@@ -53,6 +53,25 @@ pub struct Block {
 }
 
 impl Block {
+    /// Records in the block.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the block has no records (never true for a valid block).
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Record `i` with its sequence number.
+    pub fn record(&self, i: usize) -> Option<(u64, &[u8])> {
+        let &(start, end) = self.ends.get(i)?;
+        Some((
+            self.header.first_seq + i as u64,
+            &self.data[start as usize..end as usize],
+        ))
+    }
+
     /// The records with their sequence numbers.
     pub fn records(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         self.ends.iter().enumerate().map(|(i, &(start, end))| {
@@ -123,6 +142,12 @@ impl SegmentReader {
     pub fn mark_sealed(&mut self, sealed_path: &Path) {
         self.sealed = true;
         self.path = sealed_path.to_owned();
+    }
+
+    /// Moves to a block boundary a checkpoint recorded. A wrong offset is
+    /// caught by the next block's magic and CRC.
+    pub fn seek_to(&mut self, offset: u64) {
+        self.offset = offset.max(HEADER_LEN as u64);
     }
 
     /// Whether the reader treats the file as final.

@@ -1,33 +1,66 @@
 //! The admin listener (never the public port): `/metrics`, `/healthz`,
 //! `/readyz`. Low traffic, so a plain blocking thread serves it, one short
-//! request at a time, and the data path never shares a runtime with it.
+//! request at a time, and the data path never shares a runtime with it. The
+//! server and the shipper each give it their own routes.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::server::Shared;
+/// One answer of the admin port.
+pub struct Reply {
+    /// Status line after `HTTP/1.1 `.
+    pub status: &'static str,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
 
-/// Renders the metrics page.
-pub type MetricsFn = Box<dyn Fn() -> String + Send>;
+impl Reply {
+    /// A plain-text answer.
+    pub fn text(status: &'static str, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain",
+            body: body.into(),
+        }
+    }
 
-/// Starts the admin thread on an already-bound listener.
+    /// The Prometheus text format.
+    pub fn metrics(body: String) -> Reply {
+        Reply {
+            status: "200 OK",
+            content_type: "text/plain; version=0.0.4",
+            body,
+        }
+    }
+
+    /// 404.
+    pub fn not_found() -> Reply {
+        Reply::text("404 Not Found", "not found\n")
+    }
+}
+
+/// Answers a path (without query).
+pub type Router = Box<dyn Fn(&str) -> Reply + Send>;
+
+/// Starts the admin thread on an already-bound listener; it stops once
+/// `stopped` says so.
 pub fn spawn(
     listener: TcpListener,
-    shared: Arc<Shared>,
-    metrics: MetricsFn,
+    stopped: Box<dyn Fn() -> bool + Send>,
+    router: Router,
 ) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("trackplane-admin".into())
         .spawn(move || {
-            while !shared.shutdown.load(Ordering::Relaxed) {
+            while !stopped() {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        if let Err(e) = answer(stream, &shared, &metrics) {
+                        if let Err(e) = answer(stream, &router) {
                             tracing::debug!(error = %e, "admin request failed");
                         }
                     }
@@ -43,7 +76,7 @@ pub fn spawn(
         })
 }
 
-fn answer(mut stream: TcpStream, shared: &Shared, metrics: &MetricsFn) -> std::io::Result<()> {
+fn answer(mut stream: TcpStream, router: &Router) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -63,49 +96,22 @@ fn answer(mut stream: TcpStream, shared: &Shared, metrics: &MetricsFn) -> std::i
             _ => {
                 return reply(
                     &mut stream,
-                    "400 Bad Request",
-                    "text/plain",
-                    "bad request\n",
+                    &Reply::text("400 Bad Request", "bad request\n"),
                 )
             }
         }
     };
     let path = path.split('?').next().unwrap_or("/");
-    match path {
-        "/metrics" => reply(
-            &mut stream,
-            "200 OK",
-            "text/plain; version=0.0.4",
-            &metrics(),
-        ),
-        "/healthz" => reply(&mut stream, "200 OK", "text/plain", "ok\n"),
-        "/readyz"
-            if shared.ready.load(Ordering::Relaxed)
-                && !shared.shutdown.load(Ordering::Relaxed)
-                && !shared.store_status.refusing.load(Ordering::Relaxed) =>
-        {
-            reply(&mut stream, "200 OK", "text/plain", "ready\n")
-        }
-        "/readyz" => reply(
-            &mut stream,
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready\n",
-        ),
-        _ => reply(&mut stream, "404 Not Found", "text/plain", "not found\n"),
-    }
+    reply(&mut stream, &router(path))
 }
 
-fn reply(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
+fn reply(stream: &mut TcpStream, r: &Reply) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        r.status,
+        r.content_type,
+        r.body.len()
     );
     stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+    stream.write_all(r.body.as_bytes())
 }

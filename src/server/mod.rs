@@ -90,6 +90,16 @@ pub struct Shared {
     pub store_status: Arc<StoreStatus>,
 }
 
+impl Shared {
+    /// Ready: every worker accepts, not shutting down, and the disk budget
+    /// does not refuse events.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && !self.shutdown.load(Ordering::Relaxed)
+            && !self.store_status.refusing.load(Ordering::Relaxed)
+    }
+}
+
 /// A running server.
 pub struct Server {
     shared: Arc<Shared>,
@@ -320,11 +330,22 @@ impl Server {
         let reloader = spawn_reloader(shared.clone(), catalog_dir)
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(reloader);
-        let render_metrics = {
+        let router: admin::Router = {
             let page = server.page.clone();
-            Box::new(move || page.render())
+            let shared = shared.clone();
+            Box::new(move |path| match path {
+                "/metrics" => admin::Reply::metrics(page.render()),
+                "/healthz" => admin::Reply::text("200 OK", "ok\n"),
+                "/readyz" if shared.is_ready() => admin::Reply::text("200 OK", "ready\n"),
+                "/readyz" => admin::Reply::text("503 Service Unavailable", "not ready\n"),
+                _ => admin::Reply::not_found(),
+            })
         };
-        let admin = admin::spawn(admin_listener, shared.clone(), render_metrics)
+        let stopped = {
+            let shared = shared.clone();
+            Box::new(move || shared.shutdown.load(Ordering::Relaxed))
+        };
+        let admin = admin::spawn(admin_listener, stopped, router)
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(admin);
         shared.ready.store(true, Ordering::Release);

@@ -59,9 +59,18 @@ pub fn load(data_dir: &Path, stream: u32) -> io::Result<Option<Position>> {
         Err(e) => return Err(e),
     };
     match serde_json::from_slice::<CheckpointFile>(&bytes) {
-        Ok(CheckpointFile::V1 { stream: s, position }) if s == stream => Ok(Some(position)),
-        Ok(_) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: checkpoint of another stream", p.display()))),
-        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()))),
+        Ok(CheckpointFile::V1 {
+            stream: s,
+            position,
+        }) if s == stream => Ok(Some(position)),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: checkpoint of another stream", p.display()),
+        )),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", p.display()),
+        )),
     }
 }
 
@@ -91,7 +100,10 @@ pub fn streams(data_dir: &Path) -> io::Result<Vec<u32>> {
     for e in entries {
         let name = e?.file_name();
         let name = name.to_string_lossy();
-        if let Some(n) = name.strip_prefix("checkpoint-").and_then(|r| r.strip_suffix(".json")) {
+        if let Some(n) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|r| r.strip_suffix(".json"))
+        {
             if let Ok(s) = n.parse() {
                 out.push(s);
             }
@@ -115,7 +127,10 @@ pub struct AckWindow {
 impl AckWindow {
     /// A window whose next unacknowledged sequence is `from`.
     pub fn new(from: u64) -> AckWindow {
-        AckWindow { acked_through: from, pending: std::collections::VecDeque::new() }
+        AckWindow {
+            acked_through: from,
+            pending: std::collections::VecDeque::new(),
+        }
     }
 
     /// Records that `seq` was acknowledged. Returns the new contiguous
@@ -157,14 +172,22 @@ mod tests {
     fn round_trip_and_versioned_shape() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(load(d.path(), 3).unwrap(), None);
-        let p = Position { next_seq: 42, segment_base: 40, block_offset: 128, acked_ts_ms: 7 };
+        let p = Position {
+            next_seq: 42,
+            segment_base: 40,
+            block_offset: 128,
+            acked_ts_ms: 7,
+        };
         store(d.path(), 3, p).unwrap();
         assert_eq!(load(d.path(), 3).unwrap(), Some(p));
         let text = std::fs::read_to_string(d.path().join("shipper/checkpoint-0003.json")).unwrap();
         assert!(text.contains("\"version\":\"1\""), "{text}");
         assert_eq!(streams(d.path()).unwrap(), [3]);
         std::fs::write(d.path().join("shipper/checkpoint-0003.json"), "{garbage").unwrap();
-        assert!(load(d.path(), 3).unwrap_err().to_string().contains("checkpoint-0003.json"));
+        assert!(load(d.path(), 3)
+            .unwrap_err()
+            .to_string()
+            .contains("checkpoint-0003.json"));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! a raw-bytes HTTP client that parses answers strictly.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

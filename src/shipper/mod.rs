@@ -1,0 +1,626 @@
+//! `trackplane-shipper`: forwards every stream's segments to Kafka in
+//! sequence order, including the open segments as they grow. Each record is
+//! produced unchanged as the message value, keyed by advertiser, to its
+//! event type's topic, by an idempotent producer. Checkpoints advance only
+//! past contiguously acknowledged records; watermarks tell consumers how far
+//! this node's event time is complete; shipped segments are deleted after a
+//! retention period. The server never talks to Kafka: an outage only grows
+//! the backlog on disk.
+//!
+//! # Layout
+//! - `checkpoint`: per-stream position files and the contiguous-ack window
+//! - `follower`: one stream's blocks from a checkpoint on
+//! - `kafka`: the producer and its delivery reports
+//! - `metrics`: lag, rates, errors, connectivity
+//!
+//! # Invariants
+//! - At least once: a record is behind the checkpoint only after Kafka
+//!   acknowledged it and every record before it.
+//! - Memory is bounded by `max_in_flight` per stream and librdkafka's queue;
+//!   beyond that, records stay on disk until there is room.
+//! - A message Kafka can never take (too large, not authorized) goes to the
+//!   dead-letter file with a metric; it never stops the stream.
+
+pub mod checkpoint;
+pub mod follower;
+pub mod kafka;
+pub mod metrics;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _};
+
+use crate::config::Config;
+use checkpoint::{AckWindow, Position};
+use follower::{Follower, Located};
+use kafka::{opaque, unpack, Producer, WATERMARK};
+pub use metrics::{ShipperMetrics, StreamGauges};
+
+/// Header naming the event type.
+pub const HEADER_TYPE: &str = "trackplane-type";
+/// Header naming the node.
+pub const HEADER_NODE: &str = "trackplane-node";
+/// Header with the record format version.
+pub const HEADER_FORMAT: &str = "trackplane-format";
+/// Header marking a watermark message.
+pub const HEADER_WATERMARK: &str = "trackplane-watermark";
+
+/// A block read and not yet fully acknowledged.
+struct BlockInfo {
+    end_seq: u64,
+    segment_base: u64,
+    offset: u64,
+    min_ts: u64,
+    max_ts: u64,
+}
+
+struct StreamState {
+    follower: Follower,
+    /// The block being produced and the index of its next record.
+    current: Option<(Located, usize)>,
+    window: AckWindow,
+    blocks: VecDeque<BlockInfo>,
+    in_flight: usize,
+    acked_ts: u64,
+    checkpointed: u64,
+    read_through: u64,
+    caught_up: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_watermark: u64,
+}
+
+/// The shipper: its producer, every stream's state, and its counters.
+pub struct Shipper {
+    config: Arc<Config>,
+    producer: Producer,
+    node: String,
+    segments: PathBuf,
+    streams: BTreeMap<u32, StreamState>,
+    partitions: BTreeMap<String, Vec<i32>>,
+    dead_letters: Option<File>,
+    /// Counters and gauges for the admin port.
+    pub metrics: Arc<ShipperMetrics>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The fields of a record the shipper routes by.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, rename = "type")]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    advertiser: std::borrow::Cow<'a, str>,
+}
+
+impl Shipper {
+    /// A shipper for `config`, resuming every stream at its checkpoint.
+    pub fn new(config: Config) -> Result<Shipper, KafkaError> {
+        let producer = kafka::producer(&config)?;
+        let node = config.node();
+        let segments = crate::store::segments_dir(&config.data_dir);
+        let mut shipper = Shipper {
+            producer,
+            node,
+            segments,
+            streams: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+            dead_letters: None,
+            metrics: Arc::new(ShipperMetrics::default()),
+            config: Arc::new(config),
+        };
+        shipper.discover();
+        Ok(shipper)
+    }
+
+    /// Adds state for every stream that has segments or a checkpoint.
+    fn discover(&mut self) {
+        let mut found: Vec<u32> = crate::segment::list(&self.segments)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.stream)
+            .collect();
+        found.extend(checkpoint::streams(&self.config.data_dir).unwrap_or_default());
+        for stream in found {
+            if self.streams.contains_key(&stream) {
+                continue;
+            }
+            let from = match checkpoint::load(&self.config.data_dir, stream) {
+                Ok(Some(p)) => p,
+                Ok(None) => Position {
+                    next_seq: 0,
+                    segment_base: 0,
+                    block_offset: 0,
+                    acked_ts_ms: 0,
+                },
+                Err(e) => {
+                    tracing::error!(stream, error = %e, "unreadable checkpoint; starting the stream from its first segment");
+                    Position {
+                        next_seq: 0,
+                        segment_base: 0,
+                        block_offset: 0,
+                        acked_ts_ms: 0,
+                    }
+                }
+            };
+            tracing::info!(stream, next_seq = from.next_seq, "shipping stream");
+            self.streams.insert(
+                stream,
+                StreamState {
+                    follower: Follower::new(&self.segments, stream, from),
+                    current: None,
+                    window: AckWindow::new(from.next_seq),
+                    blocks: VecDeque::new(),
+                    in_flight: 0,
+                    acked_ts: from.acked_ts_ms,
+                    checkpointed: from.next_seq,
+                    read_through: from.next_seq,
+                    caught_up: false,
+                    retry_at: None,
+                    backoff: Duration::from_millis(100),
+                    last_watermark: from.acked_ts_ms,
+                },
+            );
+        }
+    }
+
+    /// Runs until `stop` is set, then flushes, checkpoints and returns.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let cfg = self.config.shipper.clone();
+        let checkpoint_every = Duration::from_millis(cfg.checkpoint_interval_ms);
+        let watermark_every = Duration::from_millis(cfg.watermark_interval_ms);
+        let (mut last_checkpoint, mut last_watermark, mut last_housekeeping) =
+            (Instant::now(), Instant::now(), Instant::now());
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            let mut produced = 0;
+            if !stopping {
+                let ids: Vec<u32> = self.streams.keys().copied().collect();
+                for stream in ids {
+                    produced += self.fill(stream);
+                }
+            }
+            self.producer.poll(if produced > 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(20)
+            });
+            self.take_deliveries();
+            let now = Instant::now();
+            if stopping || now.duration_since(last_checkpoint) >= checkpoint_every {
+                self.checkpoint_all();
+                last_checkpoint = now;
+            }
+            if now.duration_since(last_watermark) >= watermark_every {
+                self.watermarks();
+                last_watermark = now;
+            }
+            if now.duration_since(last_housekeeping) >= Duration::from_secs(1) {
+                self.discover();
+                self.retention();
+                self.update_gauges();
+                last_housekeeping = now;
+            }
+            if stopping {
+                let _ = self.producer.flush(Duration::from_secs(10));
+                self.take_deliveries();
+                self.checkpoint_all();
+                return;
+            }
+        }
+    }
+
+    /// Produces from one stream until its in-flight limit, the producer's
+    /// queue, or the end of what is written. Returns records produced.
+    fn fill(&mut self, stream: u32) -> usize {
+        let max = self.config.shipper.max_in_flight;
+        let Some(st) = self.streams.get_mut(&stream) else {
+            return 0;
+        };
+        if st.retry_at.is_some_and(|t| Instant::now() < t) {
+            return 0;
+        }
+        st.retry_at = None;
+        let mut produced = 0;
+        while st.in_flight < max {
+            if st.current.is_none() {
+                match st.follower.next_block() {
+                    Ok(Some(loc)) => {
+                        let h = loc.block.header;
+                        st.blocks.push_back(BlockInfo {
+                            end_seq: h.end_seq(),
+                            segment_base: loc.segment_base,
+                            offset: loc.block.offset,
+                            min_ts: h.min_ts,
+                            max_ts: h.max_ts,
+                        });
+                        st.read_through = st.read_through.max(h.end_seq());
+                        let skip = st.window.acked_through().saturating_sub(h.first_seq) as usize;
+                        st.current = Some((loc, skip));
+                        st.caught_up = false;
+                    }
+                    Ok(None) => {
+                        st.caught_up = true;
+                        break;
+                    }
+                    Err(e) => {
+                        self.metrics.read_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(stream, error = %e, "cannot read segment; retrying with backoff");
+                        backoff(st);
+                        break;
+                    }
+                }
+            }
+            let Some((loc, idx)) = st.current.as_mut() else {
+                break;
+            };
+            let Some((seq, rec)) = loc.block.record(*idx) else {
+                st.current = None;
+                continue;
+            };
+            let head: Option<Head<'_>> = serde_json::from_slice(rec).ok();
+            let (event_type, advertiser) = head
+                .as_ref()
+                .map_or(("", ""), |h| (h.event_type.as_ref(), h.advertiser.as_ref()));
+            let topic = self.config.shipper.topic(event_type);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: HEADER_TYPE,
+                    value: Some(event_type),
+                })
+                .insert(Header {
+                    key: HEADER_NODE,
+                    value: Some(self.node.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_FORMAT,
+                    value: Some("1"),
+                });
+            let record = BaseRecord::with_opaque_to(topic, opaque(stream, seq))
+                .key(advertiser)
+                .payload(rec)
+                .headers(headers);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    st.in_flight += 1;
+                    *idx += 1;
+                    produced += 1;
+                    self.metrics.produced.fetch_add(1, Ordering::Relaxed);
+                }
+                Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => break,
+                Err((e, _)) if kafka::is_poison(&e) => {
+                    let rec = rec.to_vec();
+                    *idx += 1;
+                    dead_letter(
+                        &mut self.dead_letters,
+                        &self.config,
+                        &self.metrics,
+                        stream,
+                        seq,
+                        &e,
+                        &rec,
+                    );
+                    advance(st, seq);
+                }
+                Err((e, _)) => {
+                    self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(stream, seq, error = %e, "produce failed; retrying from the last acknowledged record");
+                    rewind(st, &self.metrics);
+                    break;
+                }
+            }
+        }
+        produced
+    }
+
+    /// Applies delivery reports: acknowledgements move the contiguous point,
+    /// poison goes to the dead-letter file, other failures rewind.
+    fn take_deliveries(&mut self) {
+        let reports = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for d in reports {
+            if d.opaque == WATERMARK {
+                if let Some((e, _)) = d.failure {
+                    self.metrics
+                        .watermark_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "watermark not delivered");
+                }
+                continue;
+            }
+            let (stream, seq) = unpack(d.opaque);
+            let Some(st) = self.streams.get_mut(&stream) else {
+                continue;
+            };
+            st.in_flight = st.in_flight.saturating_sub(1);
+            match d.failure {
+                None => {
+                    self.metrics.acked.fetch_add(1, Ordering::Relaxed);
+                    advance(st, seq);
+                }
+                Some((e, payload)) if kafka::is_poison(&e) => {
+                    dead_letter(
+                        &mut self.dead_letters,
+                        &self.config,
+                        &self.metrics,
+                        stream,
+                        seq,
+                        &e,
+                        &payload,
+                    );
+                    advance(st, seq);
+                }
+                Some((e, _)) => {
+                    self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                    if st.retry_at.is_none() {
+                        tracing::warn!(stream, seq, error = %e, "delivery failed; resending from the last acknowledged record");
+                        rewind(st, &self.metrics);
+                    }
+                }
+            }
+        }
+    }
+
+    fn checkpoint_all(&mut self) {
+        for (&stream, st) in self.streams.iter_mut() {
+            let next = st.window.acked_through();
+            if next == st.checkpointed {
+                continue;
+            }
+            let (segment_base, block_offset) = st
+                .blocks
+                .front()
+                .map_or((0, 0), |b| (b.segment_base, b.offset));
+            let p = Position {
+                next_seq: next,
+                segment_base,
+                block_offset,
+                acked_ts_ms: st.acked_ts,
+            };
+            match checkpoint::store(&self.config.data_dir, stream, p) {
+                Ok(()) => {
+                    st.checkpointed = next;
+                    self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(stream, error = %e, "cannot write checkpoint"),
+            }
+        }
+    }
+
+    /// The event time below which everything of `st` is acknowledged.
+    fn watermark_of(st: &StreamState, flush_ms: u64) -> u64 {
+        let wm = match st.blocks.front() {
+            // The first block not fully acknowledged bounds it.
+            Some(b) => b.min_ts.saturating_sub(1),
+            // Nothing unacknowledged was read: if the stream is caught up,
+            // anything it will still write is younger than the flush window.
+            None if st.caught_up && st.in_flight == 0 => {
+                now_ms().saturating_sub(flush_ms + 1000).max(st.acked_ts)
+            }
+            None => st.acked_ts,
+        };
+        wm.max(st.last_watermark)
+    }
+
+    /// Sends each stream's watermark to every partition of every topic.
+    fn watermarks(&mut self) {
+        let mut topics: Vec<String> = vec![self.config.shipper.default_topic.clone()];
+        topics.extend(self.config.shipper.topics.values().cloned());
+        topics.sort();
+        topics.dedup();
+        let mut connected = true;
+        for topic in &topics {
+            if !self.partitions.contains_key(topic) {
+                match self
+                    .producer
+                    .client()
+                    .fetch_metadata(Some(topic), Duration::from_secs(2))
+                {
+                    Ok(md) => {
+                        let parts: Vec<i32> = md
+                            .topics()
+                            .iter()
+                            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                            .collect();
+                        if !parts.is_empty() {
+                            self.partitions.insert(topic.clone(), parts);
+                        }
+                    }
+                    Err(e) => {
+                        connected = false;
+                        tracing::debug!(topic, error = %e, "no metadata for watermarks yet");
+                    }
+                }
+            }
+        }
+        self.metrics
+            .broker_up
+            .store(u64::from(connected), Ordering::Relaxed);
+        let flush_ms = self.config.storage.flush_interval_ms;
+        for (&stream, st) in self.streams.iter_mut() {
+            let wm = Self::watermark_of(st, flush_ms);
+            st.last_watermark = wm;
+            let body = format!(
+                "{{\"watermark\":true,\"node\":\"{}\",\"stream\":{stream},\"event_time_ms\":{wm}}}",
+                self.node
+            );
+            for (topic, parts) in &self.partitions {
+                for &p in parts {
+                    let headers = OwnedHeaders::new()
+                        .insert(Header {
+                            key: HEADER_WATERMARK,
+                            value: Some("1"),
+                        })
+                        .insert(Header {
+                            key: HEADER_NODE,
+                            value: Some(self.node.as_str()),
+                        });
+                    let rec = BaseRecord::with_opaque_to(topic.as_str(), WATERMARK)
+                        .partition(p)
+                        .key(self.node.as_str())
+                        .payload(&body)
+                        .headers(headers);
+                    if self.producer.send(rec).is_ok() {
+                        self.metrics.watermarks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes sealed segments whose every record is acknowledged and that
+    /// are older than the retention period.
+    fn retention(&mut self) {
+        let retain = Duration::from_secs(self.config.shipper.retain_shipped_s);
+        let Ok(segs) = crate::segment::list(&self.segments) else {
+            return;
+        };
+        for pair in segs.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.open || a.stream != b.stream {
+                continue;
+            }
+            let Some(st) = self.streams.get(&a.stream) else {
+                continue;
+            };
+            // Everything in `a` is below `b`'s base, so below the checkpoint.
+            if b.base_seq > st.checkpointed {
+                continue;
+            }
+            let old_enough = std::fs::metadata(&a.path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() >= retain);
+            if old_enough && std::fs::remove_file(&a.path).is_ok() {
+                self.metrics
+                    .segments_deleted
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(segment = %a.path.display(), "deleted shipped segment");
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let now = now_ms();
+        let segs = crate::segment::list(&self.segments).unwrap_or_default();
+        let mut gauges = BTreeMap::new();
+        for (&stream, st) in &self.streams {
+            let acked = st.window.acked_through();
+            let unread_bytes: u64 = segs
+                .iter()
+                .filter(|s| {
+                    s.stream == stream
+                        && s.base_seq >= st.blocks.back().map_or(0, |b| b.segment_base)
+                })
+                .filter_map(|s| std::fs::metadata(&s.path).ok().map(|m| m.len()))
+                .sum();
+            let oldest = st.blocks.front().map(|b| b.min_ts);
+            gauges.insert(
+                stream,
+                StreamGauges {
+                    lag_events: st.read_through.saturating_sub(acked),
+                    lag_bytes: if st.caught_up && st.blocks.is_empty() {
+                        0
+                    } else {
+                        unread_bytes
+                    },
+                    lag_seconds: oldest.map_or(0.0, |ts| now.saturating_sub(ts) as f64 / 1000.0),
+                    checkpoint: st.checkpointed,
+                    in_flight: st.in_flight as u64,
+                },
+            );
+        }
+        if let Ok(mut g) = self.metrics.streams.lock() {
+            *g = gauges;
+        }
+    }
+}
+
+/// Moves a stream's contiguous point past `seq` if it can, dropping the
+/// blocks that are now fully acknowledged.
+fn advance(st: &mut StreamState, seq: u64) {
+    if st.window.ack(seq).is_some() {
+        let through = st.window.acked_through();
+        while st.blocks.front().is_some_and(|b| b.end_seq <= through) {
+            if let Some(b) = st.blocks.pop_front() {
+                st.acked_ts = st.acked_ts.max(b.max_ts);
+            }
+        }
+        st.backoff = Duration::from_millis(100);
+    }
+}
+
+/// Starts the stream again at its last contiguous acknowledgement, after a
+/// growing backoff.
+fn rewind(st: &mut StreamState, metrics: &ShipperMetrics) {
+    metrics.retries.fetch_add(1, Ordering::Relaxed);
+    let from = st.window.acked_through();
+    st.follower.rewind(from);
+    st.window.reset();
+    st.current = None;
+    st.blocks.clear();
+    st.read_through = from;
+    backoff(st);
+}
+
+fn backoff(st: &mut StreamState) {
+    st.retry_at = Some(Instant::now() + st.backoff);
+    st.backoff = (st.backoff * 2).min(Duration::from_secs(30));
+}
+
+fn dead_letter(
+    file: &mut Option<File>,
+    config: &Config,
+    metrics: &ShipperMetrics,
+    stream: u32,
+    seq: u64,
+    error: &KafkaError,
+    record: &[u8],
+) {
+    metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(stream, seq, %error, "message Kafka will never accept; written to the dead-letter file");
+    if file.is_none() {
+        let dir = checkpoint::dir(&config.data_dir);
+        let _ = std::fs::create_dir_all(&dir);
+        *file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dead-letter.jsonl"))
+            .ok();
+    }
+    if let Some(f) = file.as_mut() {
+        let mut line = format!("{{\"stream\":{stream},\"seq\":{seq},\"error\":");
+        let mut buf = Vec::new();
+        crate::record::json::write_str(&mut buf, error.to_string().as_bytes());
+        line.push_str(&String::from_utf8_lossy(&buf));
+        line.push_str(",\"record\":");
+        let mut out = line.into_bytes();
+        if serde_json::from_slice::<serde::de::IgnoredAny>(record).is_ok() {
+            out.extend_from_slice(record);
+        } else {
+            crate::record::json::write_str(&mut out, record);
+        }
+        out.extend_from_slice(b"}\n");
+        if f.write_all(&out).and_then(|()| f.sync_data()).is_err() {
+            tracing::error!("cannot write the dead-letter file");
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The shipper against a real Kafka-protocol broker (tansu on loopback):
+//! every event arrives exactly once after dedupe by id with its bytes
+//! unchanged, through kill -9 of the shipper and a broker outage;
+//! watermarks reach every partition and never go back; retention deletes
+//! only shipped segments.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::kafka::{consume, free_port, Broker, Msg, Proxy};
+use trackplane::config::{Config, Driver};
+use trackplane::segment::{list, SegmentReader};
+use trackplane::shipper::{Shipper, ShipperMetrics};
+
+const TOPICS: &str = "[shipper]\nwatermark_interval_ms = 200\ncheckpoint_interval_ms = 100\n[shipper.topics]\npurchase = \"trackplane.purchases\"\n";
+
+/// A shipper config; `shipper_keys` go into `[shipper]`.
+fn config(data_dir: &Path, brokers: &str, shipper_keys: &str) -> Config {
+    let topics = TOPICS.replacen("[shipper]\n", &format!("[shipper]\n{shipper_keys}"), 1);
+    let text = format!(
+        "node_id = \"t1\"\ndata_dir = \"{}\"\n{topics}",
+        data_dir.display()
+    );
+    let mut c = Config::from_toml_str(&text, "test").unwrap();
+    c.shipper.brokers = brokers.to_owned();
+    c
+}
+
+/// A shipper running in this process until dropped.
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    metrics: Arc<ShipperMetrics>,
+}
+
+fn ship(config: Config) -> Running {
+    let mut shipper = Shipper::new(config).unwrap();
+    let metrics = shipper.metrics.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || shipper.run(&s));
+    Running {
+        stop,
+        thread: Some(thread),
+        metrics,
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every record on disk: id -> raw bytes.
+fn on_disk(data_dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for seg in list(&data_dir.join("segments")).unwrap() {
+        let mut r = SegmentReader::open(&seg.path).unwrap();
+        while let Some(b) = r.next_block().unwrap() {
+            for (_, rec) in b.records() {
+                let v: serde_json::Value = serde_json::from_slice(rec).unwrap();
+                out.insert(v["id"].as_str().unwrap().to_owned(), rec.to_vec());
+            }
+        }
+    }
+    out
+}
+
+fn id_of(m: &Msg) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Consumes until every id in `want` arrived; returns the event messages
+/// and the watermark messages.
+fn read_back(
+    bootstrap: &str,
+    want: &BTreeMap<String, Vec<u8>>,
+    limit: Duration,
+) -> (Vec<Msg>, Vec<Msg>) {
+    let all = consume(
+        bootstrap,
+        &[("trackplane.events", 3), ("trackplane.purchases", 3)],
+        limit,
+        |msgs| {
+            let got: HashSet<String> = msgs
+                .iter()
+                .filter(|m| !m.is_watermark())
+                .map(id_of)
+                .collect();
+            let marked: HashSet<(&str, i32)> = msgs
+                .iter()
+                .filter(|m| m.is_watermark())
+                .map(|m| (m.topic.as_str(), m.partition))
+                .collect();
+            want.keys().all(|id| got.contains(id)) && marked.len() == 6
+        },
+    );
+    all.into_iter().partition(|m| !m.is_watermark())
+}
+
+/// Checks exactly-once after dedupe by id, unchanged bytes, keys, headers
+/// and topics. Returns the number of duplicates.
+fn check_delivery(events: &[Msg], want: &BTreeMap<String, Vec<u8>>) -> usize {
+    let mut seen: HashMap<String, &Msg> = HashMap::new();
+    let mut duplicates = 0;
+    for m in events {
+        let id = id_of(m);
+        let original = want
+            .get(&id)
+            .unwrap_or_else(|| panic!("message {id} is not on disk"));
+        assert_eq!(&m.value, original, "{id}: bytes changed on the way");
+        let v: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
+        assert_eq!(
+            m.key,
+            v["advertiser"].as_str().unwrap().as_bytes(),
+            "{id}: keyed by advertiser"
+        );
+        assert_eq!(
+            m.header("trackplane-type"),
+            Some(v["type"].as_str().unwrap().as_bytes())
+        );
+        assert_eq!(m.header("trackplane-node"), Some(&b"t1"[..]));
+        assert_eq!(m.header("trackplane-format"), Some(&b"1"[..]));
+        let want_topic = if v["type"] == "purchase" {
+            "trackplane.purchases"
+        } else {
+            "trackplane.events"
+        };
+        assert_eq!(m.topic, want_topic, "{id}");
+        if seen.insert(id, m).is_some() {
+            duplicates += 1;
+        }
+    }
+    let missing: Vec<&String> = want.keys().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never arrived, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    duplicates
+}
+
+fn send_events(s: &common::TestServer, from: usize, n: usize) {
+    for i in from..from + n {
+        let target = if i % 5 == 0 {
+            format!("/e?adv=demo&ev=purchase&order_id=o{i}&value=1.5&currency=EUR&pid=p{i}&n={i}")
+        } else {
+            format!("/i?adv=demo&n={i}")
+        };
+        assert!(s.get(&target).status < 300);
+    }
+}
+
+fn broker_with_topics(advertise: Option<u16>) -> Broker {
+    let b = Broker::start_advertising(advertise);
+    b.create_topic("trackplane.events", 3);
+    b.create_topic("trackplane.purchases", 3);
+    b
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn every_event_arrives_once_unchanged_with_watermarks_everywhere() {
+    let broker = broker_with_topics(None);
+    let mut s = common::start(Driver::Epoll, "[server]\nworkers = 2\n");
+    send_events(&s, 0, 300);
+    s.stop();
+    let want = on_disk(s.dir.path());
+    assert_eq!(want.len(), 300);
+    let shipper = ship(config(s.dir.path(), &broker.bootstrap(), ""));
+    wait_for("acks", Duration::from_secs(30), || {
+        shipper.metrics.acked.load(Ordering::Relaxed) >= 300
+    });
+    std::thread::sleep(Duration::from_millis(800)); // a few watermark rounds
+    let (events, watermarks) = read_back(&broker.bootstrap(), &want, Duration::from_secs(30));
+    let dups = check_delivery(&events, &want);
+    assert_eq!(dups, 0, "no duplicates without failures");
+    // Watermarks: on every partition of both topics, monotonic per
+    // (topic, partition, stream) in offset order.
+    let mut per: BTreeMap<(String, i32, u64), Vec<(i64, u64)>> = BTreeMap::new();
+    for w in &watermarks {
+        let v: serde_json::Value = serde_json::from_slice(&w.value).unwrap();
+        assert_eq!(v["node"], "t1");
+        per.entry((w.topic.clone(), w.partition, v["stream"].as_u64().unwrap()))
+            .or_default()
+            .push((w.offset, v["event_time_ms"].as_u64().unwrap()));
+    }
+    for topic in ["trackplane.events", "trackplane.purchases"] {
+        for p in 0..3 {
+            assert!(
+                per.keys().any(|(t, q, _)| t == topic && *q == p),
+                "no watermark on {topic}/{p}"
+            );
+        }
+    }
+    let newest_event: u64 = want
+        .values()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(r).unwrap()["ts_ms"]
+                .as_u64()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    for (key, mut marks) in per {
+        marks.sort();
+        assert!(
+            marks.windows(2).all(|w| w[0].1 <= w[1].1),
+            "watermark went back on {key:?}"
+        );
+        // The stream is fully shipped and idle: its watermark passed every event.
+        assert!(
+            marks.last().unwrap().1 >= newest_event,
+            "{key:?} stuck below the last event"
+        );
+    }
+    drop(shipper);
+    // Checkpoints point past everything.
+    for stream in [0, 1] {
+        if let Some(p) = trackplane::shipper::checkpoint::load(s.dir.path(), stream).unwrap() {
+            assert!(p.next_seq > 0);
+        }
+    }
+}
+
+#[test]
+fn kill_9_the_shipper_ten_times_loses_nothing() {
+    let broker = broker_with_topics(None);
+    let s = common::start(Driver::Epoll, "[server]\nworkers = 2\n");
+    let cfg_path = s.dir.path().join("shipper.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "node_id = \"t1\"\ndata_dir = \"{}\"\n{TOPICS}",
+            s.dir.path().display()
+        ),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, addr) = (stop.clone(), s.addr);
+        std::thread::spawn(move || {
+            let mut i = 0;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                let t = if i % 5 == 0 {
+                    format!("/e?adv=demo&ev=purchase&order_id=o{i}&n={i}")
+                } else {
+                    format!("/i?adv=demo&n={i}")
+                };
+                std::io::Write::write_all(
+                    &mut c,
+                    format!("GET {t} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
+                )
+                .unwrap();
+                let _ = std::io::Read::read_to_end(&mut c, &mut Vec::new());
+                i += 1;
+            }
+        })
+    };
+    for round in 0..10u64 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackplane-shipper"))
+            .arg("--config")
+            .arg(&cfg_path)
+            .args([
+                "--brokers",
+                &broker.bootstrap(),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(250 + round * 53 % 300));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let mut s = s;
+    s.stop();
+    let want = on_disk(s.dir.path());
+    assert!(want.len() > 200, "load too light: {}", want.len());
+    let last = ship(config(s.dir.path(), &broker.bootstrap(), ""));
+    let (events, _) = read_back(&broker.bootstrap(), &want, Duration::from_secs(60));
+    eprintln!(
+        "final shipper: {}",
+        last.metrics
+            .render()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let dups = check_delivery(&events, &want);
+    eprintln!(
+        "{} events through 10 kills: {dups} duplicates (removed by id)",
+        want.len()
+    );
+}
+
+#[test]
+fn a_broker_outage_delays_but_loses_nothing() {
+    let proxy_port = free_port();
+    let broker = broker_with_topics(Some(proxy_port));
+    let proxy = Proxy::start(proxy_port, broker.port);
+    let mut s = common::start(Driver::Epoll, "");
+    let shipper = ship(config(s.dir.path(), &proxy.addr().to_string(), ""));
+    send_events(&s, 0, 100);
+    wait_for("first acks", Duration::from_secs(30), || {
+        shipper.metrics.acked.load(Ordering::Relaxed) >= 100
+    });
+    proxy.down();
+    send_events(&s, 100, 150);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        shipper.metrics.acked.load(Ordering::Relaxed),
+        100,
+        "nothing is acknowledged while the broker is unreachable"
+    );
+    proxy.up();
+    wait_for("catch-up", Duration::from_secs(60), || {
+        shipper.metrics.acked.load(Ordering::Relaxed) >= 250
+    });
+    s.stop();
+    let want = on_disk(s.dir.path());
+    let (events, _) = read_back(&proxy.addr().to_string(), &want, Duration::from_secs(30));
+    let dups = check_delivery(&events, &want);
+    eprintln!("250 events across a 3 s outage: {dups} duplicates");
+}
+
+#[test]
+fn retention_deletes_only_shipped_segments() {
+    let broker = broker_with_topics(None);
+    let mut s = common::start(
+        Driver::Epoll,
+        "[storage]\nflush_interval_ms = 5\nblock_max_bytes = 1024\nsegment_max_bytes = 2048\n",
+    );
+    send_events(&s, 0, 600);
+    s.stop();
+    let before = list(&s.dir.path().join("segments")).unwrap();
+    assert!(before.len() >= 3, "several segments: {}", before.len());
+    let want = on_disk(s.dir.path());
+    // Ship only part: a throttled shipper stopped partway.
+    {
+        let shipper = ship(config(
+            s.dir.path(),
+            &broker.bootstrap(),
+            "retain_shipped_s = 0\nmax_in_flight = 2\nlinger_ms = 20\n",
+        ));
+        wait_for("some acks", Duration::from_secs(30), || {
+            shipper.metrics.acked.load(Ordering::Relaxed) >= 60
+        });
+        std::thread::sleep(Duration::from_millis(1200)); // a retention round
+    }
+    assert!(
+        trackplane::shipper::checkpoint::load(s.dir.path(), 0)
+            .unwrap()
+            .unwrap()
+            .next_seq
+            < 600,
+        "stopped partway"
+    );
+    let checkpoint = trackplane::shipper::checkpoint::load(s.dir.path(), 0)
+        .unwrap()
+        .map_or(0, |p| p.next_seq);
+    let after = list(&s.dir.path().join("segments")).unwrap();
+    for seg in &after {
+        assert!(seg.path.exists());
+    }
+    let deleted: Vec<_> = before
+        .iter()
+        .filter(|b| !after.iter().any(|a| a.path == b.path))
+        .collect();
+    assert!(
+        !deleted.is_empty(),
+        "shipped segments were deleted (checkpoint {checkpoint})"
+    );
+    for d in &deleted {
+        let next = before
+            .iter()
+            .find(|b| b.stream == d.stream && b.base_seq > d.base_seq)
+            .expect("a successor");
+        assert!(
+            next.base_seq <= checkpoint,
+            "deleted {:?} holds records at or past the checkpoint {checkpoint}",
+            d.path
+        );
+    }
+    // Everything not yet shipped is still readable.
+    let remaining = on_disk(s.dir.path());
+    for (id, rec) in &want {
+        let seq: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
+        if seq >= checkpoint {
+            assert_eq!(remaining.get(id), Some(rec), "unshipped {id} deleted");
+        }
+    }
+    // With the missing topic created, everything ships and old segments go.
+    let full = ship(config(
+        s.dir.path(),
+        &broker.bootstrap(),
+        "retain_shipped_s = 0\n",
+    ));
+    wait_for("everything shipped", Duration::from_secs(30), || {
+        full.metrics.acked.load(Ordering::Relaxed) >= 600 - checkpoint
+    });
+    wait_for("retention", Duration::from_secs(10), || {
+        list(&s.dir.path().join("segments")).unwrap().len() < before.len()
+    });
+    assert!(
+        !list(&s.dir.path().join("segments")).unwrap().is_empty(),
+        "the newest segment stays"
+    );
+}
