@@ -168,3 +168,53 @@ fn sigterm_loses_nothing_answered_uring() {
 fn sigterm_loses_nothing_answered_epoll() {
     sigterm_loses_nothing_answered("epoll");
 }
+
+/// Under systemd (Type=notify, WatchdogSec): READY=1 once serving,
+/// WATCHDOG=1 while the workers run, STOPPING=1 on SIGTERM.
+#[test]
+fn tells_systemd_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trackplane"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = recv();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving on 127.0.0.1:"),
+        "{ready}"
+    );
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert_eq!(send_sigterm(child.id()), 0);
+    let mut stopping = false;
+    for _ in 0..5 {
+        if recv() == "STOPPING=1" {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(20)).success());
+}

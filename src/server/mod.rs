@@ -19,6 +19,7 @@ pub mod admin;
 pub mod conn;
 pub mod handler;
 pub mod metrics;
+pub mod notify;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -88,6 +89,8 @@ pub struct Shared {
     pub streams: Vec<Arc<StreamShared>>,
     /// Whether the store refuses new events (disk budget).
     pub store_status: Arc<StoreStatus>,
+    /// Per worker: bumped by its event loop every 20 ms.
+    pub heartbeats: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -216,6 +219,9 @@ impl Server {
                 .map(|_| Arc::new(StreamShared::default()))
                 .collect(),
             store_status: Arc::new(StoreStatus::default()),
+            heartbeats: (0..workers)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
             config: config.clone(),
         });
 
@@ -348,7 +354,13 @@ impl Server {
         let admin = admin::spawn(admin_listener, stopped, router)
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(admin);
+        if let Some(every) = notify::Notifier::watchdog_interval() {
+            let watchdog = spawn_watchdog(shared.clone(), every)
+                .map_err(|e| ServeError::Thread(e.to_string()))?;
+            server.helpers.push(watchdog);
+        }
         shared.ready.store(true, Ordering::Release);
+        notify::Notifier::from_env().notify(&format!("READY=1\nSTATUS=serving on {data_addr}"));
         let driver = server.drivers.first().map_or("none", |d| d.as_str());
         tracing::info!(listen = %data_addr, admin = %admin_addr, workers, driver, node = %shared.node, "trackplane serving");
         Ok(server)
@@ -356,6 +368,7 @@ impl Server {
 
     /// Asks every part to stop; returns at once. [`Server::wait`] finishes.
     pub fn shutdown(&self) {
+        notify::Notifier::from_env().notify("STOPPING=1");
         self.shared.ready.store(false, Ordering::Release);
         self.shared.shutdown.store(true, Ordering::Release);
     }
@@ -425,6 +438,42 @@ fn render_storage(
     );
     let _ = writeln!(out, "# TYPE trackplane_catalog_products gauge");
     let _ = writeln!(out, "trackplane_catalog_products {products}");
+}
+
+/// Pings systemd's watchdog while every worker's event loop turns; a stuck
+/// worker stops the pings and systemd restarts the service.
+fn spawn_watchdog(shared: Arc<Shared>, every: Duration) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("trackplane-watchdog".into())
+        .spawn(move || {
+            let notifier = notify::Notifier::from_env();
+            let beats = |s: &Shared| {
+                s.heartbeats
+                    .iter()
+                    .map(|h| h.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>()
+            };
+            let mut last = beats(&shared);
+            let step = Duration::from_millis(50);
+            let mut waited = Duration::ZERO;
+            while !shared.shutdown.load(Ordering::Relaxed) {
+                std::thread::sleep(step);
+                waited += step;
+                if waited < every {
+                    continue;
+                }
+                waited = Duration::ZERO;
+                let now = beats(&shared);
+                match now.iter().zip(&last).position(|(a, b)| a == b) {
+                    None => notifier.notify("WATCHDOG=1"),
+                    Some(worker) => tracing::error!(
+                        worker,
+                        "worker event loop stalled; withholding the watchdog ping"
+                    ),
+                }
+                last = now;
+            }
+        })
 }
 
 /// Re-reads changed catalog files every `reload_interval_ms` and swaps the

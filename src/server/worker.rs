@@ -198,6 +198,8 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
     monoio::spawn(async move {
         while !watcher.shutting_down() {
             monoio::time::sleep(Duration::from_millis(20)).await;
+            // The watchdog pings systemd only while this advances.
+            watcher.shared.heartbeats[watcher.index].fetch_add(1, Ordering::Relaxed);
         }
         canceller.cancel();
     });
