@@ -87,6 +87,8 @@ pub struct Shipper {
     streams: BTreeMap<u32, StreamState>,
     partitions: BTreeMap<String, Vec<i32>>,
     dead_letters: Option<File>,
+    /// Delivery reports being applied (kept to reuse its memory).
+    reports: Vec<kafka::Delivery>,
     /// Counters and gauges for the admin port.
     pub metrics: Arc<ShipperMetrics>,
 }
@@ -106,6 +108,28 @@ struct Head<'a> {
     advertiser: std::borrow::Cow<'a, str>,
 }
 
+/// Event type and advertiser of a record. Records put `type` and
+/// `advertiser` third and fourth (record::encode), so a scan finds them
+/// without parsing the object; values with escapes fall back to a parse.
+fn route_of(rec: &[u8]) -> Option<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
+    fn plain_string_after<'a>(rec: &'a [u8], key: &[u8]) -> Option<(&'a str, usize)> {
+        let at = rec.windows(key.len()).position(|w| w == key)? + key.len();
+        let len = rec[at..].iter().position(|&b| b == b'"' || b == b'\\')?;
+        (rec[at + len] == b'"').then(|| {
+            std::str::from_utf8(&rec[at..at + len])
+                .ok()
+                .map(|s| (s, at + len))
+        })?
+    }
+    if let Some((t, end)) = plain_string_after(rec, b",\"type\":\"") {
+        if let Some((a, _)) = plain_string_after(&rec[end..], b",\"advertiser\":\"") {
+            return Some((t.into(), a.into()));
+        }
+    }
+    let head: Head<'_> = serde_json::from_slice(rec).ok()?;
+    Some((head.event_type, head.advertiser))
+}
+
 impl Shipper {
     /// A shipper for `config`, resuming every stream at its checkpoint.
     pub fn new(config: Config) -> Result<Shipper, KafkaError> {
@@ -119,6 +143,7 @@ impl Shipper {
             streams: BTreeMap::new(),
             partitions: BTreeMap::new(),
             dead_letters: None,
+            reports: Vec::new(),
             metrics: Arc::new(ShipperMetrics::default()),
             config: Arc::new(config),
         };
@@ -329,7 +354,10 @@ impl Shipper {
     /// Applies delivery reports: acknowledgements move the contiguous point,
     /// poison goes to the dead-letter file, other failures rewind.
     fn take_deliveries(&mut self) {
-        let reports = std::mem::take(
+        // Swap buffers with the delivery callback: both keep their memory.
+        let mut reports = std::mem::take(&mut self.reports);
+        std::mem::swap(
+            &mut reports,
             &mut *self
                 .producer
                 .context()
@@ -337,7 +365,7 @@ impl Shipper {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        for d in reports {
+        for d in reports.drain(..) {
             if d.opaque == WATERMARK {
                 if let Some((e, _)) = d.failure {
                     self.metrics
@@ -378,6 +406,7 @@ impl Shipper {
                 }
             }
         }
+        self.reports = reports;
     }
 
     fn checkpoint_all(&mut self) {
@@ -622,5 +651,61 @@ fn dead_letter(
         if f.write_all(&out).and_then(|()| f.sync_data()).is_err() {
             tracing::error!("cannot write the dead-letter file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn routes_by_scan_and_by_parse() {
+        let plain =
+            br#"{"id":"n-0-1","ts_ms":1,"type":"purchase","advertiser":"shop","status":"ok"}"#;
+        let (t, a) = route_of(plain).unwrap();
+        assert_eq!((t.as_ref(), a.as_ref()), ("purchase", "shop"));
+        let escaped =
+            br#"{"id":"n-0-1","ts_ms":1,"type":"a\"b","advertiser":"x\\y","status":"ok"}"#;
+        let (t, a) = route_of(escaped).unwrap();
+        assert_eq!((t.as_ref(), a.as_ref()), ("a\"b", "x\\y"));
+        assert!(route_of(b"not json").is_none());
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    #[test]
+    fn encoded_records_take_the_scan_path() {
+        use crate::audit::{Auditor, Catalogs, Route};
+        use crate::config::Config;
+        use crate::http::Params;
+        let auditor = Auditor::new(&Config::embedded());
+        let mut params = Params::with_capacity(8);
+        params.parse_urlencoded(b"adv=adv-3&pid=a", 8).unwrap();
+        let catalogs = Catalogs::default();
+        let verdict = auditor.audit(&params, Route::Pixel, &catalogs);
+        let env = crate::record::Envelope {
+            node: "edge-1",
+            stream: 0,
+            seq: 1,
+            ts_ms: 1,
+            ip: None,
+            user_agent: b"",
+            referer: b"",
+            withheld_param: b"",
+        };
+        let mut rec = Vec::new();
+        crate::record::encode(&mut rec, &env, &verdict, &params);
+        let (t, a) = super::route_of(&rec).unwrap();
+        assert!(
+            matches!(t, std::borrow::Cow::Borrowed(_))
+                && matches!(a, std::borrow::Cow::Borrowed(_))
+        );
+        assert_eq!(
+            (t.as_ref(), a.as_ref()),
+            ("impression", "adv-3"),
+            "{}",
+            String::from_utf8_lossy(&rec)
+        );
     }
 }

@@ -1,0 +1,317 @@
+//! Backlog drain: segments on disk → Kafka, in events/s and MB/s with the
+//! CPU it costs, against a minimal rdkafka producer sending the same
+//! records from memory with the same producer settings, in the same run,
+//! to the same broker (tansu on loopback, pinned to core 0; this process to
+//! core 1). Writes bench/results/shipper-drain-<date>.md.
+//!
+//! `cargo bench --bench shipper_drain` (needs the test broker: run
+//! ./scripts/test once, or set TRACKPLANE_TANSU)
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use trackplane::audit::{Auditor, Catalogs, Route};
+use trackplane::config::Config;
+use trackplane::http::Params;
+use trackplane::record::{self, Envelope};
+use trackplane::segment::{StreamWriter, WriterConfig};
+
+const EVENTS: u64 = 400_000;
+
+// As in the trackplane-shipper binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn tansu() -> String {
+    std::env::var("TRACKPLANE_TANSU").unwrap_or_else(|_| {
+        let dir =
+            std::path::Path::new(&std::env::var("HOME").unwrap_or_default()).join(".calfkit/bin");
+        std::fs::read_dir(&dir)
+            .ok()
+            .and_then(|mut e| {
+                e.find_map(|x| {
+                    x.ok()
+                        .filter(|x| x.file_name().to_string_lossy().starts_with("tansu"))
+                })
+            })
+            .map(|x| x.path().display().to_string())
+            .expect("no tansu: run ./scripts/test first or set TRACKPLANE_TANSU")
+    })
+}
+
+/// CPU time of this process (all threads), seconds.
+fn cpu_seconds() -> f64 {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
+}
+
+fn pin_to(core: usize) {
+    let ids = core_affinity::get_core_ids().unwrap_or_default();
+    if let Some(id) = ids.into_iter().find(|c| c.id == core) {
+        core_affinity::set_for_current(id);
+    }
+}
+
+fn records() -> Vec<(u64, Vec<u8>, String, String)> {
+    let config = Config::embedded();
+    let auditor = Auditor::new(&config);
+    let catalogs = Catalogs::default();
+    let mut params = Params::with_capacity(64);
+    (0..EVENTS)
+        .map(|i| {
+            let q = match i % 5 {
+                0..=2 => format!(
+                    "adv=adv-{}&uid=u{}&pid=sku-{}-{}",
+                    i % 50,
+                    i * 7919 % 1_000_000,
+                    i % 50,
+                    i * 31 % 20000
+                ),
+                3 => format!(
+                    "adv=adv-{}&ev=add_to_cart&pid=sku-{}-{}&value={}.{:02}&currency=EUR",
+                    i % 50,
+                    i % 50,
+                    i % 20000,
+                    i % 300,
+                    i % 100
+                ),
+                _ => format!(
+                    "adv=adv-{}&ev=purchase&order_id=o-{i}&value={}.99&currency=EUR&pid=sku-{}-{}",
+                    i % 50,
+                    i % 900,
+                    i % 50,
+                    i % 20000
+                ),
+            };
+            params.clear();
+            params.parse_urlencoded(q.as_bytes(), 64).unwrap();
+            let verdict = auditor.audit(&params, Route::Beacon, &catalogs);
+            let env = Envelope {
+                node: "edge-1",
+                stream: 0,
+                seq: i,
+                ts_ms: 1_700_000_000_000 + i,
+                ip: Some("203.0.113.0".parse().unwrap()),
+                user_agent:
+                    b"Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
+                referer: b"https://www.shop.example/",
+                withheld_param: b"",
+            };
+            let mut out = Vec::new();
+            record::encode(&mut out, &env, &verdict, &params);
+            let event_type = String::from_utf8_lossy(verdict.event_type).into_owned();
+            (i, out, format!("adv-{}", i % 50), event_type)
+        })
+        .collect()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // useful: only run when benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    pin_to(1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            &tansu(),
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for topic in ["baseline", "trackplane.events"] {
+        let ok = Command::new(tansu())
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--partitions",
+                "3",
+                topic,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let brokers = format!("127.0.0.1:{port}");
+    let recs = records();
+    let bytes: usize = recs.iter().map(|r| r.1.len()).sum();
+
+    // Baseline: the minimal producer, records already in memory.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .unwrap();
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    for (_, value, key, event_type) in &recs {
+        // The same message the shipper sends: key, value and headers.
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "trackplane-type",
+                value: Some(event_type.as_str()),
+            })
+            .insert(Header {
+                key: "trackplane-node",
+                value: Some("edge-1"),
+            })
+            .insert(Header {
+                key: "trackplane-format",
+                value: Some("1"),
+            });
+        let mut rec = BaseRecord::to("baseline")
+            .key(key.as_str())
+            .payload(value.as_slice())
+            .headers(headers);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    let (base_secs, base_cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    drop(producer);
+
+    // trackplane-shipper: the same records as segments on disk, two streams.
+    let dir = tempfile::tempdir().unwrap();
+    let seg_dir = dir.path().join("segments");
+    std::fs::create_dir_all(&seg_dir).unwrap();
+    let cfg = WriterConfig {
+        block_max_bytes: 262_144,
+        segment_max_bytes: 128 << 20,
+        segment_max_age: Duration::from_secs(3600),
+        zstd_level: 3,
+    };
+    let mut writers = [
+        StreamWriter::create(&seg_dir, 0, "edge-1", 0, cfg).unwrap(),
+        StreamWriter::create(&seg_dir, 1, "edge-1", 0, cfg).unwrap(),
+    ];
+    let mut next = [0u64, 0];
+    for (i, (_, value, _, _)) in recs.iter().enumerate() {
+        let s = i % 2;
+        writers[s]
+            .append(next[s], 1_700_000_000_000 + i as u64, value)
+            .unwrap();
+        next[s] += 1;
+        if writers[s].block_full() {
+            writers[s].write_block().unwrap();
+        }
+    }
+    for w in writers {
+        w.close().unwrap();
+    }
+    let mut config = Config::from_toml_str(
+        &format!(
+            "node_id = \"edge-1\"\ndata_dir = \"{}\"\n[shipper]\nwatermark_interval_ms = 1000\n",
+            dir.path().display()
+        ),
+        "bench",
+    )
+    .unwrap();
+    config.shipper.brokers = brokers.clone();
+    let mut shipper = trackplane::shipper::Shipper::new(config).unwrap();
+    let metrics = shipper.metrics.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("shipper-loop".into())
+            .spawn(move || {
+                pin_to(1);
+                shipper.run(&stop)
+            })
+            .unwrap()
+    };
+    while metrics.acked.load(Ordering::Relaxed) < EVENTS {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "drain did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (ship_secs, ship_cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    stop.store(true, Ordering::Release);
+    thread.join().unwrap();
+    let _ = broker.kill();
+
+    let mb = bytes as f64 / 1e6;
+    let rate = |s: f64| EVENTS as f64 / s;
+    let cpu = |c: f64| c * 1e6 / EVENTS as f64;
+    let report = format!(
+        "# Backlog drain to Kafka — {}\n\nCommand: `cargo bench --bench shipper_drain`\nMachine: {} cores, {}; kernel {}. Broker: tansu 0.6.0 (in memory) on loopback, pinned to core 0; this process to core 1.\n{EVENTS} records, {:.0} bytes each on average ({mb:.0} MB), idempotent producer, acks=all, zstd, linger 5 ms, batch 1 MB; both send identical messages (key = advertiser, value = record, the three trackplane headers).\n\n| | events/s | MB/s | CPU µs/event (all threads) |\n|---|---|---|---|\n| minimal rdkafka producer, records in memory | {:.0} | {:.1} | {:.2} |\n| trackplane-shipper, segments on disk (2 streams) | {:.0} | {:.1} | {:.2} |\n\nShipper / minimal producer throughput: {:.2}x.\n",
+        chrono_free_now(),
+        cores,
+        std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())).unwrap_or_default(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        bytes as f64 / EVENTS as f64,
+        rate(base_secs), mb / base_secs, cpu(base_cpu),
+        rate(ship_secs), mb / ship_secs, cpu(ship_cpu),
+        base_secs / ship_secs,
+    );
+    print!("{report}");
+    let path = format!(
+        "bench/results/shipper-drain-{}.md",
+        chrono_free_now().replace([' ', ':'], "-")
+    );
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&path),
+        &report,
+    );
+    eprintln!("wrote {path}");
+}
+
+fn chrono_free_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (y, m, d) = trackplane::http::date::civil_from_days((secs / 86400) as i64);
+    format!(
+        "{y}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs % 86400 / 3600,
+        secs % 3600 / 60
+    )
+}
