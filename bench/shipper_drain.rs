@@ -148,7 +148,12 @@ fn main() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    for topic in ["baseline", "trackplane.events"] {
+    for topic in [
+        "baseline-0",
+        "baseline-1",
+        "baseline-2",
+        "trackplane.events",
+    ] {
         let ok = Command::new(tansu())
             .args([
                 "topic",
@@ -168,9 +173,82 @@ fn main() {
     let recs = records();
     let bytes: usize = recs.iter().map(|r| r.1.len()).sum();
 
+    let mut rounds = Vec::new();
+    for r in 0..3 {
+        rounds.push(round(&brokers, &recs, r));
+    }
+    let _ = broker.kill();
+    let _ = broker.wait();
+
+    let mb = bytes as f64 / 1e6;
+    let rate = |s: f64| EVENTS as f64 / s;
+    let cpu = |c: f64| c * 1e6 / EVENTS as f64;
+    let mut table = String::new();
+    let mut ratios = Vec::new();
+    for (i, &(bs, bc, ss, sc)) in rounds.iter().enumerate() {
+        table += &format!(
+            "| {} | minimal rdkafka producer, records in memory | {:.0} | {:.1} | {:.2} |\n",
+            i + 1,
+            rate(bs),
+            mb / bs,
+            cpu(bc)
+        );
+        table += &format!(
+            "| {} | trackplane-shipper, segments on disk (2 streams) | {:.0} | {:.1} | {:.2} |\n",
+            i + 1,
+            rate(ss),
+            mb / ss,
+            cpu(sc)
+        );
+        ratios.push(bs / ss);
+    }
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    let report = format!(
+        "# Backlog drain to Kafka — {}\n\nCommand: `cargo bench --bench shipper_drain`\nMachine: {cores} cores, {}; kernel {}. Broker: tansu 0.6.0 (in memory) on loopback, pinned to core 0; this process to core 1.\n{EVENTS} records, {:.0} bytes each on average ({mb:.0} MB), idempotent producer, acks=all, zstd, linger 5 ms, batch 1 MB; both send identical messages (key = advertiser, value = record, the three trackplane headers). Three rounds, alternating.\n\n| round | | events/s | MB/s | CPU µs/event (all threads) |\n|---|---|---|---|---|\n{table}\nShipper / minimal producer throughput by round: {}; median {:.2}x.\n",
+        chrono_free_now(),
+        std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())).unwrap_or_default(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        bytes as f64 / EVENTS as f64,
+        shown.join(", "),
+        ratios[ratios.len() / 2],
+    );
+    print!("{report}");
+    let path = format!(
+        "bench/results/shipper-drain-{}.md",
+        chrono_free_now().replace([' ', ':'], "-")
+    );
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&path),
+        &report,
+    );
+    eprintln!("wrote {path}");
+}
+
+fn chrono_free_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (y, m, d) = trackplane::http::date::civil_from_days((secs / 86400) as i64);
+    format!(
+        "{y}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs % 86400 / 3600,
+        secs % 3600 / 60
+    )
+}
+
+/// One round: the minimal producer, then the shipper. Returns
+/// (producer seconds, producer CPU, shipper seconds, shipper CPU).
+fn round(
+    brokers: &str,
+    recs: &[(u64, Vec<u8>, String, String)],
+    round: usize,
+) -> (f64, f64, f64, f64) {
+    let baseline_topic = format!("baseline-{round}");
     // Baseline: the minimal producer, records already in memory.
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "zstd")
@@ -180,7 +258,7 @@ fn main() {
         .create()
         .unwrap();
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    for (_, value, key, event_type) in &recs {
+    for (_, value, key, event_type) in recs {
         // The same message the shipper sends: key, value and headers.
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -195,7 +273,7 @@ fn main() {
                 key: "trackplane-format",
                 value: Some("1"),
             });
-        let mut rec = BaseRecord::to("baseline")
+        let mut rec = BaseRecord::to(baseline_topic.as_str())
             .key(key.as_str())
             .payload(value.as_slice())
             .headers(headers);
@@ -250,7 +328,7 @@ fn main() {
         "bench",
     )
     .unwrap();
-    config.shipper.brokers = brokers.clone();
+    config.shipper.brokers = brokers.to_owned();
     let mut shipper = trackplane::shipper::Shipper::new(config).unwrap();
     let metrics = shipper.metrics.clone();
     let stop = Arc::new(AtomicBool::new(false));
@@ -275,43 +353,5 @@ fn main() {
     let (ship_secs, ship_cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     stop.store(true, Ordering::Release);
     thread.join().unwrap();
-    let _ = broker.kill();
-
-    let mb = bytes as f64 / 1e6;
-    let rate = |s: f64| EVENTS as f64 / s;
-    let cpu = |c: f64| c * 1e6 / EVENTS as f64;
-    let report = format!(
-        "# Backlog drain to Kafka — {}\n\nCommand: `cargo bench --bench shipper_drain`\nMachine: {} cores, {}; kernel {}. Broker: tansu 0.6.0 (in memory) on loopback, pinned to core 0; this process to core 1.\n{EVENTS} records, {:.0} bytes each on average ({mb:.0} MB), idempotent producer, acks=all, zstd, linger 5 ms, batch 1 MB; both send identical messages (key = advertiser, value = record, the three trackplane headers).\n\n| | events/s | MB/s | CPU µs/event (all threads) |\n|---|---|---|---|\n| minimal rdkafka producer, records in memory | {:.0} | {:.1} | {:.2} |\n| trackplane-shipper, segments on disk (2 streams) | {:.0} | {:.1} | {:.2} |\n\nShipper / minimal producer throughput: {:.2}x.\n",
-        chrono_free_now(),
-        cores,
-        std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())).unwrap_or_default(),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        bytes as f64 / EVENTS as f64,
-        rate(base_secs), mb / base_secs, cpu(base_cpu),
-        rate(ship_secs), mb / ship_secs, cpu(ship_cpu),
-        base_secs / ship_secs,
-    );
-    print!("{report}");
-    let path = format!(
-        "bench/results/shipper-drain-{}.md",
-        chrono_free_now().replace([' ', ':'], "-")
-    );
-    let _ = std::fs::write(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&path),
-        &report,
-    );
-    eprintln!("wrote {path}");
-}
-
-fn chrono_free_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let (y, m, d) = trackplane::http::date::civil_from_days((secs / 86400) as i64);
-    format!(
-        "{y}-{m:02}-{d:02} {:02}:{:02} UTC",
-        secs % 86400 / 3600,
-        secs % 3600 / 60
-    )
+    (base_secs, base_cpu, ship_secs, ship_cpu)
 }

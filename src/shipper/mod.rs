@@ -296,10 +296,10 @@ impl Shipper {
                 st.current = None;
                 continue;
             };
-            let head: Option<Head<'_>> = serde_json::from_slice(rec).ok();
-            let (event_type, advertiser) = head
+            let route = route_of(rec);
+            let (event_type, advertiser) = route
                 .as_ref()
-                .map_or(("", ""), |h| (h.event_type.as_ref(), h.advertiser.as_ref()));
+                .map_or(("", ""), |(t, a)| (t.as_ref(), a.as_ref()));
             let topic = self.config.shipper.topic(event_type);
             let headers = OwnedHeaders::new()
                 .insert(Header {
