@@ -17,6 +17,7 @@
 //! - `tail`: the operator's `trackplane tail` (follow, filter, stats, verify)
 //! - `shipper`: `trackplane-shipper`, segments to Kafka with checkpoints and
 //!   watermarks
+//! - `view`: the live tag-validation view on the admin port
 pub mod audit;
 pub mod config;
 pub mod http;
@@ -27,3 +28,4 @@ pub mod server;
 pub mod shipper;
 pub mod store;
 pub mod tail;
+pub mod view;

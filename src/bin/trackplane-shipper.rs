@@ -74,7 +74,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let mut shipper = Shipper::new(config).context("cannot create the Kafka producer")?;
     let metrics = shipper.metrics.clone();
-    let router: admin::Router = Box::new(move |path| match path {
+    let router: admin::Router = Box::new(move |target| match admin::split_target(target).0 {
         "/metrics" => Reply::metrics(metrics.render()),
         // Alive: the process answers.
         "/healthz" => Reply::text("200 OK", "ok\n"),

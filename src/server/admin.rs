@@ -5,8 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// A long-lived answer (Server-Sent Events): given the connection after
+/// the response head, on a thread of its own.
+pub type Stream = Box<dyn FnOnce(TcpStream) + Send>;
 
 /// One answer of the admin port.
 pub struct Reply {
@@ -16,6 +21,8 @@ pub struct Reply {
     pub content_type: &'static str,
     /// Body.
     pub body: String,
+    /// Set for an event stream: the body is written by this instead.
+    pub stream: Option<Stream>,
 }
 
 impl Reply {
@@ -25,6 +32,7 @@ impl Reply {
             status,
             content_type: "text/plain",
             body: body.into(),
+            stream: None,
         }
     }
 
@@ -34,6 +42,7 @@ impl Reply {
             status: "200 OK",
             content_type: "text/plain; version=0.0.4",
             body,
+            stream: None,
         }
     }
 
@@ -41,10 +50,45 @@ impl Reply {
     pub fn not_found() -> Reply {
         Reply::text("404 Not Found", "not found\n")
     }
+
+    /// A JSON body.
+    pub fn json(body: String) -> Reply {
+        Reply {
+            status: "200 OK",
+            content_type: "application/json",
+            body,
+            stream: None,
+        }
+    }
+
+    /// An HTML page.
+    pub fn html(body: &str) -> Reply {
+        Reply {
+            status: "200 OK",
+            content_type: "text/html; charset=utf-8",
+            body: body.to_owned(),
+            stream: None,
+        }
+    }
+
+    /// A Server-Sent Events stream written by `stream`.
+    pub fn event_stream(stream: Stream) -> Reply {
+        Reply {
+            status: "200 OK",
+            content_type: "text/event-stream",
+            body: String::new(),
+            stream: Some(stream),
+        }
+    }
 }
 
-/// Answers a path (without query).
-pub type Router = Box<dyn Fn(&str) -> Reply + Send>;
+/// The path and query of an admin request target.
+pub fn split_target(target: &str) -> (&str, &str) {
+    target.split_once('?').unwrap_or((target, ""))
+}
+
+/// Answers a request target (path and query), from any thread.
+pub type Router = Box<dyn Fn(&str) -> Reply + Send + Sync>;
 
 /// Starts the admin thread on an already-bound listener; it stops once
 /// `stopped` says so.
@@ -54,16 +98,32 @@ pub fn spawn(
     router: Router,
 ) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
+    let router: std::sync::Arc<dyn Fn(&str) -> Reply + Send + Sync> = std::sync::Arc::from(router);
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("trackplane-admin".into())
         .spawn(move || {
             while !stopped() {
                 match listener.accept() {
-                    Ok((stream, _)) => {
-                        if let Err(e) = answer(stream, &router) {
-                            tracing::debug!(error = %e, "admin request failed");
+                    // Each request on its own short-lived thread (at most
+                    // MAX_BUSY at once): a browser's idle pre-connection
+                    // must not hold up the next request.
+                    Ok((stream, _)) if busy.load(Ordering::Relaxed) < MAX_BUSY => {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                        let (router, busy) = (router.clone(), busy.clone());
+                        let spawned = std::thread::Builder::new()
+                            .name("trackplane-admin-req".into())
+                            .spawn(move || {
+                                if let Err(e) = answer(stream, &*router) {
+                                    tracing::debug!(error = %e, "admin request failed");
+                                }
+                                busy.fetch_sub(1, Ordering::Relaxed);
+                            });
+                        if spawned.is_err() {
+                            tracing::warn!("cannot start an admin request thread");
                         }
                     }
+                    Ok(_) => tracing::warn!("admin port busy; connection closed"),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -76,7 +136,13 @@ pub fn spawn(
         })
 }
 
-fn answer(mut stream: TcpStream, router: &Router) -> std::io::Result<()> {
+/// Admin requests served at once.
+const MAX_BUSY: usize = 32;
+
+fn answer(
+    mut stream: TcpStream,
+    router: &(dyn Fn(&str) -> Reply + Send + Sync),
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -101,8 +167,24 @@ fn answer(mut stream: TcpStream, router: &Router) -> std::io::Result<()> {
             }
         }
     };
-    let path = path.split('?').next().unwrap_or("/");
-    reply(&mut stream, &router(path))
+    let r = router(&path);
+    match r.stream {
+        None => reply(&mut stream, &r),
+        Some(body) => {
+            let head = format!(
+                "HTTP/1.1 {}\r\nContent-Type: {}\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n",
+                r.status, r.content_type
+            );
+            stream.write_all(head.as_bytes())?;
+            stream.set_read_timeout(None)?;
+            // A viewer that stops reading is dropped, not waited for.
+            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+            std::thread::Builder::new()
+                .name("trackplane-sse".into())
+                .spawn(move || body(stream))?;
+            Ok(())
+        }
+    }
 }
 
 fn reply(stream: &mut TcpStream, r: &Reply) -> std::io::Result<()> {

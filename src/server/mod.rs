@@ -91,6 +91,59 @@ pub struct Shared {
     pub store_status: Arc<StoreStatus>,
     /// Per worker: bumped by its event loop every 20 ms.
     pub heartbeats: Vec<std::sync::atomic::AtomicU64>,
+    /// The live tag-validation view.
+    pub view: Arc<crate::view::View>,
+}
+
+/// Bytes of each worker's lossy ring to the live view.
+const VIEW_RING_BYTES: usize = 1 << 20;
+
+/// The admin port's routes: health, metrics, and the live view.
+fn route_admin(target: &str, shared: &Arc<Shared>, page: &MetricsPage) -> admin::Reply {
+    let (path, query) = admin::split_target(target);
+    match path {
+        "/metrics" => return admin::Reply::metrics(page.render()),
+        "/healthz" => return admin::Reply::text("200 OK", "ok\n"),
+        "/readyz" if shared.is_ready() => return admin::Reply::text("200 OK", "ready\n"),
+        "/readyz" => return admin::Reply::text("503 Service Unavailable", "not ready\n"),
+        "/" => return admin::Reply::html(crate::view::PAGE),
+        "/api/advertisers" => return admin::Reply::json(shared.view.advertisers_json()),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/api/advertisers/") else {
+        return admin::Reply::not_found();
+    };
+    let Some((advertiser, what)) = rest.split_once('/') else {
+        return admin::Reply::not_found();
+    };
+    if !crate::config::valid_name(advertiser) {
+        return admin::Reply::text("400 Bad Request", "not an advertiser id\n");
+    }
+    match what {
+        "audit" => match shared.view.audit_json(advertiser) {
+            Some(json) => admin::Reply::json(json),
+            None => admin::Reply::text("404 Not Found", "no events of this advertiser yet\n"),
+        },
+        "events" => {
+            let invalid_only = query
+                .split('&')
+                .any(|kv| kv == "invalid=1" || kv == "invalid=true");
+            let Some(sub) = shared.view.subscribe(advertiser, invalid_only) else {
+                return admin::Reply::text("503 Service Unavailable", "too many viewers\n");
+            };
+            let shared = shared.clone();
+            admin::Reply::event_stream(Box::new(move |conn| {
+                let stopped = || shared.shutdown.load(Ordering::Relaxed);
+                crate::view::serve_events(
+                    &shared.view,
+                    sub,
+                    std::io::BufWriter::new(conn),
+                    &stopped,
+                );
+            }))
+        }
+        _ => admin::Reply::not_found(),
+    }
 }
 
 impl Shared {
@@ -141,6 +194,20 @@ impl MetricsPage {
                 ring.used_bytes()
             );
         }
+        let view = &self.shared.view;
+        let _ = writeln!(out, "# HELP trackplane_view_dropped_total Record copies the live view lost (full view ring or a slow viewer).\n# TYPE trackplane_view_dropped_total counter");
+        let _ = writeln!(
+            out,
+            "trackplane_view_dropped_total{{where=\"ring\"}} {}",
+            view.ring_dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "trackplane_view_dropped_total{{where=\"viewer\"}} {}",
+            view.viewer_dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP trackplane_view_streamed_total Events written to live view streams.\n# TYPE trackplane_view_streamed_total counter\ntrackplane_view_streamed_total {}", view.streamed.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP trackplane_view_viewers Live view streams open.\n# TYPE trackplane_view_viewers gauge\ntrackplane_view_viewers {}", view.subscribers());
         let capacity: usize = self
             .rings
             .iter()
@@ -219,6 +286,7 @@ impl Server {
                 .map(|_| Arc::new(StreamShared::default()))
                 .collect(),
             store_status: Arc::new(StoreStatus::default()),
+            view: Arc::new(crate::view::View::default()),
             heartbeats: (0..workers)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
@@ -252,12 +320,15 @@ impl Server {
         let mut consumers = Vec::with_capacity(workers);
         let mut worker_metrics = Vec::with_capacity(workers);
         let mut rings = Vec::with_capacity(workers);
+        let mut view_rings = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         let (tx, rx) = mpsc::channel();
         let mut specs = Vec::with_capacity(workers);
         let mut next_seqs = Vec::with_capacity(workers);
         for (index, listener) in listeners.into_iter().enumerate() {
             let (producer, consumer) = crate::ring::ring(cfg.ring_bytes);
+            let (view_producer, view_consumer) = crate::ring::ring(VIEW_RING_BYTES);
+            view_rings.push(view_consumer);
             rings.push(consumer.gauge());
             consumers.push(consumer);
             let metrics = Arc::new(metrics::WorkerMetrics::default());
@@ -272,6 +343,7 @@ impl Server {
                 index,
                 listener,
                 producer,
+                view: view_producer,
                 next_seq,
                 metrics,
                 core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
@@ -339,14 +411,18 @@ impl Server {
         let router: admin::Router = {
             let page = server.page.clone();
             let shared = shared.clone();
-            Box::new(move |path| match path {
-                "/metrics" => admin::Reply::metrics(page.render()),
-                "/healthz" => admin::Reply::text("200 OK", "ok\n"),
-                "/readyz" if shared.is_ready() => admin::Reply::text("200 OK", "ready\n"),
-                "/readyz" => admin::Reply::text("503 Service Unavailable", "not ready\n"),
-                _ => admin::Reply::not_found(),
-            })
+            Box::new(move |target| route_admin(target, &shared, &page))
         };
+        let view = {
+            let shared = shared.clone();
+            crate::view::spawn(
+                shared.view.clone(),
+                view_rings,
+                Box::new(move || shared.shutdown.load(Ordering::Relaxed)),
+            )
+            .map_err(|e| ServeError::Thread(e.to_string()))?
+        };
+        server.helpers.push(view);
         let stopped = {
             let shared = shared.clone();
             Box::new(move || shared.shutdown.load(Ordering::Relaxed))

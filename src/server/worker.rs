@@ -73,6 +73,8 @@ pub struct WorkerSpec {
     pub listener: std::net::TcpListener,
     /// Its end of the hand-off ring.
     pub producer: Producer,
+    /// Its end of the lossy ring to the live view.
+    pub view: Producer,
     /// First sequence number of its stream.
     pub next_seq: u64,
     /// Its counters.
@@ -180,6 +182,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
         spec.index as u32,
         spec.next_seq,
         spec.producer,
+        spec.view,
     );
     let worker = Rc::new(Worker {
         index: spec.index,

@@ -1,0 +1,373 @@
+//! The live tag-validation view: what an integration team watches while it
+//! fixes an advertiser's tags. Per advertiser: counts by event type and
+//! issue code over the last minute and hour, the parameters that fail most,
+//! unknown products, and a live stream of its events filtered on the server.
+//!
+//! Workers copy each record into a small lossy ring (a full ring drops the
+//! copy and counts it; ingestion never waits for the view). One thread
+//! drains the rings, keeps the aggregates, and fans events out to
+//! subscribers through bounded queues: a slow viewer loses events, it never
+//! slows anything else.
+//!
+//! # Layout
+//! - `window`: minute and hour counts
+//! - `page.html`: the page served at `/` of the admin port
+
+pub mod window;
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::ring::Consumer;
+use window::Window;
+
+/// The page served at `/`.
+pub const PAGE: &str = include_str!("page.html");
+
+/// Advertisers tracked at most (memory bound); events of others are counted.
+const MAX_ADVERTISERS: usize = 10_000;
+/// Unknown products remembered per advertiser.
+const MAX_PRODUCTS: usize = 1_000;
+/// Recent events kept per advertiser for a page that just opened.
+const RECENT: usize = 50;
+/// Events queued per viewer before its stream starts losing them.
+const SUBSCRIBER_QUEUE: usize = 1_024;
+/// Viewers at once.
+pub const MAX_SUBSCRIBERS: usize = 64;
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    ts_ms: u64,
+    #[serde(borrow, rename = "type")]
+    event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    advertiser: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow, default)]
+    issues: Vec<EventIssue<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EventIssue<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+    #[serde(borrow)]
+    param: Cow<'a, str>,
+    #[serde(borrow, default)]
+    value: Option<Cow<'a, str>>,
+}
+
+#[derive(Default)]
+struct AdvertiserView {
+    counts: Window,
+    unknown_products: HashMap<String, (u64, u64)>,
+    recent: VecDeque<Arc<str>>,
+}
+
+struct Subscriber {
+    advertiser: String,
+    invalid_only: bool,
+    tx: SyncSender<Arc<str>>,
+    open: Arc<AtomicBool>,
+}
+
+/// One viewer's queue of events; closing it (drop) frees its place.
+pub struct Subscription {
+    /// The events, oldest first.
+    pub rx: Receiver<Arc<str>>,
+    open: Arc<AtomicBool>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.open.store(false, Ordering::Release);
+    }
+}
+
+/// What the view thread and the admin port share.
+#[derive(Default)]
+pub struct View {
+    advertisers: Mutex<HashMap<String, AdvertiserView>>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// Record copies the workers' view rings had no room for.
+    pub ring_dropped: AtomicU64,
+    /// Events a slow viewer's queue had no room for.
+    pub viewer_dropped: AtomicU64,
+    /// Events of advertisers beyond the tracking limit.
+    pub untracked: AtomicU64,
+    /// Events written to viewers' streams.
+    pub streamed: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl View {
+    /// Folds one record into the aggregates and hands it to matching
+    /// viewers.
+    pub fn add(&self, rec: &[u8]) {
+        let Ok(ev) = serde_json::from_slice::<Event<'_>>(rec) else {
+            return;
+        };
+        let text: Arc<str> = Arc::from(String::from_utf8_lossy(rec));
+        {
+            let mut ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
+            if !ads.contains_key(ev.advertiser.as_ref()) && ads.len() >= MAX_ADVERTISERS {
+                self.untracked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let view = ads.entry(ev.advertiser.to_string()).or_default();
+                let at = ev.ts_ms;
+                view.counts.add(at, &format!("type:{}", ev.event_type));
+                view.counts.add(at, &format!("status:{}", ev.status));
+                for i in &ev.issues {
+                    view.counts.add(at, &format!("issue:{}", i.code));
+                    if i.code != "unknown_product" {
+                        view.counts.add(at, &format!("param:{}", i.param));
+                    }
+                    if let (Some(value), "unknown_product") = (&i.value, i.code.as_ref()) {
+                        if view.unknown_products.len() < MAX_PRODUCTS
+                            || view.unknown_products.contains_key(value.as_ref())
+                        {
+                            let e = view.unknown_products.entry(value.to_string()).or_default();
+                            e.0 += 1;
+                            e.1 = at;
+                        }
+                    }
+                }
+                view.recent.push_back(text.clone());
+                if view.recent.len() > RECENT {
+                    view.recent.pop_front();
+                }
+            }
+        }
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|s| {
+            if s.advertiser != ev.advertiser || (s.invalid_only && ev.status != "invalid") {
+                return true;
+            }
+            match s.tx.try_send(text.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    self.viewer_dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+    }
+
+    /// A new viewer of one advertiser's events; `None` at the viewer limit.
+    /// The queue starts with the advertiser's recent events.
+    pub fn subscribe(&self, advertiser: &str, invalid_only: bool) -> Option<Subscription> {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|s| s.open.load(Ordering::Acquire));
+        if subs.len() >= MAX_SUBSCRIBERS {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(SUBSCRIBER_QUEUE);
+        if let Some(view) = self
+            .advertisers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(advertiser)
+        {
+            for r in view
+                .recent
+                .iter()
+                .filter(|r| !invalid_only || r.contains("\"status\":\"invalid\""))
+            {
+                let _ = tx.try_send(r.clone());
+            }
+        }
+        let open = Arc::new(AtomicBool::new(true));
+        subs.push(Subscriber {
+            advertiser: advertiser.to_owned(),
+            invalid_only,
+            tx,
+            open: open.clone(),
+        });
+        Some(Subscription { rx, open })
+    }
+
+    /// Viewers connected now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.lock().map_or(0, |s| {
+            s.iter().filter(|x| x.open.load(Ordering::Acquire)).count()
+        })
+    }
+
+    /// Advertisers seen, sorted.
+    pub fn advertisers_json(&self) -> String {
+        let ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&String> = ads.keys().collect();
+        names.sort();
+        serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
+    }
+
+    /// The audit summary of one advertiser, or `None` when it was never
+    /// seen.
+    pub fn audit_json(&self, advertiser: &str) -> Option<String> {
+        let now = now_ms();
+        let ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
+        let view = ads.get(advertiser)?;
+        let split = |counts: Vec<(String, u64)>| {
+            let mut by: HashMap<&str, serde_json::Map<String, serde_json::Value>> = HashMap::new();
+            for (key, n) in &counts {
+                if let Some((kind, name)) = key.split_once(':') {
+                    by.entry(kind)
+                        .or_default()
+                        .insert(name.to_owned(), (*n).into());
+                }
+            }
+            let mut take = |k: &str| serde_json::Value::Object(by.remove(k).unwrap_or_default());
+            serde_json::json!({
+                "events_by_type": take("type"),
+                "events_by_status": take("status"),
+                "issues_by_code": take("issue"),
+                "failing_params": take("param"),
+            })
+        };
+        let mut products: Vec<(&String, &(u64, u64))> = view
+            .unknown_products
+            .iter()
+            .filter(|(_, (_, last))| last + 3_600_000 > now)
+            .collect();
+        products.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(b.0)));
+        let doc = serde_json::json!({
+            "advertiser": advertiser,
+            "now_ms": now,
+            "last_minute": split(view.counts.last_minute(now)),
+            "last_hour": split(view.counts.last_hour(now)),
+            "unknown_products": products.iter().take(50).map(|(id, (n, last))| serde_json::json!({"id": id, "count": n, "last_seen_ms": last})).collect::<Vec<_>>(),
+            "recent": view.recent.iter().rev().filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok()).collect::<Vec<_>>(),
+        });
+        Some(doc.to_string())
+    }
+}
+
+/// Starts the thread that drains the workers' view rings into `view`.
+pub fn spawn(
+    view: Arc<View>,
+    mut rings: Vec<Consumer>,
+    stopped: Box<dyn Fn() -> bool + Send>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("trackplane-view".into())
+        .spawn(move || {
+            while !stopped() {
+                let mut n = 0;
+                for ring in &mut rings {
+                    n += ring.drain(|rec| view.add(rec));
+                }
+                if n == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+}
+
+/// Writes a viewer's events to `out` as Server-Sent Events until the viewer
+/// goes away or `stopped` says so; a comment line every 15 s keeps proxies
+/// from closing an idle stream.
+pub fn serve_events(
+    view: &View,
+    sub: Subscription,
+    mut out: impl std::io::Write,
+    stopped: &dyn Fn() -> bool,
+) {
+    let mut idle = Duration::ZERO;
+    while !stopped() {
+        let wrote = match sub.rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(ev) => {
+                idle = Duration::ZERO;
+                view.streamed.fetch_add(1, Ordering::Relaxed);
+                out.write_all(b"data: ")
+                    .and_then(|()| out.write_all(ev.as_bytes()))
+                    .and_then(|()| out.write_all(b"\n\n"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                idle += Duration::from_millis(500);
+                if idle < Duration::from_secs(15) {
+                    continue;
+                }
+                idle = Duration::ZERO;
+                out.write_all(b": keep-alive\n\n")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if wrote.and_then(|()| out.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(adv: &str, ty: &str, issues: &str) -> Vec<u8> {
+        let status = if issues.is_empty() { "ok" } else { "invalid" };
+        format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"{ty}","advertiser":"{adv}","status":"{status}","issues":[{issues}],"params":{{}}}}"#, now_ms()).into_bytes()
+    }
+
+    #[test]
+    fn aggregates_and_filters() {
+        let v = View::default();
+        let rx = v.subscribe("shop", true).unwrap();
+        v.add(&rec(
+            "shop",
+            "purchase",
+            r#"{"code":"bad_format","param":"value","value":"9,99"}"#,
+        ));
+        v.add(&rec(
+            "shop",
+            "view_item",
+            r#"{"code":"unknown_product","param":"pid","value":"sku-9"}"#,
+        ));
+        v.add(&rec("shop", "view_item", ""));
+        v.add(&rec(
+            "other",
+            "view_item",
+            r#"{"code":"missing_param","param":"pid"}"#,
+        ));
+        let audit: serde_json::Value =
+            serde_json::from_str(&v.audit_json("shop").unwrap()).unwrap();
+        let m = &audit["last_minute"];
+        assert_eq!(m["events_by_type"]["view_item"], 2);
+        assert_eq!(m["events_by_status"]["invalid"], 2);
+        assert_eq!(m["issues_by_code"]["bad_format"], 1);
+        assert_eq!(m["failing_params"]["value"], 1);
+        assert_eq!(audit["unknown_products"][0]["id"], "sku-9");
+        assert_eq!(audit["recent"].as_array().unwrap().len(), 3);
+        assert_eq!(audit["last_hour"]["events_by_type"]["purchase"], 1);
+        // The viewer of shop's invalid events got exactly those two.
+        let got: Vec<Arc<str>> = rx.rx.try_iter().collect();
+        assert_eq!(got.len(), 2);
+        assert!(got
+            .iter()
+            .all(|e| e.contains("\"advertiser\":\"shop\"") && e.contains("invalid")));
+        assert!(v.audit_json("nobody").is_none());
+        assert_eq!(v.advertisers_json(), r#"["other","shop"]"#);
+    }
+
+    #[test]
+    fn a_slow_viewer_loses_events_and_nothing_waits() {
+        let v = View::default();
+        let _rx = v.subscribe("shop", false).unwrap();
+        for _ in 0..SUBSCRIBER_QUEUE + 10 {
+            v.add(&rec("shop", "page_view", ""));
+        }
+        assert_eq!(v.viewer_dropped.load(Ordering::Relaxed), 10);
+    }
+}
