@@ -189,6 +189,11 @@ impl CatalogDir {
         }
     }
 
+    /// The directory watched.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     /// The latest snapshot.
     pub fn catalogs(&self) -> &Catalogs {
         &self.current

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use trackplane::config::{Config, Driver, Overrides};
 use trackplane::server::Server;
 
@@ -186,11 +186,7 @@ fn tail(args: TailArgs) -> anyhow::Result<bool> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded(),
-    };
-    config.apply(&Overrides {
+    let overrides = Overrides {
         listen: args.listen,
         admin_listen: args.admin_listen,
         data_dir: args.data_dir,
@@ -201,12 +197,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             DriverArg::Epoll => Driver::Epoll,
         }),
         ..Default::default()
-    })?;
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    };
+    let load = |path: &Option<PathBuf>| -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(path) => Config::load(path)?,
+            None => Config::embedded(),
+        };
+        config.apply(&overrides)?;
+        Ok(config)
+    };
+    let config = load(&args.config)?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
     let server = Server::start(config)?;
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "shutting down");
+    let notifier = trackplane::server::notify::Notifier::from_env();
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            tracing::info!(signal, "shutting down");
+            break;
+        }
+        // Reload: an invalid file is rejected with its reason and the
+        // running rules stay.
+        notifier.notify("RELOADING=1");
+        match load(&args.config) {
+            Ok(config) => {
+                let pending = server.reload(config);
+                if !pending.is_empty() {
+                    tracing::warn!(keys = ?pending, "these changes take effect at the next restart");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
+            }
+        }
+        notifier.notify("READY=1");
     }
     server.shutdown();
     server.wait()?;

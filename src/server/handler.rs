@@ -17,7 +17,7 @@ use crate::http::{response, HeadError, Method, Params, RequestHead, Status};
 use crate::record::{self, json, Envelope};
 use crate::ring::Producer;
 use crate::server::metrics::WorkerMetrics;
-use crate::server::Shared;
+use crate::server::{Rules, Shared};
 use crate::store::{StoreStatus, StreamShared, RING_PREFIX};
 
 /// Largest number of events in one `/batch` request.
@@ -177,9 +177,16 @@ impl Handler {
         }
         let route = [Route::Pixel, Route::Click, Route::Beacon][route];
         let catalogs = self.shared.catalogs.load();
-        let verdict = self.shared.auditor.audit(&self.params, route, &catalogs);
-        self.emitter
-            .emit(&self.shared, &self.metrics, &verdict, &self.params, &client);
+        let rules = self.shared.rules.load();
+        let verdict = rules.auditor.audit(&self.params, route, &catalogs);
+        self.emitter.emit(
+            &self.shared,
+            &rules,
+            &self.metrics,
+            &verdict,
+            &self.params,
+            &client,
+        );
         self.emitter.commit_all(&self.metrics);
         match route {
             Route::Pixel => {
@@ -241,6 +248,7 @@ impl Handler {
             );
         }
         let catalogs = self.shared.catalogs.load();
+        let rules = self.shared.rules.load();
         let body_out = &mut self.batch_body;
         body_out.clear();
         body_out.extend_from_slice(b"{\"results\":[");
@@ -259,14 +267,15 @@ impl Handler {
                 body_out.extend_from_slice(b"{\"status\":\"rejected\",\"error\":\"not an object of at most max_params scalar or list values\"}");
                 continue;
             }
-            let verdict = self
-                .shared
-                .auditor
-                .audit(&self.params, Route::Beacon, &catalogs);
-            match self
-                .emitter
-                .emit(&self.shared, &self.metrics, &verdict, &self.params, client)
-            {
+            let verdict = rules.auditor.audit(&self.params, Route::Beacon, &catalogs);
+            match self.emitter.emit(
+                &self.shared,
+                &rules,
+                &self.metrics,
+                &verdict,
+                &self.params,
+                client,
+            ) {
                 Some(seq) => {
                     body_out.extend_from_slice(b"{\"id\":\"");
                     body_out.extend_from_slice(self.shared.node.as_bytes());
@@ -385,12 +394,13 @@ impl Emitter {
     fn emit(
         &mut self,
         shared: &Shared,
+        rules: &Rules,
         metrics: &WorkerMetrics,
         verdict: &Verdict<'_>,
         params: &Params,
         client: &Client<'_>,
     ) -> Option<u64> {
-        let privacy = &shared.config.privacy;
+        let privacy = &rules.config.privacy;
         let anonymize = client.do_not_track && privacy.dnt == DntPolicy::Anonymize;
         if client.do_not_track && privacy.dnt == DntPolicy::Drop {
             metrics.events_dnt_dropped.inc();
@@ -399,7 +409,7 @@ impl Emitter {
         let seq = self.next_seq + self.pending.len() as u64;
         self.scratch.extend_from_slice(&seq.to_le_bytes());
         self.scratch.extend_from_slice(&client.ts_ms.to_le_bytes());
-        if shared.auditor.durability(verdict.event_type) == Durability::Sync {
+        if rules.auditor.durability(verdict.event_type) == Durability::Sync {
             self.pending_sync = Some(seq);
         }
         let env = Envelope {
@@ -415,7 +425,7 @@ impl Emitter {
             user_agent: if anonymize { b"" } else { client.user_agent },
             referer: client.referer,
             withheld_param: if anonymize {
-                shared.config.params.user.as_bytes()
+                rules.config.params.user.as_bytes()
             } else {
                 b""
             },

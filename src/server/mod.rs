@@ -75,8 +75,10 @@ pub enum ServeError {
 pub struct Shared {
     /// The configuration the server started with.
     pub config: Arc<Config>,
-    /// Compiled audit rules.
-    pub auditor: Auditor,
+    /// What a reload replaces: audit rules and per-event settings.
+    pub rules: ArcSwap<Rules>,
+    /// Set by a reload: the catalog reloader scans at once.
+    pub rescan_catalogs: AtomicBool,
     /// Current catalogs; the reloader swaps in new snapshots.
     pub catalogs: ArcSwap<Catalogs>,
     /// Node name for event ids.
@@ -144,6 +146,43 @@ fn route_admin(target: &str, shared: &Arc<Shared>, page: &MetricsPage) -> admin:
         }
         _ => admin::Reply::not_found(),
     }
+}
+
+/// The part of the configuration a reload (SIGHUP) replaces while the
+/// server runs: advertisers, event types, catalogs, privacy, parameter
+/// names. Workers load it per request (lock-free).
+pub struct Rules {
+    /// The configuration these rules were compiled from.
+    pub config: Arc<Config>,
+    /// Compiled audit rules.
+    pub auditor: Auditor,
+}
+
+impl Rules {
+    /// Compiles the rules of a validated config.
+    pub fn new(config: Arc<Config>) -> Rules {
+        Rules {
+            auditor: Auditor::new(&config),
+            config,
+        }
+    }
+}
+
+/// Parts of the configuration whose changes take effect only after a
+/// restart (listeners, workers, limits, storage, shipper).
+fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    [
+        ("node_id", differs(&old.node_id, &new.node_id)),
+        ("data_dir", differs(&old.data_dir, &new.data_dir)),
+        ("server", differs(&old.server, &new.server)),
+        ("storage", differs(&old.storage, &new.storage)),
+        ("shipper", differs(&old.shipper, &new.shipper)),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 impl Shared {
@@ -277,7 +316,8 @@ impl Server {
             tracing::warn!(dir = %config.catalog_dir().display(), error = %e, "cannot read catalogs; starting without");
         }
         let shared = Arc::new(Shared {
-            auditor: Auditor::new(&config),
+            rules: ArcSwap::from_pointee(Rules::new(config.clone())),
+            rescan_catalogs: AtomicBool::new(false),
             catalogs: ArcSwap::from_pointee(catalog_dir.catalogs().clone()),
             node: config.node(),
             shutdown: AtomicBool::new(false),
@@ -365,7 +405,7 @@ impl Server {
             &config.storage,
             stream_specs,
             shared.store_status.clone(),
-            shared.auditor.has_sync_types(),
+            shared.rules.load().auditor.has_sync_types(),
         )
         .map_err(storage("cannot open segments", &config.data_dir))?;
         for spec in specs {
@@ -471,6 +511,24 @@ impl Server {
         Ok(())
     }
 
+    /// Replaces advertisers, event types, catalogs, privacy and parameter
+    /// names with those of `config` (already validated), atomically:
+    /// requests see the old rules or the new, never a mix. Returns the keys
+    /// that changed but need a restart to take effect.
+    pub fn reload(&self, config: Config) -> Vec<&'static str> {
+        let old = self.shared.rules.load();
+        let pending = restart_keys(&old.config, &config);
+        let rules = Rules::new(Arc::new(config));
+        self.shared
+            .store_status
+            .sync_types
+            .store(rules.auditor.has_sync_types(), Ordering::Release);
+        self.shared.rules.store(Arc::new(rules));
+        self.shared.rescan_catalogs.store(true, Ordering::Release);
+        tracing::info!(needs_restart = ?pending, "configuration reloaded");
+        pending
+    }
+
     /// The metrics page, as the admin port serves it.
     pub fn metrics_text(&self) -> String {
         self.page.render()
@@ -555,18 +613,28 @@ fn spawn_watchdog(shared: Arc<Shared>, every: Duration) -> std::io::Result<JoinH
 /// Re-reads changed catalog files every `reload_interval_ms` and swaps the
 /// new snapshot in; workers keep serving from the old one meanwhile.
 fn spawn_reloader(shared: Arc<Shared>, mut dir: CatalogDir) -> std::io::Result<JoinHandle<()>> {
-    let interval = Duration::from_millis(shared.config.catalogs.reload_interval_ms);
     std::thread::Builder::new().name("trackplane-catalogs".into()).spawn(move || {
-        let step = Duration::from_millis(20).min(interval);
+        let step = Duration::from_millis(20);
         let mut waited = Duration::ZERO;
         while !shared.shutdown.load(Ordering::Relaxed) {
             std::thread::sleep(step);
             waited += step;
-            if waited < interval {
+            let rules = shared.rules.load();
+            let interval = Duration::from_millis(rules.config.catalogs.reload_interval_ms);
+            let now = shared.rescan_catalogs.swap(false, Ordering::AcqRel);
+            if waited < interval && !now {
                 continue;
             }
             waited = Duration::ZERO;
+            // A reload may have pointed catalogs elsewhere.
+            let want = rules.config.catalog_dir();
+            let moved = want != dir.path();
+            if moved {
+                tracing::info!(dir = %want.display(), "catalog directory changed");
+                dir = CatalogDir::new(&want);
+            }
             match dir.scan() {
+                Ok(None) if moved => shared.catalogs.store(Arc::new(dir.catalogs().clone())),
                 Ok(Some(report)) => {
                     shared.catalogs.store(Arc::new(dir.catalogs().clone()));
                     tracing::info!(loaded = ?report.loaded, removed = ?report.removed, "catalogs reloaded");

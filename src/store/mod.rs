@@ -60,6 +60,8 @@ impl StreamShared {
 pub struct StoreStatus {
     /// Set while segments are at the budget and the policy is to refuse.
     pub refusing: AtomicBool,
+    /// Whether any event type is `sync` (the store then naps shorter).
+    pub sync_types: AtomicBool,
 }
 
 /// The segments directory under a data directory.
@@ -218,11 +220,11 @@ impl Ctx {
         // Idle naps: short when a `sync` event may be waiting, else a
         // quarter of the flush interval (each wake-up costs the workers'
         // core a context switch).
-        let idle = if self.has_sync_types {
-            Duration::from_micros(200)
-        } else {
-            (flush_every / 4).clamp(Duration::from_millis(1), Duration::from_millis(10))
-        };
+        self.status
+            .sync_types
+            .store(self.has_sync_types, Ordering::Release);
+        let buffered_idle =
+            (flush_every / 4).clamp(Duration::from_millis(1), Duration::from_millis(10));
         // fdatasync runs on its own thread: a slow disk stalls durability,
         // never the writing of blocks (and so never the flush window).
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncJob>(64);
@@ -310,7 +312,14 @@ impl Ctx {
                 return Ok(());
             }
             if drained == 0 && !sync_due {
-                std::thread::sleep(idle);
+                // Short naps while a `sync` event type exists (a reload can
+                // add one), else a quarter of the flush interval.
+                let sync_types = self.status.sync_types.load(Ordering::Relaxed);
+                std::thread::sleep(if sync_types {
+                    Duration::from_micros(200)
+                } else {
+                    buffered_idle
+                });
             }
         }
     }
