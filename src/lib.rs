@@ -18,9 +18,11 @@
 //! - `shipper`: `trackplane-shipper`, segments to Kafka with checkpoints and
 //!   watermarks
 //! - `view`: the live tag-validation view on the admin port
+//! - `logging`: log setup shared by the binaries
 pub mod audit;
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod record;
 pub mod ring;
 pub mod segment;

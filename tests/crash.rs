@@ -5,52 +5,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const FLUSH_MS: u64 = 50;
-
-fn spawn(dir: &std::path::Path, config: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trackplane"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ])
-        .arg("--config")
-        .arg(config)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        assert!(Instant::now() < deadline, "server did not start");
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if line.contains("ERROR") {
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    (child, addr)
-}
 
 /// Sends one request per answer on a keep-alive connection until the
 /// server dies; records (id -> answer time) of everything answered 2xx.
@@ -104,7 +66,12 @@ fn kill_9_twenty_times_under_load() {
     let buffered_answered = Arc::new(Mutex::new(HashMap::new()));
     let mut kills: Vec<Instant> = Vec::new();
     for round in 0..20u64 {
-        let (mut child, addr) = spawn(&data, &config);
+        let mut server = common::process::serve(
+            &data,
+            &["--workers", "2", "--config", config.to_str().unwrap()],
+            &[],
+        );
+        let addr = server.addr;
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..4)
             .map(|i| {
@@ -119,8 +86,8 @@ fn kill_9_twenty_times_under_load() {
             .collect();
         std::thread::sleep(Duration::from_millis(150 + (round * 37) % 250));
         kills.push(Instant::now());
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
         for c in clients {
             c.join().unwrap();
@@ -135,14 +102,14 @@ fn kill_9_twenty_times_under_load() {
     let report = String::from_utf8_lossy(&verify.stdout);
     assert!(verify.status.success(), "{report}");
     // A clean start recovers and seals everything; then read it all.
-    let (mut child, _) = spawn(&data, &config);
+    let mut server = common::process::serve(
+        &data,
+        &["--workers", "2", "--config", config.to_str().unwrap()],
+        &[],
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success());
+    server.signal("-TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
     let records = common::records(&data);
     let stored: std::collections::HashSet<u64> = records
         .iter()

@@ -4,51 +4,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Starts `trackplane serve` and returns it with its data address, read
-/// from its start-up log line.
-pub fn spawn_server(dir: &std::path::Path, driver: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trackplane"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--driver",
-            driver,
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        assert!(Instant::now() < deadline, "server did not start");
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 fn sigterm_loses_nothing_answered(driver: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_server(dir.path(), driver);
+    let mut server =
+        common::process::serve(dir.path(), &["--workers", "2", "--driver", driver], &[]);
+    let addr = server.addr;
     let answered = Arc::new(Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
@@ -82,9 +47,8 @@ fn sigterm_loses_nothing_answered(driver: &str) {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let rc = send_sigterm(child.id());
-    assert_eq!(rc, 0);
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    server.signal("-TERM");
+    let status = server.wait_exit(Duration::from_secs(20));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -138,27 +102,6 @@ fn read_one(s: &mut std::net::TcpStream) -> Option<u16> {
     }
 }
 
-fn send_sigterm(pid: u32) -> i32 {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .map_or(-1, |s| s.code().unwrap_or(-1))
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("server did not exit within {limit:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sigterm_loses_nothing_answered_uring() {
     sigterm_loses_nothing_answered("uring");
@@ -178,23 +121,13 @@ fn tells_systemd_ready_watchdog_and_stopping() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trackplane"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "200000")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let data = dir.path().join("data");
+    let sock_str = sock_path.to_str().unwrap();
+    let mut server = common::process::serve(
+        &data,
+        &["--workers", "2"],
+        &[("NOTIFY_SOCKET", sock_str), ("WATCHDOG_USEC", "200000")],
+    );
     let mut buf = [0u8; 256];
     let mut recv = || {
         let n = sock.recv(&mut buf).expect("a notify message");
@@ -207,7 +140,7 @@ fn tells_systemd_ready_watchdog_and_stopping() {
     );
     assert_eq!(recv(), "WATCHDOG=1");
     assert_eq!(recv(), "WATCHDOG=1");
-    assert_eq!(send_sigterm(child.id()), 0);
+    server.signal("-TERM");
     let mut stopping = false;
     for _ in 0..5 {
         if recv() == "STOPPING=1" {
@@ -216,5 +149,5 @@ fn tells_systemd_ready_watchdog_and_stopping() {
         }
     }
     assert!(stopping);
-    assert!(wait_with_timeout(&mut child, Duration::from_secs(20)).success());
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
 }

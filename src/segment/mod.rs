@@ -7,6 +7,8 @@
 //! - `writer`: append blocks to a stream's open segment, seal, rotate
 //! - `reader`: verify and decompress blocks, following growing files
 //! - `recovery`: cut torn tails, seal, quarantine, find next sequences
+//! - `follow`: one stream's blocks across segments, following growth and
+//!   rotation (tail and shipper)
 //!
 //! # Invariants
 //! - Writers only append; a sealed `.seg` never changes again.
@@ -15,11 +17,13 @@
 //! - Sequence numbers of a stream are consecutive across blocks and
 //!   segments.
 
+pub mod follow;
 pub mod format;
 pub mod reader;
 pub mod recovery;
 pub mod writer;
 
+pub use follow::{Follower, Located};
 pub use reader::{Block, ReadError, SegmentReader};
 pub use recovery::{list, recover, Recovery, SegmentFile};
 pub use writer::{StreamWriter, WriterConfig};

@@ -9,7 +9,6 @@
 //!
 //! # Layout
 //! - `checkpoint`: per-stream position files and the contiguous-ack window
-//! - `follower`: one stream's blocks from a checkpoint on
 //! - `kafka`: the producer and its delivery reports
 //! - `metrics`: lag, rates, errors, connectivity
 //!
@@ -22,7 +21,6 @@
 //!   dead-letter file with a metric; it never stops the stream.
 
 pub mod checkpoint;
-pub mod follower;
 pub mod kafka;
 pub mod metrics;
 
@@ -39,8 +37,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _};
 
 use crate::config::Config;
+use crate::segment::{Follower, Located};
 use checkpoint::{AckWindow, Position};
-use follower::{Follower, Located};
 use kafka::{opaque, unpack, Producer, WATERMARK};
 pub use metrics::{ShipperMetrics, StreamGauges};
 
@@ -185,7 +183,12 @@ impl Shipper {
             self.streams.insert(
                 stream,
                 StreamState {
-                    follower: Follower::new(&self.segments, stream, from),
+                    follower: Follower::new(
+                        &self.segments,
+                        stream,
+                        from.next_seq,
+                        (from.block_offset > 0).then_some((from.segment_base, from.block_offset)),
+                    ),
                     current: None,
                     window: AckWindow::new(from.next_seq),
                     blocks: VecDeque::new(),

@@ -1,35 +1,26 @@
-//! One stream's records, segment after segment, following an open segment
-//! as it grows and moving on when it is sealed (renamed) — like `tail -F`.
+//! One stream's records for `tail`: blocks from the segment follower, split
+//! into records, with a one-record look-ahead for merging streams by time.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::filter::{record_ts, Filter};
-use crate::segment::{self, ReadError, SegmentReader};
+use crate::segment::{Follower, ReadError};
 
 /// A reader of one stream's records.
 pub struct StreamCursor {
-    dir: PathBuf,
     stream: u32,
-    /// Base sequence of the segment being read (or last read).
-    current: Option<u64>,
-    /// The first segment considered has at least this base.
-    from_base: u64,
-    reader: Option<SegmentReader>,
+    follower: Follower,
     records: VecDeque<Vec<u8>>,
     peeked: Option<(u64, Vec<u8>)>,
 }
 
 impl StreamCursor {
-    /// A cursor on `stream` in `dir`, starting at the segment holding
-    /// `from_base` or the first after it.
-    pub fn new(dir: &Path, stream: u32, from_base: u64) -> StreamCursor {
+    /// A cursor on `stream` in `dir`, from its first record on disk.
+    pub fn new(dir: &Path, stream: u32) -> StreamCursor {
         StreamCursor {
-            dir: dir.to_owned(),
             stream,
-            current: None,
-            from_base,
-            reader: None,
+            follower: Follower::new(dir, stream, 0, None),
             records: VecDeque::new(),
             peeked: None,
         }
@@ -74,7 +65,7 @@ impl StreamCursor {
     /// Gives up on the current segment (after reporting its corruption) and
     /// moves to the next one.
     pub fn skip_segment(&mut self) {
-        self.reader = None;
+        self.follower.skip_segment();
         self.records.clear();
     }
 
@@ -83,64 +74,12 @@ impl StreamCursor {
             if let Some(r) = self.records.pop_front() {
                 return Ok(Some(r));
             }
-            if self.reader.is_none() && !self.open_next()? {
-                return Ok(None);
-            }
-            let Some(reader) = self.reader.as_mut() else {
-                return Ok(None);
-            };
-            match reader.next_block()? {
-                Some(block) => self
+            match self.follower.next_block()? {
+                Some(located) => self
                     .records
-                    .extend(block.records().map(|(_, r)| r.to_vec())),
-                None if reader.is_sealed() => self.reader = None,
-                None => {
-                    // The end of an open segment: sealed since? Then read
-                    // what was written before the rename and move on.
-                    let sealed = reader.path().with_extension("");
-                    if sealed.exists() {
-                        reader.mark_sealed(&sealed);
-                        continue;
-                    }
-                    return Ok(None);
-                }
+                    .extend(located.block.records().map(|(_, r)| r.to_vec())),
+                None => return Ok(None),
             }
         }
-    }
-
-    /// Opens the stream's next segment. Returns whether there was one.
-    fn open_next(&mut self) -> Result<bool, ReadError> {
-        for _attempt in 0..3 {
-            let listed = segment::list(&self.dir).map_err(|source| ReadError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
-            let next = listed.into_iter().find(|s| {
-                s.stream == self.stream
-                    && match self.current {
-                        Some(cur) => s.base_seq > cur,
-                        None => s.base_seq >= self.from_base,
-                    }
-            });
-            let Some(seg) = next else { return Ok(false) };
-            match SegmentReader::open(&seg.path) {
-                Ok(r) => {
-                    self.current = Some(seg.base_seq);
-                    self.reader = Some(r);
-                    return Ok(true);
-                }
-                // Renamed or deleted between listing and opening: list again.
-                Err(ReadError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    continue
-                }
-                Err(e) => {
-                    self.current = Some(seg.base_seq);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(false)
     }
 }

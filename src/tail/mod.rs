@@ -158,7 +158,7 @@ pub fn run(opts: &TailOptions, out: &mut impl Write, err: &mut impl Write) -> io
         for seg in segment::list(&dir)? {
             cursors
                 .entry(seg.stream)
-                .or_insert_with(|| StreamCursor::new(&dir, seg.stream, 0));
+                .or_insert_with(|| StreamCursor::new(&dir, seg.stream));
         }
         if opts.follow_for.is_some_and(|d| began.elapsed() >= d) {
             return Ok(intact);
@@ -172,7 +172,7 @@ fn open_cursors(dir: &Path) -> io::Result<BTreeMap<u32, StreamCursor>> {
     for seg in segment::list(dir)? {
         cursors
             .entry(seg.stream)
-            .or_insert_with(|| StreamCursor::new(dir, seg.stream, 0));
+            .or_insert_with(|| StreamCursor::new(dir, seg.stream));
     }
     Ok(cursors)
 }

@@ -1,0 +1,166 @@
+//! Following one stream: its blocks in sequence order, segment after
+//! segment, including the open segment as it grows; when an open segment is
+//! sealed (renamed), what was written before the rename is read and the next
+//! segment follows — like `tail -F`. `trackplane tail` and the shipper both
+//! read this way.
+
+use std::path::{Path, PathBuf};
+
+use super::{list, Block, ReadError, SegmentReader};
+
+/// A block and the segment it lies in.
+pub struct Located {
+    /// The block.
+    pub block: Block,
+    /// Base sequence of its segment.
+    pub segment_base: u64,
+}
+
+/// A reader of one stream's blocks.
+pub struct Follower {
+    dir: PathBuf,
+    stream: u32,
+    reader: Option<SegmentReader>,
+    /// Base of the segment being read (or last read).
+    base: Option<u64>,
+    /// Blocks that end at or before this sequence are skipped.
+    from_seq: u64,
+    /// Where to seek in the first segment: (segment base, block offset).
+    seek: Option<(u64, u64)>,
+    /// The reader was positioned by a seek and has not read yet.
+    seeked: bool,
+}
+
+impl Follower {
+    /// A follower of `stream` in `dir` starting at sequence `from_seq`,
+    /// optionally at a known block (a checkpoint's segment and offset).
+    pub fn new(dir: &Path, stream: u32, from_seq: u64, seek: Option<(u64, u64)>) -> Follower {
+        Follower {
+            dir: dir.to_owned(),
+            stream,
+            reader: None,
+            base: None,
+            from_seq,
+            seek,
+            seeked: false,
+        }
+    }
+
+    /// Starts again at `seq`, from the start of the segment holding it.
+    pub fn rewind(&mut self, seq: u64) {
+        self.reader = None;
+        self.base = None;
+        self.from_seq = seq;
+        self.seek = None;
+    }
+
+    /// Gives up on the current segment (after its corruption was reported)
+    /// and goes on with the next one.
+    pub fn skip_segment(&mut self) {
+        self.reader = None;
+    }
+
+    /// The next block with records at or after the start point, or `None`
+    /// when nothing more is written yet.
+    pub fn next_block(&mut self) -> Result<Option<Located>, ReadError> {
+        loop {
+            if self.reader.is_none() && !self.open()? {
+                return Ok(None);
+            }
+            let Some(reader) = self.reader.as_mut() else {
+                return Ok(None);
+            };
+            let read = reader.next_block();
+            if std::mem::take(&mut self.seeked) && matches!(read, Err(ReadError::Corrupt { .. })) {
+                tracing::warn!(
+                    stream = self.stream,
+                    "recorded block offset is not a block; reading the segment from its start"
+                );
+                self.reader = None;
+                self.base = None;
+                continue;
+            }
+            match read? {
+                Some(block) if block.header.end_seq() <= self.from_seq => continue,
+                Some(block) => {
+                    return Ok(Some(Located {
+                        block,
+                        segment_base: self.base.unwrap_or(0),
+                    }))
+                }
+                None if reader.is_sealed() => self.reader = None,
+                None => {
+                    let sealed = reader.path().with_extension("");
+                    if sealed.exists() {
+                        reader.mark_sealed(&sealed);
+                        continue;
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Opens the next segment: the one after the current, or (first) the
+    /// one holding the start point. Returns whether there was one.
+    fn open(&mut self) -> Result<bool, ReadError> {
+        for _attempt in 0..3 {
+            let segs = list(&self.dir).map_err(|source| ReadError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+            let mine: Vec<_> = segs
+                .into_iter()
+                .filter(|s| s.stream == self.stream)
+                .collect();
+            let next = match self.base {
+                Some(cur) => mine.iter().find(|s| s.base_seq > cur),
+                None => mine
+                    .iter()
+                    .rev()
+                    .find(|s| s.base_seq <= self.from_seq)
+                    .or(mine.first()),
+            };
+            let Some(seg) = next else { return Ok(false) };
+            if self.base.is_none() && seg.base_seq > self.from_seq {
+                tracing::warn!(
+                    stream = self.stream,
+                    from = self.from_seq,
+                    first_on_disk = seg.base_seq,
+                    "records from the start point are no longer on disk; reading from the first segment left"
+                );
+            }
+            match SegmentReader::open(&seg.path) {
+                Ok(mut reader) => {
+                    if let Some((base, offset)) = self.seek.take() {
+                        if base == seg.base_seq {
+                            reader.seek_to(offset);
+                            self.seeked = true;
+                        } else {
+                            tracing::warn!(
+                                stream = self.stream,
+                                segment = base,
+                                "recorded segment is not on disk; reading by sequence"
+                            );
+                        }
+                    }
+                    self.base = Some(seg.base_seq);
+                    self.reader = Some(reader);
+                    return Ok(true);
+                }
+                // Renamed or deleted between listing and opening: list again.
+                Err(ReadError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // Remember it, so that skipping moves past it.
+                    self.base = Some(seg.base_seq);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(false)
+    }
+}

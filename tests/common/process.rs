@@ -1,0 +1,117 @@
+//! The real `trackplane serve` binary as a child process: started on
+//! loopback with port 0, its data address read from its start-up log line,
+//! its log kept for assertions (and errors echoed), killed when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Served {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Every log line so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts `trackplane serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+/// --data-dir DIR` plus `args`, with `env`.
+pub fn serve(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trackplane"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ERROR") {
+                    eprintln!("server: {line}");
+                }
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server did not start")
+        .parse()
+        .unwrap();
+    Served { child, addr, log }
+}
+
+impl Served {
+    /// Waits for a log line containing `needle` among the lines after
+    /// the first `from`.
+    pub fn wait_log(&self, needle: &str, from: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self.log.lock().unwrap()[from..]
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "no log line with {needle:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines logged so far.
+    pub fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Sends a signal by name (`-TERM`, `-HUP`).
+    pub fn signal(&self, sig: &str) {
+        assert!(Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
