@@ -217,9 +217,9 @@ impl Ctx {
     fn run(self, mut streams: Vec<Stream>) -> std::io::Result<()> {
         let flush_every = Duration::from_millis(self.cfg.flush_interval_ms);
         let sync_every = Duration::from_millis(self.cfg.sync_interval_ms);
-        // Idle naps: short when a `sync` event may be waiting, else a
-        // quarter of the flush interval (each wake-up costs the workers'
-        // core a context switch).
+        // The nap when idle and no event type is `sync`: a quarter of the
+        // flush interval (each wake-up costs the workers' core a context
+        // switch). A reload may add `sync` types; the loop checks each time.
         self.status
             .sync_types
             .store(self.has_sync_types, Ordering::Release);
