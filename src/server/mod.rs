@@ -8,6 +8,8 @@
 //! - `handler`: one request: route, audit, record, answer
 //! - `admin`: `/metrics`, `/healthz`, `/readyz`
 //! - `metrics`: per-worker counters
+//! - `background`: catalog reloader and systemd watchdog threads
+//! - `notify`: systemd's notify protocol
 //!
 //! # Invariants
 //! - Shutdown order: stop accepting, finish in-flight requests, stop the
@@ -16,6 +18,7 @@
 //!   returns.
 
 pub mod admin;
+mod background;
 pub mod conn;
 pub mod handler;
 pub mod metrics;
@@ -27,7 +30,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -445,7 +447,7 @@ impl Server {
             let _ = server.wait();
             return Err(e);
         }
-        let reloader = spawn_reloader(shared.clone(), catalog_dir)
+        let reloader = background::spawn_reloader(shared.clone(), catalog_dir)
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(reloader);
         let router: admin::Router = {
@@ -471,7 +473,7 @@ impl Server {
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(admin);
         if let Some(every) = notify::Notifier::watchdog_interval() {
-            let watchdog = spawn_watchdog(shared.clone(), every)
+            let watchdog = background::spawn_watchdog(shared.clone(), every)
                 .map_err(|e| ServeError::Thread(e.to_string()))?;
             server.helpers.push(watchdog);
         }
@@ -572,76 +574,4 @@ fn render_storage(
     );
     let _ = writeln!(out, "# TYPE trackplane_catalog_products gauge");
     let _ = writeln!(out, "trackplane_catalog_products {products}");
-}
-
-/// Pings systemd's watchdog while every worker's event loop turns; a stuck
-/// worker stops the pings and systemd restarts the service.
-fn spawn_watchdog(shared: Arc<Shared>, every: Duration) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("trackplane-watchdog".into())
-        .spawn(move || {
-            let notifier = notify::Notifier::from_env();
-            let beats = |s: &Shared| {
-                s.heartbeats
-                    .iter()
-                    .map(|h| h.load(Ordering::Relaxed))
-                    .collect::<Vec<_>>()
-            };
-            let mut last = beats(&shared);
-            let step = Duration::from_millis(50);
-            let mut waited = Duration::ZERO;
-            while !shared.shutdown.load(Ordering::Relaxed) {
-                std::thread::sleep(step);
-                waited += step;
-                if waited < every {
-                    continue;
-                }
-                waited = Duration::ZERO;
-                let now = beats(&shared);
-                match now.iter().zip(&last).position(|(a, b)| a == b) {
-                    None => notifier.notify("WATCHDOG=1"),
-                    Some(worker) => tracing::error!(
-                        worker,
-                        "worker event loop stalled; withholding the watchdog ping"
-                    ),
-                }
-                last = now;
-            }
-        })
-}
-
-/// Re-reads changed catalog files every `reload_interval_ms` and swaps the
-/// new snapshot in; workers keep serving from the old one meanwhile.
-fn spawn_reloader(shared: Arc<Shared>, mut dir: CatalogDir) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("trackplane-catalogs".into()).spawn(move || {
-        let step = Duration::from_millis(20);
-        let mut waited = Duration::ZERO;
-        while !shared.shutdown.load(Ordering::Relaxed) {
-            std::thread::sleep(step);
-            waited += step;
-            let rules = shared.rules.load();
-            let interval = Duration::from_millis(rules.config.catalogs.reload_interval_ms);
-            let now = shared.rescan_catalogs.swap(false, Ordering::AcqRel);
-            if waited < interval && !now {
-                continue;
-            }
-            waited = Duration::ZERO;
-            // A reload may have pointed catalogs elsewhere.
-            let want = rules.config.catalog_dir();
-            let moved = want != dir.path();
-            if moved {
-                tracing::info!(dir = %want.display(), "catalog directory changed");
-                dir = CatalogDir::new(&want);
-            }
-            match dir.scan() {
-                Ok(None) if moved => shared.catalogs.store(Arc::new(dir.catalogs().clone())),
-                Ok(Some(report)) => {
-                    shared.catalogs.store(Arc::new(dir.catalogs().clone()));
-                    tracing::info!(loaded = ?report.loaded, removed = ?report.removed, "catalogs reloaded");
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "catalog scan failed; keeping the current catalogs"),
-            }
-        }
-    })
 }

@@ -1,0 +1,116 @@
+//! Loading, merging, validation and overrides of the configuration.
+
+use super::*;
+
+fn err(text: &str) -> String {
+    Config::from_toml_str(text, "test.toml")
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn embedded_default_has_the_documented_values() {
+    let c = Config::embedded();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9100");
+    assert_eq!(c.data_dir, PathBuf::from("./data"));
+    for t in [
+        "impression",
+        "click",
+        "page_view",
+        "view_item",
+        "add_to_cart",
+        "purchase",
+    ] {
+        assert!(c.event_types.contains_key(t), "{t}");
+    }
+    let p = &c.event_types["purchase"];
+    assert_eq!(p.required, ["order_id", "value", "currency", "pid"]);
+    assert_eq!(p.params["value"].format, Format::Decimal);
+    assert_eq!(p.params["currency"].format, Format::Currency);
+    assert!(p.params["pid"].list);
+    assert_eq!(c.catalog_dir(), PathBuf::from("./data/catalogs"));
+}
+
+#[test]
+fn a_file_overrides_single_keys_and_keeps_the_rest() {
+    let c = Config::from_toml_str("[server]\nworkers = 3\n", "t").unwrap();
+    assert_eq!(c.server.workers, 3);
+    assert_eq!(c.server.max_body_bytes, 1048576);
+    assert!(c.event_types.contains_key("purchase"));
+}
+
+#[test]
+fn an_event_type_in_a_file_replaces_that_type_only() {
+    let text = "[event_types.purchase]\ndurability = 'sync'\nrequired = ['order_id']\n[event_types.signup]\n";
+    let c = Config::from_toml_str(text, "t").unwrap();
+    assert_eq!(c.event_types["purchase"].required, ["order_id"]);
+    assert_eq!(c.event_types["purchase"].durability, Durability::Sync);
+    assert!(
+        c.event_types["purchase"].params.is_empty(),
+        "not mixed with the default"
+    );
+    assert!(c.event_types.contains_key("signup"));
+    assert!(
+        c.event_types.contains_key("view_item"),
+        "other defaults stay"
+    );
+}
+
+#[test]
+fn advertisers_in_a_file_replace_the_defaults_whole() {
+    let c = Config::from_toml_str("[advertisers.shop]\n", "t").unwrap();
+    assert_eq!(c.advertisers.keys().collect::<Vec<_>>(), ["shop"]);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let e = err("[server]\nmax_body_bytez = 3\n");
+    assert!(e.contains("test.toml: key `server.max_body_bytez`"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_named_with_its_path() {
+    let e = err("[server]\nworkers = \"two\"\n");
+    assert!(e.contains("key `server.workers`"), "{e}");
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let e = err("[server\n");
+    assert!(e.starts_with("test.toml:") && e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn invalid_values_name_their_key() {
+    assert!(err("[server]\nring_bytes = 1000\n").contains("`server.ring_bytes`"));
+    assert!(err("[server]\nmax_headers = 0\n").contains("`server.max_headers`"));
+    assert!(err("[routes]\npixel_event = 'nope'\n").contains("`routes.pixel_event`"));
+    assert!(err("[advertisers.a]\nredirect_hosts = ['*']\n")
+        .contains("`advertisers.a.redirect_hosts[0]`"));
+    assert!(err("[event_types.impression]\nrequired = ['x y']\n")
+        .contains("`event_types.impression.required[0]`"));
+    let e = err("[event_types.impression.params.v]\nformat = 'enum'\n");
+    assert!(
+        e.contains("`event_types.impression.params.v.values`"),
+        "{e}"
+    );
+    assert!(
+        err("[server]\nlisten='127.0.0.1:1'\nadmin_listen='127.0.0.1:1'\n")
+            .contains("`server.admin_listen`")
+    );
+    assert!(err("node_id = 'a b'\n").contains("`node_id`"));
+}
+
+#[test]
+fn overrides_apply_and_validate() {
+    let mut c = Config::embedded();
+    let o = Overrides {
+        workers: Some(2),
+        data_dir: Some("/tmp/x".into()),
+        ..Default::default()
+    };
+    c.apply(&o).unwrap();
+    assert_eq!(c.server.workers, 2);
+    assert_eq!(c.catalog_dir(), PathBuf::from("/tmp/x/catalogs"));
+}

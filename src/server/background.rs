@@ -1,0 +1,83 @@
+//! The server's background threads: the catalog reloader (re-reads changed
+//! catalog files and swaps them in) and the systemd watchdog (pings only
+//! while every worker's event loop turns). Neither is on the request path.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::audit::CatalogDir;
+use crate::server::{notify, Shared};
+
+/// Pings systemd's watchdog while every worker's event loop turns; a stuck
+/// worker stops the pings and systemd restarts the service.
+pub fn spawn_watchdog(shared: Arc<Shared>, every: Duration) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("trackplane-watchdog".into())
+        .spawn(move || {
+            let notifier = notify::Notifier::from_env();
+            let beats = |s: &Shared| {
+                s.heartbeats
+                    .iter()
+                    .map(|h| h.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>()
+            };
+            let mut last = beats(&shared);
+            let step = Duration::from_millis(50);
+            let mut waited = Duration::ZERO;
+            while !shared.shutdown.load(Ordering::Relaxed) {
+                std::thread::sleep(step);
+                waited += step;
+                if waited < every {
+                    continue;
+                }
+                waited = Duration::ZERO;
+                let now = beats(&shared);
+                match now.iter().zip(&last).position(|(a, b)| a == b) {
+                    None => notifier.notify("WATCHDOG=1"),
+                    Some(worker) => tracing::error!(
+                        worker,
+                        "worker event loop stalled; withholding the watchdog ping"
+                    ),
+                }
+                last = now;
+            }
+        })
+}
+
+/// Re-reads changed catalog files every `reload_interval_ms` and swaps the
+/// new snapshot in; workers keep serving from the old one meanwhile.
+pub fn spawn_reloader(shared: Arc<Shared>, mut dir: CatalogDir) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("trackplane-catalogs".into()).spawn(move || {
+        let step = Duration::from_millis(20);
+        let mut waited = Duration::ZERO;
+        while !shared.shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(step);
+            waited += step;
+            let rules = shared.rules.load();
+            let interval = Duration::from_millis(rules.config.catalogs.reload_interval_ms);
+            let now = shared.rescan_catalogs.swap(false, Ordering::AcqRel);
+            if waited < interval && !now {
+                continue;
+            }
+            waited = Duration::ZERO;
+            // A reload may have pointed catalogs elsewhere.
+            let want = rules.config.catalog_dir();
+            let moved = want != dir.path();
+            if moved {
+                tracing::info!(dir = %want.display(), "catalog directory changed");
+                dir = CatalogDir::new(&want);
+            }
+            match dir.scan() {
+                Ok(None) if moved => shared.catalogs.store(Arc::new(dir.catalogs().clone())),
+                Ok(Some(report)) => {
+                    shared.catalogs.store(Arc::new(dir.catalogs().clone()));
+                    tracing::info!(loaded = ?report.loaded, removed = ?report.removed, "catalogs reloaded");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "catalog scan failed; keeping the current catalogs"),
+            }
+        }
+    })
+}
