@@ -6,6 +6,7 @@
 //! repair invalid UTF-8 (replaced with U+FFFD).
 
 pub mod json;
+pub mod peek;
 
 use std::net::IpAddr;
 

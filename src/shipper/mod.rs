@@ -106,23 +106,11 @@ struct Head<'a> {
     advertiser: std::borrow::Cow<'a, str>,
 }
 
-/// Event type and advertiser of a record. Records put `type` and
-/// `advertiser` third and fourth (record::encode), so a scan finds them
-/// without parsing the object; values with escapes fall back to a parse.
+/// Event type and advertiser of a record: by scan (record::peek), or by
+/// parsing when a value has escapes.
 fn route_of(rec: &[u8]) -> Option<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
-    fn plain_string_after<'a>(rec: &'a [u8], key: &[u8]) -> Option<(&'a str, usize)> {
-        let at = rec.windows(key.len()).position(|w| w == key)? + key.len();
-        let len = rec[at..].iter().position(|&b| b == b'"' || b == b'\\')?;
-        (rec[at + len] == b'"').then(|| {
-            std::str::from_utf8(&rec[at..at + len])
-                .ok()
-                .map(|s| (s, at + len))
-        })?
-    }
-    if let Some((t, end)) = plain_string_after(rec, b",\"type\":\"") {
-        if let Some((a, _)) = plain_string_after(&rec[end..], b",\"advertiser\":\"") {
-            return Some((t.into(), a.into()));
-        }
+    if let Some((t, a, _)) = crate::record::peek::head(rec) {
+        return Some((t.into(), a.into()));
     }
     let head: Head<'_> = serde_json::from_slice(rec).ok()?;
     Some((head.event_type, head.advertiser))

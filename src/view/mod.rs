@@ -69,7 +69,8 @@ struct EventIssue<'a> {
 struct AdvertiserView {
     counts: Window,
     unknown_products: HashMap<String, (u64, u64)>,
-    recent: VecDeque<Arc<str>>,
+    /// The last events, in buffers reused as they rotate.
+    recent: VecDeque<Vec<u8>>,
 }
 
 struct Subscriber {
@@ -117,23 +118,51 @@ impl View {
     /// Folds one record into the aggregates and hands it to matching
     /// viewers.
     pub fn add(&self, rec: &[u8]) {
-        let Ok(ev) = serde_json::from_slice::<Event<'_>>(rec) else {
-            return;
+        // Most events are valid: their type, advertiser and status are read
+        // by scan; only invalid ones (and odd values) are parsed for issues.
+        let parsed;
+        let (ts, event_type, advertiser, status, issues): (
+            u64,
+            &str,
+            &str,
+            &str,
+            &[EventIssue<'_>],
+        ) = match (
+            crate::record::peek::ts_ms(rec),
+            crate::record::peek::head(rec),
+        ) {
+            (Some(ts), Some((t, a, st))) if st == "ok" => (ts, t, a, st, &[]),
+            _ => {
+                let Ok(ev) = serde_json::from_slice::<Event<'_>>(rec) else {
+                    return;
+                };
+                parsed = ev;
+                (
+                    parsed.ts_ms,
+                    &parsed.event_type,
+                    &parsed.advertiser,
+                    &parsed.status,
+                    &parsed.issues,
+                )
+            }
         };
-        let text: Arc<str> = Arc::from(String::from_utf8_lossy(rec));
         {
             let mut ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
-            if !ads.contains_key(ev.advertiser.as_ref()) && ads.len() >= MAX_ADVERTISERS {
+            if !ads.contains_key(advertiser) && ads.len() >= MAX_ADVERTISERS {
                 self.untracked.fetch_add(1, Ordering::Relaxed);
             } else {
-                let view = ads.entry(ev.advertiser.to_string()).or_default();
-                let at = ev.ts_ms;
-                view.counts.add(at, &format!("type:{}", ev.event_type));
-                view.counts.add(at, &format!("status:{}", ev.status));
-                for i in &ev.issues {
-                    view.counts.add(at, &format!("issue:{}", i.code));
+                if !ads.contains_key(advertiser) {
+                    ads.insert(advertiser.to_owned(), AdvertiserView::default());
+                }
+                let Some(view) = ads.get_mut(advertiser) else {
+                    return;
+                };
+                view.counts.add(ts, "type", event_type);
+                view.counts.add(ts, "status", status);
+                for i in issues {
+                    view.counts.add(ts, "issue", &i.code);
                     if i.code != "unknown_product" {
-                        view.counts.add(at, &format!("param:{}", i.param));
+                        view.counts.add(ts, "param", &i.param);
                     }
                     if let (Some(value), "unknown_product") = (&i.value, i.code.as_ref()) {
                         if view.unknown_products.len() < MAX_PRODUCTS
@@ -141,22 +170,34 @@ impl View {
                         {
                             let e = view.unknown_products.entry(value.to_string()).or_default();
                             e.0 += 1;
-                            e.1 = at;
+                            e.1 = ts;
                         }
                     }
                 }
-                view.recent.push_back(text.clone());
-                if view.recent.len() > RECENT {
-                    view.recent.pop_front();
-                }
+                let mut buf = if view.recent.len() >= RECENT {
+                    view.recent.pop_front().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                buf.clear();
+                buf.extend_from_slice(rec);
+                view.recent.push_back(buf);
             }
         }
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.is_empty() {
+            return;
+        }
+        // A shared copy only when someone watches this advertiser.
+        let mut text: Option<Arc<str>> = None;
         subs.retain(|s| {
-            if s.advertiser != ev.advertiser || (s.invalid_only && ev.status != "invalid") {
+            if s.advertiser != advertiser || (s.invalid_only && status != "invalid") {
                 return true;
             }
-            match s.tx.try_send(text.clone()) {
+            let t = text
+                .get_or_insert_with(|| Arc::from(String::from_utf8_lossy(rec)))
+                .clone();
+            match s.tx.try_send(t) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
                     self.viewer_dropped.fetch_add(1, Ordering::Relaxed);
@@ -182,12 +223,11 @@ impl View {
             .unwrap_or_else(|e| e.into_inner())
             .get(advertiser)
         {
-            for r in view
-                .recent
-                .iter()
-                .filter(|r| !invalid_only || r.contains("\"status\":\"invalid\""))
-            {
-                let _ = tx.try_send(r.clone());
+            for r in view.recent.iter() {
+                let text = String::from_utf8_lossy(r);
+                if !invalid_only || text.contains("\"status\":\"invalid\"") {
+                    let _ = tx.try_send(Arc::from(text));
+                }
             }
         }
         let open = Arc::new(AtomicBool::new(true));
@@ -250,7 +290,7 @@ impl View {
             "last_minute": split(view.counts.last_minute(now)),
             "last_hour": split(view.counts.last_hour(now)),
             "unknown_products": products.iter().take(50).map(|(id, (n, last))| serde_json::json!({"id": id, "count": n, "last_seen_ms": last})).collect::<Vec<_>>(),
-            "recent": view.recent.iter().rev().filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok()).collect::<Vec<_>>(),
+            "recent": view.recent.iter().rev().filter_map(|r| serde_json::from_slice::<serde_json::Value>(r).ok()).collect::<Vec<_>>(),
         });
         Some(doc.to_string())
     }

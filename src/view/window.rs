@@ -18,29 +18,37 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn add(&mut self, at: u64, key: &str) {
+    fn add(&mut self, at: u64, kind: &str, name: &str) {
         if self.at != at {
             self.at = at;
             self.counts.clear();
         }
-        match self.counts.iter_mut().find(|(k, _)| &**k == key) {
+        // Keys are `kind:name`; compare in place so that counting allocates
+        // only the first time a key appears in a bucket.
+        let is = |k: &str| {
+            k.len() == kind.len() + 1 + name.len()
+                && k.starts_with(kind)
+                && k.ends_with(name)
+                && k.as_bytes()[kind.len()] == b':'
+        };
+        match self.counts.iter_mut().find(|(k, _)| is(k)) {
             Some((_, n)) => *n += 1,
-            None => self.counts.push((key.into(), 1)),
+            None => self.counts.push((format!("{kind}:{name}").into(), 1)),
         }
     }
 }
 
 impl Window {
-    /// Counts `key` at `now_ms`.
-    pub fn add(&mut self, now_ms: u64, key: &str) {
+    /// Counts the key `kind:name` at `now_ms`.
+    pub fn add(&mut self, now_ms: u64, kind: &str, name: &str) {
         if self.seconds.is_empty() {
             self.seconds = vec![Bucket::default(); 60];
             self.minutes = vec![Bucket::default(); 60];
         }
         let s = now_ms / 1000;
         let m = s / 60;
-        self.seconds[(s % 60) as usize].add(s, key);
-        self.minutes[(m % 60) as usize].add(m, key);
+        self.seconds[(s % 60) as usize].add(s, kind, name);
+        self.minutes[(m % 60) as usize].add(m, kind, name);
     }
 
     /// Sums over the last 60 seconds, by key, largest first.
@@ -78,19 +86,28 @@ mod tests {
     fn minute_and_hour_slide() {
         let mut w = Window::default();
         let t0 = 1_700_000_000_000;
-        w.add(t0, "a");
-        w.add(t0 + 500, "a");
-        w.add(t0 + 30_000, "b");
+        w.add(t0, "k", "a");
+        w.add(t0 + 500, "k", "a");
+        w.add(t0 + 30_000, "k", "b");
+        // A key whose name ends like another's is still its own.
+        w.add(t0 + 30_000, "kk", "b");
         assert_eq!(
             w.last_minute(t0 + 30_000),
-            [("a".to_string(), 2), ("b".to_string(), 1)]
+            [
+                ("k:a".to_string(), 2),
+                ("k:b".to_string(), 1),
+                ("kk:b".to_string(), 1)
+            ]
         );
         // 61 s later the first second has left the minute, not the hour.
-        assert_eq!(w.last_minute(t0 + 61_000), [("b".to_string(), 1)]);
-        assert_eq!(w.last_hour(t0 + 61_000).iter().map(|x| x.1).sum::<u64>(), 3);
+        assert_eq!(
+            w.last_minute(t0 + 61_000),
+            [("k:b".to_string(), 1), ("kk:b".to_string(), 1)]
+        );
+        assert_eq!(w.last_hour(t0 + 61_000).iter().map(|x| x.1).sum::<u64>(), 4);
         assert!(w.last_hour(t0 + 3_700_000).is_empty());
         // A bucket reused an hour later starts from zero.
-        w.add(t0 + 3_600_000, "c");
-        assert_eq!(w.last_hour(t0 + 3_600_000), [("c".to_string(), 1)]);
+        w.add(t0 + 3_600_000, "k", "c");
+        assert_eq!(w.last_hour(t0 + 3_600_000), [("k:c".to_string(), 1)]);
     }
 }
