@@ -55,20 +55,7 @@ pub fn encode(out: &mut Vec<u8>, env: &Envelope<'_>, verdict: &Verdict<'_>, para
     } else {
         b",\"status\":\"invalid\",\"issues\":["
     });
-    for (i, issue) in verdict.issues.as_slice().iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"code\":\"");
-        out.extend_from_slice(issue.code.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"param\":");
-        write_str(out, issue.param);
-        if !issue.value.is_empty() {
-            out.extend_from_slice(b",\"value\":");
-            write_str(out, issue.value);
-        }
-        out.push(b'}');
-    }
+    write_issues(out, verdict.issues.as_slice());
     out.extend_from_slice(b"],\"params\":{");
     let mut first = true;
     for (k, v) in params.iter() {
@@ -104,6 +91,26 @@ pub fn encode(out: &mut Vec<u8>, env: &Envelope<'_>, verdict: &Verdict<'_>, para
     out.extend_from_slice(b",\"node\":");
     write_str(out, env.node.as_bytes());
     out.push(b'}');
+}
+
+/// Writes issues as the elements of a JSON array (without brackets):
+/// `{"code":..,"param":..[,"value":..]}`, as records and `/batch` answers
+/// carry them.
+pub fn write_issues(out: &mut Vec<u8>, issues: &[crate::audit::Issue<'_>]) {
+    for (i, issue) in issues.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"code\":\"");
+        out.extend_from_slice(issue.code.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"param\":");
+        write_str(out, issue.param);
+        if !issue.value.is_empty() {
+            out.extend_from_slice(b",\"value\":");
+            write_str(out, issue.value);
+        }
+        out.push(b'}');
+    }
 }
 
 /// The client address as the policy keeps it.

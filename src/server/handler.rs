@@ -293,20 +293,7 @@ impl Handler {
             } else {
                 invalid += 1;
                 body_out.extend_from_slice(b",\"status\":\"invalid\",\"issues\":[");
-                for (j, issue) in verdict.issues.as_slice().iter().enumerate() {
-                    if j > 0 {
-                        body_out.push(b',');
-                    }
-                    body_out.extend_from_slice(b"{\"code\":\"");
-                    body_out.extend_from_slice(issue.code.as_str().as_bytes());
-                    body_out.extend_from_slice(b"\",\"param\":");
-                    json::write_str(body_out, issue.param);
-                    if !issue.value.is_empty() {
-                        body_out.extend_from_slice(b",\"value\":");
-                        json::write_str(body_out, issue.value);
-                    }
-                    body_out.push(b'}');
-                }
+                record::write_issues(body_out, verdict.issues.as_slice());
                 body_out.extend_from_slice(b"]}");
             }
         }

@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
-use super::filter::{record_ts, Filter};
+use super::filter::Filter;
+use crate::record::peek::ts_ms;
 use crate::segment::{Follower, ReadError};
 
 /// A reader of one stream's records.
@@ -41,7 +42,7 @@ impl StreamCursor {
             let Some(rec) = self.next_record()? else {
                 return Ok(None);
             };
-            let ts = record_ts(&rec).unwrap_or(0);
+            let ts = ts_ms(&rec).unwrap_or(0);
             if filter.since_ms.is_some_and(|since| ts < since) {
                 continue;
             }

@@ -65,17 +65,6 @@ impl Filter {
     }
 }
 
-/// The `ts_ms` of a record, found without parsing the whole object.
-pub fn record_ts(rec: &[u8]) -> Option<u64> {
-    let key = b"\"ts_ms\":";
-    let at = rec.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = rec[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rec[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
-}
-
 /// Parses `--since`: Unix seconds (10 digits) or milliseconds (13),
 /// RFC 3339 (`2026-11-21T10:00:00Z`), or an age (`90s`, `15m`, `2h`, `1d`).
 pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
@@ -187,7 +176,7 @@ mod tests {
     #[test]
     fn filters_select() {
         let rec = br#"{"id":"n-0-1","ts_ms":1700000000000,"type":"purchase","advertiser":"shop","status":"invalid","issues":[{"code":"bad_format","param":"value"}],"params":{}}"#;
-        assert_eq!(record_ts(rec), Some(1_700_000_000_000));
+        assert_eq!(crate::record::peek::ts_ms(rec), Some(1_700_000_000_000));
         let f = |f: Filter| f.matches(rec);
         assert!(f(Filter::default()));
         assert!(f(Filter {
