@@ -96,112 +96,118 @@ impl WorkerMetrics {
     }
 }
 
+/// Writes one metric family: HELP, TYPE, then one line per sample. A
+/// sample's labels are written as given (`route="pixel"`), or none when
+/// empty.
+pub fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 /// Renders all workers' counters in the Prometheus text format.
 pub fn render(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
     let sum = |f: &dyn Fn(&WorkerMetrics) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
-    let _ = writeln!(
+    let one = |f: &dyn Fn(&WorkerMetrics) -> u64| [(String::new(), sum(f))];
+    family(
         out,
-        "# HELP trackplane_http_requests_total Requests by route."
+        "trackplane_http_requests_total",
+        "counter",
+        "Requests by route.",
+        ROUTES
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("route=\"{r}\""), sum(&|w| w.requests[i].get()))),
     );
-    let _ = writeln!(out, "# TYPE trackplane_http_requests_total counter");
-    for (i, route) in ROUTES.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "trackplane_http_requests_total{{route=\"{route}\"}} {}",
-            sum(&|w| w.requests[i].get())
-        );
-    }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP trackplane_http_responses_total Responses by status code."
+        "trackplane_http_responses_total",
+        "counter",
+        "Responses by status code.",
+        STATUSES
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("code=\"{c}\""), sum(&|w| w.responses[i].get()))),
     );
-    let _ = writeln!(out, "# TYPE trackplane_http_responses_total counter");
-    for (i, code) in STATUSES.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "trackplane_http_responses_total{{code=\"{code}\"}} {}",
-            sum(&|w| w.responses[i].get())
-        );
-    }
-    let _ = writeln!(out, "# HELP trackplane_events_audited_total Events audited, by status (recorded unless refused or dropped by policy).");
-    let _ = writeln!(out, "# TYPE trackplane_events_audited_total counter");
-    let _ = writeln!(
+    family(
         out,
-        "trackplane_events_audited_total{{status=\"ok\"}} {}",
-        sum(&|w| w.events_ok.get())
+        "trackplane_events_audited_total",
+        "counter",
+        "Events audited, by status (recorded unless refused or dropped by policy).",
+        [
+            ("status=\"ok\"".to_owned(), sum(&|w| w.events_ok.get())),
+            (
+                "status=\"invalid\"".to_owned(),
+                sum(&|w| w.events_invalid.get()),
+            ),
+        ],
     );
-    let _ = writeln!(
+    family(out, "trackplane_events_refused_total", "counter",
+        "Events answered but not recorded: the hand-off ring was full or the disk budget refused them.",
+        one(&|w| w.events_refused.get()));
+    family(
         out,
-        "trackplane_events_audited_total{{status=\"invalid\"}} {}",
-        sum(&|w| w.events_invalid.get())
+        "trackplane_events_dnt_dropped_total",
+        "counter",
+        "Events answered but not recorded by the do-not-track policy.",
+        one(&|w| w.events_dnt_dropped.get()),
     );
-    let _ = writeln!(out, "# HELP trackplane_events_refused_total Events answered but not recorded because the hand-off ring was full.");
-    let _ = writeln!(out, "# TYPE trackplane_events_refused_total counter");
-    let _ = writeln!(
+    family(
         out,
-        "trackplane_events_refused_total {}",
-        sum(&|w| w.events_refused.get())
+        "trackplane_audit_issues_total",
+        "counter",
+        "Audit findings by issue code.",
+        IssueCode::ALL.iter().map(|c| {
+            (
+                format!("code=\"{}\"", c.as_str()),
+                sum(&|w| w.issues[c.index()].get()),
+            )
+        }),
     );
-    let _ = writeln!(out, "# HELP trackplane_events_dnt_dropped_total Events answered but not recorded by the do-not-track policy.");
-    let _ = writeln!(out, "# TYPE trackplane_events_dnt_dropped_total counter");
-    let _ = writeln!(
+    family(
         out,
-        "trackplane_events_dnt_dropped_total {}",
-        sum(&|w| w.events_dnt_dropped.get())
+        "trackplane_record_bytes_total",
+        "counter",
+        "Encoded record bytes handed to storage.",
+        one(&|w| w.record_bytes.get()),
     );
-    let _ = writeln!(
+    family(
         out,
-        "# HELP trackplane_audit_issues_total Audit findings by issue code."
+        "trackplane_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        one(&|w| w.connections_accepted.get()),
     );
-    let _ = writeln!(out, "# TYPE trackplane_audit_issues_total counter");
-    for code in IssueCode::ALL {
-        let _ = writeln!(
-            out,
-            "trackplane_audit_issues_total{{code=\"{}\"}} {}",
-            code.as_str(),
-            sum(&|w| w.issues[code.index()].get())
-        );
-    }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP trackplane_record_bytes_total Encoded record bytes handed to storage."
+        "trackplane_connections_refused_total",
+        "counter",
+        "Connections closed at once because a worker was at its cap.",
+        one(&|w| w.connections_refused.get()),
     );
-    let _ = writeln!(out, "# TYPE trackplane_record_bytes_total counter");
-    let _ = writeln!(
+    family(
         out,
-        "trackplane_record_bytes_total {}",
-        sum(&|w| w.record_bytes.get())
+        "trackplane_connections_open",
+        "gauge",
+        "Connections open now.",
+        one(&|w| w.connections_open.get()),
     );
-    let _ = writeln!(
+    family(
         out,
-        "# HELP trackplane_connections_accepted_total Connections accepted."
-    );
-    let _ = writeln!(out, "# TYPE trackplane_connections_accepted_total counter");
-    let _ = writeln!(
-        out,
-        "trackplane_connections_accepted_total {}",
-        sum(&|w| w.connections_accepted.get())
-    );
-    let _ = writeln!(out, "# HELP trackplane_connections_refused_total Connections closed at once because a worker was at its cap.");
-    let _ = writeln!(out, "# TYPE trackplane_connections_refused_total counter");
-    let _ = writeln!(
-        out,
-        "trackplane_connections_refused_total {}",
-        sum(&|w| w.connections_refused.get())
-    );
-    let _ = writeln!(
-        out,
-        "# HELP trackplane_connections_open Connections open now."
-    );
-    let _ = writeln!(out, "# TYPE trackplane_connections_open gauge");
-    let _ = writeln!(
-        out,
-        "trackplane_connections_open {}",
-        sum(&|w| w.connections_open.get())
-    );
-    let _ = writeln!(
-        out,
-        "# HELP trackplane_store_sync_timeouts_total Answers to sync events sent without confirmed durability after storage.sync_timeout_ms.\n# TYPE trackplane_store_sync_timeouts_total counter\ntrackplane_store_sync_timeouts_total {}",
-        sum(&|w| w.sync_timeouts.get())
+        "trackplane_store_sync_timeouts_total",
+        "counter",
+        "Answers to sync events sent without confirmed durability after storage.sync_timeout_ms.",
+        one(&|w| w.sync_timeouts.get()),
     );
 }

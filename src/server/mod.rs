@@ -223,38 +223,107 @@ struct MetricsPage {
 
 impl MetricsPage {
     fn render(&self) -> String {
-        use std::fmt::Write as _;
+        use metrics::family;
         let mut out = String::with_capacity(8192);
         metrics::render(&mut out, &self.workers);
-        render_storage(&mut out, &self.store, &self.shared, self.recovery);
-        let _ = writeln!(out, "# HELP trackplane_ring_used_bytes Bytes waiting in a worker's hand-off ring.\n# TYPE trackplane_ring_used_bytes gauge");
-        for (i, ring) in self.rings.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "trackplane_ring_used_bytes{{stream=\"{i}\"}} {}",
-                ring.used_bytes()
-            );
-        }
-        let view = &self.shared.view;
-        let _ = writeln!(out, "# HELP trackplane_view_dropped_total Record copies the live view lost (full view ring or a slow viewer).\n# TYPE trackplane_view_dropped_total counter");
-        let _ = writeln!(
-            out,
-            "trackplane_view_dropped_total{{where=\"ring\"}} {}",
-            view.ring_dropped.load(Ordering::Relaxed)
+        self.store.render(&mut out);
+        let one = |v: u64| [(String::new(), v)];
+        let (shared, view) = (&self.shared, &self.shared.view);
+        family(
+            &mut out,
+            "trackplane_segment_cut_blocks_total",
+            "counter",
+            "Torn or corrupt segment tails cut by recovery at start.",
+            one(self.recovery.cut),
         );
-        let _ = writeln!(
-            out,
-            "trackplane_view_dropped_total{{where=\"viewer\"}} {}",
-            view.viewer_dropped.load(Ordering::Relaxed)
+        family(
+            &mut out,
+            "trackplane_segments_quarantined_total",
+            "counter",
+            "Unreadable segments moved to quarantine/ at start.",
+            one(self.recovery.quarantined),
         );
-        let _ = writeln!(out, "# HELP trackplane_view_streamed_total Events written to live view streams.\n# TYPE trackplane_view_streamed_total counter\ntrackplane_view_streamed_total {}", view.streamed.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP trackplane_view_viewers Live view streams open.\n# TYPE trackplane_view_viewers gauge\ntrackplane_view_viewers {}", view.subscribers());
+        family(
+            &mut out,
+            "trackplane_store_refusing",
+            "gauge",
+            "Whether the disk budget refuses new events (1) or not (0).",
+            one(u64::from(
+                shared.store_status.refusing.load(Ordering::Relaxed),
+            )),
+        );
+        let catalogs = shared.catalogs.load();
+        let products: usize = catalogs
+            .advertisers()
+            .filter_map(|a| catalogs.get(a))
+            .map(|s| s.len())
+            .sum();
+        family(
+            &mut out,
+            "trackplane_catalogs",
+            "gauge",
+            "Advertisers with a loaded catalog.",
+            one(catalogs.len() as u64),
+        );
+        family(
+            &mut out,
+            "trackplane_catalog_products",
+            "gauge",
+            "Product ids in all loaded catalogs.",
+            one(products as u64),
+        );
+        family(
+            &mut out,
+            "trackplane_ring_used_bytes",
+            "gauge",
+            "Bytes waiting in a worker's hand-off ring.",
+            self.rings
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("stream=\"{i}\""), r.used_bytes() as u64)),
+        );
         let capacity: usize = self
             .rings
             .iter()
             .map(crate::ring::RingGauge::capacity)
             .sum();
-        let _ = writeln!(out, "# HELP trackplane_ring_capacity_bytes Bytes of all hand-off rings.\n# TYPE trackplane_ring_capacity_bytes gauge\ntrackplane_ring_capacity_bytes {capacity}");
+        family(
+            &mut out,
+            "trackplane_ring_capacity_bytes",
+            "gauge",
+            "Bytes of all hand-off rings.",
+            one(capacity as u64),
+        );
+        family(
+            &mut out,
+            "trackplane_view_dropped_total",
+            "counter",
+            "Record copies the live view lost (full view ring or a slow viewer).",
+            [
+                (
+                    "where=\"ring\"".to_owned(),
+                    view.ring_dropped.load(Ordering::Relaxed),
+                ),
+                (
+                    "where=\"viewer\"".to_owned(),
+                    view.viewer_dropped.load(Ordering::Relaxed),
+                ),
+            ],
+        );
+        family(
+            &mut out,
+            "trackplane_view_streamed_total",
+            "counter",
+            "Events written to live view streams.",
+            one(view.streamed.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "trackplane_view_viewers",
+            "gauge",
+            "Live view streams open.",
+            one(view.subscribers() as u64),
+        );
         out
     }
 }
@@ -542,36 +611,4 @@ impl Server {
 struct RecoveryCounts {
     cut: u64,
     quarantined: u64,
-}
-
-fn render_storage(
-    out: &mut String,
-    store: &crate::store::StoreMetrics,
-    shared: &Shared,
-    recovery: RecoveryCounts,
-) {
-    use std::fmt::Write as _;
-    store.render(out);
-    let _ = writeln!(out, "# HELP trackplane_segment_cut_blocks_total Torn or corrupt segment tails cut by recovery at start.\n# TYPE trackplane_segment_cut_blocks_total counter\ntrackplane_segment_cut_blocks_total {}", recovery.cut);
-    let _ = writeln!(out, "# HELP trackplane_segments_quarantined_total Unreadable segments moved to quarantine/ at start.\n# TYPE trackplane_segments_quarantined_total counter\ntrackplane_segments_quarantined_total {}", recovery.quarantined);
-    let refusing = u8::from(shared.store_status.refusing.load(Ordering::Relaxed));
-    let _ = writeln!(out, "# HELP trackplane_store_refusing Whether the disk budget refuses new events (1) or not (0).\n# TYPE trackplane_store_refusing gauge\ntrackplane_store_refusing {refusing}");
-    let catalogs = shared.catalogs.load();
-    let products: usize = catalogs
-        .advertisers()
-        .filter_map(|a| catalogs.get(a))
-        .map(|s| s.len())
-        .sum();
-    let _ = writeln!(
-        out,
-        "# HELP trackplane_catalogs Advertisers with a loaded catalog."
-    );
-    let _ = writeln!(out, "# TYPE trackplane_catalogs gauge");
-    let _ = writeln!(out, "trackplane_catalogs {}", catalogs.len());
-    let _ = writeln!(
-        out,
-        "# HELP trackplane_catalog_products Product ids in all loaded catalogs."
-    );
-    let _ = writeln!(out, "# TYPE trackplane_catalog_products gauge");
-    let _ = writeln!(out, "trackplane_catalog_products {products}");
 }

@@ -113,38 +113,38 @@ impl ShipperMetrics {
         }
         let _ = writeln!(out, "# HELP trackplane_shipper_broker_up Whether the last metadata request to the brokers succeeded.\n# TYPE trackplane_shipper_broker_up gauge\ntrackplane_shipper_broker_up {}", g(&self.broker_up));
         let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
-        for (name, help) in [
+        type Field = fn(&StreamGauges) -> f64;
+        let gauges: [(&str, &str, Field); 5] = [
             (
                 "trackplane_shipper_lag_events",
                 "Records read and not yet acknowledged.",
+                |v| v.lag_events as f64,
             ),
             (
                 "trackplane_shipper_lag_bytes",
                 "Bytes of segments not yet fully shipped.",
+                |v| v.lag_bytes as f64,
             ),
             (
                 "trackplane_shipper_lag_seconds",
                 "Age of the oldest unacknowledged event read.",
+                |v| v.lag_seconds,
             ),
             (
                 "trackplane_shipper_checkpoint_seq",
                 "Next sequence number after the last checkpoint.",
+                |v| v.checkpoint as f64,
             ),
             (
                 "trackplane_shipper_in_flight",
                 "Records produced and awaiting acknowledgement.",
+                |v| v.in_flight as f64,
             ),
-        ] {
+        ];
+        for (name, help, field) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for (s, v) in &streams {
-                let value = match name {
-                    "trackplane_shipper_lag_events" => v.lag_events as f64,
-                    "trackplane_shipper_lag_bytes" => v.lag_bytes as f64,
-                    "trackplane_shipper_lag_seconds" => v.lag_seconds,
-                    "trackplane_shipper_checkpoint_seq" => v.checkpoint as f64,
-                    _ => v.in_flight as f64,
-                };
-                let _ = writeln!(out, "{name}{{stream=\"{s}\"}} {value}");
+                let _ = writeln!(out, "{name}{{stream=\"{s}\"}} {}", field(v));
             }
         }
         out

@@ -84,7 +84,7 @@ pub struct Shipper {
     segments: PathBuf,
     streams: BTreeMap<u32, StreamState>,
     partitions: BTreeMap<String, Vec<i32>>,
-    dead_letters: Option<File>,
+    dead_letters: DeadLetters,
     /// Delivery reports being applied (kept to reuse its memory).
     reports: Vec<kafka::Delivery>,
     /// Counters and gauges for the admin port.
@@ -128,7 +128,7 @@ impl Shipper {
             segments,
             streams: BTreeMap::new(),
             partitions: BTreeMap::new(),
-            dead_letters: None,
+            dead_letters: DeadLetters::new(&config),
             reports: Vec::new(),
             metrics: Arc::new(ShipperMetrics::default()),
             config: Arc::new(config),
@@ -318,17 +318,8 @@ impl Shipper {
                 }
                 Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => break,
                 Err((e, _)) if kafka::is_poison(&e) => {
-                    let rec = rec.to_vec();
+                    self.dead_letters.write(&self.metrics, stream, seq, &e, rec);
                     *idx += 1;
-                    dead_letter(
-                        &mut self.dead_letters,
-                        &self.config,
-                        &self.metrics,
-                        stream,
-                        seq,
-                        &e,
-                        &rec,
-                    );
                     advance(st, seq);
                 }
                 Err((e, _)) => {
@@ -377,15 +368,8 @@ impl Shipper {
                     advance(st, seq);
                 }
                 Some((e, payload)) if kafka::is_poison(&e) => {
-                    dead_letter(
-                        &mut self.dead_letters,
-                        &self.config,
-                        &self.metrics,
-                        stream,
-                        seq,
-                        &e,
-                        &payload,
-                    );
+                    self.dead_letters
+                        .write(&self.metrics, stream, seq, &e, &payload);
                     advance(st, seq);
                 }
                 Some((e, _)) => {
@@ -606,41 +590,63 @@ fn backoff(st: &mut StreamState) {
     st.backoff = (st.backoff * 2).min(Duration::from_secs(30));
 }
 
-fn dead_letter(
-    file: &mut Option<File>,
-    config: &Config,
-    metrics: &ShipperMetrics,
-    stream: u32,
-    seq: u64,
-    error: &KafkaError,
-    record: &[u8],
-) {
-    metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
-    tracing::error!(stream, seq, %error, "message Kafka will never accept; written to the dead-letter file");
-    if file.is_none() {
-        let dir = checkpoint::dir(&config.data_dir);
-        let _ = std::fs::create_dir_all(&dir);
-        *file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("dead-letter.jsonl"))
-            .ok();
-    }
-    if let Some(f) = file.as_mut() {
-        let mut line = format!("{{\"stream\":{stream},\"seq\":{seq},\"error\":");
-        let mut buf = Vec::new();
-        crate::record::json::write_str(&mut buf, error.to_string().as_bytes());
-        line.push_str(&String::from_utf8_lossy(&buf));
-        line.push_str(",\"record\":");
-        let mut out = line.into_bytes();
-        if serde_json::from_slice::<serde::de::IgnoredAny>(record).is_ok() {
-            out.extend_from_slice(record);
-        } else {
-            crate::record::json::write_str(&mut out, record);
+/// The dead-letter file: records Kafka will never accept, one JSON line
+/// each (`{"stream":..,"seq":..,"error":..,"record":..}`), fsynced.
+struct DeadLetters {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl DeadLetters {
+    fn new(config: &Config) -> DeadLetters {
+        DeadLetters {
+            path: checkpoint::dir(&config.data_dir).join("dead-letter.jsonl"),
+            file: None,
         }
-        out.extend_from_slice(b"}\n");
-        if f.write_all(&out).and_then(|()| f.sync_data()).is_err() {
-            tracing::error!("cannot write the dead-letter file");
+    }
+
+    /// Writes one record with its error and counts it.
+    fn write(
+        &mut self,
+        metrics: &ShipperMetrics,
+        stream: u32,
+        seq: u64,
+        error: &KafkaError,
+        record: &[u8],
+    ) {
+        use crate::record::json::{write_str, write_u64};
+        metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(stream, seq, %error, "message Kafka will never accept; written to the dead-letter file");
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .ok();
+        }
+        let Some(f) = self.file.as_mut() else {
+            tracing::error!(path = %self.path.display(), "cannot open the dead-letter file");
+            return;
+        };
+        let mut line = b"{\"stream\":".to_vec();
+        write_u64(&mut line, u64::from(stream));
+        line.extend_from_slice(b",\"seq\":");
+        write_u64(&mut line, seq);
+        line.extend_from_slice(b",\"error\":");
+        write_str(&mut line, error.to_string().as_bytes());
+        line.extend_from_slice(b",\"record\":");
+        // A record is JSON already; anything else is kept as a string.
+        if serde_json::from_slice::<serde::de::IgnoredAny>(record).is_ok() {
+            line.extend_from_slice(record);
+        } else {
+            write_str(&mut line, record);
+        }
+        line.extend_from_slice(b"}\n");
+        if f.write_all(&line).and_then(|()| f.sync_data()).is_err() {
+            tracing::error!(path = %self.path.display(), "cannot write the dead-letter file");
         }
     }
 }
@@ -698,5 +704,41 @@ mod scan_tests {
             "{}",
             String::from_utf8_lossy(&rec)
         );
+    }
+}
+
+#[cfg(test)]
+mod dead_letter_tests {
+    use super::*;
+
+    #[test]
+    fn poison_is_written_as_one_json_line_each_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            Config::from_toml_str(&format!("data_dir = \"{}\"\n", dir.path().display()), "t")
+                .unwrap();
+        let metrics = ShipperMetrics::default();
+        let mut dl = DeadLetters::new(&config);
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        dl.write(&metrics, 2, 41, &e, br#"{"id":"n-2-41"}"#);
+        dl.write(&metrics, 2, 42, &e, b"not json \"quoted\"");
+        let text = std::fs::read_to_string(dir.path().join("shipper/dead-letter.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            (lines[0]["stream"].as_u64(), lines[0]["seq"].as_u64()),
+            (Some(2), Some(41))
+        );
+        assert_eq!(lines[0]["record"]["id"], "n-2-41");
+        assert!(
+            lines[0]["error"].as_str().unwrap().contains("too large"),
+            "{}",
+            lines[0]["error"]
+        );
+        assert_eq!(lines[1]["record"], "not json \"quoted\"");
+        assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 2);
     }
 }
