@@ -105,7 +105,11 @@ impl StreamWriter {
             min_ts: u64::MAX,
             max_ts: 0,
             compressor: zstd::bulk::Compressor::new(cfg.zstd_level)?,
-            out: Vec::new(),
+            // Sized once for the largest block normally cut (the limit plus
+            // one record), so that writing blocks does not grow it later.
+            out: Vec::with_capacity(
+                BLOCK_HEADER_LEN + zstd::zstd_safe::compress_bound(cfg.block_max_bytes + 4096),
+            ),
             unsynced: false,
         })
     }
