@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use trackplane::config::{Config, Driver, Overrides};
+use trackplane::server::handover::Taken;
 use trackplane::server::Server;
 
 #[global_allocator]
@@ -201,11 +202,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(config)
     };
     let config = load(&args.config)?;
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    // The binary's path now: a package upgrade replaces the file, and a
+    // restart runs the new one.
+    let exe = std::env::current_exe().context("cannot locate this binary")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
         .context("cannot install signal handlers")?;
-    let server = Server::start(config)?;
+    let taken = Taken::from_env().context("cannot take over from the running server")?;
+    let (server, ready) = match taken {
+        Some(Taken { listeners, ready }) => {
+            (Server::start_with(config, Some(listeners))?, Some(ready))
+        }
+        None => (Server::start(config)?, None),
+    };
+    if let Some(ready) = ready {
+        ready
+            .send()
+            .context("cannot tell the old process this one serves")?;
+    }
     let notifier = trackplane::server::notify::Notifier::from_env();
     for signal in signals.forever() {
+        if signal == SIGUSR2 {
+            // Zero-downtime restart: a new process of this binary, with the
+            // same arguments, takes over the listening sockets.
+            let mut command = std::process::Command::new(&exe);
+            command
+                .args(std::env::args_os().skip(1))
+                .stdin(std::process::Stdio::null());
+            match server.hand_over(command) {
+                Ok(_) => return Ok(server.wait()?),
+                Err(e) => {
+                    tracing::error!(error = %e, "restart failed; this process keeps serving");
+                    continue;
+                }
+            }
+        }
         if signal != SIGHUP {
             tracing::info!(signal, "shutting down");
             break;

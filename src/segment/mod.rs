@@ -25,7 +25,7 @@ pub mod writer;
 
 pub use follow::{Follower, Located};
 pub use reader::{Block, ReadError, SegmentReader};
-pub use recovery::{list, recover, Recovery, SegmentFile};
+pub use recovery::{list, recover, recover_streams, Recovery, SegmentFile};
 pub use writer::{StreamWriter, WriterConfig};
 
 #[cfg(test)]

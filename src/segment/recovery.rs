@@ -70,17 +70,39 @@ pub fn list(dir: &Path) -> io::Result<Vec<SegmentFile>> {
 /// them, quarantines unreadable files, and computes each stream's next
 /// sequence number.
 pub fn recover(data_dir: &Path) -> io::Result<Recovery> {
+    recover_streams(data_dir, |_| Ok(true))
+}
+
+/// [`recover`], touching only the streams `may_touch` allows: those of a
+/// stream another live process writes are left as they are.
+pub fn recover_streams(
+    data_dir: &Path,
+    mut may_touch: impl FnMut(u32) -> io::Result<bool>,
+) -> io::Result<Recovery> {
     let dir = data_dir.join("segments");
     std::fs::create_dir_all(&dir)?;
     let mut rec = Recovery::default();
+    let mut allowed: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut allowed_stream = |stream: u32| -> io::Result<bool> {
+        if let Some(&yes) = allowed.get(&stream) {
+            return Ok(yes);
+        }
+        let yes = may_touch(stream)?;
+        allowed.insert(stream, yes);
+        Ok(yes)
+    };
     for seg in list(&dir)?.into_iter().filter(|s| s.open) {
-        recover_open(data_dir, &seg, &mut rec)?;
+        if allowed_stream(seg.stream)? {
+            recover_open(data_dir, &seg, &mut rec)?;
+        }
     }
     // The sealed segments now hold everything; the last readable one of a
     // stream tells where the stream continues.
     let mut by_stream: BTreeMap<u32, Vec<SegmentFile>> = BTreeMap::new();
     for seg in list(&dir)? {
-        by_stream.entry(seg.stream).or_default().push(seg);
+        if allowed_stream(seg.stream)? {
+            by_stream.entry(seg.stream).or_default().push(seg);
+        }
     }
     for (stream, segs) in by_stream {
         for seg in segs.iter().rev() {

@@ -33,6 +33,10 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     let mut rbuf: Vec<u8> = Vec::with_capacity(INITIAL_READ);
     let mut wbuf: Vec<u8> = Vec::with_capacity(INITIAL_WRITE);
     let mut busy = Busy::new(&worker);
+    // A client that connected waits for an answer: until its first request
+    // is answered (or its header timeout passes) shutdown waits for it too.
+    busy.set(true);
+    let mut fresh = true;
     // When the request now in the buffer began, and whether we are waiting
     // for its body (the head is complete).
     let mut started = Instant::now();
@@ -94,7 +98,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             break;
         }
         rbuf.drain(..pos);
-        if rbuf.is_empty() {
+        if rbuf.is_empty() && !fresh {
             busy.set(false);
             if rbuf.capacity() > KEEP_READ {
                 rbuf = Vec::with_capacity(INITIAL_READ);
@@ -114,7 +118,9 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                     .max(1),
             );
         }
-        let deadline = if rbuf.is_empty() {
+        let deadline = if fresh {
+            started + header_timeout
+        } else if rbuf.is_empty() {
             Instant::now() + idle
         } else if awaiting_body {
             Instant::now() + body_timeout
@@ -138,6 +144,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                 // From the first byte of a request until its answer is
                 // written, shutdown waits for this connection.
                 busy.set(true);
+                fresh = false;
                 if len == 0 {
                     started = Instant::now();
                 }

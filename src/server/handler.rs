@@ -69,12 +69,12 @@ impl Handler {
         shared: Arc<Shared>,
         metrics: Arc<WorkerMetrics>,
         stream: u32,
+        stream_shared: Arc<StreamShared>,
         next_seq: u64,
         producer: Producer,
         view: Producer,
     ) -> Handler {
         let max_params = shared.config.server.max_params;
-        let stream_shared = shared.streams[stream as usize].clone();
         let store = shared.store_status.clone();
         let view_shared = shared.view.clone();
         Handler {

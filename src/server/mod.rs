@@ -10,6 +10,8 @@
 //! - `metrics`: per-worker counters
 //! - `background`: catalog reloader and systemd watchdog threads
 //! - `notify`: systemd's notify protocol
+//! - `listen`: listening sockets, bound or taken over
+//! - `handover`: zero-downtime restart (pass the sockets to a new process)
 //!
 //! # Invariants
 //! - Shutdown order: stop accepting, finish in-flight requests, stop the
@@ -21,6 +23,8 @@ pub mod admin;
 mod background;
 pub mod conn;
 pub mod handler;
+pub mod handover;
+mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod worker;
@@ -28,14 +32,16 @@ pub mod worker;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 
 use crate::audit::{Auditor, CatalogDir, Catalogs};
 use crate::config::Config;
+use crate::store::lease::StreamLeases;
 use crate::store::{Store, StoreStatus, StreamShared, StreamSpec};
+pub use handover::{HandoverError, Listeners};
 pub use worker::DriverKind;
 
 /// Why the server could not start or stop cleanly.
@@ -210,6 +216,10 @@ pub struct Server {
     /// The driver each worker runs on.
     pub drivers: Vec<DriverKind>,
     page: Arc<MetricsPage>,
+    /// Copies of the listening sockets, to hand to a new process.
+    handover: Mutex<Option<Listeners>>,
+    /// The streams this process writes; released when it ends.
+    _leases: StreamLeases,
 }
 
 /// Everything the metrics page reads, behind one `render`.
@@ -218,7 +228,8 @@ struct MetricsPage {
     store: Arc<crate::store::StoreMetrics>,
     shared: Arc<Shared>,
     recovery: RecoveryCounts,
-    rings: Vec<crate::ring::RingGauge>,
+    /// Each stream's id and ring.
+    rings: Vec<(u32, crate::ring::RingGauge)>,
 }
 
 impl MetricsPage {
@@ -279,14 +290,9 @@ impl MetricsPage {
             "Bytes waiting in a worker's hand-off ring.",
             self.rings
                 .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("stream=\"{i}\""), r.used_bytes() as u64)),
+                .map(|(id, r)| (format!("stream=\"{id}\""), r.used_bytes() as u64)),
         );
-        let capacity: usize = self
-            .rings
-            .iter()
-            .map(crate::ring::RingGauge::capacity)
-            .sum();
+        let capacity: usize = self.rings.iter().map(|(_, r)| r.capacity()).sum();
         family(
             &mut out,
             "trackplane_ring_capacity_bytes",
@@ -339,23 +345,16 @@ fn storage<'a>(
     }
 }
 
-/// Binds `addr` with SO_REUSEPORT so that every worker has its own socket.
-fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let bind = |source| ServeError::Bind { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(bind)?;
-    socket.set_reuse_address(true).map_err(bind)?;
-    socket.set_reuse_port(true).map_err(bind)?;
-    socket.set_nonblocking(true).map_err(bind)?;
-    socket.bind(&addr.into()).map_err(bind)?;
-    socket.listen(4096).map_err(bind)?;
-    Ok(socket.into())
-}
-
 impl Server {
     /// Starts everything and returns once every worker accepts connections.
     pub fn start(config: Config) -> Result<Server, ServeError> {
+        Server::start_with(config, None)
+    }
+
+    /// [`Server::start`], accepting on `taken` (the listening sockets of the
+    /// process this one replaces) where they match the configuration.
+    pub fn start_with(config: Config, taken: Option<Listeners>) -> Result<Server, ServeError> {
+        let took_over = taken.is_some();
         let config = Arc::new(config);
         let cfg = &config.server;
         let workers = if cfg.workers == 0 {
@@ -367,8 +366,17 @@ impl Server {
             "cannot create the data directory",
             &config.data_dir,
         ))?;
-        let recovered = crate::segment::recover(&config.data_dir)
-            .map_err(storage("cannot recover segments", &config.data_dir))?;
+        // Streams another live process writes (the one this replaces) are
+        // neither taken nor recovered.
+        let leases = StreamLeases::acquire(&config.data_dir, workers)
+            .map_err(storage("cannot lease streams", &config.data_dir))?;
+        let stream_ids = leases.ids();
+        let mut visited = Vec::new();
+        let recovered = crate::segment::recover_streams(&config.data_dir, |stream| {
+            leases.may_touch(stream, &mut visited)
+        })
+        .map_err(storage("cannot recover segments", &config.data_dir))?;
+        drop(visited);
         if !recovered.sealed.is_empty() || !recovered.quarantined.is_empty() {
             tracing::warn!(
                 sealed = recovered.sealed.len(),
@@ -405,27 +413,26 @@ impl Server {
         });
 
         // Bind every listener before starting anything, so that a taken port
-        // fails the start cleanly. Port 0 takes the first socket's port.
-        let first = reuseport_listener(cfg.listen)?;
-        let data_addr = first.local_addr().map_err(|source| ServeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-        let mut listeners = vec![first];
-        for _ in 1..workers {
-            listeners.push(reuseport_listener(data_addr)?);
-        }
-        let admin_listener =
-            std::net::TcpListener::bind(cfg.admin_listen).map_err(|source| ServeError::Bind {
-                addr: cfg.admin_listen,
+        // fails the start cleanly.
+        let bound = listen::bind(cfg.listen, cfg.admin_listen, workers, taken)?;
+        let (data_addr, admin_addr) = (bound.data_addr, bound.admin_addr);
+        let handover = Mutex::new(Some(Listeners {
+            data: bound
+                .data
+                .iter()
+                .flatten()
+                .map(std::net::TcpListener::try_clone)
+                .collect::<Result<_, _>>()
+                .map_err(|source| ServeError::Bind {
+                    addr: data_addr,
+                    source,
+                })?,
+            admin: Some(bound.admin.try_clone().map_err(|source| ServeError::Bind {
+                addr: admin_addr,
                 source,
-            })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| ServeError::Bind {
-                addr: cfg.admin_listen,
-                source,
-            })?;
+            })?),
+        }));
+        let admin_listener = bound.admin;
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut consumers = Vec::with_capacity(workers);
@@ -436,7 +443,8 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let mut specs = Vec::with_capacity(workers);
         let mut next_seqs = Vec::with_capacity(workers);
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, listeners) in bound.data.into_iter().enumerate() {
+            let stream = stream_ids[index];
             let (producer, consumer) = crate::ring::ring(cfg.ring_bytes);
             let (view_producer, view_consumer) = crate::ring::ring(VIEW_RING_BYTES);
             view_rings.push(view_consumer);
@@ -444,15 +452,12 @@ impl Server {
             consumers.push(consumer);
             let metrics = Arc::new(metrics::WorkerMetrics::default());
             worker_metrics.push(metrics.clone());
-            let next_seq = recovered
-                .next_seq
-                .get(&(index as u32))
-                .copied()
-                .unwrap_or(0);
+            let next_seq = recovered.next_seq.get(&stream).copied().unwrap_or(0);
             next_seqs.push(next_seq);
             specs.push(worker::WorkerSpec {
                 index,
-                listener,
+                stream,
+                listeners,
                 producer,
                 view: view_producer,
                 next_seq,
@@ -464,7 +469,9 @@ impl Server {
             .into_iter()
             .zip(next_seqs)
             .zip(&shared.streams)
-            .map(|((consumer, next_seq), shared)| StreamSpec {
+            .zip(&stream_ids)
+            .map(|(((consumer, next_seq), shared), &stream)| StreamSpec {
+                stream,
                 consumer,
                 next_seq,
                 shared: shared.clone(),
@@ -499,7 +506,7 @@ impl Server {
             store: store.metrics.clone(),
             shared: shared.clone(),
             recovery,
-            rings,
+            rings: stream_ids.iter().copied().zip(rings).collect(),
         });
         let mut server = Server {
             shared: shared.clone(),
@@ -510,6 +517,8 @@ impl Server {
             admin_addr,
             drivers,
             page,
+            handover,
+            _leases: leases,
         };
         if let Some(e) = failure {
             server.shutdown();
@@ -547,7 +556,14 @@ impl Server {
             server.helpers.push(watchdog);
         }
         shared.ready.store(true, Ordering::Release);
-        notify::Notifier::from_env().notify(&format!("READY=1\nSTATUS=serving on {data_addr}"));
+        // A process that took over becomes the unit's main process.
+        let main_pid = if took_over {
+            format!("MAINPID={}\n", std::process::id())
+        } else {
+            String::new()
+        };
+        notify::Notifier::from_env()
+            .notify(&format!("{main_pid}READY=1\nSTATUS=serving on {data_addr}"));
         let driver = server.drivers.first().map_or("none", |d| d.as_str());
         tracing::info!(listen = %data_addr, admin = %admin_addr, workers, driver, node = %shared.node, "trackplane serving");
         Ok(server)
@@ -556,8 +572,40 @@ impl Server {
     /// Asks every part to stop; returns at once. [`Server::wait`] finishes.
     pub fn shutdown(&self) {
         notify::Notifier::from_env().notify("STOPPING=1");
+        self.stop();
+    }
+
+    fn stop(&self) {
         self.shared.ready.store(false, Ordering::Release);
         self.shared.shutdown.store(true, Ordering::Release);
+        // This process's copies of the listening sockets go with it.
+        self.handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    /// Zero-downtime restart: starts `command` (this binary, `serve`) as a
+    /// new process, passes it the listening sockets, and once it serves,
+    /// stops accepting and drains like [`Server::shutdown`] (without
+    /// telling systemd the service stops: the new process is its main
+    /// process now). Returns the new process's pid. On error this server
+    /// keeps serving.
+    pub fn hand_over(&self, command: std::process::Command) -> Result<u32, HandoverError> {
+        let guard = self
+            .handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(listeners) = guard.as_ref() else {
+            return Err(HandoverError::Protocol("the server is stopping".into()));
+        };
+        let (data, admin) = handover::borrow(listeners);
+        let socket = handover::socket_path(&self.shared.config.data_dir);
+        let pid = handover::offer(&socket, &data, admin, command)?;
+        drop(guard);
+        tracing::info!(new_pid = pid, "the new process serves; draining this one");
+        self.stop();
+        Ok(pid)
     }
 
     /// Waits for the workers to drain, then writes, syncs and seals every

@@ -41,7 +41,7 @@ impl DriverKind {
 
 /// A worker's state, shared by its connection tasks on its one thread.
 pub struct Worker {
-    /// Worker (and stream) number.
+    /// Worker number (its index in `Shared`'s per-worker state).
     pub index: usize,
     /// What all workers share.
     pub shared: Arc<Shared>,
@@ -67,10 +67,13 @@ impl Worker {
 
 /// Everything one worker thread starts with.
 pub struct WorkerSpec {
-    /// Worker (and stream) number.
+    /// Worker number.
     pub index: usize,
-    /// Its listening socket, already bound.
-    pub listener: std::net::TcpListener,
+    /// Its stream's id (leased).
+    pub stream: u32,
+    /// Its listening sockets, already bound: its own, plus any taken over
+    /// beyond one per worker.
+    pub listeners: Vec<std::net::TcpListener>,
     /// Its end of the hand-off ring.
     pub producer: Producer,
     /// Its end of the lossy ring to the live view.
@@ -169,17 +172,21 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
     };
     let max_connections = cfg.max_connections_per_worker;
     let drain = Duration::from_millis(cfg.drain_timeout_ms);
-    let listener = match TcpListener::from_std(spec.listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(worker = spec.index, error = %e, "listener unusable; worker stops");
-            return;
+    let mut listeners = Vec::with_capacity(spec.listeners.len());
+    for l in spec.listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                tracing::error!(worker = spec.index, error = %e, "listener unusable; worker stops");
+                return;
+            }
         }
-    };
+    }
     let handler = Handler::new(
         shared.clone(),
         spec.metrics.clone(),
-        spec.index as u32,
+        spec.stream,
+        shared.streams[spec.index].clone(),
         spec.next_seq,
         spec.producer,
         spec.view,
@@ -207,6 +214,41 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
         canceller.cancel();
     });
 
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            monoio::spawn(accept_loop(
+                worker.clone(),
+                l,
+                cancel.clone(),
+                max_connections,
+            ))
+        })
+        .collect();
+    for l in loops {
+        l.await;
+    }
+    let deadline = monoio::time::Instant::now() + drain;
+    while worker.in_flight.get() > 0 && monoio::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if worker.in_flight.get() > 0 {
+        tracing::warn!(
+            worker = spec.index,
+            in_flight = worker.in_flight.get(),
+            "drain timeout; closing busy connections"
+        );
+    }
+}
+
+/// Accepts on `listener` until shutdown cancels it. A connection accepted
+/// as the cancel arrives is still served: accepted means the client waits.
+async fn accept_loop(
+    worker: Rc<Worker>,
+    listener: TcpListener,
+    cancel: monoio::io::CancelHandle,
+    max_connections: usize,
+) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
@@ -222,21 +264,9 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
             Err(_) if worker.shutting_down() => break,
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
-                tracing::warn!(worker = spec.index, error = %e, "accept failed");
+                tracing::warn!(worker = worker.index, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-    drop(listener);
-    let deadline = monoio::time::Instant::now() + drain;
-    while worker.in_flight.get() > 0 && monoio::time::Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(2)).await;
-    }
-    if worker.in_flight.get() > 0 {
-        tracing::warn!(
-            worker = spec.index,
-            in_flight = worker.in_flight.get(),
-            "drain timeout; closing busy connections"
-        );
     }
 }

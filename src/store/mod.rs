@@ -13,6 +13,7 @@
 //! - On stop, every record drained is written, synced and its segment
 //!   sealed before `finish` returns.
 
+pub mod lease;
 pub mod metrics;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub struct Store {
 
 /// What the store needs to take over one stream.
 pub struct StreamSpec {
+    /// The stream's id (its lease; in file names and record ids).
+    pub stream: u32,
     /// The reading end of the worker's ring.
     pub consumer: Consumer,
     /// Sequence number of the stream's next record.
@@ -140,8 +143,7 @@ fn syncer(
 }
 
 impl Store {
-    /// Starts the store for `streams` (stream `i` is `streams[i]`), each
-    /// with a new open segment.
+    /// Starts the store for `specs`, each stream with a new open segment.
     pub fn start(
         data_dir: &Path,
         node: &str,
@@ -159,8 +161,8 @@ impl Store {
             zstd_level: cfg.zstd_level,
         };
         let mut streams = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.into_iter().enumerate() {
-            let writer = StreamWriter::create(&dir, i as u32, node, spec.next_seq, wcfg)?;
+        for spec in specs {
+            let writer = StreamWriter::create(&dir, spec.stream, node, spec.next_seq, wcfg)?;
             spec.shared
                 .durable_seq
                 .store(spec.next_seq, Ordering::Release);
