@@ -171,7 +171,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
     for row in "${SAT[@]}"; do echo "- ${row%%|*}: ${row##*|} req/s"; done
   fi
   echo
-  echo "trackplane (io_uring run) wrote $RAW bytes of records at a compression ratio of $RATIO (zstd level 3, 256 KiB blocks); peak RSS ${RSS:-?} KiB."
+  echo "trackplane (io_uring run) wrote $RAW bytes of records at a compression ratio of $RATIO (zstd level $(target/release/trackplane default-config | sed -n "s/^zstd_level = //p"), 256 KiB blocks); peak RSS ${RSS:-?} KiB."
   echo "All runs stored $RECORDS records, $INVALID of them invalid (the mix breaks 10% of tags)."
   echo "trackplane-nostore is the same server with storage.discard_for_benchmarks: storage costs the difference to it."
   echo "trackplane-sync (every event type durability = \"sync\"): $SYNC_COUNT fdatasyncs, mean $(calc "$SYNC_SUM / ($SYNC_COUNT + 0.000001) * 1000") ms each, $(calc "$SYNC_RECORDS / ($SYNC_COUNT + 0.000001)") records per group commit."

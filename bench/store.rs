@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
                     block_max_bytes: 262_144,
                     segment_max_bytes: 1 << 30,
                     segment_max_age: Duration::from_secs(3600),
-                    zstd_level: 3,
+                    zstd_level: 1,
                 };
                 let mut w = StreamWriter::create(&sub, 0, "edge-1", 0, cfg).unwrap();
                 let mut rec = Vec::with_capacity(1024);

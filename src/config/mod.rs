@@ -480,8 +480,11 @@ impl Config {
                 "must be at least storage.block_max_bytes",
             ));
         }
-        if !(1..=19).contains(&st.zstd_level) {
-            return Err(invalid("storage.zstd_level", "must be between 1 and 19"));
+        if !(-7..=19).contains(&st.zstd_level) || st.zstd_level == 0 {
+            return Err(invalid(
+                "storage.zstd_level",
+                "must be between -7 and 19, and not 0",
+            ));
         }
         if st.disk_budget_bytes != 0 && st.disk_budget_bytes < 2 * st.segment_max_bytes {
             return Err(invalid(

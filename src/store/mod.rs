@@ -251,9 +251,8 @@ impl Ctx {
                     .iter()
                     .map(|s| s.shared.sync_wanted.load(Ordering::Acquire)),
             );
-            let mut drained = 0;
             for s in streams.iter_mut() {
-                drained += self.drain(s)?;
+                self.drain(s)?;
             }
             let now = Instant::now();
             let sync_due = streams.iter().zip(&wanted).any(|(s, &w)| w > s.requested);
@@ -313,9 +312,16 @@ impl Ctx {
                 }
                 return Ok(());
             }
-            if drained == 0 && !sync_due {
-                // Short naps while a `sync` event type exists (a reload can
-                // add one), else a quarter of the flush interval.
+            // Nap between passes, busy or not: this thread shares the
+            // workers' cores, and a pass per few records would cost them a
+            // context switch each. Short naps while a `sync` event type
+            // exists (a reload can add one), else a quarter of the flush
+            // interval; none while a worker waits for a sync or a ring
+            // fills past a quarter.
+            let pressed = streams
+                .iter()
+                .any(|s| s.consumer.used_bytes() > s.consumer.capacity() / 4);
+            if !sync_due && !pressed {
                 let sync_types = self.status.sync_types.load(Ordering::Relaxed);
                 std::thread::sleep(if sync_types {
                     Duration::from_micros(200)

@@ -24,9 +24,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::ring::Consumer;
-use window::Window;
+use window::{Kind, Window};
 
 /// The page served at `/`.
 pub const PAGE: &str = include_str!("page.html");
@@ -96,7 +97,7 @@ impl Drop for Subscription {
 /// What the view thread and the admin port share.
 #[derive(Default)]
 pub struct View {
-    advertisers: Mutex<HashMap<String, AdvertiserView>>,
+    advertisers: Mutex<HashMap<String, AdvertiserView, Xxh3DefaultBuilder>>,
     subscribers: Mutex<Vec<Subscriber>>,
     /// Record copies the workers' view rings had no room for.
     pub ring_dropped: AtomicU64,
@@ -148,21 +149,19 @@ impl View {
         };
         {
             let mut ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
-            if !ads.contains_key(advertiser) && ads.len() >= MAX_ADVERTISERS {
-                self.untracked.fetch_add(1, Ordering::Relaxed);
-            } else {
-                if !ads.contains_key(advertiser) {
-                    ads.insert(advertiser.to_owned(), AdvertiserView::default());
-                }
-                let Some(view) = ads.get_mut(advertiser) else {
-                    return;
-                };
-                view.counts.add(ts, "type", event_type);
-                view.counts.add(ts, "status", status);
+            let full = ads.len() >= MAX_ADVERTISERS;
+            let view = match ads.get_mut(advertiser) {
+                Some(v) => Some(v),
+                None if full => None,
+                None => Some(ads.entry(advertiser.to_owned()).or_default()),
+            };
+            if let Some(view) = view {
+                view.counts.add(ts, Kind::Type, event_type);
+                view.counts.add(ts, Kind::Status, status);
                 for i in issues {
-                    view.counts.add(ts, "issue", &i.code);
+                    view.counts.add(ts, Kind::Issue, &i.code);
                     if i.code != "unknown_product" {
-                        view.counts.add(ts, "param", &i.param);
+                        view.counts.add(ts, Kind::Param, &i.param);
                     }
                     if let (Some(value), "unknown_product") = (&i.value, i.code.as_ref()) {
                         if view.unknown_products.len() < MAX_PRODUCTS
@@ -182,6 +181,8 @@ impl View {
                 buf.clear();
                 buf.extend_from_slice(rec);
                 view.recent.push_back(buf);
+            } else {
+                self.untracked.fetch_add(1, Ordering::Relaxed);
             }
         }
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
@@ -306,12 +307,15 @@ pub fn spawn(
         .name("trackplane-view".into())
         .spawn(move || {
             while !stopped() {
-                let mut n = 0;
                 for ring in &mut rings {
-                    n += ring.drain(|rec| view.add(rec));
+                    ring.drain(|rec| view.add(rec));
                 }
-                if n == 0 {
-                    std::thread::sleep(Duration::from_millis(20));
+                // Nap between passes, busy or not: this thread shares the
+                // workers' cores, and draining a few records per wake-up
+                // would cost them a context switch each. No nap while a
+                // ring fills past a quarter.
+                if rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4) {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
         })
