@@ -22,6 +22,19 @@ pub fn reuseport_listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     Ok(socket.into())
 }
 
+/// Fails if another process listens on `addr`. SO_REUSEPORT would let a
+/// second server (of the same user) join the port silently and take part
+/// of its traffic; a probe bound without it fails instead, as nginx would.
+/// A restart that should share the port takes it over (`handover`).
+fn ensure_free(addr: SocketAddr) -> Result<(), ServeError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |source| ServeError::Bind { addr, source };
+    let probe =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(bind)?;
+    probe.set_reuse_address(true).map_err(bind)?;
+    probe.bind(&addr.into()).map_err(bind)
+}
+
 /// Whether a socket bound to `have` serves the configured `want` (port 0
 /// in the configuration takes any port).
 fn serves(have: SocketAddr, want: SocketAddr) -> bool {
@@ -65,6 +78,9 @@ pub fn bind(
             inherited.clear();
         }
     }
+    if inherited.is_empty() && listen.port() != 0 {
+        ensure_free(listen)?;
+    }
     // Port 0 takes the first socket's port.
     let mut data: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut data_addr = listen;
@@ -104,6 +120,23 @@ pub fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_another_server_listens_on_is_refused() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let other = reuseport_listener(any).unwrap();
+        let port = other.local_addr().unwrap();
+        match bind(port, any, 1, None) {
+            Err(ServeError::Bind { addr, source }) => {
+                assert_eq!(addr, port);
+                assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("joined another server's port"),
+        }
+        drop(other);
+        assert!(bind(port, any, 1, None).is_ok());
+    }
 
     #[test]
     fn taken_sockets_are_all_used_and_missing_ones_bound() {
