@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side by side in one run: nginx empty_gif (buffered access log), a bare
-# monoio+httparse responder (the floor), and trackplane with the realistic
-# mix (audit, catalogs, records on disk). Each server is pinned to core 0,
+# monoio+httparse responder (the floor), the same on raw io_uring with
+# multishot receive (the floor of a custom event loop), and trackplane with
+# the realistic mix (audit, catalogs, records on disk). Each server is pinned to core 0,
 # the load generator to core 1. For each fixed rate it prints requests/s,
 # server CPU µs per request (from /proc/PID/task/*/schedstat, all threads)
 # and latency percentiles from the intended send time, plus ratios to nginx.
@@ -71,6 +72,7 @@ start_server() {
   case "$1" in
     nginx) taskset -c $SERVER_CORE nginx -p "$W" -c "$W/nginx.conf" 2>/dev/null & PORT=18081 ;;
     bare) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18082 uring-coop & PORT=18082 ;;
+    multishot) taskset -c $SERVER_CORE target/release/bare-multishot 127.0.0.1:18083 & PORT=18083 ;;
     trackplane*) RUST_LOG=warn taskset -c $SERVER_CORE target/release/trackplane serve --config "$W/$1.toml" \
         --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19180 --data-dir "$W/tp-data" --workers 1 \
         --driver "$([ "$1" = trackplane-epoll ] && echo epoll || echo uring)" & PORT=18080 ;;
@@ -106,7 +108,7 @@ run_rate() { # server port rate
 }
 
 SAT=()
-for s in nginx bare trackplane trackplane-epoll trackplane-nostore trackplane-sync; do
+for s in nginx bare multishot trackplane trackplane-epoll trackplane-nostore trackplane-sync; do
   echo "== $s" >&2
   start_server $s
   if [ $s = trackplane-sync ]; then
@@ -147,7 +149,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo "Command: \`bench/compare.sh \"$RATES\" $SECONDS_PER_RATE\`"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
   echo "Servers pinned to core $SERVER_CORE, load generator (loadtest, open loop, wrk2 semantics, $CONNS connections) to core $LOAD_CORE."
-  echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else. trackplane: io_uring, as shipped; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."
+  echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot accept and receive, provided buffers, DEFER_TASKRUN), the floor of a custom event loop. trackplane: io_uring, as shipped; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."
   echo "trackplane: 1 worker, realistic mix (50 advertisers x 20k-product catalogs, 10% broken tags), records on disk."
   echo
   echo "| server | target/s | achieved/s | CPU µs/req | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx/3xx |"
@@ -158,7 +160,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo
   for r in $RATES; do
     n=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" '$1=="nginx" && $2==r')
-    for s in bare trackplane trackplane-epoll trackplane-nostore trackplane-sync; do
+    for s in bare multishot trackplane trackplane-epoll trackplane-nostore trackplane-sync; do
       x=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" -v s=$s '$1==s && $2==r')
       [ -n "$x" ] && [ -n "$n" ] || continue
       echo "- $s @ $r/s: CPU $(calc "$(cut -d'|' -f4 <<<"$x") / $(cut -d'|' -f4 <<<"$n")")x, p99 $(calc "$(cut -d'|' -f6 <<<"$x") / $(cut -d'|' -f6 <<<"$n")")x, p99.9 $(calc "$(cut -d'|' -f7 <<<"$x") / $(cut -d'|' -f7 <<<"$n")")x"

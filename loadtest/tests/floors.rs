@@ -1,0 +1,88 @@
+//! The bare responders that `bench/compare.sh` measures as floors answer
+//! like a server: one GIF per request, pipelined requests in order,
+//! requests split across packets, and a closed connection on garbage.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const ANSWER_LEN: usize = 145;
+
+struct Floor(Child);
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn start(bin: &str, args: &[&str]) -> (Floor, SocketAddr) {
+    let addr = free_addr();
+    let child = Command::new(bin)
+        .arg(addr.to_string())
+        .args(args)
+        .spawn()
+        .unwrap();
+    let floor = Floor(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{bin} did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (floor, addr)
+}
+
+fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    s.read_exact(&mut out).unwrap();
+    out
+}
+
+fn answers_like_a_server(bin: &str, args: &[&str]) {
+    let (_floor, addr) = start(bin, args);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = b"GET /i?adv=a HTTP/1.1\r\nHost: t\r\n\r\n";
+    // Three pipelined, then one split in two writes.
+    s.write_all(&req.repeat(3)).unwrap();
+    let three = read_n(&mut s, 3 * ANSWER_LEN);
+    assert!(three.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(three.windows(6).filter(|w| w == b"GIF89a").count(), 3);
+    s.write_all(&req[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(&req[10..]).unwrap();
+    let one = read_n(&mut s, ANSWER_LEN);
+    assert!(one.ends_with(b"\x3b"));
+    // Garbage closes the connection.
+    s.write_all(b"\x00\x01 not http\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).expect("closed, not timed out"), 0);
+    // Many connections at once are each served.
+    let mut conns: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(req).unwrap();
+    }
+    for c in &mut conns {
+        assert_eq!(read_n(c, ANSWER_LEN).len(), ANSWER_LEN);
+    }
+}
+
+#[test]
+fn monoio_floor_answers_like_a_server() {
+    answers_like_a_server(env!("CARGO_BIN_EXE_bare-responder"), &["uring-coop"]);
+}
+
+#[test]
+fn multishot_floor_answers_like_a_server() {
+    answers_like_a_server(env!("CARGO_BIN_EXE_bare-multishot"), &[]);
+}
