@@ -8,6 +8,7 @@
 //! - `handler`: one request: route, audit, record, answer
 //! - `admin`: `/metrics`, `/healthz`, `/readyz`
 //! - `metrics`: per-worker counters
+//! - `page`: the `/metrics` page
 //! - `background`: catalog reloader and systemd watchdog threads
 //! - `notify`: systemd's notify protocol
 //! - `listen`: listening sockets, bound or taken over
@@ -27,6 +28,7 @@ pub mod handover;
 mod listen;
 pub mod metrics;
 pub mod notify;
+mod page;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -42,6 +44,7 @@ use crate::config::Config;
 use crate::store::lease::StreamLeases;
 use crate::store::{Store, StoreStatus, StreamShared, StreamSpec};
 pub use handover::{HandoverError, Listeners};
+use page::{MetricsPage, RecoveryCounts};
 pub use worker::DriverKind;
 
 /// Why the server could not start or stop cleanly.
@@ -220,118 +223,6 @@ pub struct Server {
     handover: Mutex<Option<Listeners>>,
     /// The streams this process writes; released when it ends.
     _leases: StreamLeases,
-}
-
-/// Everything the metrics page reads, behind one `render`.
-struct MetricsPage {
-    workers: Vec<Arc<metrics::WorkerMetrics>>,
-    store: Arc<crate::store::StoreMetrics>,
-    shared: Arc<Shared>,
-    recovery: RecoveryCounts,
-    /// Each stream's id and ring.
-    rings: Vec<(u32, crate::ring::RingGauge)>,
-}
-
-impl MetricsPage {
-    fn render(&self) -> String {
-        use metrics::family;
-        let mut out = String::with_capacity(8192);
-        metrics::render(&mut out, &self.workers);
-        self.store.render(&mut out);
-        let one = |v: u64| [(String::new(), v)];
-        let (shared, view) = (&self.shared, &self.shared.view);
-        family(
-            &mut out,
-            "trackplane_segment_cut_blocks_total",
-            "counter",
-            "Torn or corrupt segment tails cut by recovery at start.",
-            one(self.recovery.cut),
-        );
-        family(
-            &mut out,
-            "trackplane_segments_quarantined_total",
-            "counter",
-            "Unreadable segments moved to quarantine/ at start.",
-            one(self.recovery.quarantined),
-        );
-        family(
-            &mut out,
-            "trackplane_store_refusing",
-            "gauge",
-            "Whether the disk budget refuses new events (1) or not (0).",
-            one(u64::from(
-                shared.store_status.refusing.load(Ordering::Relaxed),
-            )),
-        );
-        let catalogs = shared.catalogs.load();
-        let products: usize = catalogs
-            .advertisers()
-            .filter_map(|a| catalogs.get(a))
-            .map(|s| s.len())
-            .sum();
-        family(
-            &mut out,
-            "trackplane_catalogs",
-            "gauge",
-            "Advertisers with a loaded catalog.",
-            one(catalogs.len() as u64),
-        );
-        family(
-            &mut out,
-            "trackplane_catalog_products",
-            "gauge",
-            "Product ids in all loaded catalogs.",
-            one(products as u64),
-        );
-        family(
-            &mut out,
-            "trackplane_ring_used_bytes",
-            "gauge",
-            "Bytes waiting in a worker's hand-off ring.",
-            self.rings
-                .iter()
-                .map(|(id, r)| (format!("stream=\"{id}\""), r.used_bytes() as u64)),
-        );
-        let capacity: usize = self.rings.iter().map(|(_, r)| r.capacity()).sum();
-        family(
-            &mut out,
-            "trackplane_ring_capacity_bytes",
-            "gauge",
-            "Bytes of all hand-off rings.",
-            one(capacity as u64),
-        );
-        family(
-            &mut out,
-            "trackplane_view_dropped_total",
-            "counter",
-            "Record copies the live view lost (full view ring or a slow viewer).",
-            [
-                (
-                    "where=\"ring\"".to_owned(),
-                    view.ring_dropped.load(Ordering::Relaxed),
-                ),
-                (
-                    "where=\"viewer\"".to_owned(),
-                    view.viewer_dropped.load(Ordering::Relaxed),
-                ),
-            ],
-        );
-        family(
-            &mut out,
-            "trackplane_view_streamed_total",
-            "counter",
-            "Events written to live view streams.",
-            one(view.streamed.load(Ordering::Relaxed)),
-        );
-        family(
-            &mut out,
-            "trackplane_view_viewers",
-            "gauge",
-            "Live view streams open.",
-            one(view.subscribers() as u64),
-        );
-        out
-    }
 }
 
 fn storage<'a>(
@@ -652,11 +543,4 @@ impl Server {
     pub fn metrics_text(&self) -> String {
         self.page.render()
     }
-}
-
-/// What start-up recovery did, for metrics.
-#[derive(Debug, Clone, Copy, Default)]
-struct RecoveryCounts {
-    cut: u64,
-    quarantined: u64,
 }

@@ -1,0 +1,126 @@
+//! The admin port's `/metrics` page: every worker's, the store's, the
+//! view's and start-up recovery's counters in Prometheus text format.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::server::{metrics, Shared};
+
+/// Everything the metrics page reads, behind one `render`.
+pub(super) struct MetricsPage {
+    pub workers: Vec<Arc<metrics::WorkerMetrics>>,
+    pub store: Arc<crate::store::StoreMetrics>,
+    pub shared: Arc<Shared>,
+    pub recovery: RecoveryCounts,
+    /// Each stream's id and ring.
+    pub rings: Vec<(u32, crate::ring::RingGauge)>,
+}
+
+impl MetricsPage {
+    pub fn render(&self) -> String {
+        use metrics::family;
+        let mut out = String::with_capacity(8192);
+        metrics::render(&mut out, &self.workers);
+        self.store.render(&mut out);
+        let one = |v: u64| [(String::new(), v)];
+        let (shared, view) = (&self.shared, &self.shared.view);
+        family(
+            &mut out,
+            "trackplane_segment_cut_blocks_total",
+            "counter",
+            "Torn or corrupt segment tails cut by recovery at start.",
+            one(self.recovery.cut),
+        );
+        family(
+            &mut out,
+            "trackplane_segments_quarantined_total",
+            "counter",
+            "Unreadable segments moved to quarantine/ at start.",
+            one(self.recovery.quarantined),
+        );
+        family(
+            &mut out,
+            "trackplane_store_refusing",
+            "gauge",
+            "Whether the disk budget refuses new events (1) or not (0).",
+            one(u64::from(
+                shared.store_status.refusing.load(Ordering::Relaxed),
+            )),
+        );
+        let catalogs = shared.catalogs.load();
+        let products: usize = catalogs
+            .advertisers()
+            .filter_map(|a| catalogs.get(a))
+            .map(|s| s.len())
+            .sum();
+        family(
+            &mut out,
+            "trackplane_catalogs",
+            "gauge",
+            "Advertisers with a loaded catalog.",
+            one(catalogs.len() as u64),
+        );
+        family(
+            &mut out,
+            "trackplane_catalog_products",
+            "gauge",
+            "Product ids in all loaded catalogs.",
+            one(products as u64),
+        );
+        family(
+            &mut out,
+            "trackplane_ring_used_bytes",
+            "gauge",
+            "Bytes waiting in a worker's hand-off ring.",
+            self.rings
+                .iter()
+                .map(|(id, r)| (format!("stream=\"{id}\""), r.used_bytes() as u64)),
+        );
+        let capacity: usize = self.rings.iter().map(|(_, r)| r.capacity()).sum();
+        family(
+            &mut out,
+            "trackplane_ring_capacity_bytes",
+            "gauge",
+            "Bytes of all hand-off rings.",
+            one(capacity as u64),
+        );
+        family(
+            &mut out,
+            "trackplane_view_dropped_total",
+            "counter",
+            "Record copies the live view lost (full view ring or a slow viewer).",
+            [
+                (
+                    "where=\"ring\"".to_owned(),
+                    view.ring_dropped.load(Ordering::Relaxed),
+                ),
+                (
+                    "where=\"viewer\"".to_owned(),
+                    view.viewer_dropped.load(Ordering::Relaxed),
+                ),
+            ],
+        );
+        family(
+            &mut out,
+            "trackplane_view_streamed_total",
+            "counter",
+            "Events written to live view streams.",
+            one(view.streamed.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "trackplane_view_viewers",
+            "gauge",
+            "Live view streams open.",
+            one(view.subscribers() as u64),
+        );
+        out
+    }
+}
+
+/// What start-up recovery did, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RecoveryCounts {
+    pub cut: u64,
+    pub quarantined: u64,
+}
