@@ -14,6 +14,7 @@ use trackplane::config::Driver;
 on_both_drivers!(
     records_carry_the_audit,
     batch_answers_per_item,
+    batch_accepts_chunked_bodies,
     batch_refuses_whole_under_back_pressure,
     do_not_track_policies,
     catalog_hot_reload_under_load,
@@ -128,6 +129,51 @@ fn batch_answers_per_item(d: Driver) {
     assert_eq!(records.len(), 2);
     assert_eq!(records[1]["params"]["value"], "19.9");
     assert_eq!(records[1]["products"], serde_json::json!(["p1", "zz"]));
+}
+
+/// A chunked body, arriving in pieces (one byte at a time for a while),
+/// is decoded like a sized one; `100-continue` is honoured, and the
+/// request pipelined after it is answered in order.
+fn batch_accepts_chunked_bodies(d: Driver) {
+    let mut s = start_with(d, SHOP, |dir| with_catalog(dir, "p1\n"));
+    let body = r#"[{"adv":"shop","ev":"view_item","pid":"p1"},{"adv":"shop","ev":"view_item","pid":"zz"}]"#;
+    let mut raw = b"POST /batch HTTP/1.1\r\nContent-Type: application/json\r\n\
+Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+        .to_vec();
+    for (i, chunk) in body.as_bytes().chunks(7).enumerate() {
+        let ext = if i % 3 == 0 { ";note=x" } else { "" };
+        raw.extend_from_slice(format!("{:X}{ext}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\nX-Trailer: 1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
+    let mut c = s.connect();
+    let head_len = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    c.write_all(&raw[..head_len]).unwrap();
+    let continued = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0u8; continued.len()];
+    std::io::Read::read_exact(&mut c, &mut got).unwrap();
+    assert_eq!(got, continued);
+    let (slow, rest) = raw[head_len..].split_at(40);
+    for b in slow {
+        c.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(rest).unwrap();
+    let answers = read_responses(&mut c, 2);
+    assert_eq!(
+        answers[0].status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answers[0].body)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&answers[0].body).unwrap();
+    assert_eq!(v["accepted"], 2);
+    assert_eq!(v["invalid"], 1);
+    assert_eq!(answers[1].status, 200);
+    let records = s.stop();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1]["issues"][0]["code"], "unknown_product");
 }
 
 fn batch_refuses_whole_under_back_pressure(d: Driver) {

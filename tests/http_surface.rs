@@ -186,9 +186,25 @@ fn limits_answer_with_their_status(d: Driver) {
             413,
         ),
         (
-            "chunked",
-            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
-            411,
+            "gzip coding",
+            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
+            501,
+        ),
+        (
+            "chunked and length",
+            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            "chunked over the body limit",
+            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n101\r\n".to_vec(),
+            413,
+        ),
+        (
+            "bad chunk size",
+            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            400,
         ),
         ("garbage line", b"HELLO\r\n\r\n".to_vec(), 400),
         ("no version", b"GET /i\r\n\r\n".to_vec(), 400),

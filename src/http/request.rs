@@ -75,8 +75,11 @@ pub struct RequestHead {
     pub minor_version: u8,
     /// Bytes of the head, including the blank line.
     pub head_len: usize,
-    /// Bytes of the body that follows the head.
+    /// Bytes of the body that follows the head (for a chunked body: 0
+    /// until the connection loop has decoded it).
     pub content_length: usize,
+    /// The body is `Transfer-Encoding: chunked` (see `http::chunked`).
+    pub chunked: bool,
     /// Whether the connection stays open after the answer.
     pub keep_alive: bool,
     /// The client sent `Expect: 100-continue`.
@@ -107,9 +110,9 @@ pub enum HeadError {
     /// The declared body is larger than allowed: 413.
     #[error("request body too large")]
     BodyTooLarge,
-    /// `Transfer-Encoding` (chunked bodies) is not accepted: 411.
-    #[error("length required")]
-    LengthRequired,
+    /// A transfer coding other than `chunked`: 501.
+    #[error("transfer coding not implemented")]
+    NotImplemented,
 }
 
 /// Parses a request head at the start of `buf`. `Ok(None)` means the head is
@@ -166,6 +169,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
         minor_version,
         head_len,
         content_length: 0,
+        chunked: false,
         keep_alive: minor_version == 1,
         expect_continue: false,
         user_agent: Span::default(),
@@ -174,6 +178,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
         do_not_track: false,
     };
     let mut seen_length = false;
+    let mut seen_coding = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -209,10 +214,21 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
                 head.content_length = n;
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                return Err(HeadError::LengthRequired)
+                // Only `chunked`, once: anything layered on it is not
+                // implemented (RFC 9112 §6.1).
+                if seen_coding || !value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(HeadError::NotImplemented);
+                }
+                seen_coding = true;
+                head.chunked = true;
             }
             _ => {}
         }
+    }
+    // Both framings at once is how requests are smuggled past proxies;
+    // HTTP/1.0 has no chunked coding (RFC 9112 §6.1, §6.3).
+    if head.chunked && (seen_length || minor_version == 0) {
+        return Err(HeadError::Malformed);
     }
     if head.content_length > limits.max_body_bytes {
         return Err(HeadError::BodyTooLarge);
@@ -317,8 +333,16 @@ mod tests {
         );
         let body = b"POST /e HTTP/1.1\r\nContent-Length: 101\r\n\r\n";
         assert_eq!(parse(body).unwrap_err(), HeadError::BodyTooLarge);
-        let chunked = b"POST /e HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(parse(chunked).unwrap_err(), HeadError::LengthRequired);
+        let chunked = b"POST /e HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        assert!(parse(chunked).unwrap().unwrap().chunked);
+        for (bad, why) in [
+            (&b"POST /e HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..], HeadError::NotImplemented),
+            (b"POST /e HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::NotImplemented),
+            (b"POST /e HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", HeadError::Malformed),
+            (b"POST /e HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::Malformed),
+        ] {
+            assert_eq!(parse(bad).unwrap_err(), why);
+        }
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub enum Status {
     MethodNotAllowed,
     /// 408.
     RequestTimeout,
-    /// 411.
-    LengthRequired,
+    /// 501.
+    NotImplemented,
     /// 413.
     PayloadTooLarge,
     /// 414.
@@ -45,7 +45,7 @@ impl Status {
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
             Status::RequestTimeout => 408,
-            Status::LengthRequired => 411,
+            Status::NotImplemented => 501,
             Status::PayloadTooLarge => 413,
             Status::UriTooLong => 414,
             Status::HeadersTooLarge => 431,
@@ -63,7 +63,7 @@ impl Status {
             Status::NotFound => b"HTTP/1.1 404 Not Found\r\n",
             Status::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
             Status::RequestTimeout => b"HTTP/1.1 408 Request Timeout\r\n",
-            Status::LengthRequired => b"HTTP/1.1 411 Length Required\r\n",
+            Status::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
             Status::PayloadTooLarge => b"HTTP/1.1 413 Payload Too Large\r\n",
             Status::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\n",
             Status::HeadersTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",

@@ -12,7 +12,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::http::{parse_head, response};
+use crate::http::chunked::{self, ChunkError};
+use crate::http::{parse_head, response, HeadError};
 use crate::server::worker::Worker;
 
 const INITIAL_READ: usize = 4096;
@@ -41,6 +42,8 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     // for its body (the head is complete).
     let mut started = Instant::now();
     let mut sent_continue = false;
+    // How far the chunked body now arriving has been checked.
+    let mut progress = chunked::Progress::default();
     loop {
         let mut pos = 0;
         let mut close = false;
@@ -48,8 +51,45 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
         while pos < rbuf.len() {
             match parse_head(&rbuf[pos..], &limits) {
                 Ok(None) => break,
-                Ok(Some(head)) => {
-                    let total = head.head_len + head.content_length;
+                Ok(Some(mut head)) => {
+                    // Bytes this request takes in the buffer, and whether
+                    // they are all there.
+                    let mut total = head.head_len + head.content_length;
+                    if head.chunked {
+                        let body = pos + head.head_len;
+                        match chunked::scan(&rbuf[body..], limits.max_body_bytes, &mut progress) {
+                            Ok(Some(sc)) => {
+                                progress = chunked::Progress::default();
+                                let n = chunked::decode(&mut rbuf[body..body + sc.encoded_len]);
+                                head.content_length = n;
+                                total = head.head_len + sc.encoded_len;
+                            }
+                            Ok(None) => total = usize::MAX,
+                            Err(e) => {
+                                worker.handler.borrow_mut().reject(
+                                    match e {
+                                        ChunkError::Malformed => HeadError::Malformed,
+                                        ChunkError::TooLarge => HeadError::BodyTooLarge,
+                                    },
+                                    &mut wbuf,
+                                );
+                                close = true;
+                                break;
+                            }
+                        }
+                    }
+                    if total == usize::MAX {
+                        // A chunked body still arriving: room to grow.
+                        awaiting_body = true;
+                        if head.expect_continue && !sent_continue {
+                            wbuf.extend_from_slice(response::CONTINUE);
+                            sent_continue = true;
+                        }
+                        if rbuf.len() == rbuf.capacity() {
+                            rbuf.reserve(rbuf.capacity());
+                        }
+                        break;
+                    }
                     if rbuf.len() - pos < total {
                         awaiting_body = true;
                         if head.expect_continue && !sent_continue {
@@ -63,7 +103,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                     }
                     sent_continue = false;
                     let keep = worker.handler.borrow_mut().handle(
-                        &mut rbuf[pos..pos + total],
+                        &mut rbuf[pos..pos + head.head_len + head.content_length],
                         &head,
                         peer.ip(),
                         &mut wbuf,

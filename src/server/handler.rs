@@ -351,7 +351,7 @@ impl Handler {
             HeadError::UriTooLong => Status::UriTooLong,
             HeadError::HeadersTooLarge => Status::HeadersTooLarge,
             HeadError::BodyTooLarge => Status::PayloadTooLarge,
-            HeadError::LengthRequired => Status::LengthRequired,
+            HeadError::NotImplemented => Status::NotImplemented,
         };
         self.error(out, status, false, None);
     }

@@ -47,7 +47,7 @@ pub const ROUTES: [&str; 6] = ["pixel", "click", "beacon", "batch", "healthz", "
 
 /// Statuses counted, as metric labels.
 pub const STATUSES: [u16; 13] = [
-    200, 204, 302, 400, 404, 405, 408, 411, 413, 414, 431, 500, 503,
+    200, 204, 302, 400, 404, 405, 408, 413, 414, 431, 500, 501, 503,
 ];
 
 /// Counters of one worker.
