@@ -2,10 +2,10 @@
 //! like a server: one GIF per request, pipelined requests in order,
 //! requests split across packets, and a closed connection on garbage.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 const ANSWER_LEN: usize = 145;
 
@@ -18,26 +18,29 @@ impl Drop for Floor {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
+/// Starts a floor on port 0 and reads the address it bound from its log.
 fn start(bin: &str, args: &[&str]) -> (Floor, SocketAddr) {
-    let addr = free_addr();
-    let child = Command::new(bin)
-        .arg(addr.to_string())
+    let mut child = Command::new(bin)
+        .arg("127.0.0.1:0")
         .args(args)
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
     let floor = Floor(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{bin} did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{bin} did not listen"))
+        .parse()
+        .unwrap();
     (floor, addr)
 }
 

@@ -214,6 +214,7 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8083".into());
     let listener = TcpListener::bind(&addr).expect("bind");
+    eprintln!("listening on {}", listener.local_addr().expect("bound"));
     let ring = IoUring::builder()
         .setup_coop_taskrun()
         .setup_single_issuer()

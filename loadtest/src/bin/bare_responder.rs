@@ -48,6 +48,9 @@ fn main() {
 
 async fn accept_loop(addr: String) {
     let listener = TcpListener::bind(&addr).expect("bind");
+    if let Ok(bound) = listener.local_addr() {
+        eprintln!("listening on {bound}");
+    }
     loop {
         if let Ok((stream, _)) = listener.accept().await {
             monoio::spawn(serve(stream));
