@@ -3,35 +3,50 @@
 //! `advertiser`, `status`, ...), so a scan finds them; a value with an
 //! escape returns `None` and the caller parses the record instead.
 
+/// Where `key` begins in `rec`, searching from `from`.
+fn find(rec: &[u8], from: usize, key: &[u8]) -> Option<usize> {
+    memchr::memmem::find(rec.get(from..)?, key).map(|i| from + i)
+}
+
 /// The string value after `key` (which includes the opening quote), when
-/// it has no escapes.
-pub fn plain_str<'a>(rec: &'a [u8], key: &[u8]) -> Option<&'a str> {
-    let at = rec.windows(key.len()).position(|w| w == key)? + key.len();
-    let len = rec[at..].iter().position(|&b| b == b'"' || b == b'\\')?;
+/// it has no escapes, and the offset just past it.
+fn plain_str_from<'a>(rec: &'a [u8], from: usize, key: &[u8]) -> Option<(&'a str, usize)> {
+    let at = find(rec, from, key)? + key.len();
+    let len = memchr::memchr2(b'"', b'\\', &rec[at..])?;
     if rec[at + len] != b'"' {
         return None;
     }
-    std::str::from_utf8(&rec[at..at + len]).ok()
+    let value = std::str::from_utf8(&rec[at..at + len]).ok()?;
+    Some((value, at + len + 1))
+}
+
+/// The string value after `key` (which includes the opening quote), when
+/// it has no escapes.
+pub fn plain_str<'a>(rec: &'a [u8], key: &[u8]) -> Option<&'a str> {
+    plain_str_from(rec, 0, key).map(|(v, _)| v)
 }
 
 /// `ts_ms`.
 pub fn ts_ms(rec: &[u8]) -> Option<u64> {
     let key = b",\"ts_ms\":";
-    let at = rec.windows(key.len()).position(|w| w == key)? + key.len();
+    let at = find(rec, 0, key)? + key.len();
     let digits = rec[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rec[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    rec[at..at + digits].iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
-/// `type`, `advertiser` and `status`, when none has an escape.
+/// `type`, `advertiser` and `status`, when none has an escape. Each key is
+/// searched after the previous one's value, in the order records are
+/// written.
 pub fn head(rec: &[u8]) -> Option<(&str, &str, &str)> {
-    Some((
-        plain_str(rec, b",\"type\":\"")?,
-        plain_str(rec, b",\"advertiser\":\"")?,
-        plain_str(rec, b",\"status\":\"")?,
-    ))
+    let (t, at) = plain_str_from(rec, 0, b",\"type\":\"")?;
+    let (a, at) = plain_str_from(rec, at, b",\"advertiser\":\"")?;
+    let (st, _) = plain_str_from(rec, at, b",\"status\":\"")?;
+    Some((t, a, st))
 }
 
 #[cfg(test)]
@@ -47,5 +62,9 @@ mod tests {
             br#"{"id":"n-0-1","ts_ms":1,"type":"a\"b","advertiser":"shop","status":"ok"}"#;
         assert_eq!(head(escaped), None);
         assert_eq!(ts_ms(b"{}"), None);
+        assert_eq!(ts_ms(br#"{"id":"x","ts_ms":99999999999999999999}"#), None);
+        // Out of the written order: not found, and the caller parses.
+        let reordered = br#"{"id":"n","ts_ms":1,"advertiser":"shop","type":"a","status":"ok"}"#;
+        assert_eq!(head(reordered), None);
     }
 }
