@@ -3,9 +3,14 @@
 //! `advertiser`, `status`, ...), so a scan finds them; a value with an
 //! escape returns `None` and the caller parses the record instead.
 
-/// Where `key` begins in `rec`, searching from `from`.
+/// Where `key` begins in `rec`, searching from `from`. Records written
+/// by `record::encode` have the key right there, so that is tried first.
 fn find(rec: &[u8], from: usize, key: &[u8]) -> Option<usize> {
-    memchr::memmem::find(rec.get(from..)?, key).map(|i| from + i)
+    let rest = rec.get(from..)?;
+    if rest.starts_with(key) {
+        return Some(from);
+    }
+    memchr::memmem::find(rest, key).map(|i| from + i)
 }
 
 /// The string value after `key` (which includes the opening quote), when
@@ -28,22 +33,42 @@ pub fn plain_str<'a>(rec: &'a [u8], key: &[u8]) -> Option<&'a str> {
 
 /// `ts_ms`.
 pub fn ts_ms(rec: &[u8]) -> Option<u64> {
+    Some(ts_ms_from(rec)?.0)
+}
+
+/// `ts_ms` and the offset just past it.
+fn ts_ms_from(rec: &[u8]) -> Option<(u64, usize)> {
     let key = b",\"ts_ms\":";
-    let at = find(rec, 0, key)? + key.len();
+    // After `{"id":"<node>-<stream>-<seq>"`, which has no comma.
+    let id_end = memchr::memchr(b',', rec)?;
+    let at = find(rec, id_end, key)? + key.len();
     let digits = rec[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 19 {
         return None;
     }
-    rec[at..at + digits].iter().try_fold(0u64, |n, d| {
+    let ts = rec[at..at + digits].iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+    })?;
+    Some((ts, at + digits))
+}
+
+/// `ts_ms`, `type`, `advertiser` and `status` in one pass, when no value
+/// has an escape.
+pub fn ts_and_head(rec: &[u8]) -> Option<(u64, &str, &str, &str)> {
+    let (ts, at) = ts_ms_from(rec)?;
+    let (t, a, st) = head_from(rec, at)?;
+    Some((ts, t, a, st))
 }
 
 /// `type`, `advertiser` and `status`, when none has an escape. Each key is
 /// searched after the previous one's value, in the order records are
 /// written.
 pub fn head(rec: &[u8]) -> Option<(&str, &str, &str)> {
-    let (t, at) = plain_str_from(rec, 0, b",\"type\":\"")?;
+    head_from(rec, 0)
+}
+
+fn head_from(rec: &[u8], from: usize) -> Option<(&str, &str, &str)> {
+    let (t, at) = plain_str_from(rec, from, b",\"type\":\"")?;
     let (a, at) = plain_str_from(rec, at, b",\"advertiser\":\"")?;
     let (st, _) = plain_str_from(rec, at, b",\"status\":\"")?;
     Some((t, a, st))
@@ -58,6 +83,7 @@ mod tests {
         let rec = br#"{"id":"n-0-1","ts_ms":1700,"type":"purchase","advertiser":"shop","status":"ok","issues":[]}"#;
         assert_eq!(ts_ms(rec), Some(1700));
         assert_eq!(head(rec), Some(("purchase", "shop", "ok")));
+        assert_eq!(ts_and_head(rec), Some((1700, "purchase", "shop", "ok")));
         let escaped =
             br#"{"id":"n-0-1","ts_ms":1,"type":"a\"b","advertiser":"shop","status":"ok"}"#;
         assert_eq!(head(escaped), None);

@@ -128,11 +128,8 @@ impl View {
             &str,
             &str,
             &[EventIssue<'_>],
-        ) = match (
-            crate::record::peek::ts_ms(rec),
-            crate::record::peek::head(rec),
-        ) {
-            (Some(ts), Some((t, a, st))) if st == "ok" => (ts, t, a, st, &[]),
+        ) = match crate::record::peek::ts_and_head(rec) {
+            Some((ts, t, a, st)) if st == "ok" => (ts, t, a, st, &[]),
             _ => {
                 let Ok(ev) = serde_json::from_slice::<Event<'_>>(rec) else {
                     return;
