@@ -12,8 +12,9 @@
 //!   module allowed `unsafe`; the crate denies it everywhere else)
 //! - `segment`: the on-disk format, writer, reader and crash recovery
 //! - `store`: drains the rings into zstd blocks in segments; fsync, rotation,
-//!   disk budget
-//! - `server`: workers, connection loop, request handler, admin port
+//!   disk budget, stream leases
+//! - `server`: workers, connection loop, request handler, admin port,
+//!   zero-downtime restart (listening sockets handed to a new process)
 //! - `tail`: the operator's `trackplane tail` (follow, filter, stats, verify)
 //! - `shipper`: `trackplane-shipper`, segments to Kafka with checkpoints and
 //!   watermarks
