@@ -174,6 +174,14 @@ fn restart_under_load(driver: &str) {
             std::thread::spawn(move || client(addr, c, tally, stop))
         })
         .collect();
+    // A keep-alive connection left idle on the old process: it must end
+    // when the old process does, not live on in the new one.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(
+        request(&mut idle, "idle"),
+        Outcome::Answered { close: false }
+    ));
     std::thread::sleep(Duration::from_millis(700));
     let before = tally.answered.lock().unwrap().len();
     let from = old.log_len();
@@ -190,6 +198,11 @@ fn restart_under_load(driver: &str) {
     let status = old.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "old process exit status {status:?}");
     let handover_took = signalled.elapsed();
+    let mut rest = Vec::new();
+    assert!(
+        matches!(idle.read_to_end(&mut rest), Ok(0)),
+        "an idle connection of the old process outlived it"
+    );
     // Keep the load on the new process alone for a while.
     let handed = tally.answered.lock().unwrap().len();
     std::thread::sleep(Duration::from_millis(700));

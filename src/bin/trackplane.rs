@@ -110,7 +110,21 @@ enum DriverArg {
 }
 
 fn main() -> ExitCode {
+    // A process started by a restart drops what it inherited by accident
+    // (its sockets come over the handover socket instead).
+    let inherited = if std::env::var_os(trackplane::server::handover::ENV).is_some() {
+        // SAFETY: nothing has opened a descriptor yet: this is the first
+        // thing `main` does.
+        #[allow(unsafe_code)]
+        let closed = unsafe { trackplane::server::handover::close_inherited_descriptors() };
+        closed.err()
+    } else {
+        None
+    };
     trackplane::logging::init();
+    if let Some(e) = inherited {
+        tracing::warn!(error = %e, "cannot close descriptors inherited from the old process");
+    }
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),

@@ -69,6 +69,27 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> HandoverError {
     move |source| HandoverError::Io { what, source }
 }
 
+/// A process started by [`offer`] inherits every descriptor of the old
+/// one that lacks close-on-exec, and connections accepted through io_uring
+/// do (monoio accepts without `SOCK_CLOEXEC`). Kept open here, they would
+/// outlive the old process and leave its clients waiting for an answer
+/// that never comes. Closes every descriptor above stderr.
+///
+/// # Safety
+/// Call first in `main`, before this process opens any descriptor:
+/// nothing may own one of those it closes.
+#[allow(unsafe_code)]
+pub unsafe fn close_inherited_descriptors() -> io::Result<()> {
+    // SAFETY: the caller guarantees no descriptor above 2 is owned yet;
+    // close_range(2) only closes.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Listening sockets as they pass from one process to the next.
 #[derive(Debug)]
 pub struct Listeners {
