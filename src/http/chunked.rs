@@ -4,6 +4,8 @@
 //! encoding), so the handler sees a body like any other. Chunk extensions
 //! are skipped; trailer fields are checked for shape and dropped.
 
+use crate::http::HeadError;
+
 /// Longest chunk-size line (with extensions) or trailer line.
 const MAX_LINE: usize = 4096;
 /// Framing bytes (size lines, CRLFs, trailers) allowed beyond the body
@@ -28,6 +30,15 @@ pub enum ChunkError {
     /// Decoded body over the limit, or too much framing: 413.
     #[error("chunked body too large")]
     TooLarge,
+}
+
+impl From<ChunkError> for HeadError {
+    fn from(e: ChunkError) -> HeadError {
+        match e {
+            ChunkError::Malformed => HeadError::Malformed,
+            ChunkError::TooLarge => HeadError::BodyTooLarge,
+        }
+    }
 }
 
 /// Where a scan of a body still arriving stopped: the end of its last

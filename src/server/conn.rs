@@ -12,8 +12,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::http::chunked::{self, ChunkError};
-use crate::http::{parse_head, response, HeadError};
+use crate::http::{chunked, parse_head, response};
 use crate::server::worker::Worker;
 
 const INITIAL_READ: usize = 4096;
@@ -52,55 +51,42 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             match parse_head(&rbuf[pos..], &limits) {
                 Ok(None) => break,
                 Ok(Some(mut head)) => {
-                    // Bytes this request takes in the buffer, and whether
-                    // they are all there.
-                    let mut total = head.head_len + head.content_length;
-                    if head.chunked {
+                    // Bytes this request takes in the buffer; `None` while a
+                    // chunked body is still arriving (its length unknown).
+                    let total = if head.chunked {
                         let body = pos + head.head_len;
                         match chunked::scan(&rbuf[body..], limits.max_body_bytes, &mut progress) {
                             Ok(Some(sc)) => {
                                 progress = chunked::Progress::default();
-                                let n = chunked::decode(&mut rbuf[body..body + sc.encoded_len]);
-                                head.content_length = n;
-                                total = head.head_len + sc.encoded_len;
+                                head.content_length =
+                                    chunked::decode(&mut rbuf[body..body + sc.encoded_len]);
+                                Some(head.head_len + sc.encoded_len)
                             }
-                            Ok(None) => total = usize::MAX,
+                            Ok(None) => None,
                             Err(e) => {
-                                worker.handler.borrow_mut().reject(
-                                    match e {
-                                        ChunkError::Malformed => HeadError::Malformed,
-                                        ChunkError::TooLarge => HeadError::BodyTooLarge,
-                                    },
-                                    &mut wbuf,
-                                );
+                                worker.handler.borrow_mut().reject(e.into(), &mut wbuf);
                                 close = true;
                                 break;
                             }
                         }
-                    }
-                    if total == usize::MAX {
-                        // A chunked body still arriving: room to grow.
+                    } else {
+                        Some(head.head_len + head.content_length)
+                    };
+                    let have = rbuf.len() - pos;
+                    let Some(total) = total.filter(|&t| have >= t) else {
                         awaiting_body = true;
                         if head.expect_continue && !sent_continue {
                             wbuf.extend_from_slice(response::CONTINUE);
                             sent_continue = true;
                         }
-                        if rbuf.len() == rbuf.capacity() {
-                            rbuf.reserve(rbuf.capacity());
+                        // Room for the rest: the declared length, or (chunked)
+                        // one more byte, which doubles a full buffer.
+                        let need = total.unwrap_or(have + 1);
+                        if rbuf.capacity() - pos < need {
+                            rbuf.reserve(need - have);
                         }
                         break;
-                    }
-                    if rbuf.len() - pos < total {
-                        awaiting_body = true;
-                        if head.expect_continue && !sent_continue {
-                            wbuf.extend_from_slice(response::CONTINUE);
-                            sent_continue = true;
-                        }
-                        if rbuf.capacity() - pos < total {
-                            rbuf.reserve(total - (rbuf.len() - pos));
-                        }
-                        break;
-                    }
+                    };
                     sent_continue = false;
                     let keep = worker.handler.borrow_mut().handle(
                         &mut rbuf[pos..pos + head.head_len + head.content_length],
