@@ -8,17 +8,25 @@ use std::net::{SocketAddr, TcpListener};
 use crate::server::handover::Listeners;
 use crate::server::ServeError;
 
-/// Binds `addr` with SO_REUSEPORT so that every worker has its own socket.
-pub fn reuseport_listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+/// A TCP socket bound to `addr` with SO_REUSEADDR, and SO_REUSEPORT when
+/// `reuse_port`.
+fn bound_socket(addr: SocketAddr, reuse_port: bool) -> Result<socket2::Socket, ServeError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind = |source| ServeError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(bind)?;
     socket.set_reuse_address(true).map_err(bind)?;
-    socket.set_reuse_port(true).map_err(bind)?;
-    socket.set_nonblocking(true).map_err(bind)?;
+    socket.set_reuse_port(reuse_port).map_err(bind)?;
     socket.bind(&addr.into()).map_err(bind)?;
-    socket.listen(4096).map_err(bind)?;
+    Ok(socket)
+}
+
+/// Binds `addr` with SO_REUSEPORT so that every worker has its own socket.
+pub fn reuseport_listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    let socket = bound_socket(addr, true)?;
+    let listen = |source| ServeError::Bind { addr, source };
+    socket.set_nonblocking(true).map_err(listen)?;
+    socket.listen(4096).map_err(listen)?;
     Ok(socket.into())
 }
 
@@ -27,12 +35,7 @@ pub fn reuseport_listener(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// of its traffic; a probe bound without it fails instead, as nginx would.
 /// A restart that should share the port takes it over (`handover`).
 fn ensure_free(addr: SocketAddr) -> Result<(), ServeError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let bind = |source| ServeError::Bind { addr, source };
-    let probe =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(bind)?;
-    probe.set_reuse_address(true).map_err(bind)?;
-    probe.bind(&addr.into()).map_err(bind)
+    bound_socket(addr, false).map(drop)
 }
 
 /// Whether a socket bound to `have` serves the configured `want` (port 0
@@ -71,9 +74,13 @@ pub fn bind(
         Some(t) => (t.data, t.admin),
         None => (Vec::new(), None),
     };
+    // Port 0 takes the first socket's port.
+    let mut data_addr = listen;
     if let Some(first) = inherited.first() {
         let have = addr_of(first, listen)?;
-        if !serves(have, listen) {
+        if serves(have, listen) {
+            data_addr = have;
+        } else {
             tracing::warn!(%have, want = %listen, "listen address changed; binding anew (connections queued on the old address are lost)");
             inherited.clear();
         }
@@ -81,12 +88,7 @@ pub fn bind(
     if inherited.is_empty() && listen.port() != 0 {
         ensure_free(listen)?;
     }
-    // Port 0 takes the first socket's port.
     let mut data: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut data_addr = listen;
-    if let Some(first) = inherited.first() {
-        data_addr = addr_of(first, listen)?;
-    }
     for (i, l) in inherited.into_iter().enumerate() {
         l.set_nonblocking(true).map_err(|source| ServeError::Bind {
             addr: data_addr,
