@@ -81,7 +81,7 @@ pub struct Config {
 }
 
 /// The Kafka shipper.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShipperConfig {
     /// Kafka bootstrap servers, comma-separated.
@@ -130,7 +130,7 @@ fn valid_topic(t: &str) -> bool {
 }
 
 /// Listeners, workers, limits and timeouts of `trackplane serve`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Public data port.
@@ -252,7 +252,7 @@ pub struct CatalogConfig {
 }
 
 /// Blocks, segments, fsync and the disk budget.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Events reach segment files at most this long after being answered.

@@ -11,7 +11,7 @@
 //!    it started);
 //! 2. old → new: `trackplane-handover 1 data=N admin=A\n` with N data
 //!    listeners and A (0 or 1) admin listeners attached, in that order;
-//! 3. new → old: `ready PID\n` once every worker accepts.
+//! 3. new → old: `ready\n` once every worker accepts.
 //!
 //! Until step 3 the old process serves as before; if the new one exits or
 //! misses the deadline, the old one kills it and keeps serving.
@@ -104,12 +104,11 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("handover.sock")
 }
 
-/// The old side: starts `command` as the new process, passes it `data` and
-/// `admin`, and returns its pid once it serves.
+/// The old side: starts `command` as the new process, passes it
+/// `listeners`, and returns its pid once it serves.
 pub fn offer(
     socket: &Path,
-    data: &[BorrowedFd<'_>],
-    admin: Option<BorrowedFd<'_>>,
+    listeners: &Listeners,
     mut command: Command,
 ) -> Result<u32, HandoverError> {
     match std::fs::remove_file(socket) {
@@ -124,7 +123,7 @@ pub fn offer(
     let mut child = command
         .spawn()
         .map_err(io_err("cannot start the new process"))?;
-    let result = offer_to(&listener, &mut child, data, admin);
+    let result = offer_to(&listener, &mut child, listeners);
     let _ = std::fs::remove_file(socket);
     match result {
         Ok(pid) => Ok(pid),
@@ -140,8 +139,7 @@ pub fn offer(
 fn offer_to(
     listener: &UnixListener,
     child: &mut Child,
-    data: &[BorrowedFd<'_>],
-    admin: Option<BorrowedFd<'_>>,
+    listeners: &Listeners,
 ) -> Result<u32, HandoverError> {
     let deadline = Instant::now() + TIMEOUT;
     listener
@@ -174,29 +172,9 @@ fn offer_to(
     };
     conn.set_nonblocking(false)
         .map_err(io_err("handover socket"))?;
-    let mut fds: Vec<BorrowedFd<'_>> = data.to_vec();
-    fds.extend(admin);
-    let line = format!(
-        "{MAGIC} data={} admin={}\n",
-        data.len(),
-        usize::from(admin.is_some())
-    );
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(HandoverError::Protocol("too many sockets to pass".into()));
-    }
-    let sent = sendmsg(
-        &conn,
-        &[IoSlice::new(line.as_bytes())],
-        &mut control,
-        SendFlags::empty(),
-    )
-    .map_err(|e| io_err("cannot pass the listening sockets")(e.into()))?;
-    if sent != line.len() {
-        return Err(HandoverError::Protocol("short handover message".into()));
-    }
-    // Wait for "ready PID", watching the child and the deadline.
+    send_listeners(&conn, listeners)?;
+    // Wait for "ready", watching the child and the deadline. The peer was
+    // checked to be the child, so the answer needs no pid.
     let mut reader = BufReader::new(conn);
     let mut answer = String::new();
     loop {
@@ -228,18 +206,39 @@ fn offer_to(
             Err(e) => return Err(io_err("handover socket")(e)),
         }
     }
-    let pid = answer
-        .trim_end()
-        .strip_prefix("ready ")
-        .and_then(|p| p.parse::<u32>().ok())
-        .ok_or_else(|| HandoverError::Protocol(format!("unexpected answer {answer:?}")))?;
-    if pid != child.id() {
+    if answer != "ready\n" {
         return Err(HandoverError::Protocol(format!(
-            "ready from pid {pid}, expected {}",
-            child.id()
+            "unexpected answer {answer:?}"
         )));
     }
-    Ok(pid)
+    Ok(child.id())
+}
+
+/// Step 2 of the protocol: the offer line with the sockets attached.
+fn send_listeners(conn: &UnixStream, listeners: &Listeners) -> Result<(), HandoverError> {
+    let mut fds: Vec<BorrowedFd<'_>> = listeners.data.iter().map(AsFd::as_fd).collect();
+    fds.extend(listeners.admin.as_ref().map(AsFd::as_fd));
+    let line = format!(
+        "{MAGIC} data={} admin={}\n",
+        listeners.data.len(),
+        usize::from(listeners.admin.is_some())
+    );
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(HandoverError::Protocol("too many sockets to pass".into()));
+    }
+    let sent = sendmsg(
+        conn,
+        &[IoSlice::new(line.as_bytes())],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .map_err(|e| io_err("cannot pass the listening sockets")(e.into()))?;
+    if sent != line.len() {
+        return Err(HandoverError::Protocol("short handover message".into()));
+    }
+    Ok(())
 }
 
 /// The new side: listeners taken over, and the line back to the old
@@ -259,7 +258,7 @@ pub struct Ready(UnixStream);
 impl Ready {
     /// Tells the old process this one serves; it then stops accepting.
     pub fn send(mut self) -> io::Result<()> {
-        writeln!(self.0, "ready {}", std::process::id())
+        self.0.write_all(b"ready\n")
     }
 }
 
@@ -338,14 +337,6 @@ fn parse_offer(line: &str) -> Result<(usize, usize), HandoverError> {
     }
 }
 
-/// Borrows the descriptors of `listeners` for [`offer`].
-pub fn borrow(listeners: &Listeners) -> (Vec<BorrowedFd<'_>>, Option<BorrowedFd<'_>>) {
-    (
-        listeners.data.iter().map(AsFd::as_fd).collect(),
-        listeners.admin.as_ref().map(AsFd::as_fd),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,18 +388,11 @@ mod tests {
             })
         };
         let (conn, _) = unix.accept().unwrap();
-        let line = format!("{MAGIC} data=1 admin=1\n");
-        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        let both = [data.as_fd(), admin.as_fd()];
-        assert!(control.push(SendAncillaryMessage::ScmRights(&both)));
-        sendmsg(
-            &conn,
-            &[IoSlice::new(line.as_bytes())],
-            &mut control,
-            SendFlags::empty(),
-        )
-        .unwrap();
+        let listeners = Listeners {
+            data: vec![data],
+            admin: Some(admin),
+        };
+        send_listeners(&conn, &listeners).unwrap();
         let (n, has_admin, peer) = taker.join().unwrap();
         assert_eq!((n, has_admin), (1, true));
         assert_eq!(peer, queued.local_addr().unwrap());

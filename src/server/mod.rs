@@ -182,14 +182,12 @@ impl Rules {
 /// Parts of the configuration whose changes take effect only after a
 /// restart (listeners, workers, limits, storage, shipper).
 fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
-    let differs =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     [
-        ("node_id", differs(&old.node_id, &new.node_id)),
-        ("data_dir", differs(&old.data_dir, &new.data_dir)),
-        ("server", differs(&old.server, &new.server)),
-        ("storage", differs(&old.storage, &new.storage)),
-        ("shipper", differs(&old.shipper, &new.shipper)),
+        ("node_id", old.node_id != new.node_id),
+        ("data_dir", old.data_dir != new.data_dir),
+        ("server", old.server != new.server),
+        ("storage", old.storage != new.storage),
+        ("shipper", old.shipper != new.shipper),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -285,8 +283,14 @@ impl Server {
         if let Err(e) = catalog_dir.scan() {
             tracing::warn!(dir = %config.catalog_dir().display(), error = %e, "cannot read catalogs; starting without");
         }
+        let rules = Rules::new(config.clone());
+        // Whether the store naps short for `sync` events; a reload updates it.
+        let store_status = Arc::new(StoreStatus {
+            sync_types: AtomicBool::new(rules.auditor.has_sync_types()),
+            ..StoreStatus::default()
+        });
         let shared = Arc::new(Shared {
-            rules: ArcSwap::from_pointee(Rules::new(config.clone())),
+            rules: ArcSwap::from_pointee(rules),
             rescan_catalogs: AtomicBool::new(false),
             catalogs: ArcSwap::from_pointee(catalog_dir.catalogs().clone()),
             node: config.node(),
@@ -295,7 +299,7 @@ impl Server {
             streams: (0..workers)
                 .map(|_| Arc::new(StreamShared::default()))
                 .collect(),
-            store_status: Arc::new(StoreStatus::default()),
+            store_status,
             view: Arc::new(crate::view::View::default()),
             heartbeats: (0..workers)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
@@ -374,7 +378,6 @@ impl Server {
             &config.storage,
             stream_specs,
             shared.store_status.clone(),
-            shared.rules.load().auditor.has_sync_types(),
         )
         .map_err(storage("cannot open segments", &config.data_dir))?;
         for spec in specs {
@@ -490,9 +493,8 @@ impl Server {
         let Some(listeners) = guard.as_ref() else {
             return Err(HandoverError::Protocol("the server is stopping".into()));
         };
-        let (data, admin) = handover::borrow(listeners);
         let socket = handover::socket_path(&self.shared.config.data_dir);
-        let pid = handover::offer(&socket, &data, admin, command)?;
+        let pid = handover::offer(&socket, listeners, command)?;
         drop(guard);
         tracing::info!(new_pid = pid, "the new process serves; draining this one");
         self.stop();

@@ -150,7 +150,6 @@ impl Store {
         cfg: &StorageConfig,
         specs: Vec<StreamSpec>,
         status: Arc<StoreStatus>,
-        has_sync_types: bool,
     ) -> std::io::Result<Store> {
         let dir = segments_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
@@ -181,7 +180,6 @@ impl Store {
             stop: stop.clone(),
             metrics: metrics.clone(),
             status: status.clone(),
-            has_sync_types,
         };
         let thread = std::thread::Builder::new()
             .name("trackplane-store".into())
@@ -212,19 +210,14 @@ struct Ctx {
     stop: Arc<AtomicBool>,
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
-    has_sync_types: bool,
 }
 
 impl Ctx {
     fn run(self, mut streams: Vec<Stream>) -> std::io::Result<()> {
         let flush_every = Duration::from_millis(self.cfg.flush_interval_ms);
         let sync_every = Duration::from_millis(self.cfg.sync_interval_ms);
-        // The nap when idle and no event type is `sync`: a quarter of the
-        // flush interval (each wake-up costs the workers' core a context
-        // switch). A reload may add `sync` types; the loop checks each time.
-        self.status
-            .sync_types
-            .store(self.has_sync_types, Ordering::Release);
+        // The nap when no event type is `sync`: a quarter of the flush
+        // interval (each wake-up costs the workers' core a context switch).
         let buffered_idle =
             (flush_every / 4).clamp(Duration::from_millis(1), Duration::from_millis(10));
         // fdatasync runs on its own thread: a slow disk stalls durability,
