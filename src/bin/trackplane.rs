@@ -235,40 +235,43 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let notifier = trackplane::server::notify::Notifier::from_env();
     for signal in signals.forever() {
-        if signal == SIGUSR2 {
-            // Zero-downtime restart: a new process of this binary, with the
-            // same arguments, takes over the listening sockets.
-            let mut command = std::process::Command::new(&exe);
-            command
-                .args(std::env::args_os().skip(1))
-                .stdin(std::process::Stdio::null());
-            match server.hand_over(command) {
-                Ok(_) => return Ok(server.wait()?),
-                Err(e) => {
-                    tracing::error!(error = %e, "restart failed; this process keeps serving");
-                    continue;
+        match signal {
+            SIGUSR2 => {
+                // Zero-downtime restart: a new process of this binary, with
+                // the same arguments, takes over the listening sockets.
+                let mut command = std::process::Command::new(&exe);
+                command
+                    .args(std::env::args_os().skip(1))
+                    .stdin(std::process::Stdio::null());
+                match server.hand_over(command) {
+                    Ok(_) => return Ok(server.wait()?),
+                    Err(e) => {
+                        tracing::error!(error = %e, "restart failed; this process keeps serving")
+                    }
                 }
             }
-        }
-        if signal != SIGHUP {
-            tracing::info!(signal, "shutting down");
-            break;
-        }
-        // Reload: an invalid file is rejected with its reason and the
-        // running rules stay.
-        notifier.notify("RELOADING=1");
-        match load(&args.config) {
-            Ok(config) => {
-                let pending = server.reload(config);
-                if !pending.is_empty() {
-                    tracing::warn!(keys = ?pending, "these changes take effect at the next restart");
+            SIGHUP => {
+                // Reload: an invalid file is rejected with its reason and the
+                // running rules stay.
+                notifier.notify("RELOADING=1");
+                match load(&args.config) {
+                    Ok(config) => {
+                        let pending = server.reload(config);
+                        if !pending.is_empty() {
+                            tracing::warn!(keys = ?pending, "these changes take effect at the next restart");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
+                    }
                 }
+                notifier.notify("READY=1");
             }
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
+            _ => {
+                tracing::info!(signal, "shutting down");
+                break;
             }
         }
-        notifier.notify("READY=1");
     }
     server.shutdown();
     server.wait()?;

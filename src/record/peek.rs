@@ -25,12 +25,6 @@ fn plain_str_from<'a>(rec: &'a [u8], from: usize, key: &[u8]) -> Option<(&'a str
     Some((value, at + len + 1))
 }
 
-/// The string value after `key` (which includes the opening quote), when
-/// it has no escapes.
-pub fn plain_str<'a>(rec: &'a [u8], key: &[u8]) -> Option<&'a str> {
-    plain_str_from(rec, 0, key).map(|(v, _)| v)
-}
-
 /// `ts_ms`.
 pub fn ts_ms(rec: &[u8]) -> Option<u64> {
     Some(ts_ms_from(rec)?.0)

@@ -159,8 +159,7 @@ impl View {
                     view.counts.add(ts, Kind::Issue, &i.code);
                     if i.code != "unknown_product" {
                         view.counts.add(ts, Kind::Param, &i.param);
-                    }
-                    if let (Some(value), "unknown_product") = (&i.value, i.code.as_ref()) {
+                    } else if let Some(value) = &i.value {
                         if view.unknown_products.len() < MAX_PRODUCTS
                             || view.unknown_products.contains_key(value.as_ref())
                         {
