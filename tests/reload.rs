@@ -18,6 +18,20 @@ fn pixel(addr: SocketAddr, query: &str) -> u16 {
     common::read_responses(&mut c, 1)[0].status
 }
 
+/// Writes `body` as the config file, sends SIGHUP, and returns the first
+/// log line after it that contains `needle`.
+fn reload(
+    server: &common::process::Served,
+    config: &std::path::Path,
+    body: &str,
+    needle: &str,
+) -> String {
+    std::fs::write(config, body).unwrap();
+    let mark = server.log_len();
+    server.signal("-HUP");
+    server.wait_log(needle, mark)
+}
+
 #[test]
 fn sighup_reloads_rules_and_catalogs_and_rejects_bad_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,39 +53,34 @@ fn sighup_reloads_rules_and_catalogs_and_rejects_bad_files() {
     // A new advertiser and its catalog, picked up at once by SIGHUP (the
     // catalog poll interval is a minute).
     std::fs::write(data.join("catalogs/shop.txt"), "p1\n").unwrap();
-    std::fs::write(
-        &config,
-        format!("{base}[advertisers.shop]\nredirect_hosts = [\"shop.com\"]\n"),
-    )
-    .unwrap();
     let mark = server.log_len();
-    server.signal("-HUP");
-    server.wait_log("configuration reloaded", mark);
+    reload(
+        &server,
+        &config,
+        &format!("{base}[advertisers.shop]\nredirect_hosts = [\"shop.com\"]\n"),
+        "configuration reloaded",
+    );
     server.wait_log("catalogs reloaded", mark);
     assert_eq!(pixel(addr, "adv=shop&pid=p1&n=after"), 200);
 
     // An invalid file: rejected, reason logged, the running rules stay.
-    std::fs::write(
+    let rejected = reload(
+        &server,
         &config,
-        format!("{base}[server]\nmax_body_bytez = 1\n[advertisers.shop]\n"),
-    )
-    .unwrap();
-    let mark = server.log_len();
-    server.signal("-HUP");
-    let rejected = server.wait_log("reload rejected", mark);
+        &format!("{base}[server]\nmax_body_bytez = 1\n[advertisers.shop]\n"),
+        "reload rejected",
+    );
     assert!(rejected.contains("server.max_body_bytez"), "{rejected}");
     assert_eq!(pixel(addr, "adv=shop&pid=p1&n=still"), 200);
 
     // A server setting is reported as waiting for a restart, not applied.
     // (Command-line overrides are applied again on every reload.)
-    std::fs::write(
+    let pending = reload(
+        &server,
         &config,
-        format!("{base}[server]\nmax_body_bytes = 2048\n[advertisers.shop]\n"),
-    )
-    .unwrap();
-    let mark = server.log_len();
-    server.signal("-HUP");
-    let pending = server.wait_log("next restart", mark);
+        &format!("{base}[server]\nmax_body_bytes = 2048\n[advertisers.shop]\n"),
+        "next restart",
+    );
     assert!(pending.contains("server"), "{pending}");
     assert_eq!(pixel(addr, "adv=shop&pid=p1&n=last"), 200);
 

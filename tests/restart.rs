@@ -310,3 +310,55 @@ fn restart_hands_over_without_loss_uring() {
 fn restart_hands_over_without_loss_epoll() {
     restart_under_load("epoll");
 }
+
+/// A new process that cannot start (here: its config file turned invalid)
+/// is reported, and the old process keeps serving on the same sockets.
+#[test]
+fn a_failed_restart_leaves_the_old_process_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("trackplane.toml");
+    std::fs::write(&config, "node_id = \"t1\"\n").unwrap();
+    let data = dir.path().join("data");
+    let mut old = common::process::serve(
+        &data,
+        &["--workers", "1", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let mut c = TcpStream::connect(old.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(
+        request(&mut c, "before"),
+        Outcome::Answered { close: false }
+    ));
+    std::fs::write(&config, "node_id = \"t1\"\n[server]\nworkerz = 2\n").unwrap();
+    let mark = old.log_len();
+    old.signal("-USR2");
+    let failed = old.wait_log("restart failed", mark);
+    assert!(failed.contains("exited before serving"), "{failed}");
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process stopped"
+    );
+    // The kept-alive connection and a new one are both still answered.
+    assert!(matches!(
+        request(&mut c, "after"),
+        Outcome::Answered { close: false }
+    ));
+    let mut fresh = TcpStream::connect(old.addr).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(matches!(
+        request(&mut fresh, "fresh"),
+        Outcome::Answered { .. }
+    ));
+    old.signal("-TERM");
+    assert!(old.wait_exit(Duration::from_secs(20)).success());
+    let uids: HashSet<String> = common::records(&data)
+        .iter()
+        .filter_map(|r| r["params"]["uid"].as_str().map(str::to_owned))
+        .collect();
+    for uid in ["before", "after", "fresh"] {
+        assert!(uids.contains(uid), "{uid} missing");
+    }
+}
