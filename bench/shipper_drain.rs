@@ -47,10 +47,13 @@ fn tansu() -> String {
     })
 }
 
-/// CPU time of this process (all threads), seconds.
-fn cpu_seconds() -> f64 {
+/// CPU time of a process (all threads), seconds: `/proc/self` or `/proc/PID`.
+fn cpu_seconds(proc_dir: &str) -> f64 {
     let mut ns = 0u64;
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+    for t in std::fs::read_dir(format!("{proc_dir}/task"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
             ns += s
                 .split_whitespace()
@@ -173,12 +176,13 @@ fn main() {
         assert!(ok.success());
     }
     let brokers = format!("127.0.0.1:{port}");
+    let broker_proc = format!("/proc/{}", broker.id());
     let recs = records();
     let bytes: usize = recs.iter().map(|r| r.1.len()).sum();
 
     let mut rounds = Vec::new();
     for r in 0..ROUNDS {
-        rounds.push(round(&brokers, &recs, r));
+        rounds.push(round(&brokers, &broker_proc, &recs, r));
     }
     let _ = broker.kill();
     let _ = broker.wait();
@@ -188,27 +192,27 @@ fn main() {
     let cpu = |c: f64| c * 1e6 / EVENTS as f64;
     let mut table = String::new();
     let mut ratios = Vec::new();
-    for (i, &(bs, bc, ss, sc)) in rounds.iter().enumerate() {
-        table += &format!(
-            "| {} | minimal rdkafka producer, records in memory | {:.0} | {:.1} | {:.2} |\n",
-            i + 1,
-            rate(bs),
-            mb / bs,
-            cpu(bc)
-        );
-        table += &format!(
-            "| {} | trackplane-shipper, segments on disk (2 streams) | {:.0} | {:.1} | {:.2} |\n",
-            i + 1,
-            rate(ss),
-            mb / ss,
-            cpu(sc)
-        );
-        ratios.push(bs / ss);
+    for (i, (base, ship)) in rounds.iter().enumerate() {
+        for (who, d) in [
+            ("minimal rdkafka producer, records in memory", base),
+            ("trackplane-shipper, segments on disk (2 streams)", ship),
+        ] {
+            table += &format!(
+                "| {} | {who} | {:.0} | {:.1} | {:.2} | {:.2} | {:.0}% |\n",
+                i + 1,
+                rate(d.secs),
+                mb / d.secs,
+                cpu(d.cpu),
+                cpu(d.broker_cpu),
+                100.0 * d.broker_cpu / d.secs
+            );
+        }
+        ratios.push(base.secs / ship.secs);
     }
     let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
     ratios.sort_by(f64::total_cmp);
     let report = format!(
-        "# Backlog drain to Kafka — {}\n\nCommand: `cargo bench --bench shipper_drain`\nMachine: {cores} cores, {}; kernel {}. Broker: tansu 0.6.0 (in memory) on loopback, pinned to core 0; this process to core 1.\n{EVENTS} records, {:.0} bytes each on average ({mb:.0} MB), idempotent producer, acks=all, zstd, linger 5 ms, batch 1 MB; both send identical messages (key = advertiser, value = record, the three trackplane headers). {ROUNDS} rounds, alternating.\n\n| round | | events/s | MB/s | CPU µs/event (all threads) |\n|---|---|---|---|---|\n{table}\nShipper / minimal producer throughput by round: {}; median {:.2}x.\n",
+        "# Backlog drain to Kafka — {}\n\nCommand: `cargo bench --bench shipper_drain`\nMachine: {cores} cores, {}; kernel {}. Broker: tansu 0.6.0 (in memory) on loopback, pinned to core 0; this process to core 1.\n{EVENTS} records, {:.0} bytes each on average ({mb:.0} MB), idempotent producer, acks=all, zstd, linger 5 ms, batch 1 MB; both send identical messages (key = advertiser, value = record, the three trackplane headers). {ROUNDS} rounds, alternating.\n\n| round | | events/s | MB/s | CPU µs/event (all threads) | broker CPU µs/event | broker core busy |\n|---|---|---|---|---|---|---|\n{table}\nShipper / minimal producer throughput by round: {}; median {:.2}x.\n",
         chrono_free_now(),
         std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())).unwrap_or_default(),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
@@ -242,12 +246,21 @@ fn chrono_free_now() -> String {
 }
 
 /// One round: the minimal producer, then the shipper. Returns
-/// (producer seconds, producer CPU, shipper seconds, shipper CPU).
+/// Wall time, this process's CPU and the broker's CPU of one drain.
+#[derive(Clone, Copy)]
+struct Drain {
+    secs: f64,
+    cpu: f64,
+    broker_cpu: f64,
+}
+
+/// One round: (minimal producer, shipper).
 fn round(
     brokers: &str,
+    broker_proc: &str,
     recs: &[(u64, Vec<u8>, String, String)],
     round: usize,
-) -> (f64, f64, f64, f64) {
+) -> (Drain, Drain) {
     let baseline_topic = format!("baseline-{round}");
     // Baseline: the minimal producer, records already in memory.
     let producer: BaseProducer = ClientConfig::new()
@@ -260,7 +273,11 @@ fn round(
         .set("queue.buffering.max.messages", "200000")
         .create()
         .unwrap();
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let (cpu0, bcpu0, t0) = (
+        cpu_seconds("/proc/self"),
+        cpu_seconds(broker_proc),
+        Instant::now(),
+    );
     for (_, value, key, event_type) in recs {
         // The same message the shipper sends: key, value and headers.
         let headers = OwnedHeaders::new()
@@ -292,7 +309,11 @@ fn round(
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(120)).unwrap();
-    let (base_secs, base_cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let baseline = Drain {
+        secs: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds("/proc/self") - cpu0,
+        broker_cpu: cpu_seconds(broker_proc) - bcpu0,
+    };
     drop(producer);
 
     // trackplane-shipper: the same records as segments on disk, two streams.
@@ -335,7 +356,11 @@ fn round(
     let mut shipper = trackplane::shipper::Shipper::new(config).unwrap();
     let metrics = shipper.metrics.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let (cpu0, bcpu0, t0) = (
+        cpu_seconds("/proc/self"),
+        cpu_seconds(broker_proc),
+        Instant::now(),
+    );
     let thread = {
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -353,8 +378,12 @@ fn round(
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let (ship_secs, ship_cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let shipped = Drain {
+        secs: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds("/proc/self") - cpu0,
+        broker_cpu: cpu_seconds(broker_proc) - bcpu0,
+    };
     stop.store(true, Ordering::Release);
     thread.join().unwrap();
-    (base_secs, base_cpu, ship_secs, ship_cpu)
+    (baseline, shipped)
 }
