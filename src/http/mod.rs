@@ -2,6 +2,7 @@
 //! bytes appended to a caller's buffer. No I/O and no allocation per request:
 //! the connection loop in `server` owns every buffer and reuses it.
 
+pub mod body;
 pub mod chunked;
 pub mod date;
 pub mod params;

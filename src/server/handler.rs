@@ -8,10 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use simd_json::BorrowedValue;
-
 use crate::audit::{Route, Verdict};
 use crate::config::{DntPolicy, Durability};
+use crate::http::body::{self, BatchError};
 use crate::http::date::HttpDate;
 use crate::http::{response, HeadError, Method, Params, RequestHead, Status};
 use crate::record::{self, json, Envelope};
@@ -19,9 +18,6 @@ use crate::ring::Producer;
 use crate::server::metrics::WorkerMetrics;
 use crate::server::{Rules, Shared};
 use crate::store::{StoreStatus, StreamShared, RING_PREFIX};
-
-/// Largest number of events in one `/batch` request.
-pub const MAX_BATCH_ITEMS: usize = 10_000;
 
 /// A worker's request handler and the buffers it reuses.
 pub struct Handler {
@@ -167,7 +163,7 @@ impl Handler {
                 .of(head_part)
                 .starts_with(b"application/json")
             {
-                parse_json_object(body, &mut self.params, max, &mut self.json_buffers)
+                body::object_params(body, &mut self.params, max, &mut self.json_buffers)
             } else {
                 self.params.parse_urlencoded(body, max).is_ok()
             };
@@ -221,32 +217,22 @@ impl Handler {
     ) -> bool {
         let max = self.shared.config.server.max_params;
         let mut doc_buffers = std::mem::take(&mut self.json_buffers);
-        let parsed = simd_json::to_borrowed_value_with_buffers(body, &mut doc_buffers);
-        let items = match parsed {
-            Ok(BorrowedValue::Array(items)) => items,
-            Ok(_) => {
+        let items = match body::batch_items(body, &mut doc_buffers) {
+            Ok(items) => items,
+            Err(e) => {
                 self.json_buffers = doc_buffers;
-                return self.json_error(
-                    out,
-                    Status::BadRequest,
-                    keep,
-                    "body must be a JSON array of events",
-                );
-            }
-            Err(_) => {
-                self.json_buffers = doc_buffers;
-                return self.json_error(out, Status::BadRequest, keep, "body is not valid JSON");
+                let (status, message) = match e {
+                    BatchError::NotJson => (Status::BadRequest, "body is not valid JSON"),
+                    BatchError::NotArray => {
+                        (Status::BadRequest, "body must be a JSON array of events")
+                    }
+                    BatchError::TooMany => {
+                        (Status::PayloadTooLarge, "too many events in one batch")
+                    }
+                };
+                return self.json_error(out, status, keep, message);
             }
         };
-        if items.len() > MAX_BATCH_ITEMS {
-            self.json_buffers = doc_buffers;
-            return self.json_error(
-                out,
-                Status::PayloadTooLarge,
-                keep,
-                "too many events in one batch",
-            );
-        }
         let catalogs = self.shared.catalogs.load();
         let rules = self.shared.rules.load();
         let body_out = &mut self.batch_body;
@@ -258,11 +244,7 @@ impl Handler {
                 body_out.push(b',');
             }
             self.params.clear();
-            let ok = match item {
-                BorrowedValue::Object(obj) => fill_params(obj, &mut self.params, max),
-                _ => false,
-            };
-            if !ok {
+            if !body::item_params(item, &mut self.params, max) {
                 rejected += 1;
                 body_out.extend_from_slice(b"{\"status\":\"rejected\",\"error\":\"not an object of at most max_params scalar or list values\"}");
                 continue;
@@ -474,63 +456,5 @@ impl Emitter {
         self.pending.clear();
         self.scratch.clear();
         fits
-    }
-}
-
-/// Copies a JSON object's members into `params`: strings as they are,
-/// numbers and booleans as their text, lists of scalars comma-joined.
-fn fill_params(obj: &simd_json::borrowed::Object<'_>, params: &mut Params, max: usize) -> bool {
-    for (key, value) in obj.iter() {
-        let begun = params.begin_value(key.as_bytes());
-        let ok = match value {
-            BorrowedValue::String(s) => {
-                params.extend_value(s.as_bytes());
-                true
-            }
-            BorrowedValue::Static(simd_json::StaticNode::Null) => true,
-            BorrowedValue::Static(node) => {
-                push_scalar(params, node);
-                true
-            }
-            BorrowedValue::Array(list) => list.iter().enumerate().all(|(i, v)| {
-                if i > 0 {
-                    params.extend_value(b",");
-                }
-                match v {
-                    BorrowedValue::String(s) => params.extend_value(s.as_bytes()),
-                    BorrowedValue::Static(node) => push_scalar(params, node),
-                    _ => return false,
-                }
-                true
-            }),
-            BorrowedValue::Object(_) => false,
-        };
-        if !ok || params.finish_value(begun, max).is_err() {
-            return false;
-        }
-    }
-    true
-}
-
-fn push_scalar(params: &mut Params, node: &simd_json::StaticNode) {
-    use simd_json::StaticNode;
-    match *node {
-        StaticNode::I64(n) => params.extend_value(itoa::Buffer::new().format(n).as_bytes()),
-        StaticNode::U64(n) => params.extend_value(itoa::Buffer::new().format(n).as_bytes()),
-        StaticNode::F64(f) => params.extend_value(ryu::Buffer::new().format(f).as_bytes()),
-        StaticNode::Bool(b) => params.extend_value(if b { b"true" } else { b"false" }),
-        StaticNode::Null => {}
-    }
-}
-
-fn parse_json_object(
-    body: &mut [u8],
-    params: &mut Params,
-    max: usize,
-    buffers: &mut simd_json::Buffers,
-) -> bool {
-    match simd_json::to_borrowed_value_with_buffers(body, buffers) {
-        Ok(BorrowedValue::Object(obj)) => fill_params(&obj, params, max),
-        _ => false,
     }
 }
