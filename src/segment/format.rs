@@ -177,6 +177,11 @@ impl BlockHeader {
         if h.count == 0 {
             return Err(FormatError::Length("record count"));
         }
+        // end_seq must be representable: readers, recovery and the shipper
+        // all compute it.
+        if h.first_seq.checked_add(u64::from(h.count)).is_none() {
+            return Err(FormatError::Length("sequence range"));
+        }
         Ok(h)
     }
 
@@ -268,12 +273,24 @@ mod tests {
         }
 
         #[test]
-        fn block_header_round_trips(len in 1u32..1000, count in 1u32..100, first_seq: u64, min_ts: u64, max_ts: u64, payload in proptest::collection::vec(any::<u8>(), 1..64)) {
+        fn block_header_round_trips(len in 1u32..1000, count in 1u32..100, first_seq in 0..=u64::MAX - 100, min_ts: u64, max_ts: u64, payload in proptest::collection::vec(any::<u8>(), 1..64)) {
             let h = BlockHeader { compressed_len: payload.len() as u32, uncompressed_len: len.max(4 * count), count, first_seq, min_ts, max_ts, codec: CODEC_ZSTD, crc: 0 };
             let bytes = h.encode(&payload);
             let d = BlockHeader::decode(&bytes).unwrap();
             d.verify(&bytes, &payload).unwrap();
             prop_assert_eq!(BlockHeader { crc: 0, ..d }, h);
+        }
+
+        #[test]
+        fn a_sequence_range_past_u64_is_refused(count in 1u32..100, below in 0u64..100) {
+            let first_seq = u64::MAX - below;
+            let h = BlockHeader { compressed_len: 1, uncompressed_len: 4 * count, count, first_seq, min_ts: 0, max_ts: 0, codec: CODEC_ZSTD, crc: 0 };
+            let d = BlockHeader::decode(&h.encode(b"x"));
+            if u64::from(count) > below {
+                prop_assert_eq!(d, Err(FormatError::Length("sequence range")));
+            } else {
+                prop_assert_eq!(d.map(|d| d.end_seq()), Ok(u64::MAX - below + u64::from(count)));
+            }
         }
 
         #[test]
