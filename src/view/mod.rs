@@ -155,47 +155,44 @@ impl Batch<'_> {
                 )
             }
         };
-        {
-            let ads = &mut self.ads;
-            let full = ads.len() >= MAX_ADVERTISERS;
-            let view = match ads.get_mut(advertiser) {
-                Some(v) => Some(v),
-                None if full => None,
-                None => Some(ads.entry(advertiser.to_owned()).or_default()),
-            };
-            if let Some(view) = view {
-                view.counts.add(ts, Kind::Type, event_type);
-                view.counts.add(ts, Kind::Status, status);
-                for i in issues {
-                    view.counts.add(ts, Kind::Issue, &i.code);
-                    if i.code != "unknown_product" {
-                        view.counts.add(ts, Kind::Param, &i.param);
-                    } else if let Some(value) = &i.value {
-                        if view.unknown_products.len() < MAX_PRODUCTS
-                            || view.unknown_products.contains_key(value.as_ref())
-                        {
-                            let e = view.unknown_products.entry(value.to_string()).or_default();
-                            e.0 += 1;
-                            e.1 = ts;
-                        }
+        let ads = &mut self.ads;
+        let full = ads.len() >= MAX_ADVERTISERS;
+        let view = match ads.get_mut(advertiser) {
+            Some(v) => Some(v),
+            None if full => None,
+            None => Some(ads.entry(advertiser.to_owned()).or_default()),
+        };
+        if let Some(view) = view {
+            view.counts.add(ts, Kind::Type, event_type);
+            view.counts.add(ts, Kind::Status, status);
+            for i in issues {
+                view.counts.add(ts, Kind::Issue, &i.code);
+                if i.code != "unknown_product" {
+                    view.counts.add(ts, Kind::Param, &i.param);
+                } else if let Some(value) = &i.value {
+                    if view.unknown_products.len() < MAX_PRODUCTS
+                        || view.unknown_products.contains_key(value.as_ref())
+                    {
+                        let e = view.unknown_products.entry(value.to_string()).or_default();
+                        e.0 += 1;
+                        e.1 = ts;
                     }
                 }
-                let mut buf = if view.recent.len() >= RECENT {
-                    view.recent.pop_front().unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                buf.clear();
-                buf.extend_from_slice(rec);
-                view.recent.push_back(buf);
-            } else {
-                self.view.untracked.fetch_add(1, Ordering::Relaxed);
             }
+            let mut buf = if view.recent.len() >= RECENT {
+                view.recent.pop_front().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            buf.clear();
+            buf.extend_from_slice(rec);
+            view.recent.push_back(buf);
+        } else {
+            self.view.untracked.fetch_add(1, Ordering::Relaxed);
         }
         if self.subs.is_empty() {
             return;
         }
-        let view = self.view;
         // A shared copy only when someone watches this advertiser.
         let mut text: Option<Arc<str>> = None;
         self.subs.retain(|s| {
@@ -208,7 +205,7 @@ impl Batch<'_> {
             match s.tx.try_send(t) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
-                    view.viewer_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.view.viewer_dropped.fetch_add(1, Ordering::Relaxed);
                     true
                 }
                 Err(TrySendError::Disconnected(_)) => false,
