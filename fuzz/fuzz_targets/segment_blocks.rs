@@ -7,19 +7,8 @@
 //! only on I/O.
 #![no_main]
 
-use std::path::PathBuf;
-
 use libfuzzer_sys::fuzz_target;
-use trackplane::segment::format::{self, BlockHeader, SegmentHeader, CODEC_ZSTD};
-use trackplane::segment::{self, SegmentReader};
-
-thread_local! {
-    static DATA_DIR: PathBuf = {
-        let dir = std::env::temp_dir().join(format!("trackplane-fuzz-blocks-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("segments")).unwrap();
-        dir
-    };
-}
+use trackplane::segment::format::{BlockHeader, SegmentHeader, CODEC_ZSTD};
 
 /// Header fields the input chooses: count, first sequence, min and max
 /// event time, whether to compress, and the uncompressed length.
@@ -63,28 +52,5 @@ fuzz_target!(|data: &[u8]| {
     let mut file = header.encode().to_vec();
     file.extend_from_slice(&block.encode(&payload));
     file.extend_from_slice(&payload);
-    DATA_DIR.with(|dir| {
-        let segments = dir.join("segments");
-        let _ = std::fs::remove_dir_all(&segments);
-        std::fs::create_dir_all(&segments).unwrap();
-        let open = segments.join(format::file_name(0, 0, true));
-        std::fs::write(&open, &file).unwrap();
-        if let Ok(mut reader) = SegmentReader::open(&open) {
-            loop {
-                match reader.next_block() {
-                    Ok(Some(block)) => {
-                        for (seq, _) in block.records() {
-                            let _ = seq;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        assert!(e.offset().is_some(), "{e}");
-                        break;
-                    }
-                }
-            }
-        }
-        segment::recover(dir).unwrap();
-    });
+    trackplane_fuzz::check_segment_file(&file);
 });
