@@ -9,7 +9,8 @@
 //! - `audit`: schemas, catalogs, redirect policy, issue codes
 //! - `record`: the JSON event record, exactly as stored and shipped
 //! - `ring`: the lock-free hand-off from a worker to storage (the one
-//!   module allowed `unsafe`; the crate denies it everywhere else)
+//!   module allowed `unsafe`, besides `server::handover`'s single
+//!   `close_range` call; the crate denies it everywhere else)
 //! - `segment`: the on-disk format, writer, reader and crash recovery
 //! - `store`: drains the rings into zstd blocks in segments; fsync, rotation,
 //!   disk budget, stream leases
