@@ -204,6 +204,25 @@ impl Store {
     }
 }
 
+/// Seals a stream's segment when it is due (by size or age) and opens the
+/// next one. Sealing syncs it, so everything in it is durable.
+fn rotate_if_due(
+    writer: &mut StreamWriter,
+    shared: &StreamShared,
+    requested: &mut u64,
+    metrics: &StoreMetrics,
+) -> std::io::Result<()> {
+    if writer.should_rotate() {
+        writer.rotate()?;
+        metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
+        shared
+            .durable_seq
+            .fetch_max(writer.next_seq(), Ordering::AcqRel);
+        *requested = (*requested).max(writer.next_seq());
+    }
+    Ok(())
+}
+
 struct Ctx {
     dir: PathBuf,
     cfg: StorageConfig,
@@ -281,14 +300,7 @@ impl Ctx {
                 last_sync = now;
             }
             for s in streams.iter_mut() {
-                if s.writer.should_rotate() {
-                    s.writer.rotate()?;
-                    self.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
-                    s.shared
-                        .durable_seq
-                        .fetch_max(s.writer.next_seq(), Ordering::AcqRel);
-                    s.requested = s.requested.max(s.writer.next_seq());
-                }
+                rotate_if_due(&mut s.writer, &s.shared, &mut s.requested, &self.metrics)?;
             }
             if now.duration_since(last_budget) >= Duration::from_secs(1) {
                 self.enforce_budget(&streams)?;
@@ -335,9 +347,14 @@ impl Ctx {
             s.requested = s.requested.max(wanted);
             return Ok(s.consumer.drain(|_| {}));
         }
-        let writer = &mut s.writer;
+        let Stream {
+            consumer,
+            writer,
+            shared,
+            requested,
+        } = s;
         let metrics = &self.metrics;
-        let n = s.consumer.drain(|rec| {
+        let n = consumer.drain(|rec| {
             if result.is_err() || rec.len() < RING_PREFIX {
                 return;
             }
@@ -345,11 +362,13 @@ impl Ctx {
             let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
             result = writer.append(seq, ts, &rec[RING_PREFIX..]);
             if result.is_ok() && writer.block_full() {
-                match writer.write_block() {
-                    Ok(Some(stats)) => metrics.block(&stats),
-                    Ok(None) => {}
-                    Err(e) => result = Err(e),
-                }
+                // A segment ends at its size however much one pass drains.
+                result = writer.write_block().and_then(|stats| {
+                    if let Some(stats) = stats {
+                        metrics.block(&stats);
+                    }
+                    rotate_if_due(writer, shared, requested, metrics)
+                });
             }
         });
         if let Err(e) = &result {
@@ -420,5 +439,61 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pass that drains far more than a segment holds still ends each
+    /// segment at its size, not at the end of the pass.
+    #[test]
+    fn a_long_pass_still_rotates_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = "[storage]\nblock_max_bytes = 1024\nsegment_max_bytes = 4096\n";
+        let cfg = crate::config::Config::from_toml_str(toml, "test")
+            .unwrap()
+            .storage;
+        let (mut producer, consumer) = crate::ring::ring(1 << 20);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rec = Vec::new();
+        for seq in 0..2000u64 {
+            // Poorly compressible, so that the records fill many segments.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            rec.clear();
+            rec.extend_from_slice(&seq.to_le_bytes());
+            rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+            rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}","v":"{x:016x}"}}"#).as_bytes());
+            producer.push(&rec).unwrap();
+        }
+        let spec = StreamSpec {
+            stream: 0,
+            consumer,
+            next_seq: 0,
+            shared: Arc::default(),
+        };
+        let store = Store::start(dir.path(), "t", &cfg, vec![spec], Arc::default()).unwrap();
+        store.finish().unwrap();
+        let segments = crate::segment::list(&segments_dir(dir.path())).unwrap();
+        assert!(segments.len() >= 8, "{} segments", segments.len());
+        for seg in &segments {
+            let len = std::fs::metadata(&seg.path).unwrap().len();
+            // At most one block past the size.
+            assert!(len < 4096 + 2048, "{}: {len} bytes", seg.path.display());
+        }
+        let mut next = 0;
+        for seg in &segments {
+            let mut reader = crate::segment::SegmentReader::open(&seg.path).unwrap();
+            while let Some(block) = reader.next_block().unwrap() {
+                for (seq, _) in block.records() {
+                    assert_eq!(seq, next);
+                    next += 1;
+                }
+            }
+        }
+        assert_eq!(next, 2000, "every record, in order");
     }
 }
