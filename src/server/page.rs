@@ -88,17 +88,11 @@ impl MetricsPage {
             &mut out,
             "trackplane_view_dropped_total",
             "counter",
-            "Record copies the live view lost (full view ring or a slow viewer).",
-            [
-                (
-                    "where=\"ring\"".to_owned(),
-                    view.ring_dropped.load(Ordering::Relaxed),
-                ),
-                (
-                    "where=\"viewer\"".to_owned(),
-                    view.viewer_dropped.load(Ordering::Relaxed),
-                ),
-            ],
+            "Events the live view lost to a slow viewer.",
+            [(
+                "where=\"viewer\"".to_owned(),
+                view.viewer_dropped.load(Ordering::Relaxed),
+            )],
         );
         family(
             &mut out,

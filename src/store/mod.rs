@@ -1,5 +1,6 @@
 //! The store: one thread that drains every worker's ring, batches records
-//! into zstd blocks and appends them to each stream's open segment, rotates
+//! into zstd blocks and appends them to each stream's open segment, hands
+//! each record to the live view while it is in cache, rotates
 //! segments and enforces the disk budget; and a syncer thread that
 //! fdatasyncs (per interval, or at once for `sync` event types: group
 //! commit) while the store keeps writing. Workers never wait for either
@@ -27,6 +28,7 @@ use crossbeam_utils::CachePadded;
 use crate::config::{FullPolicy, StorageConfig};
 use crate::ring::Consumer;
 use crate::segment::{StreamWriter, WriterConfig};
+use crate::view::View;
 pub use metrics::StoreMetrics;
 
 /// Bytes before each record in a ring: sequence and event time.
@@ -150,6 +152,7 @@ impl Store {
         cfg: &StorageConfig,
         specs: Vec<StreamSpec>,
         status: Arc<StoreStatus>,
+        view: Arc<View>,
     ) -> std::io::Result<Store> {
         let dir = segments_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
@@ -180,6 +183,7 @@ impl Store {
             stop: stop.clone(),
             metrics: metrics.clone(),
             status: status.clone(),
+            view,
         };
         let thread = std::thread::Builder::new()
             .name("trackplane-store".into())
@@ -229,6 +233,7 @@ struct Ctx {
     stop: Arc<AtomicBool>,
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
+    view: Arc<View>,
 }
 
 impl Ctx {
@@ -339,13 +344,19 @@ impl Ctx {
 
     fn drain(&self, s: &mut Stream) -> std::io::Result<usize> {
         let mut result = Ok(());
+        // The view's locks, taken at the first record of this pass.
+        let mut view = None;
         if self.cfg.discard_for_benchmarks {
             // Nothing is stored, so nothing can become more durable: let
             // whoever waits go, and ask for nothing.
             let wanted = s.shared.sync_wanted.load(Ordering::Acquire);
             s.shared.durable_seq.fetch_max(wanted, Ordering::AcqRel);
             s.requested = s.requested.max(wanted);
-            return Ok(s.consumer.drain(|_| {}));
+            return Ok(s.consumer.drain(|rec| {
+                if let Some(rec) = rec.get(RING_PREFIX..) {
+                    view.get_or_insert_with(|| self.view.batch()).add(rec);
+                }
+            }));
         }
         let Stream {
             consumer,
@@ -361,7 +372,11 @@ impl Ctx {
             let seq = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
             let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
             result = writer.append(seq, ts, &rec[RING_PREFIX..]);
+            view.get_or_insert_with(|| self.view.batch())
+                .add(&rec[RING_PREFIX..]);
             if result.is_ok() && writer.block_full() {
+                // Admin readers of the view don't wait behind the disk.
+                view = None;
                 // A segment ends at its size however much one pass drains.
                 result = writer.write_block().and_then(|stats| {
                     if let Some(stats) = stats {
@@ -475,7 +490,15 @@ mod tests {
             next_seq: 0,
             shared: Arc::default(),
         };
-        let store = Store::start(dir.path(), "t", &cfg, vec![spec], Arc::default()).unwrap();
+        let store = Store::start(
+            dir.path(),
+            "t",
+            &cfg,
+            vec![spec],
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
         store.finish().unwrap();
         let segments = crate::segment::list(&segments_dir(dir.path())).unwrap();
         assert!(segments.len() >= 8, "{} segments", segments.len());
