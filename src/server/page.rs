@@ -88,11 +88,17 @@ impl MetricsPage {
             &mut out,
             "trackplane_view_dropped_total",
             "counter",
-            "Events the live view lost to a slow viewer.",
-            [(
-                "where=\"viewer\"".to_owned(),
-                view.viewer_dropped.load(Ordering::Relaxed),
-            )],
+            "Events the live view lost: to a slow viewer, or while the store caught up.",
+            [
+                (
+                    "where=\"viewer\"".to_owned(),
+                    view.viewer_dropped.load(Ordering::Relaxed),
+                ),
+                (
+                    "where=\"store_behind\"".to_owned(),
+                    view.behind_dropped.load(Ordering::Relaxed),
+                ),
+            ],
         );
         family(
             &mut out,

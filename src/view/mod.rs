@@ -10,7 +10,8 @@
 //! bounded queues: a slow viewer loses events, it never slows anything
 //! else. Admin readers hold the view's locks only briefly; the store waits
 //! for them at most that long, and the workers never do (their rings
-//! absorb it). In steady state the view allocates nothing, except the
+//! absorb it). A store that falls behind skips the view (counted) until
+//! it has caught up: storage goes first. In steady state the view allocates nothing, except the
 //! shared copy of an event streamed to a viewer.
 //!
 //! # Layout
@@ -139,6 +140,8 @@ pub struct View {
     subscribers: Mutex<Vec<Subscriber>>,
     /// Events a slow viewer's queue had no room for.
     pub viewer_dropped: AtomicU64,
+    /// Events the store stored without showing the view (it was behind).
+    pub behind_dropped: AtomicU64,
     /// Events of advertisers beyond the tracking limit.
     pub untracked: AtomicU64,
     /// Events written to viewers' streams.
