@@ -44,6 +44,9 @@ struct Emitter {
     sync_wait: Option<u64>,
     stream_shared: Arc<StreamShared>,
     store: Arc<StoreStatus>,
+    /// Lossy copy of every record for the live view.
+    view: Producer,
+    view_shared: Arc<crate::view::View>,
 }
 
 /// The request facts a record needs besides its parameters.
@@ -65,9 +68,11 @@ impl Handler {
         stream_shared: Arc<StreamShared>,
         next_seq: u64,
         producer: Producer,
+        view: Producer,
     ) -> Handler {
         let max_params = shared.config.server.max_params;
         let store = shared.store_status.clone();
+        let view_shared = shared.view.clone();
         Handler {
             shared,
             metrics,
@@ -82,6 +87,8 @@ impl Handler {
                 sync_wait: None,
                 stream_shared,
                 store,
+                view,
+                view_shared,
             },
             date: HttpDate::default(),
             batch_body: Vec::new(),
@@ -421,6 +428,16 @@ impl Emitter {
                 // record larger than the ring accepts is refused by `fits`.
                 if self.producer.push(&self.scratch[start..end]).is_err() {
                     metrics.events_refused.inc();
+                }
+                // The view's copy is lossy by design: a full ring drops it.
+                if self
+                    .view
+                    .push(&self.scratch[start + RING_PREFIX..end])
+                    .is_err()
+                {
+                    self.view_shared
+                        .ring_dropped
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 start = end;
             }

@@ -108,6 +108,9 @@ pub struct Shared {
     pub view: Arc<crate::view::View>,
 }
 
+/// Bytes of each worker's lossy ring to the live view.
+const VIEW_RING_BYTES: usize = 1 << 20;
+
 /// The admin port's routes: health, metrics, and the live view.
 fn route_admin(target: &str, shared: &Arc<Shared>, page: &MetricsPage) -> admin::Reply {
     let (path, query) = admin::split_target(target);
@@ -330,6 +333,7 @@ impl Server {
         let mut consumers = Vec::with_capacity(workers);
         let mut worker_metrics = Vec::with_capacity(workers);
         let mut rings = Vec::with_capacity(workers);
+        let mut view_rings = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         let (tx, rx) = mpsc::channel();
         let mut specs = Vec::with_capacity(workers);
@@ -337,6 +341,8 @@ impl Server {
         for (index, listeners) in bound.data.into_iter().enumerate() {
             let stream = stream_ids[index];
             let (producer, consumer) = crate::ring::ring(cfg.ring_bytes);
+            let (view_producer, view_consumer) = crate::ring::ring(VIEW_RING_BYTES);
+            view_rings.push(view_consumer);
             rings.push(consumer.gauge());
             consumers.push(consumer);
             let metrics = Arc::new(metrics::WorkerMetrics::default());
@@ -348,6 +354,7 @@ impl Server {
                 stream,
                 listeners,
                 producer,
+                view: view_producer,
                 next_seq,
                 metrics,
                 core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
@@ -371,7 +378,6 @@ impl Server {
             &config.storage,
             stream_specs,
             shared.store_status.clone(),
-            shared.view.clone(),
         )
         .map_err(storage("cannot open segments", &config.data_dir))?;
         for spec in specs {
@@ -421,6 +427,16 @@ impl Server {
             let shared = shared.clone();
             Box::new(move |target| route_admin(target, &shared, &page))
         };
+        let view = {
+            let shared = shared.clone();
+            crate::view::spawn(
+                shared.view.clone(),
+                view_rings,
+                Box::new(move || shared.shutdown.load(Ordering::Relaxed)),
+            )
+            .map_err(|e| ServeError::Thread(e.to_string()))?
+        };
+        server.helpers.push(view);
         let stopped = {
             let shared = shared.clone();
             Box::new(move || shared.shutdown.load(Ordering::Relaxed))

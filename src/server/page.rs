@@ -88,15 +88,15 @@ impl MetricsPage {
             &mut out,
             "trackplane_view_dropped_total",
             "counter",
-            "Events the live view lost: to a slow viewer, or while the store caught up.",
+            "Record copies the live view lost (full view ring or a slow viewer).",
             [
+                (
+                    "where=\"ring\"".to_owned(),
+                    view.ring_dropped.load(Ordering::Relaxed),
+                ),
                 (
                     "where=\"viewer\"".to_owned(),
                     view.viewer_dropped.load(Ordering::Relaxed),
-                ),
-                (
-                    "where=\"store_behind\"".to_owned(),
-                    view.behind_dropped.load(Ordering::Relaxed),
                 ),
             ],
         );

@@ -76,6 +76,8 @@ pub struct WorkerSpec {
     pub listeners: Vec<std::net::TcpListener>,
     /// Its end of the hand-off ring.
     pub producer: Producer,
+    /// Its end of the lossy ring to the live view.
+    pub view: Producer,
     /// First sequence number of its stream.
     pub next_seq: u64,
     /// Its counters.
@@ -187,6 +189,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
         shared.streams[spec.index].clone(),
         spec.next_seq,
         spec.producer,
+        spec.view,
     );
     let worker = Rc::new(Worker {
         index: spec.index,

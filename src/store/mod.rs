@@ -1,6 +1,5 @@
 //! The store: one thread that drains every worker's ring, batches records
-//! into zstd blocks and appends them to each stream's open segment, hands
-//! each record to the live view while it is in cache, rotates
+//! into zstd blocks and appends them to each stream's open segment, rotates
 //! segments and enforces the disk budget; and a syncer thread that
 //! fdatasyncs (per interval, or at once for `sync` event types: group
 //! commit) while the store keeps writing. Workers never wait for either
@@ -28,7 +27,6 @@ use crossbeam_utils::CachePadded;
 use crate::config::{FullPolicy, StorageConfig};
 use crate::ring::Consumer;
 use crate::segment::{StreamWriter, WriterConfig};
-use crate::view::View;
 pub use metrics::StoreMetrics;
 
 /// Bytes before each record in a ring: sequence and event time.
@@ -152,7 +150,6 @@ impl Store {
         cfg: &StorageConfig,
         specs: Vec<StreamSpec>,
         status: Arc<StoreStatus>,
-        view: Arc<View>,
     ) -> std::io::Result<Store> {
         let dir = segments_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
@@ -183,7 +180,6 @@ impl Store {
             stop: stop.clone(),
             metrics: metrics.clone(),
             status: status.clone(),
-            view,
         };
         let thread = std::thread::Builder::new()
             .name("trackplane-store".into())
@@ -233,7 +229,6 @@ struct Ctx {
     stop: Arc<AtomicBool>,
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
-    view: Arc<View>,
 }
 
 impl Ctx {
@@ -344,27 +339,13 @@ impl Ctx {
 
     fn drain(&self, s: &mut Stream) -> std::io::Result<usize> {
         let mut result = Ok(());
-        // The view is fed while the store keeps up. While a ring fills past
-        // a quarter, storage goes first: the view misses the pass (counted).
-        let feed_view = s.consumer.used_bytes() <= s.consumer.capacity() / 4;
-        // The view's locks, taken at the first record of this pass.
-        let mut view = None;
         if self.cfg.discard_for_benchmarks {
             // Nothing is stored, so nothing can become more durable: let
             // whoever waits go, and ask for nothing.
             let wanted = s.shared.sync_wanted.load(Ordering::Acquire);
             s.shared.durable_seq.fetch_max(wanted, Ordering::AcqRel);
             s.requested = s.requested.max(wanted);
-            let n = s.consumer.drain(|rec| match rec.get(RING_PREFIX..) {
-                Some(rec) if feed_view => view.get_or_insert_with(|| self.view.batch()).add(rec),
-                _ => {}
-            });
-            if !feed_view {
-                self.view
-                    .behind_dropped
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
-            return Ok(n);
+            return Ok(s.consumer.drain(|_| {}));
         }
         let Stream {
             consumer,
@@ -380,13 +361,7 @@ impl Ctx {
             let seq = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
             let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
             result = writer.append(seq, ts, &rec[RING_PREFIX..]);
-            if feed_view {
-                view.get_or_insert_with(|| self.view.batch())
-                    .add(&rec[RING_PREFIX..]);
-            }
             if result.is_ok() && writer.block_full() {
-                // Admin readers of the view don't wait behind the disk.
-                view = None;
                 // A segment ends at its size however much one pass drains.
                 result = writer.write_block().and_then(|stats| {
                     if let Some(stats) = stats {
@@ -396,11 +371,6 @@ impl Ctx {
                 });
             }
         });
-        if !feed_view {
-            self.view
-                .behind_dropped
-                .fetch_add(n as u64, Ordering::Relaxed);
-        }
         if let Err(e) = &result {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(segment = %s.writer.path().display(), error = %e, "segment write failed");
@@ -505,15 +475,7 @@ mod tests {
             next_seq: 0,
             shared: Arc::default(),
         };
-        let store = Store::start(
-            dir.path(),
-            "t",
-            &cfg,
-            vec![spec],
-            Arc::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let store = Store::start(dir.path(), "t", &cfg, vec![spec], Arc::default()).unwrap();
         store.finish().unwrap();
         let segments = crate::segment::list(&segments_dir(dir.path())).unwrap();
         assert!(segments.len() >= 8, "{} segments", segments.len());
@@ -533,69 +495,5 @@ mod tests {
             }
         }
         assert_eq!(next, 2000, "every record, in order");
-    }
-
-    fn view_record(seq: u64, ts: u64) -> Vec<u8> {
-        let mut rec = Vec::new();
-        rec.extend_from_slice(&seq.to_le_bytes());
-        rec.extend_from_slice(&ts.to_le_bytes());
-        rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}","ts_ms":{ts},"type":"impression","advertiser":"shop","status":"ok","issues":[],"params":{{}}}}"#).as_bytes());
-        rec
-    }
-
-    /// A store that finds a ring filling stores first and shows the view
-    /// nothing of that pass (counted); once caught up, the view sees
-    /// events again.
-    #[test]
-    fn a_store_behind_skips_the_view_until_it_catches_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::Config::from_toml_str("", "test")
-            .unwrap()
-            .storage;
-        let (mut producer, consumer) = crate::ring::ring(64 * 1024);
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        // Past a quarter of the ring before the store starts.
-        let behind = 200;
-        for seq in 0..behind {
-            producer.push(&view_record(seq, ts)).unwrap();
-        }
-        assert!(consumer.used_bytes() > consumer.capacity() / 4);
-        let view = Arc::new(View::default());
-        let spec = StreamSpec {
-            stream: 0,
-            consumer,
-            next_seq: 0,
-            shared: Arc::default(),
-        };
-        let store = Store::start(
-            dir.path(),
-            "t",
-            &cfg,
-            vec![spec],
-            Arc::default(),
-            view.clone(),
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while view.behind_dropped.load(Ordering::Relaxed) < behind {
-            assert!(Instant::now() < deadline, "the store never drained");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for seq in behind..behind + 10 {
-            producer.push(&view_record(seq, ts)).unwrap();
-        }
-        let seen = || -> Option<u64> {
-            let audit: serde_json::Value = serde_json::from_str(&view.audit_json("shop")?).ok()?;
-            audit["last_hour"]["events_by_type"]["impression"].as_u64()
-        };
-        while seen() != Some(10) {
-            assert!(Instant::now() < deadline, "the view saw {:?}", seen());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        store.finish().unwrap();
-        assert_eq!(view.behind_dropped.load(Ordering::Relaxed), behind);
     }
 }

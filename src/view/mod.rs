@@ -3,16 +3,11 @@
 //! issue code over the last minute and hour, the parameters that fail most,
 //! unknown products, and a live stream of its events filtered on the server.
 //!
-//! The store thread hands each record to the view right after copying it
-//! into its block, while the bytes are still in cache (`Batch::add`), so a
-//! record costs the workers nothing more than its trip to the store. The
-//! view keeps the aggregates and fans events out to subscribers through
-//! bounded queues: a slow viewer loses events, it never slows anything
-//! else. Admin readers hold the view's locks only briefly; the store waits
-//! for them at most that long, and the workers never do (their rings
-//! absorb it). A store that falls behind skips the view (counted) until
-//! it has caught up: storage goes first. In steady state the view allocates nothing, except the
-//! shared copy of an event streamed to a viewer.
+//! Workers copy each record into a small lossy ring (a full ring drops the
+//! copy and counts it; ingestion never waits for the view). One thread
+//! drains the rings, keeps the aggregates, and fans events out to
+//! subscribers through bounded queues: a slow viewer loses events, it never
+//! slows anything else.
 //!
 //! # Layout
 //! - `window`: minute and hour counts
@@ -25,11 +20,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
+use crate::ring::Consumer;
 use window::{Kind, Window};
 
 /// The page served at `/`.
@@ -56,41 +53,7 @@ struct Event<'a> {
     #[serde(borrow)]
     status: Cow<'a, str>,
     #[serde(borrow, default)]
-    issues: EventIssues<'a>,
-}
-
-/// A record's issues, as many as the audit writes at most (it counts the
-/// rest), read without allocating.
-#[derive(Default)]
-struct EventIssues<'a> {
-    items: [Option<EventIssue<'a>>; crate::audit::Issues::CAP],
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for EventIssues<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct List<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for List<'a> {
-            type Value = EventIssues<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of issues")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut list = EventIssues::default();
-                for slot in &mut list.items {
-                    match seq.next_element()? {
-                        Some(issue) => *slot = Some(issue),
-                        None => return Ok(list),
-                    }
-                }
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(list)
-            }
-        }
-        d.deserialize_seq(List(std::marker::PhantomData))
-    }
+    issues: Vec<EventIssue<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -99,10 +62,8 @@ struct EventIssue<'a> {
     code: Cow<'a, str>,
     #[serde(borrow)]
     param: Cow<'a, str>,
-    /// Empty when the record has none. (A plain `Cow`: serde borrows
-    /// only those, an `Option<Cow>` would always be a copy.)
     #[serde(borrow, default)]
-    value: Cow<'a, str>,
+    value: Option<Cow<'a, str>>,
 }
 
 #[derive(Default)]
@@ -133,15 +94,15 @@ impl Drop for Subscription {
     }
 }
 
-/// What the store thread (which feeds it) and the admin port share.
+/// What the view thread and the admin port share.
 #[derive(Default)]
 pub struct View {
     advertisers: Mutex<HashMap<String, AdvertiserView, Xxh3DefaultBuilder>>,
     subscribers: Mutex<Vec<Subscriber>>,
+    /// Record copies the workers' view rings had no room for.
+    pub ring_dropped: AtomicU64,
     /// Events a slow viewer's queue had no room for.
     pub viewer_dropped: AtomicU64,
-    /// Events the store stored without showing the view (it was behind).
-    pub behind_dropped: AtomicU64,
     /// Events of advertisers beyond the tracking limit.
     pub untracked: AtomicU64,
     /// Events written to viewers' streams.
@@ -177,7 +138,7 @@ impl Batch<'_> {
             &str,
             &str,
             &str,
-            &[Option<EventIssue<'_>>],
+            &[EventIssue<'_>],
         ) = match crate::record::peek::ts_and_head(rec) {
             Some((ts, t, a, st)) if st == "ok" => (ts, t, a, st, &[]),
             _ => {
@@ -190,7 +151,7 @@ impl Batch<'_> {
                     &parsed.event_type,
                     &parsed.advertiser,
                     &parsed.status,
-                    &parsed.issues.items,
+                    &parsed.issues,
                 )
             }
         };
@@ -204,18 +165,17 @@ impl Batch<'_> {
         if let Some(view) = view {
             view.counts.add(ts, Kind::Type, event_type);
             view.counts.add(ts, Kind::Status, status);
-            for i in issues.iter().flatten() {
+            for i in issues {
                 view.counts.add(ts, Kind::Issue, &i.code);
                 if i.code != "unknown_product" {
                     view.counts.add(ts, Kind::Param, &i.param);
-                } else if !i.value.is_empty() {
-                    let value = &i.value;
-                    let products = &mut view.unknown_products;
-                    if let Some(e) = products.get_mut(value.as_ref()) {
+                } else if let Some(value) = &i.value {
+                    if view.unknown_products.len() < MAX_PRODUCTS
+                        || view.unknown_products.contains_key(value.as_ref())
+                    {
+                        let e = view.unknown_products.entry(value.to_string()).or_default();
                         e.0 += 1;
                         e.1 = ts;
-                    } else if products.len() < MAX_PRODUCTS {
-                        products.insert(value.to_string(), (1, ts));
                     }
                 }
             }
@@ -358,6 +318,31 @@ impl View {
         });
         Some(doc.to_string())
     }
+}
+
+/// Starts the thread that drains the workers' view rings into `view`.
+pub fn spawn(
+    view: Arc<View>,
+    mut rings: Vec<Consumer>,
+    stopped: Box<dyn Fn() -> bool + Send>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("trackplane-view".into())
+        .spawn(move || {
+            while !stopped() {
+                for ring in &mut rings {
+                    let mut batch = view.batch();
+                    ring.drain(|rec| batch.add(rec));
+                }
+                // Nap between passes, busy or not: this thread shares the
+                // workers' cores, and draining a few records per wake-up
+                // would cost them a context switch each. No nap while a
+                // ring fills past a quarter.
+                if rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
 }
 
 /// Writes a viewer's events to `out` as Server-Sent Events until the viewer
