@@ -7,7 +7,8 @@
 //! copy and counts it; ingestion never waits for the view). One thread
 //! drains the rings, keeps the aggregates, and fans events out to
 //! subscribers through bounded queues: a slow viewer loses events, it never
-//! slows anything else.
+//! slows anything else. In steady state the view allocates nothing, except
+//! the shared copy of an event streamed to a viewer.
 //!
 //! # Layout
 //! - `window`: minute and hour counts
@@ -53,7 +54,41 @@ struct Event<'a> {
     #[serde(borrow)]
     status: Cow<'a, str>,
     #[serde(borrow, default)]
-    issues: Vec<EventIssue<'a>>,
+    issues: EventIssues<'a>,
+}
+
+/// A record's issues, as many as the audit writes at most (it counts the
+/// rest), read without allocating.
+#[derive(Default)]
+struct EventIssues<'a> {
+    items: [Option<EventIssue<'a>>; crate::audit::Issues::CAP],
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for EventIssues<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct List<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for List<'a> {
+            type Value = EventIssues<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of issues")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut list = EventIssues::default();
+                for slot in &mut list.items {
+                    match seq.next_element()? {
+                        Some(issue) => *slot = Some(issue),
+                        None => return Ok(list),
+                    }
+                }
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(list)
+            }
+        }
+        d.deserialize_seq(List(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -62,8 +97,10 @@ struct EventIssue<'a> {
     code: Cow<'a, str>,
     #[serde(borrow)]
     param: Cow<'a, str>,
+    /// Empty when the record has none. (A plain `Cow`: serde borrows
+    /// only those, an `Option<Cow>` would always be a copy.)
     #[serde(borrow, default)]
-    value: Option<Cow<'a, str>>,
+    value: Cow<'a, str>,
 }
 
 #[derive(Default)]
@@ -138,7 +175,7 @@ impl Batch<'_> {
             &str,
             &str,
             &str,
-            &[EventIssue<'_>],
+            &[Option<EventIssue<'_>>],
         ) = match crate::record::peek::ts_and_head(rec) {
             Some((ts, t, a, st)) if st == "ok" => (ts, t, a, st, &[]),
             _ => {
@@ -151,7 +188,7 @@ impl Batch<'_> {
                     &parsed.event_type,
                     &parsed.advertiser,
                     &parsed.status,
-                    &parsed.issues,
+                    &parsed.issues.items,
                 )
             }
         };
@@ -165,17 +202,18 @@ impl Batch<'_> {
         if let Some(view) = view {
             view.counts.add(ts, Kind::Type, event_type);
             view.counts.add(ts, Kind::Status, status);
-            for i in issues {
+            for i in issues.iter().flatten() {
                 view.counts.add(ts, Kind::Issue, &i.code);
                 if i.code != "unknown_product" {
                     view.counts.add(ts, Kind::Param, &i.param);
-                } else if let Some(value) = &i.value {
-                    if view.unknown_products.len() < MAX_PRODUCTS
-                        || view.unknown_products.contains_key(value.as_ref())
-                    {
-                        let e = view.unknown_products.entry(value.to_string()).or_default();
+                } else if !i.value.is_empty() {
+                    let value = &i.value;
+                    let products = &mut view.unknown_products;
+                    if let Some(e) = products.get_mut(value.as_ref()) {
                         e.0 += 1;
                         e.1 = ts;
+                    } else if products.len() < MAX_PRODUCTS {
+                        products.insert(value.to_string(), (1, ts));
                     }
                 }
             }
@@ -427,6 +465,22 @@ mod tests {
             .all(|e| e.contains("\"advertiser\":\"shop\"") && e.contains("invalid")));
         assert!(v.audit_json("nobody").is_none());
         assert_eq!(v.advertisers_json(), r#"["other","shop"]"#);
+    }
+
+    #[test]
+    fn issues_past_the_audit_limit_are_skipped_not_refused() {
+        let v = View::default();
+        let issue = r#"{"code":"missing_param","param":"x"}"#;
+        let issues = vec![issue; crate::audit::Issues::CAP + 4].join(",");
+        v.add(&rec("shop", "purchase", &issues));
+        let audit: serde_json::Value =
+            serde_json::from_str(&v.audit_json("shop").unwrap()).unwrap();
+        let m = &audit["last_minute"];
+        assert_eq!(m["events_by_status"]["invalid"], 1);
+        assert_eq!(
+            m["issues_by_code"]["missing_param"],
+            crate::audit::Issues::CAP as u64
+        );
     }
 
     #[test]

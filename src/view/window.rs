@@ -93,6 +93,11 @@ impl Window {
         let id = self.keys.len() as u16;
         self.keys.push((kind, name.into()));
         self.ids[kind as usize].insert(name.into(), id);
+        // Every bucket gets its slot now, so that counting never allocates
+        // (not even in a bucket's first second or minute).
+        for b in self.seconds.iter_mut().chain(&mut self.minutes) {
+            b.counts.resize(self.keys.len(), 0);
+        }
         id
     }
 
