@@ -91,19 +91,28 @@ stop_server() {
 
 calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 
+# What the VM did meanwhile, to read a row's tail by: the host's steal time
+# (ms, both cores) and the CPU of kdamond, this VM's kernel memory monitor,
+# which runs unpreemptibly for up to several ms at a time on either core.
+steal_ms() { awk '/^cpu / {print $9 * 10}' /proc/stat; }
+KDAMOND=$(pgrep -x kdamond.0 | head -1 || true)
+kdamond_ms() { if [ -n "$KDAMOND" ]; then echo $(( $(cut -d' ' -f1 /proc/"$KDAMOND"/schedstat) / 1000000 )); else echo 0; fi; }
+
 json_field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 
 ROWS=()
 run_rate() { # server port rate
-  local before after out us
+  local before after out us steal0 kd0
+  steal0=$(steal_ms); kd0=$(kdamond_ms)
   before=$(cpu_ns ${PIDS[$1]})
   out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$2" --rate "$3" --connections $CONNS --duration "$SECONDS_PER_RATE" --warmup 2 --json)
   after=$(cpu_ns ${PIDS[$1]})
+  local vm="$(( $(steal_ms) - steal0 ))|$(( $(kdamond_ms) - kd0 ))"
   local done; done=$(json_field "$out" completed)
   # CPU is measured over warm-up + measured window; count both windows' calls.
   local total; total=$(calc "$done + $(json_field "$out" achieved_rate) * 2")
   us=$(calc "($after - $before) / 1000 / $total")
-  ROWS+=("$1|$3|$(json_field "$out" achieved_rate)|$us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$(json_field "$out" p9999_us)|$(json_field "$out" max_us)|$(json_field "$out" other_status)")
+  ROWS+=("$1|$3|$(json_field "$out" achieved_rate)|$us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$(json_field "$out" p9999_us)|$(json_field "$out" max_us)|$(json_field "$out" other_status)|$vm")
   echo "  $1 @ $3/s: cpu ${us} µs/req  $out" >&2
 }
 
@@ -149,11 +158,12 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo "Command: \`bench/compare.sh \"$RATES\" $SECONDS_PER_RATE\`"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
   echo "Servers pinned to core $SERVER_CORE, load generator (loadtest, open loop, wrk2 semantics, $CONNS connections) to core $LOAD_CORE."
+  echo "steal ms: the host's steal time during the row (both cores); kdamond ms: CPU of the VM's kdamond (DAMON memory monitor, not preemptible for ms at a time) during the row. Either shows up in that row's tail."
   echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot accept and receive, provided buffers, DEFER_TASKRUN), the floor of a custom event loop. trackplane: io_uring, as shipped; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."
   echo "trackplane: 1 worker, realistic mix (50 advertisers x 20k-product catalogs, 10% broken tags), records on disk."
   echo
-  echo "| server | target/s | achieved/s | CPU µs/req | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx/3xx |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| server | target/s | achieved/s | CPU µs/req | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx/3xx | steal ms | kdamond ms |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   for row in "${ROWS[@]}"; do echo "|${row}|"; done
   echo
   echo "Ratios to nginx at the same rate (CPU per request; p99; p99.9):"
