@@ -21,46 +21,44 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-/// Writes valid UTF-8 `s` as a JSON string: control characters, DEL, `"`
-/// and `\` escaped, everything else as is.
+/// Writes valid UTF-8 `s` as a JSON string: runs of [`plain`] bytes
+/// whole, every other byte through [`write_escaped`].
 fn write_valid(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
     let mut rest = s;
     loop {
         let n = plain_run(rest);
         out.extend_from_slice(&rest[..n]);
-        let Some(&b) = rest.get(n) else {
+        let Some((&b, tail)) = rest[n..].split_first() else {
             break;
         };
-        rest = &rest[n + 1..];
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            // A byte of a multi-byte character: kept.
-            _ => {
-                out.push(b);
-                continue;
-            }
-        };
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]);
-        } else {
-            out.extend_from_slice(escape);
-        }
+        write_escaped(out, b);
+        rest = tail;
     }
     out.push(b'"');
+}
+
+/// Writes one byte of a valid UTF-8 string that [`plain`] refuses: `"`,
+/// `\`, control characters and DEL escaped, a byte of a multi-byte
+/// character as it is.
+fn write_escaped(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0..=0x1f | 0x7f => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 15)],
+        ]),
+        _ => out.push(b),
+    }
 }
 
 /// Whether `b` is printable ASCII other than `"` and `\`.
