@@ -61,11 +61,10 @@ impl Bucket {
             self.at = at;
             self.counts.fill(0);
         }
-        let id = usize::from(id);
-        if self.counts.len() <= id {
-            self.counts.resize(id + 1, 0);
+        // Every key's slot exists (`Window::id` makes it): no growth here.
+        if let Some(n) = self.counts.get_mut(usize::from(id)) {
+            *n += 1;
         }
-        self.counts[id] += 1;
     }
 }
 
