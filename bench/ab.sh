@@ -12,6 +12,7 @@
 #        bench/ab.sh /tmp/old/target/release/trackplane target/release/trackplane 50000 6 2 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 A=$(realpath "$1"); B=$(realpath "$2")
 RATE=${3:-50000}; PAIRS=${4:-4}; ROUNDS=${5:-2}; DUR=${6:-8}
 W=$(mktemp -d /tmp/trackplane-ab.XXXXXX)
@@ -22,24 +23,22 @@ $LT setup --dir "$W/mix" >/dev/null
 PORT=18095
 
 cpu_of() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done | sort; }
-steal_ms() { awk '/^cpu / {print $9 * 10}' /proc/stat; }
-field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 
 one() { # label binary
   rm -rf "$W/data"; mkdir -p "$W/data"; cp -r "$W/mix/catalogs" "$W/data/"
   RUST_LOG=warn taskset -c 0 "$2" serve --config "$W/mix/trackplane.toml" --listen 127.0.0.1:$PORT \
     --admin-listen 127.0.0.1:19195 --data-dir "$W/data" --workers 1 --driver uring &
   local pid=$!
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+  wait_port $PORT
   taskset -c 1 $LT run --addr 127.0.0.1:$PORT --rate "$RATE" --connections 64 --duration 2 --warmup 0 --json >/dev/null
   for _ in $(seq "$ROUNDS"); do
     local s0 out n threads
     cpu_of $pid > "$W/before"; s0=$(steal_ms)
     out=$(taskset -c 1 $LT run --addr 127.0.0.1:$PORT --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json)
     cpu_of $pid > "$W/after"
-    n=$(field "$out" completed)
+    n=$(json_field "$out" completed)
     threads=$(join "$W/before" "$W/after" | awk -v n="$n" '{d=($3-$2)/1000/n; t+=d; if (d>=0.05) s=s sprintf(" %s %.2f", $1, d)} END {printf "%.2f |%s", t, s}')
-    echo "| $1 | $(field "$out" achieved_rate) | ${threads%%|*}| ${threads#*|} | $(field "$out" p50_us) | $(field "$out" p99_us) | $(field "$out" p999_us) | $(( $(steal_ms) - s0 )) |"
+    echo "| $1 | $(json_field "$out" achieved_rate) | ${threads%%|*}| ${threads#*|} | $(json_field "$out" p50_us) | $(json_field "$out" p99_us) | $(json_field "$out" p999_us) | $(( $(steal_ms) - s0 )) |"
   done
   kill -TERM $pid; wait $pid 2>/dev/null || true
 }

@@ -13,6 +13,7 @@
 # wrk (closed loop) for the saturation row. Writes bench/results/compare-<date>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RATES=${1:-"20000 50000 100000"}
 SECONDS_PER_RATE=${2:-10}
 CONNS=64
@@ -34,8 +35,6 @@ cpu_ns() { # total on-CPU ns of every thread of the given pids
   done
   echo "$total"
 }
-
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
 
 # The realistic mix: 50 advertisers x 20k products, 10% broken tags.
 $LT setup --dir "$W/mix" >/dev/null
@@ -94,11 +93,8 @@ calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 # What the VM did meanwhile, to read a row's tail by: the host's steal time
 # (ms, both cores) and the CPU of kdamond, this VM's kernel memory monitor,
 # which runs unpreemptibly for up to several ms at a time on either core.
-steal_ms() { awk '/^cpu / {print $9 * 10}' /proc/stat; }
 KDAMOND=$(pgrep -x kdamond.0 | head -1 || true)
 kdamond_ms() { if [ -n "$KDAMOND" ]; then echo $(( $(cut -d' ' -f1 /proc/"$KDAMOND"/schedstat) / 1000000 )); else echo 0; fi; }
-
-json_field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 
 ROWS=()
 run_rate() { # server port rate

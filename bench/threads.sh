@@ -9,6 +9,7 @@
 #   e.g. bench/threads.sh 50000 8 '[storage]\nzstd_level = 3\n'
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RATE=${1:-50000}; DUR=${2:-8}; EXTRA=${3:-}
 W=$(mktemp -d /tmp/trackplane-threads.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
@@ -21,7 +22,7 @@ cp "$W/mix/trackplane.toml" "$W/tp.toml"
 RUST_LOG=warn taskset -c 0 target/release/trackplane serve --config "$W/tp.toml" \
   --listen 127.0.0.1:18090 --admin-listen 127.0.0.1:19190 --data-dir "$W/data" --workers 1 --driver uring &
 PID=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/18090) 2>/dev/null && break; sleep 0.1; done
+wait_port 18090
 # Warm up, then measure.
 taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --duration 2 --warmup 0 --json >/dev/null
 snap() { for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat") $(awk '/ctxt_switches/ {s+=$2} END {print s}' "$t/status")"; done | sort; }
@@ -29,7 +30,7 @@ snap > "$W/before"
 out=$(taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json)
 snap > "$W/after"
 echo "$out"
-n=$(sed -E 's/.*"completed":([0-9]+).*/\1/' <<<"$out")
+n=$(json_field "$out" completed)
 join "$W/before" "$W/after" | awk -v n="$n" '{d=$4-$2; c=$5-$3; t+=d; s+=c; printf "%-22s %7.3f µs/req %6.3f switches/req\n", $1, d/1000/n, c/n}
   END {printf "%-22s %7.3f µs/req %6.3f switches/req\n", "all threads", t/1000/n, s/n}'
 kill -TERM $PID; wait $PID 2>/dev/null || true
