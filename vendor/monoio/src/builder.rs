@@ -22,6 +22,10 @@ pub struct RuntimeBuilder<D> {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     urb: io_uring::Builder,
 
+    // batched wake-ups of the io_uring driver
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    wait: crate::driver::WaitBatch,
+
     // blocking handle
     #[cfg(feature = "sync")]
     blocking_handle: crate::blocking::BlockingHandle,
@@ -48,6 +52,8 @@ impl<T> RuntimeBuilder<T> {
 
             #[cfg(all(target_os = "linux", feature = "iouring"))]
             urb: io_uring::IoUring::builder(),
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            wait: Default::default(),
 
             #[cfg(feature = "sync")]
             blocking_handle: crate::blocking::BlockingStrategy::Panic.into(),
@@ -120,6 +126,7 @@ impl Buildable for IoUringDriver {
                 Some(entries) => IoUringDriver::new_with_entries(&this.urb, entries)?,
                 None => IoUringDriver::new(&this.urb)?,
             };
+            driver.set_wait_batch(this.wait)?;
             #[cfg(feature = "sync")]
             let context = crate::runtime::Context::new(blocking_handle);
             #[cfg(not(feature = "sync"))]
@@ -155,6 +162,15 @@ impl<D> RuntimeBuilder<D> {
         self.urb = urb;
         self
     }
+
+    /// Batches the io_uring driver's wake-ups (see [`crate::WaitBatch`]).
+    /// `build` fails with `Unsupported` on kernels without it (before 6.12).
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    #[must_use]
+    pub fn wait_batch(mut self, wait: crate::driver::WaitBatch) -> Self {
+        self.wait = wait;
+        self
+    }
 }
 
 // ===== FusionDriver =====
@@ -172,6 +188,8 @@ impl RuntimeBuilder<FusionDriver> {
             let builder = RuntimeBuilder::<IoUringDriver> {
                 entries: self.entries,
                 urb: self.urb,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                wait: self.wait,
                 #[cfg(feature = "sync")]
                 blocking_handle: self.blocking_handle,
                 _mark: PhantomData,
@@ -182,6 +200,8 @@ impl RuntimeBuilder<FusionDriver> {
             let builder = RuntimeBuilder::<LegacyDriver> {
                 entries: self.entries,
                 urb: self.urb,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                wait: self.wait,
                 #[cfg(feature = "sync")]
                 blocking_handle: self.blocking_handle,
                 _mark: PhantomData,
@@ -209,6 +229,8 @@ impl RuntimeBuilder<FusionDriver> {
         let builder = RuntimeBuilder::<IoUringDriver> {
             entries: self.entries,
             urb: self.urb,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            wait: self.wait,
             #[cfg(feature = "sync")]
             blocking_handle: self.blocking_handle,
             _mark: PhantomData,
@@ -228,6 +250,8 @@ impl RuntimeBuilder<TimeDriver<FusionDriver>> {
             let builder = RuntimeBuilder::<TimeDriver<IoUringDriver>> {
                 entries: self.entries,
                 urb: self.urb,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                wait: self.wait,
                 #[cfg(feature = "sync")]
                 blocking_handle: self.blocking_handle,
                 _mark: PhantomData,
@@ -238,6 +262,8 @@ impl RuntimeBuilder<TimeDriver<FusionDriver>> {
             let builder = RuntimeBuilder::<TimeDriver<LegacyDriver>> {
                 entries: self.entries,
                 urb: self.urb,
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                wait: self.wait,
                 #[cfg(feature = "sync")]
                 blocking_handle: self.blocking_handle,
                 _mark: PhantomData,
@@ -265,6 +291,8 @@ impl RuntimeBuilder<TimeDriver<FusionDriver>> {
         let builder = RuntimeBuilder::<TimeDriver<IoUringDriver>> {
             entries: self.entries,
             urb: self.urb,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            wait: self.wait,
             #[cfg(feature = "sync")]
             blocking_handle: self.blocking_handle,
             _mark: PhantomData,
@@ -298,6 +326,8 @@ where
             entries: this.entries,
             #[cfg(all(target_os = "linux", feature = "iouring"))]
             urb: this.urb,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            wait: this.wait,
             #[cfg(feature = "sync")]
             blocking_handle: this.blocking_handle,
             _mark: PhantomData,
@@ -326,6 +356,8 @@ impl<D: time_wrap::TimeWrapable> RuntimeBuilder<D> {
             entries,
             #[cfg(all(target_os = "linux", feature = "iouring"))]
             urb,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            wait,
             #[cfg(feature = "sync")]
             blocking_handle,
             ..
@@ -334,6 +366,8 @@ impl<D: time_wrap::TimeWrapable> RuntimeBuilder<D> {
             entries,
             #[cfg(all(target_os = "linux", feature = "iouring"))]
             urb,
+            #[cfg(all(target_os = "linux", feature = "iouring"))]
+            wait,
             #[cfg(feature = "sync")]
             blocking_handle,
             _mark: PhantomData,
