@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{read_responses, start, start_with};
 use trackplane::config::Driver;
 
-on_both_drivers!(
+on_every_driver!(
     records_carry_the_audit,
     batch_answers_per_item,
     batch_accepts_chunked_bodies,

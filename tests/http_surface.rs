@@ -11,7 +11,7 @@ use common::{closed, read_responses, start};
 use trackplane::config::Driver;
 use trackplane::http::response::EMPTY_GIF;
 
-on_both_drivers!(
+on_every_driver!(
     pixel_answers_the_exact_gif,
     head_answers_without_body,
     routes_and_methods,

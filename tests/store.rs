@@ -9,7 +9,7 @@ use common::{metric, records, start};
 use trackplane::config::Driver;
 use trackplane::segment::{list, SegmentReader};
 
-on_both_drivers!(
+on_every_driver!(
     sync_events_are_on_disk_when_answered,
     buffered_events_appear_within_the_flush_interval,
     budget_refuses_new_events_but_pixels_answer,

@@ -163,6 +163,13 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// Bytes of each worker's hand-off ring to the event log.
     pub ring_bytes: usize,
+    /// io_uring: a worker with nothing to do sleeps until this many I/O
+    /// completions are ready, or until `wake_linger_us` has passed and one
+    /// is. 0 or 1 turns batching off.
+    pub wake_batch: u32,
+    /// io_uring: the longest a completion waits for others to join its
+    /// batch. 0 turns batching off.
+    pub wake_linger_us: u64,
 }
 
 /// The I/O driver a worker runs on.
@@ -457,6 +464,18 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if s.wake_batch > 4096 {
+            return Err(invalid(
+                "server.wake_batch",
+                "must be at most 4096 (a worker's ring holds 4096 completions)",
+            ));
+        }
+        if s.wake_linger_us > 10_000 {
+            return Err(invalid(
+                "server.wake_linger_us",
+                "must be at most 10000 (10 ms): every request may wait this long",
+            ));
         }
         if s.workers > 1024 {
             return Err(invalid("server.workers", "must be at most 1024"));

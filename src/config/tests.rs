@@ -30,6 +30,7 @@ fn embedded_default_has_the_documented_values() {
     assert_eq!(p.params["currency"].format, Format::Currency);
     assert!(p.params["pid"].list);
     assert_eq!(c.catalog_dir(), PathBuf::from("./data/catalogs"));
+    assert_eq!((c.server.wake_batch, c.server.wake_linger_us), (32, 200));
 }
 
 #[test]
@@ -100,6 +101,9 @@ fn invalid_values_name_their_key() {
             .contains("`server.admin_listen`")
     );
     assert!(err("node_id = 'a b'\n").contains("`node_id`"));
+    assert!(err("[server]\nwake_batch = 5000\n").contains("`server.wake_batch`"));
+    assert!(err("[server]\nwake_linger_us = 10001\n").contains("`server.wake_linger_us`"));
+    assert!(err("[server]\nwake_linger_us = -1\n").contains("server.wake_linger_us"));
 }
 
 #[test]

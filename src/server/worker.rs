@@ -23,8 +23,10 @@ use crate::server::{ServeError, Shared};
 /// The I/O driver a worker ended up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverKind {
-    /// io_uring.
+    /// io_uring, a wake-up per completion round.
     Uring,
+    /// io_uring with batched wake-ups (`server.wake_batch`).
+    UringBatched,
     /// epoll (monoio's legacy driver).
     Epoll,
 }
@@ -34,6 +36,7 @@ impl DriverKind {
     pub fn as_str(self) -> &'static str {
         match self {
             DriverKind::Uring => "io_uring",
+            DriverKind::UringBatched => "io_uring, wake-ups batched",
             DriverKind::Epoll => "epoll",
         }
     }
@@ -109,9 +112,9 @@ pub fn spawn(
                 Driver::Auto => monoio::utils::detect_uring(),
             };
             if use_uring {
-                match uring_runtime(entries) {
-                    Ok(mut rt) => {
-                        let _ = started.send(Ok(DriverKind::Uring));
+                match uring_runtime(entries, wake_batch(&shared.config.server)) {
+                    Ok((mut rt, kind)) => {
+                        let _ = started.send(Ok(kind));
                         rt.block_on(run(shared, spec));
                         return;
                     }
@@ -136,30 +139,61 @@ pub fn spawn(
 
 type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
 
+/// The configured wake-up batching; off when either key is 0.
+fn wake_batch(cfg: &crate::config::ServerConfig) -> monoio::WaitBatch {
+    monoio::WaitBatch {
+        events: cfg.wake_batch,
+        min_wait: Duration::from_micros(cfg.wake_linger_us),
+    }
+}
+
 /// An io_uring runtime for one thread. The ring is used by its creating
 /// thread only, so it asks the kernel to run completion work when that
 /// thread next enters the kernel instead of interrupting it
 /// (`COOP_TASKRUN`, `SINGLE_ISSUER`; Linux 6.0). On this project's
 /// reference VM that halves io_uring's CPU per request (bench/results).
-/// Kernels without those flags get a plain ring.
-fn uring_runtime(entries: u32) -> std::io::Result<UringRuntime> {
-    let mut tuned = io_uring::IoUring::builder();
-    tuned.setup_coop_taskrun().setup_single_issuer();
-    let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .with_entries(entries)
-        .uring_builder(tuned)
-        .enable_timer()
-        .build();
-    match built {
-        Ok(rt) => Ok(rt),
-        Err(e) => {
-            tracing::info!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER");
-            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(entries)
-                .enable_timer()
-                .build()
+///
+/// With wake-up batching configured, the completion work waits until the
+/// thread asks for it (`DEFER_TASKRUN`, Linux 6.1), and the thread sleeps
+/// until `wake_batch` completions are ready or `wake_linger_us` has passed
+/// with one (Linux 6.12): one wake-up per batch instead of one per one to
+/// three requests. Kernels without a feature get the ring before it.
+fn uring_runtime(
+    entries: u32,
+    wake: monoio::WaitBatch,
+) -> std::io::Result<(UringRuntime, DriverKind)> {
+    let build = |flags: &dyn Fn(&mut io_uring::Builder), wake: monoio::WaitBatch| {
+        let mut urb = io_uring::IoUring::builder();
+        flags(&mut urb);
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .uring_builder(urb)
+            .wait_batch(wake)
+            .enable_timer()
+            .build()
+    };
+    let coop = |b: &mut io_uring::Builder| {
+        b.setup_coop_taskrun().setup_single_issuer();
+    };
+    if wake.events > 1 && !wake.min_wait.is_zero() {
+        let deferred = |b: &mut io_uring::Builder| {
+            b.setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun();
+        };
+        match build(&deferred, wake) {
+            Ok(rt) => return Ok((rt, DriverKind::UringBatched)),
+            Err(e) => tracing::info!(error = %e, "io_uring wake-ups not batched"),
         }
     }
+    let rt = match build(&coop, monoio::WaitBatch::default()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::info!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER");
+            build(&|_| {}, monoio::WaitBatch::default())?
+        }
+    };
+    Ok((rt, DriverKind::Uring))
 }
 
 async fn run(shared: Arc<Shared>, spec: WorkerSpec) {

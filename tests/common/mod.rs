@@ -5,19 +5,33 @@
 pub mod kafka;
 pub mod process;
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use trackplane::config::{Config, Driver};
-use trackplane::server::Server;
+use trackplane::server::{DriverKind, Server};
 
 pub struct TestServer {
     pub server: Option<Server>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
+}
+
+thread_local! {
+    /// Set for the tests `on_every_driver!` runs on io_uring without wake-up
+    /// batching: the ring kernels before 6.12 get.
+    static UNBATCHED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the servers it starts on io_uring unbatched
+/// (`server.wake_batch = 0`).
+pub fn unbatched(f: impl FnOnce()) {
+    UNBATCHED.with(|u| u.set(true));
+    f();
 }
 
 /// Starts a one-worker server on `driver` with `extra` TOML merged over a
@@ -36,13 +50,35 @@ pub fn start_with(driver: Driver, extra: &str, prepare: impl FnOnce(&Path)) -> T
     let config = Config::from_toml_str(&merge_toml(&base, extra), "test").unwrap();
     let mut config = config;
     config.server.driver = driver;
+    let unbatched = UNBATCHED.with(|u| u.get());
+    if unbatched {
+        config.server.wake_batch = 0;
+    }
     let server = Server::start(config).unwrap();
+    if driver == Driver::Uring {
+        // Batched wherever the kernel can (Linux 6.12) unless turned off.
+        let want = if unbatched || !kernel_batches_wakeups() {
+            DriverKind::Uring
+        } else {
+            DriverKind::UringBatched
+        };
+        assert_eq!(server.drivers, [want]);
+    }
     TestServer {
         addr: server.data_addr,
         admin: server.admin_addr,
         server: Some(server),
         dir,
     }
+}
+
+/// Whether this kernel has io_uring's `min_wait_usec` (Linux 6.12).
+pub fn kernel_batches_wakeups() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    (major, minor) >= (6, 12)
 }
 
 /// Appends `extra` to `base`, moving keys of a `[server]` table in `extra`
@@ -236,11 +272,16 @@ pub fn closed(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Generates one test per driver from `fn name(driver: Driver)`.
+/// Generates one test per driver from `fn name(driver: Driver)`: io_uring
+/// as configured by default (wake-ups batched where the kernel can), io_uring
+/// unbatched, and epoll.
 #[macro_export]
-macro_rules! on_both_drivers {
+macro_rules! on_every_driver {
     ($($name:ident),* $(,)?) => {
         mod uring { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Uring) } )* }
+        mod uring_unbatched { $( #[test] fn $name() {
+            super::common::unbatched(|| super::$name(trackplane::config::Driver::Uring))
+        } )* }
         mod epoll { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Epoll) } )* }
     };
 }

@@ -1,0 +1,116 @@
+//! Batched io_uring wake-ups: a worker sleeps until a batch of completions
+//! is ready or the linger has passed with one. The kernel ends such a wait
+//! at the linger even with nothing to do unless a general timeout goes with
+//! it, so an idle worker must still sleep, not wake every linger.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{kernel_batches_wakeups, read_responses, start};
+use monoio::io::AsyncWriteRentExt;
+use trackplane::config::Driver;
+
+/// Context switches of this process's threads named `name` so far.
+fn switches(name: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// One test, so that only one server's worker is named `trackplane-w0`.
+#[test]
+fn an_idle_batched_worker_sleeps_and_a_lone_request_is_answered() {
+    // A linger of 100 µs: a worker woken at every linger would switch
+    // about 10,000 times a second.
+    let srv = start(
+        Driver::Uring,
+        "[server]\nwake_batch = 32\nwake_linger_us = 100\n",
+    );
+    assert_eq!(srv.get("/healthz").status, 200);
+    // Idle with no connection (no timer), then with an idle keep-alive
+    // connection (its idle timer pending).
+    for keep_open in [false, true] {
+        let mut conn = keep_open.then(|| srv.connect());
+        if let Some(c) = conn.as_mut() {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_responses(c, 1)[0].status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let before = switches("trackplane-w0");
+        std::thread::sleep(Duration::from_secs(1));
+        let woke = switches("trackplane-w0") - before;
+        assert!(
+            woke < 100,
+            "idle worker switched {woke} times in 1 s (connection open: {keep_open})"
+        );
+        // A lone request is answered, not held for a batch that never fills.
+        if let Some(c) = conn.as_mut() {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_responses(c, 1)[0].status, 200);
+        }
+    }
+}
+
+/// The driver alone, with no timer at all: its wait then carries the long
+/// general timeout, and the thread sleeps until the one connection comes.
+#[test]
+fn a_batched_ring_without_timers_sleeps_until_its_completion() {
+    if !kernel_batches_wakeups() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ring = std::thread::Builder::new()
+        .name("batched-ring".into())
+        .spawn(move || {
+            let mut urb = io_uring::IoUring::builder();
+            urb.setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun();
+            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .uring_builder(urb)
+                .wait_batch(monoio::WaitBatch {
+                    events: 32,
+                    min_wait: Duration::from_micros(100),
+                })
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = monoio::net::TcpListener::from_std(listener).unwrap();
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let (res, _) = conn.write_all(b"hello".to_vec()).await;
+                res.unwrap();
+            });
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = switches("batched-ring");
+    std::thread::sleep(Duration::from_secs(1));
+    let woke = switches("batched-ring") - before;
+    assert!(woke < 100, "idle ring thread switched {woke} times in 1 s");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = [0u8; 5];
+    std::io::Read::read_exact(&mut conn, &mut got).unwrap();
+    assert_eq!(&got, b"hello");
+    ring.join().unwrap();
+}
