@@ -5,9 +5,12 @@
 # same for B; everything on core 0 (as bench/compare.sh pins it), loadtest
 # on core 1, realistic mix. Per window: CPU µs per request of the whole
 # process and of each busy thread (from /proc/PID/task/*/schedstat), the
-# latency percentiles, and the host's steal time meanwhile.
+# latency percentiles, and the host's steal time meanwhile. A_TOML and
+# B_TOML, when set, are appended (printf-style) to that side's config, so
+# one binary can race two settings.
 #
 #   bench/ab.sh A_BIN B_BIN [RATE] [PAIRS] [ROUNDS] [SECONDS]
+#   e.g. A_TOML='[server]\nwake_batch = 0\n' bench/ab.sh target/release/trackplane target/release/trackplane
 #   e.g. git worktree add /tmp/old HEAD~3 && (cd /tmp/old && cargo build --release)
 #        bench/ab.sh /tmp/old/target/release/trackplane target/release/trackplane 50000 6 2 8
 set -euo pipefail
@@ -20,13 +23,16 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 cargo build --release --quiet -p trackplane-loadtest
 LT=target/release/loadtest
 $LT setup --dir "$W/mix" >/dev/null
+for k in A B; do cp "$W/mix/trackplane.toml" "$W/$k.toml"; done
+printf "${A_TOML:-}" >> "$W/A.toml"
+printf "${B_TOML:-}" >> "$W/B.toml"
 PORT=18095
 
 cpu_of() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done | sort; }
 
 one() { # label binary
   rm -rf "$W/data"; mkdir -p "$W/data"; cp -r "$W/mix/catalogs" "$W/data/"
-  RUST_LOG=warn taskset -c 0 "$2" serve --config "$W/mix/trackplane.toml" --listen 127.0.0.1:$PORT \
+  RUST_LOG=warn taskset -c 0 "$2" serve --config "$W/$1.toml" --listen 127.0.0.1:$PORT \
     --admin-listen 127.0.0.1:19195 --data-dir "$W/data" --workers 1 --driver uring &
   local pid=$!
   wait_port $PORT
@@ -45,6 +51,8 @@ one() { # label binary
 
 echo "A: $A"
 echo "B: $B"
+[ -n "${A_TOML:-}" ] && echo "A_TOML: $A_TOML"
+[ -n "${B_TOML:-}" ] && echo "B_TOML: $B_TOML"
 echo "rate $RATE/s, $PAIRS pairs of $ROUNDS x ${DUR}s windows"
 echo
 echo "| binary | achieved/s | CPU µs/req | by thread (µs/req) | p50 µs | p99 µs | p99.9 µs | steal ms |"
