@@ -59,7 +59,9 @@ pub struct WaitBatch {
 }
 
 impl WaitBatch {
-    fn is_on(&self) -> bool {
+    /// Whether this asks for batching at all (more than one event, and a
+    /// minimum wait of at least a microsecond).
+    pub fn is_on(&self) -> bool {
         self.events > 1 && self.min_wait_usec() > 0
     }
 
@@ -76,13 +78,6 @@ struct GeteventsArg {
     sigmask_sz: u32,
     min_wait_usec: u32,
     ts: u64,
-}
-
-/// `struct __kernel_timespec`.
-#[repr(C)]
-struct KernelTimespec {
-    tv_sec: i64,
-    tv_nsec: i64,
 }
 
 const IORING_ENTER_GETEVENTS: u32 = 1;
@@ -272,11 +267,7 @@ impl IoUringDriver {
                     "io_uring without EXT_ARG",
                 ));
             }
-            let zero = KernelTimespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            if let Err(e) = inner.enter_with_args(0, 1, &zero) {
+            if let Err(e) = inner.enter_with_args(0, 1, &timespec(Duration::ZERO)) {
                 if e.raw_os_error() == Some(libc::EINVAL) {
                     return Err(io::Error::new(
                         io::ErrorKind::Unsupported,
@@ -371,11 +362,7 @@ impl IoUringDriver {
             if batch {
                 // A general timeout always goes with the minimum one, and a
                 // timer due sooner than `min_wait` is waited for alone.
-                let duration = timeout.unwrap_or(IDLE_WAIT);
-                let ts = KernelTimespec {
-                    tv_sec: duration.as_secs() as i64,
-                    tv_nsec: i64::from(duration.subsec_nanos()),
-                };
+                let ts = timespec(timeout.unwrap_or(IDLE_WAIT));
                 let (events, usec) = (inner.wait.events, inner.wait.min_wait_usec());
                 if let Err(e) = inner.enter_with_args(events, usec, &ts) {
                     if !matches!(
@@ -490,13 +477,14 @@ impl UringInner {
         &mut self,
         events: u32,
         min_wait_usec: u32,
-        ts: &KernelTimespec,
+        ts: &Timespec,
     ) -> io::Result<()> {
+        // `Timespec` is a transparent `struct __kernel_timespec`.
         let arg = GeteventsArg {
             sigmask: 0,
             sigmask_sz: 0,
             min_wait_usec,
-            ts: ts as *const KernelTimespec as u64,
+            ts: ts as *const Timespec as u64,
         };
         let to_submit = self.uring.submission().len() as u32;
         // SAFETY: the ring's own fd; `arg` and `ts` outlive the call, and
