@@ -162,9 +162,7 @@ fn uring_runtime(
     entries: u32,
     wake: monoio::WaitBatch,
 ) -> std::io::Result<(UringRuntime, DriverKind)> {
-    let build = |flags: &dyn Fn(&mut io_uring::Builder), wake: monoio::WaitBatch| {
-        let mut urb = io_uring::IoUring::builder();
-        flags(&mut urb);
+    let build = |urb: io_uring::Builder, wake: monoio::WaitBatch| {
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(entries)
             .uring_builder(urb)
@@ -172,25 +170,22 @@ fn uring_runtime(
             .enable_timer()
             .build()
     };
-    let coop = |b: &mut io_uring::Builder| {
-        b.setup_coop_taskrun().setup_single_issuer();
-    };
-    if wake.events > 1 && !wake.min_wait.is_zero() {
-        let deferred = |b: &mut io_uring::Builder| {
-            b.setup_coop_taskrun()
-                .setup_single_issuer()
-                .setup_defer_taskrun();
-        };
-        match build(&deferred, wake) {
+    let mut tuned = io_uring::IoUring::builder();
+    tuned.setup_coop_taskrun().setup_single_issuer();
+    if wake.is_on() {
+        let mut deferred = tuned.clone();
+        deferred.setup_defer_taskrun();
+        match build(deferred, wake) {
             Ok(rt) => return Ok((rt, DriverKind::UringBatched)),
             Err(e) => tracing::info!(error = %e, "io_uring wake-ups not batched"),
         }
     }
-    let rt = match build(&coop, monoio::WaitBatch::default()) {
+    let unbatched = monoio::WaitBatch::default();
+    let rt = match build(tuned, unbatched) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::info!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER");
-            build(&|_| {}, monoio::WaitBatch::default())?
+            build(io_uring::IoUring::builder(), unbatched)?
         }
     };
     Ok((rt, DriverKind::Uring))
