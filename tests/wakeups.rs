@@ -1,7 +1,10 @@
 //! Batched io_uring wake-ups: a worker sleeps until a batch of completions
 //! is ready or the linger has passed with one. The kernel ends such a wait
 //! at the linger even with nothing to do unless a general timeout goes with
-//! it, so an idle worker must still sleep, not wake every linger.
+//! it, so an idle worker must still sleep, not wake every linger. A worker
+//! always has a timer (its 20 ms heartbeat), so the first test sees the
+//! timeout taken from timers; the second, a bare ring with none, the long
+//! one the driver adds itself.
 
 mod common;
 
@@ -43,8 +46,8 @@ fn an_idle_batched_worker_sleeps_and_a_lone_request_is_answered() {
         "[server]\nwake_batch = 32\nwake_linger_us = 100\n",
     );
     assert_eq!(srv.get("/healthz").status, 200);
-    // Idle with no connection (no timer), then with an idle keep-alive
-    // connection (its idle timer pending).
+    // Idle with no connection (the heartbeat the only timer), then with an
+    // idle keep-alive connection (its idle timer pending too).
     for keep_open in [false, true] {
         let mut conn = keep_open.then(|| srv.connect());
         if let Some(c) = conn.as_mut() {

@@ -28,10 +28,12 @@ thread_local! {
 }
 
 /// Runs `f` with the servers it starts on io_uring unbatched
-/// (`server.wake_batch = 0`).
+/// (`server.wake_batch = 0`); tests that share a thread (`--test-threads
+/// 1`) get the default back afterwards.
 pub fn unbatched(f: impl FnOnce()) {
     UNBATCHED.with(|u| u.set(true));
     f();
+    UNBATCHED.with(|u| u.set(false));
 }
 
 /// Starts a one-worker server on `driver` with `extra` TOML merged over a
