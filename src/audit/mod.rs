@@ -15,6 +15,8 @@ pub mod redirect;
 
 use std::collections::HashMap;
 
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
 use crate::config::{Config, Durability, EventTypeConfig, ParamSpec};
 use crate::http::Params;
 pub use catalog::{CatalogDir, Catalogs, ProductSet};
@@ -49,7 +51,9 @@ pub struct Auditor {
     signature_param: Vec<u8>,
     route_events: [usize; 3],
     events: Vec<EventRules>,
-    advertisers: HashMap<Vec<u8>, RedirectPolicy>,
+    /// Keyed by advertiser id; built from the config only, so unseeded
+    /// hashing is safe (see `Catalogs`).
+    advertisers: HashMap<Vec<u8>, RedirectPolicy, Xxh3DefaultBuilder>,
 }
 
 /// What the audit decided about one event. Borrows the parameters and rules.
