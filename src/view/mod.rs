@@ -25,7 +25,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::ring::Consumer;
 use window::{Kind, Window};
@@ -134,7 +133,10 @@ impl Drop for Subscription {
 /// What the view thread and the admin port share.
 #[derive(Default)]
 pub struct View {
-    advertisers: Mutex<HashMap<String, AdvertiserView, Xxh3DefaultBuilder>>,
+    /// Keyed by whatever advertiser id requests send, so with std's seeded
+    /// SipHash: under a fixed hash, ids crafted to collide would make every
+    /// lookup walk thousands of entries on a worker's core.
+    advertisers: Mutex<HashMap<String, AdvertiserView>>,
     subscribers: Mutex<Vec<Subscriber>>,
     /// Record copies the workers' view rings had no room for.
     pub ring_dropped: AtomicU64,
@@ -160,7 +162,7 @@ fn now_ms() -> u64 {
 pub struct Batch<'a> {
     view: &'a View,
     subs: MutexGuard<'a, Vec<Subscriber>>,
-    ads: MutexGuard<'a, HashMap<String, AdvertiserView, Xxh3DefaultBuilder>>,
+    ads: MutexGuard<'a, HashMap<String, AdvertiserView>>,
 }
 
 impl Batch<'_> {
