@@ -3,7 +3,9 @@
 # every thread on core 0, as bench/compare.sh does) with the loadtest mix
 # at one fixed rate (load on core 1), and prints each thread's CPU µs and
 # context switches per request, from /proc/PID/task/*/schedstat and
-# /proc/PID/task/*/status over the measured window.
+# /proc/PID/task/*/status over the measured window, and how long each
+# thread was runnable but waiting for the core (schedstat's run-queue
+# time): for the worker, the scheduling delay its requests saw.
 #
 #   bench/threads.sh [RATE] [SECONDS] [EXTRA_TOML]
 #   e.g. bench/threads.sh 50000 8 '[storage]\nzstd_level = 3\n'
@@ -25,12 +27,12 @@ PID=$!
 wait_port 18090
 # Warm up, then measure.
 taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --duration 2 --warmup 0 --json >/dev/null
-snap() { for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat") $(awk '/ctxt_switches/ {s+=$2} END {print s}' "$t/status")"; done | sort; }
+snap() { for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1,2 "$t/schedstat") $(awk '/ctxt_switches/ {s+=$2} END {print s}' "$t/status")"; done | sort; }
 snap > "$W/before"
 out=$(taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json)
 snap > "$W/after"
 echo "$out"
 n=$(json_field "$out" completed)
-join "$W/before" "$W/after" | awk -v n="$n" '{d=$4-$2; c=$5-$3; t+=d; s+=c; printf "%-22s %7.3f µs/req %6.3f switches/req\n", $1, d/1000/n, c/n}
+join "$W/before" "$W/after" | awk -v n="$n" -v secs="$DUR" '{d=$5-$2; w=$6-$3; c=$7-$4; t+=d; s+=c; printf "%-22s %7.3f µs/req %6.3f switches/req %7.2f ms/s waiting for the core\n", $1, d/1000/n, c/n, w/1e6/secs}
   END {printf "%-22s %7.3f µs/req %6.3f switches/req\n", "all threads", t/1000/n, s/n}'
 kill -TERM $PID; wait $PID 2>/dev/null || true
