@@ -174,6 +174,9 @@ pub struct ServerConfig {
     /// io_uring: the longest a completion waits for others to join its
     /// batch. 0 turns batching off.
     pub wake_linger_us: u64,
+    /// Bytes the live view may keep (advertisers, count keys, unknown
+    /// products, recent events); requests decide what it is asked to keep.
+    pub view_memory_bytes: usize,
 }
 
 /// The I/O driver a worker runs on.
@@ -533,6 +536,12 @@ impl Config {
         }
         if s.max_params > 1024 {
             return Err(invalid("server.max_params", "must be at most 1024"));
+        }
+        if s.view_memory_bytes < 1 << 20 {
+            return Err(invalid(
+                "server.view_memory_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
         }
         if !s.ring_bytes.is_power_of_two() || s.ring_bytes < 65536 {
             return Err(invalid(

@@ -300,7 +300,7 @@ impl Server {
                 .map(|_| Arc::new(StreamShared::default()))
                 .collect(),
             store_status,
-            view: Arc::new(crate::view::View::default()),
+            view: Arc::new(crate::view::View::new(config.server.view_memory_bytes)),
             heartbeats: (0..workers)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),

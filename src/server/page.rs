@@ -102,6 +102,20 @@ impl MetricsPage {
         );
         family(
             &mut out,
+            "trackplane_view_over_budget_total",
+            "counter",
+            "Names, unknown products and recent events the live view did not keep: server.view_memory_bytes was spent.",
+            one(view.over_budget.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "trackplane_view_untracked_total",
+            "counter",
+            "Events of advertisers the live view does not track (too many advertisers, or no memory left).",
+            one(view.untracked.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
             "trackplane_view_streamed_total",
             "counter",
             "Events written to live view streams.",

@@ -10,6 +10,13 @@
 //! slows anything else. In steady state the view allocates nothing, except
 //! the shared copy of an event streamed to a viewer.
 //!
+//! Whoever can reach the data port decides what the view is asked to keep
+//! (any advertiser id, event type or product id a request names), so
+//! everything it keeps is charged to one memory budget
+//! (`server.view_memory_bytes`). Once it is spent, new advertisers go
+//! untracked, new names count as `(other)`, and new unknown products and
+//! recent events are not kept (counted); counting what is tracked goes on.
+//!
 //! # Layout
 //! - `window`: minute and hour counts
 //! - `page.html`: the page served at `/` of the admin port
@@ -42,6 +49,36 @@ const RECENT: usize = 50;
 const SUBSCRIBER_QUEUE: usize = 1_024;
 /// Viewers at once.
 pub const MAX_SUBSCRIBERS: usize = 64;
+/// Records longer than this are counted and streamed, not kept as recent.
+const RECENT_RECORD_MAX: usize = 16 << 10;
+/// What a hash map entry costs beyond its key and value, roughly.
+const ENTRY_OVERHEAD: usize = 16;
+
+/// Bytes the view may still keep. Every name, count slot, product and
+/// recent-event buffer it keeps is charged when first allocated; nothing is
+/// given back, since the view frees nothing in steady state (it reuses).
+#[derive(Debug)]
+pub struct Budget {
+    left: usize,
+}
+
+impl Budget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Budget {
+        Budget { left: bytes }
+    }
+
+    /// Takes `n` bytes, or nothing when fewer are left.
+    pub fn take(&mut self, n: usize) -> bool {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 #[derive(Deserialize)]
 struct Event<'a> {
@@ -130,13 +167,18 @@ impl Drop for Subscription {
     }
 }
 
-/// What the view thread and the admin port share.
-#[derive(Default)]
-pub struct View {
+/// The advertisers tracked and the budget their data is charged to.
+struct Advertisers {
     /// Keyed by whatever advertiser id requests send, so with std's seeded
     /// SipHash: under a fixed hash, ids crafted to collide would make every
     /// lookup walk thousands of entries on a worker's core.
-    advertisers: Mutex<HashMap<String, AdvertiserView>>,
+    by_id: HashMap<String, AdvertiserView>,
+    budget: Budget,
+}
+
+/// What the view thread and the admin port share.
+pub struct View {
+    advertisers: Mutex<Advertisers>,
     subscribers: Mutex<Vec<Subscriber>>,
     /// Record copies the workers' view rings had no room for.
     pub ring_dropped: AtomicU64,
@@ -146,7 +188,18 @@ pub struct View {
     pub untracked: AtomicU64,
     /// Events written to viewers' streams.
     pub streamed: AtomicU64,
+    /// Names, products and recent events not kept: the budget was spent.
+    pub over_budget: AtomicU64,
 }
+
+impl Default for View {
+    fn default() -> View {
+        View::new(DEFAULT_MEMORY_BYTES)
+    }
+}
+
+/// The view's memory budget unless configured (`server.view_memory_bytes`).
+pub const DEFAULT_MEMORY_BYTES: usize = 256 << 20;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -162,7 +215,7 @@ fn now_ms() -> u64 {
 pub struct Batch<'a> {
     view: &'a View,
     subs: MutexGuard<'a, Vec<Subscriber>>,
-    ads: MutexGuard<'a, HashMap<String, AdvertiserView>>,
+    ads: MutexGuard<'a, Advertisers>,
 }
 
 impl Batch<'_> {
@@ -194,20 +247,29 @@ impl Batch<'_> {
                 )
             }
         };
-        let ads = &mut self.ads;
-        let full = ads.len() >= MAX_ADVERTISERS;
-        let view = match ads.get_mut(advertiser) {
+        let Advertisers { by_id, budget } = &mut *self.ads;
+        let mut refused = 0;
+        let full = by_id.len() >= MAX_ADVERTISERS;
+        let view = match by_id.get_mut(advertiser) {
             Some(v) => Some(v),
             None if full => None,
-            None => Some(ads.entry(advertiser.to_owned()).or_default()),
+            None => {
+                if budget.take(advertiser.len() + AdvertiserView::COST) {
+                    Some(by_id.entry(advertiser.to_owned()).or_default())
+                } else {
+                    refused += 1;
+                    None
+                }
+            }
         };
         if let Some(view) = view {
-            view.counts.add(ts, Kind::Type, event_type);
-            view.counts.add(ts, Kind::Status, status);
+            let counts = &mut view.counts;
+            refused += u64::from(!counts.add(ts, Kind::Type, event_type, budget));
+            refused += u64::from(!counts.add(ts, Kind::Status, status, budget));
             for i in issues.iter().flatten() {
-                view.counts.add(ts, Kind::Issue, &i.code);
+                refused += u64::from(!counts.add(ts, Kind::Issue, &i.code, budget));
                 if i.code != "unknown_product" {
-                    view.counts.add(ts, Kind::Param, &i.param);
+                    refused += u64::from(!counts.add(ts, Kind::Param, &i.param, budget));
                 } else if !i.value.is_empty() {
                     let value = &i.value;
                     let products = &mut view.unknown_products;
@@ -215,20 +277,23 @@ impl Batch<'_> {
                         e.0 += 1;
                         e.1 = ts;
                     } else if products.len() < MAX_PRODUCTS {
-                        products.insert(value.to_string(), (1, ts));
+                        let cost = value.len() + size_of::<(String, (u64, u64))>() + ENTRY_OVERHEAD;
+                        if budget.take(cost) {
+                            products.insert(value.to_string(), (1, ts));
+                        } else {
+                            refused += 1;
+                        }
                     }
                 }
             }
-            let mut buf = if view.recent.len() >= RECENT {
-                view.recent.pop_front().unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            buf.clear();
-            buf.extend_from_slice(rec);
-            view.recent.push_back(buf);
+            if !view.keep_recent(rec, budget) {
+                refused += 1;
+            }
         } else {
             self.view.untracked.fetch_add(1, Ordering::Relaxed);
+        }
+        if refused > 0 {
+            self.view.over_budget.fetch_add(refused, Ordering::Relaxed);
         }
         if self.subs.is_empty() {
             return;
@@ -254,7 +319,64 @@ impl Batch<'_> {
     }
 }
 
+impl AdvertiserView {
+    /// What a new advertiser costs before its name: the entry, its count
+    /// buckets and its recent-event queue.
+    const COST: usize = size_of::<AdvertiserView>()
+        + ENTRY_OVERHEAD
+        + Window::COST
+        + RECENT.next_power_of_two() * size_of::<Vec<u8>>();
+
+    /// Keeps `rec` as the newest recent event, in the buffer of the oldest
+    /// once there are `RECENT`. Returns false when it was not kept: too
+    /// long, or a buffer would have to grow past the budget.
+    fn keep_recent(&mut self, rec: &[u8], budget: &mut Budget) -> bool {
+        if rec.len() > RECENT_RECORD_MAX {
+            return true;
+        }
+        let full = self.recent.len() >= RECENT;
+        let mut buf = if full {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if buf.capacity() < rec.len() {
+            // Whole powers of two, so that buffers stop growing once they
+            // have held the longest of the records that pass through them.
+            let cap = rec.len().next_power_of_two();
+            if !budget.take(cap - buf.capacity()) {
+                if full {
+                    self.recent.push_front(buf);
+                }
+                return false;
+            }
+            buf.clear();
+            buf.reserve_exact(cap);
+        }
+        buf.clear();
+        buf.extend_from_slice(rec);
+        self.recent.push_back(buf);
+        true
+    }
+}
+
 impl View {
+    /// A view that keeps at most about `memory_bytes` of data.
+    pub fn new(memory_bytes: usize) -> View {
+        View {
+            advertisers: Mutex::new(Advertisers {
+                by_id: HashMap::new(),
+                budget: Budget::new(memory_bytes),
+            }),
+            subscribers: Mutex::default(),
+            ring_dropped: AtomicU64::new(0),
+            viewer_dropped: AtomicU64::new(0),
+            untracked: AtomicU64::new(0),
+            streamed: AtomicU64::new(0),
+            over_budget: AtomicU64::new(0),
+        }
+    }
+
     /// Locks the view for a run of `Batch::add`; admin readers wait until
     /// it is dropped.
     pub fn batch(&self) -> Batch<'_> {
@@ -285,6 +407,7 @@ impl View {
             .advertisers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .by_id
             .get(advertiser)
         {
             for r in view.recent.iter() {
@@ -314,7 +437,7 @@ impl View {
     /// Advertisers seen, sorted.
     pub fn advertisers_json(&self) -> String {
         let ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut names: Vec<&String> = ads.keys().collect();
+        let mut names: Vec<&String> = ads.by_id.keys().collect();
         names.sort();
         serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
     }
@@ -324,7 +447,7 @@ impl View {
     pub fn audit_json(&self, advertiser: &str) -> Option<String> {
         let now = now_ms();
         let ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
-        let view = ads.get(advertiser)?;
+        let view = ads.by_id.get(advertiser)?;
         let split = |counts: Vec<(String, u64)>| {
             let mut by: HashMap<&str, serde_json::Map<String, serde_json::Value>> = HashMap::new();
             for (key, n) in &counts {
@@ -483,6 +606,54 @@ mod tests {
             m["issues_by_code"]["missing_param"],
             crate::audit::Issues::CAP as u64
         );
+    }
+
+    #[test]
+    fn what_requests_ask_the_view_to_keep_stays_within_its_budget() {
+        let budget = 1 << 20;
+        let v = View::new(budget);
+        // 2,000 advertisers with 8 KB records would take 50 MB of recent
+        // events alone.
+        let pad = "x".repeat(8000);
+        let big = |adv: &str| {
+            format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{"u":"{pad}"}}}}"#, now_ms()).into_bytes()
+        };
+        for round in 0..RECENT {
+            for a in 0..2000 {
+                v.add(&big(&format!("a{a}")));
+            }
+            if round == 0 {
+                assert!(v.over_budget.load(Ordering::Relaxed) > 0);
+            }
+        }
+        let ads = v.advertisers.lock().unwrap();
+        let kept: usize = ads
+            .by_id
+            .values()
+            .flat_map(|a| a.recent.iter())
+            .map(Vec::capacity)
+            .sum();
+        // Recent events and the advertisers' own cost fill the budget (each
+        // advertiser also keeps a name of two to five bytes).
+        let charged = kept + ads.by_id.len() * AdvertiserView::COST;
+        assert!(charged > budget / 2 && charged <= budget, "{charged}");
+        assert!(ads.by_id.len() < 2000);
+        drop(ads);
+        assert!(v.untracked.load(Ordering::Relaxed) > 0);
+        // Advertisers tracked before the budget ran out keep counting (a
+        // name new to them as `(other)`) and rotating their recent events;
+        // one that came after is untracked.
+        let refused = v.over_budget.load(Ordering::Relaxed);
+        v.add(&rec("a0", "page_view", ""));
+        v.add(&rec("a0", "purchase", ""));
+        assert_eq!(v.over_budget.load(Ordering::Relaxed), refused + 1);
+        let audit: serde_json::Value = serde_json::from_str(&v.audit_json("a0").unwrap()).unwrap();
+        let by_type = &audit["last_minute"]["events_by_type"];
+        assert_eq!(by_type["page_view"], RECENT as u64 + 1);
+        assert_eq!(by_type["(other)"], 1);
+        assert_eq!(audit["recent"][0]["type"], "purchase");
+        assert_eq!(audit["recent"][1]["type"], "page_view");
+        assert!(v.audit_json("a1999").is_none());
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! the last hour in 60 one-minute buckets. Keys (event types, statuses,
 //! issue codes, failing parameters) are few per advertiser, so each is
 //! interned once to a small id and a bucket is a dense vector of counts:
-//! adding an event is one hash lookup and four increments.
+//! adding an event is one hash lookup and four increments. The memory a
+//! new key or a window's buckets take is charged to the view's budget.
 
 use std::collections::HashMap;
+
+use super::{Budget, ENTRY_OVERHEAD};
 
 /// What a key counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,14 @@ impl Kind {
 /// kind (names come from configuration, but memory stays bounded anyway).
 const MAX_KEYS: usize = 256;
 const OTHER: &str = "(other)";
+/// One-second and one-minute buckets.
+const BUCKETS: usize = 120;
+
+/// What a key of `len` bytes costs: the name twice (map and list), its
+/// count in every bucket, and the entries.
+const fn key_cost(len: usize) -> usize {
+    2 * len + BUCKETS * size_of::<u64>() + 2 * ENTRY_OVERHEAD
+}
 
 /// Counts of keys over the last minute and hour.
 #[derive(Debug, Default)]
@@ -68,25 +79,40 @@ impl Bucket {
 }
 
 impl Window {
-    /// Counts `name` of `kind` at `now_ms`.
-    pub fn add(&mut self, now_ms: u64, kind: Kind, name: &str) {
+    /// What a window costs before its own keys, charged by whoever creates
+    /// it: its buckets, and the `(other)` key of each kind, so that a name
+    /// the budget has no room for can always be counted there.
+    pub const COST: usize = BUCKETS * size_of::<Bucket>() + 4 * key_cost(OTHER.len());
+
+    /// Counts `name` of `kind` at `now_ms`. Returns false when `name` was
+    /// new and `budget` had no room for it, so it was counted as
+    /// `(other)`.
+    pub fn add(&mut self, now_ms: u64, kind: Kind, name: &str, budget: &mut Budget) -> bool {
         if self.seconds.is_empty() {
-            self.seconds = vec![Bucket::default(); 60];
-            self.minutes = vec![Bucket::default(); 60];
+            self.seconds = vec![Bucket::default(); BUCKETS / 2];
+            self.minutes = vec![Bucket::default(); BUCKETS / 2];
         }
-        let id = self.id(kind, name);
+        let (id, kept) = self.id(kind, name, budget);
         let s = now_ms / 1000;
         let m = s / 60;
         self.seconds[(s % 60) as usize].add(s, id);
         self.minutes[(m % 60) as usize].add(m, id);
+        kept
     }
 
-    fn id(&mut self, kind: Kind, name: &str) -> u16 {
+    /// The id of `name`, and whether it has its own (or was meant to be
+    /// `(other)` anyway).
+    fn id(&mut self, kind: Kind, name: &str, budget: &mut Budget) -> (u16, bool) {
         if let Some(&id) = self.ids[kind as usize].get(name) {
-            return id;
+            return (id, true);
         }
-        if self.keys.len() >= MAX_KEYS && name != OTHER {
-            return self.id(kind, OTHER);
+        if name != OTHER {
+            if self.keys.len() >= MAX_KEYS {
+                return (self.id(kind, OTHER, budget).0, true);
+            }
+            if !budget.take(key_cost(name.len())) {
+                return (self.id(kind, OTHER, budget).0, false);
+            }
         }
         let id = self.keys.len() as u16;
         self.keys.push((kind, name.into()));
@@ -96,7 +122,7 @@ impl Window {
         for b in self.seconds.iter_mut().chain(&mut self.minutes) {
             b.counts.resize(self.keys.len(), 0);
         }
-        id
+        (id, true)
     }
 
     /// `kind:name` and count, most frequent first, over the last minute.
@@ -133,15 +159,19 @@ impl Window {
 mod tests {
     use super::*;
 
+    fn add(w: &mut Window, now_ms: u64, kind: Kind, name: &str) {
+        assert!(w.add(now_ms, kind, name, &mut Budget::new(usize::MAX)));
+    }
+
     #[test]
     fn minute_and_hour_slide() {
         let mut w = Window::default();
         let t0 = 1_700_000_000_000;
-        w.add(t0, Kind::Type, "a");
-        w.add(t0 + 500, Kind::Type, "a");
-        w.add(t0 + 30_000, Kind::Type, "b");
+        add(&mut w, t0, Kind::Type, "a");
+        add(&mut w, t0 + 500, Kind::Type, "a");
+        add(&mut w, t0 + 30_000, Kind::Type, "b");
         // The same name of another kind is its own key.
-        w.add(t0 + 30_000, Kind::Param, "b");
+        add(&mut w, t0 + 30_000, Kind::Param, "b");
         assert_eq!(
             w.last_minute(t0 + 30_000),
             [
@@ -158,7 +188,7 @@ mod tests {
         assert_eq!(w.last_hour(t0 + 61_000).iter().map(|x| x.1).sum::<u64>(), 4);
         assert!(w.last_hour(t0 + 3_700_000).is_empty());
         // A bucket reused an hour later starts from zero.
-        w.add(t0 + 3_600_000, Kind::Type, "c");
+        add(&mut w, t0 + 3_600_000, Kind::Type, "c");
         assert_eq!(w.last_hour(t0 + 3_600_000), [("type:c".to_string(), 1)]);
     }
 
@@ -167,7 +197,7 @@ mod tests {
         let mut w = Window::default();
         let t0 = 1_700_000_000_000;
         for i in 0..1000 {
-            w.add(t0, Kind::Param, &format!("p{i}"));
+            add(&mut w, t0, Kind::Param, &format!("p{i}"));
         }
         assert!(w.keys.len() <= MAX_KEYS + 1);
         let minute = w.last_minute(t0);
@@ -175,6 +205,31 @@ mod tests {
         assert_eq!(
             minute[0],
             ("param:(other)".to_string(), 1000 - MAX_KEYS as u64)
+        );
+    }
+
+    #[test]
+    fn a_spent_budget_counts_new_names_as_other() {
+        let mut w = Window::default();
+        let t0 = 1_700_000_000_000;
+        let mut budget = Budget::new(3 * key_cost(2) + 1);
+        let kept: Vec<bool> = (0..10)
+            .map(|i| w.add(t0, Kind::Param, &format!("p{i}"), &mut budget))
+            .collect();
+        assert_eq!(kept.iter().filter(|k| **k).count(), 3);
+        let minute = w.last_minute(t0);
+        assert_eq!(minute[0], ("param:(other)".to_string(), 7));
+        assert_eq!(minute.iter().map(|x| x.1).sum::<u64>(), 10);
+        // Known names still count as themselves; so does every event of a
+        // kind whose names no longer fit, as `(other)`.
+        assert!(w.add(t0, Kind::Param, "p1", &mut budget));
+        assert!(!w.add(t0, Kind::Type, "view_item", &mut budget));
+        assert_eq!(
+            w.last_minute(t0)
+                .iter()
+                .find(|(k, _)| k == "type:(other)")
+                .map(|x| x.1),
+            Some(1)
         );
     }
 }
