@@ -7,6 +7,9 @@
 //! `cargo bench --bench shipper_drain` (needs the test broker: run
 //! ./scripts/test once, or set TRACKPLANE_TANSU)
 
+#[path = "calls.rs"]
+mod calls;
+
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,10 +18,8 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use trackplane::audit::{Auditor, Catalogs, Route};
+use trackplane::audit::{Auditor, Catalogs};
 use trackplane::config::Config;
-use trackplane::http::Params;
-use trackplane::record::{self, Envelope};
 use trackplane::segment::{StreamWriter, WriterConfig};
 
 const EVENTS: u64 = 400_000;
@@ -76,7 +77,7 @@ fn records() -> Vec<(u64, Vec<u8>, String, String)> {
     let config = Config::embedded();
     let auditor = Auditor::new(&config);
     let catalogs = Catalogs::default();
-    let mut params = Params::with_capacity(64);
+    let mut enc = calls::Encoder::new(&auditor, &catalogs);
     (0..EVENTS)
         .map(|i| {
             let q = match i % 5 {
@@ -103,23 +104,12 @@ fn records() -> Vec<(u64, Vec<u8>, String, String)> {
                     i % 20000
                 ),
             };
-            params.clear();
-            params.parse_urlencoded(q.as_bytes(), 64).unwrap();
-            let verdict = auditor.audit(&params, Route::Beacon, &catalogs);
-            let env = Envelope {
-                node: "edge-1",
-                stream: 0,
-                seq: i,
-                ts_ms: 1_700_000_000_000 + i,
-                ip: Some("203.0.113.0".parse().unwrap()),
-                user_agent:
-                    b"Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
-                referer: b"https://www.shop.example/",
-                withheld_param: b"",
-            };
-            let mut out = Vec::new();
-            record::encode(&mut out, &env, &verdict, &params);
-            let event_type = String::from_utf8_lossy(verdict.event_type).into_owned();
+            let (out, event_type) = enc.encode(
+                i,
+                &q,
+                b"Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
+                b"https://www.shop.example/",
+            );
             (i, out, format!("adv-{}", i % 50), event_type)
         })
         .collect()

@@ -6,11 +6,12 @@
 //!
 //! `cargo bench --bench view`
 
+#[path = "calls.rs"]
+mod calls;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use trackplane::audit::{Auditor, Catalogs, ProductSet, Route};
+use trackplane::audit::{Auditor, Catalogs, ProductSet};
 use trackplane::config::Config;
-use trackplane::http::Params;
-use trackplane::record::{self, Envelope};
 use trackplane::view::View;
 
 const ADVERTISERS: u64 = 50;
@@ -50,26 +51,16 @@ fn records() -> Vec<Vec<u8>> {
             ProductSet::build(ids.iter().map(|s| s.as_bytes())),
         )
     });
-    let mut params = Params::with_capacity(64);
+    let mut enc = calls::Encoder::new(&auditor, &catalogs);
     (0..RECORDS as u64)
         .map(|i| {
-            let q = query(i);
-            params.clear();
-            params.parse_urlencoded(q.as_bytes(), 64).unwrap();
-            let verdict = auditor.audit(&params, Route::Beacon, &catalogs);
-            let env = Envelope {
-                node: "edge-1",
-                stream: 0,
-                seq: i,
-                ts_ms: 1_700_000_000_000 + i,
-                ip: Some("203.0.113.0".parse().unwrap()),
-                user_agent: b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
-                referer: b"https://www.shop.example/cart",
-                withheld_param: b"",
-            };
-            let mut rec = Vec::new();
-            record::encode(&mut rec, &env, &verdict, &params);
-            rec
+            enc.encode(
+                i,
+                &query(i),
+                b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
+                b"https://www.shop.example/cart",
+            )
+            .0
         })
         .collect()
 }
