@@ -9,6 +9,7 @@
 #
 #   bench/threads.sh [RATE] [SECONDS] [EXTRA_TOML]
 #   e.g. bench/threads.sh 50000 8 '[storage]\nzstd_level = 3\n'
+#   TRACKPLANE=/path/to/other/trackplane bench/threads.sh 50000 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -21,7 +22,7 @@ $LT setup --dir "$W/mix" >/dev/null
 mkdir -p "$W/data"; cp -r "$W/mix/catalogs" "$W/data/"
 cp "$W/mix/trackplane.toml" "$W/tp.toml"
 [ -n "$EXTRA" ] && printf "$EXTRA" >> "$W/tp.toml"
-RUST_LOG=warn taskset -c 0 target/release/trackplane serve --config "$W/tp.toml" \
+RUST_LOG=warn taskset -c 0 "${TRACKPLANE:-target/release/trackplane}" serve --config "$W/tp.toml" \
   --listen 127.0.0.1:18090 --admin-listen 127.0.0.1:19190 --data-dir "$W/data" --workers 1 --driver uring &
 PID=$!
 wait_port 18090
