@@ -8,3 +8,66 @@ json_field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 
 # The host's steal time so far, in ms, both cores.
 steal_ms() { awk '/^cpu / {print $9 * 10}' /proc/stat; }
+
+# What compare.sh and tails.sh share: the servers they race, each pinned to
+# $SERVER_CORE, with their files under $W; the caller declares the
+# associative array PIDS. start_server sets PORT.
+
+cpu_ns() { # total on-CPU ns of every thread of the given pids
+  local total=0 pid t
+  for pid in "$@"; do
+    for t in /proc/"$pid"/task/*/schedstat; do
+      total=$((total + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+
+# nginx serving empty_gif on 127.0.0.1:18081 with a buffered access log,
+# configured under $W.
+write_nginx_conf() {
+cat > "$W/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $W/access.log combined buffer=64k flush=1s;
+  keepalive_requests 10000000;
+  keepalive_timeout 60s;
+  client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp;
+  uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;
+  server { listen 127.0.0.1:18081; location / { empty_gif; } }
+}
+NGINX
+mkdir -p "$W/tmp"
+}
+
+start_server() {
+  case "$1" in
+    nginx) taskset -c $SERVER_CORE nginx -p "$W" -c "$W/nginx.conf" 2>/dev/null & PORT=18081 ;;
+    bare) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18082 uring-coop & PORT=18082 ;;
+    multishot) taskset -c $SERVER_CORE target/release/bare-multishot 127.0.0.1:18083 & PORT=18083 ;;
+    trackplane*) RUST_LOG=warn taskset -c $SERVER_CORE target/release/trackplane serve --config "$W/$1.toml" \
+        --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19180 --data-dir "$W/tp-data" --workers 1 \
+        --driver "$([ "$1" = trackplane-epoll ] && echo epoll || echo uring)" & PORT=18080 ;;
+  esac
+  wait_port $PORT
+  sleep 0.3
+  if [ "$1" = nginx ]; then PIDS[$1]="$(cat "$W/nginx.pid") $(pgrep -P "$(cat "$W/nginx.pid")")"; else PIDS[$1]=$!; fi
+}
+
+stop_server() {
+  case "$1" in
+    nginx) kill -QUIT "$(cat "$W/nginx.pid")"; sleep 0.5 ;;
+    *) kill -TERM ${PIDS[$1]}; wait ${PIDS[$1]} 2>/dev/null || true ;;
+  esac
+}
+
+# What the VM did meanwhile, to read a row's tail by: the host's steal time
+# (ms, both cores) and the CPU of kdamond, this VM's kernel memory monitor,
+# which runs unpreemptibly for up to several ms at a time on either core.
+kdamond_ms() { local k; k=$(pgrep -x kdamond.0 | head -1 || true)
+  if [ -n "$k" ]; then echo $(( $(cut -d' ' -f1 /proc/"$k"/schedstat) / 1000000 )); else echo 0; fi; }
+

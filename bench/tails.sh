@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# How often each server keeps p99 under a bound at one fixed rate, over
+# many short windows instead of one: on a VM whose tail varies 2-5x from
+# one run to the next, a single p99 says little. nginx (empty_gif),
+# trackplane as shipped and trackplane with `wake_batch = 0` take turns,
+# ROUNDS times, each pinned and loaded as in compare.sh (server on core 0,
+# loadtest on core 1, realistic mix); every window is a fresh start with 2 s
+# of warm-up. Prints each window and, per server, how many met the bound.
+# Writes bench/results/tails-<date>.md.
+#
+#   bench/tails.sh [RATE] [ROUNDS] [SECONDS] [BOUND_US]
+#   e.g. bench/tails.sh 50000 12 10 1000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+RATE=${1:-50000}; ROUNDS=${2:-12}; SECONDS_PER_WINDOW=${3:-10}; BOUND=${4:-1000}
+CONNS=64
+SERVER_CORE=0
+LOAD_CORE=1
+SERVERS="nginx trackplane trackplane-unbatched"
+W=$(mktemp -d /tmp/trackplane-tails.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "nginx -p $W" 2>/dev/null || true; rm -rf "$W"' EXIT
+
+command -v nginx >/dev/null || { echo "tails.sh: needs nginx (apt-get install nginx-light)"; exit 1; }
+cargo build --release --quiet --bin trackplane -p trackplane -p trackplane-loadtest
+LT=target/release/loadtest
+$LT setup --dir "$W/mix" >/dev/null
+mkdir -p "$W/tp-data"
+cp -r "$W/mix/catalogs" "$W/tp-data/"
+cp "$W/mix/trackplane.toml" "$W/trackplane.toml"
+{ cat "$W/mix/trackplane.toml"; printf '[server]\nwake_batch = 0\n'; } > "$W/trackplane-unbatched.toml"
+write_nginx_conf
+declare -A PIDS
+
+OUT="bench/results/tails-$(date -u +%Y%m%d-%H%M).md"
+ROWS=()
+for round in $(seq "$ROUNDS"); do
+  for s in $SERVERS; do
+    start_server $s
+    steal0=$(steal_ms); kd0=$(kdamond_ms)
+    before=$(cpu_ns ${PIDS[$s]})
+    out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$PORT" --rate "$RATE" --connections $CONNS \
+      --duration "$SECONDS_PER_WINDOW" --warmup 2 --json)
+    after=$(cpu_ns ${PIDS[$s]})
+    steal=$(( $(steal_ms) - steal0 )); kd=$(( $(kdamond_ms) - kd0 ))
+    stop_server $s
+    # CPU covers warm-up and window; so do the calls it is divided by.
+    calls=$(awk "BEGIN {print $(json_field "$out" completed) + $(json_field "$out" achieved_rate) * 2}")
+    us=$(awk "BEGIN {printf \"%.2f\", ($after - $before) / 1000 / $calls}")
+    row="$round|$s|$us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$steal|$kd"
+    ROWS+=("$row")
+    echo "  $row" >&2
+  done
+done
+
+{
+  echo "# p99 at $RATE/s in $ROUNDS windows of $SECONDS_PER_WINDOW s — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Command: \`bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -nE 's/^Model name: +//p' | head -1), kernel $(uname -r)"
+  echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
+  echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags), records on disk; -unbatched: wake_batch = 0."
+  echo
+  echo "| round | server | CPU µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for r in "${ROWS[@]}"; do echo "|$r|"; done
+  echo
+  echo "Per server: windows with p99 <= $BOUND µs; median CPU µs/req, p99 and p99.9 over the windows."
+  echo
+  for s in $SERVERS; do
+    printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$BOUND" '
+      $2==s { n++; met += ($5 <= b); cpu[n]=$3; p99[n]=$5; p999[n]=$6 }
+      function median(a, n,   i, j, t) {
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t=a[j]; a[j]=a[j-1]; a[j-1]=t }
+        return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
+      END { printf "- %s: %d of %d; CPU %.2f, p99 %.0f µs, p99.9 %.0f µs\n", s, met, n, median(cpu, n), median(p99, n), median(p999, n) }'
+  done
+} > "$OUT"
+cat "$OUT"
+echo "wrote $OUT"
