@@ -60,8 +60,8 @@ const RECENT_RECORD_MAX: usize = 16 << 10;
 const ENTRY_OVERHEAD: usize = 16;
 
 /// Bytes the view may still keep. Every name, count slot, product and
-/// recent-event buffer it keeps is charged when first allocated; nothing is
-/// given back, since the view frees nothing in steady state (it reuses).
+/// recent-event buffer it keeps is charged when first allocated; the view
+/// reuses what it has, so only forgetting an idle advertiser gives back.
 #[derive(Debug)]
 pub struct Budget {
     left: usize,
@@ -82,6 +82,11 @@ impl Budget {
             }
             None => false,
         }
+    }
+
+    /// Gives back `n` bytes taken before.
+    fn give(&mut self, n: usize) {
+        self.left += n;
     }
 }
 
@@ -352,20 +357,20 @@ impl AdvertiserView {
         } else {
             Vec::new()
         };
-        if buf.capacity() < rec.len() {
-            // Whole powers of two, so that buffers stop growing once they
-            // have held the longest of the records that pass through them.
-            let cap = rec.len().next_power_of_two();
-            if !budget.take(cap - buf.capacity()) {
-                if full {
-                    self.recent.push_front(buf);
-                }
-                return false;
+        // Whole powers of two, so that buffers stop growing once they have
+        // held the longest of the records that pass through them.
+        let cap = rec.len().next_power_of_two();
+        let grows = buf.capacity() < rec.len();
+        if grows && !budget.take(cap - buf.capacity()) {
+            if full {
+                self.recent.push_front(buf);
             }
-            buf.clear();
-            buf.reserve_exact(cap);
+            return false;
         }
         buf.clear();
+        if grows {
+            buf.reserve_exact(cap);
+        }
         buf.extend_from_slice(rec);
         self.recent.push_back(buf);
         true
@@ -411,7 +416,7 @@ impl View {
         by_id.retain(|_, a| {
             let idle = a.last_ms.saturating_add(IDLE_MS) <= now_ms;
             if idle {
-                budget.left += a.charged;
+                budget.give(a.charged);
             }
             !idle
         });
