@@ -19,29 +19,17 @@ SECONDS_PER_RATE=${2:-10}
 CONNS=64
 SERVER_CORE=0
 LOAD_CORE=1
-W=$(mktemp -d /tmp/trackplane-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "nginx -p $W" 2>/dev/null || true; rm -rf "$W"' EXIT
-
-command -v nginx >/dev/null || { echo "compare.sh: needs nginx (apt-get install nginx-light)"; exit 1; }
-cargo build --release --quiet --bin trackplane -p trackplane -p trackplane-loadtest
-LT=target/release/loadtest
-
-# The realistic mix: 50 advertisers x 20k products, 10% broken tags.
-$LT setup --dir "$W/mix" >/dev/null
-mkdir -p "$W/tp-data"
-cp -r "$W/mix/catalogs" "$W/tp-data/"
-# trackplane's variants: as shipped (io_uring, epoll); io_uring with
-# wake-ups unbatched; storing nothing (the cost of storage is the
+race_setup compare
+# trackplane's variants besides race_setup's two (as shipped, and with
+# wake-ups unbatched): epoll; storing nothing (the cost of storage is the
 # difference); every event type 'sync'.
-for v in trackplane trackplane-epoll; do cp "$W/mix/trackplane.toml" "$W/$v.toml"; done
+cp "$W/mix/trackplane.toml" "$W/trackplane-epoll.toml"
 { cat "$W/mix/trackplane.toml"; printf '[storage]\ndiscard_for_benchmarks = true\n'; } > "$W/trackplane-nostore.toml"
-{ cat "$W/mix/trackplane.toml"; printf '[server]\nwake_batch = 0\n'; } > "$W/trackplane-unbatched.toml"
 { cat "$W/mix/trackplane.toml"; for t in impression click page_view view_item add_to_cart purchase; do
     target/release/trackplane default-config | awk -v t="[event_types.$t]" '$0==t {p=1; print; next} /^\[/ {p=0} p'
     echo 'durability = "sync"'; done; } > "$W/trackplane-sync.toml"
 target/release/trackplane check-config "$W/trackplane-sync.toml" >/dev/null
 
-write_nginx_conf
 declare -A PIDS
 calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 

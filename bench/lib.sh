@@ -13,6 +13,26 @@ steal_ms() { awk '/^cpu / {print $9 * 10}' /proc/stat; }
 # $SERVER_CORE, with their files under $W; the caller declares the
 # associative array PIDS. start_server sets PORT.
 
+# Everything before the first server starts: the work dir $W (removed on
+# exit, with any server still running), the release binaries ($LT is
+# loadtest), the realistic mix (50 advertisers x 20k products, 10% broken
+# tags) with trackplane's data dir $W/tp-data holding its catalogs, the
+# configs trackplane.toml (as shipped) and trackplane-unbatched.toml
+# (wake_batch = 0), and nginx's.
+race_setup() { # NAME, for the work dir and messages
+  command -v nginx >/dev/null || { echo "$1: needs nginx (apt-get install nginx-light)"; exit 1; }
+  W=$(mktemp -d "/tmp/trackplane-$1.XXXXXX")
+  trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "nginx -p $W" 2>/dev/null || true; rm -rf "$W"' EXIT
+  cargo build --release --quiet --bin trackplane -p trackplane -p trackplane-loadtest
+  LT=target/release/loadtest
+  $LT setup --dir "$W/mix" >/dev/null
+  mkdir -p "$W/tp-data"
+  cp -r "$W/mix/catalogs" "$W/tp-data/"
+  cp "$W/mix/trackplane.toml" "$W/trackplane.toml"
+  { cat "$W/mix/trackplane.toml"; printf '[server]\nwake_batch = 0\n'; } > "$W/trackplane-unbatched.toml"
+  write_nginx_conf
+}
+
 cpu_ns() { # total on-CPU ns of every thread of the given pids
   local total=0 pid t
   for pid in "$@"; do

@@ -18,18 +18,7 @@ CONNS=64
 SERVER_CORE=0
 LOAD_CORE=1
 SERVERS="nginx trackplane trackplane-unbatched"
-W=$(mktemp -d /tmp/trackplane-tails.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "nginx -p $W" 2>/dev/null || true; rm -rf "$W"' EXIT
-
-command -v nginx >/dev/null || { echo "tails.sh: needs nginx (apt-get install nginx-light)"; exit 1; }
-cargo build --release --quiet --bin trackplane -p trackplane -p trackplane-loadtest
-LT=target/release/loadtest
-$LT setup --dir "$W/mix" >/dev/null
-mkdir -p "$W/tp-data"
-cp -r "$W/mix/catalogs" "$W/tp-data/"
-cp "$W/mix/trackplane.toml" "$W/trackplane.toml"
-{ cat "$W/mix/trackplane.toml"; printf '[server]\nwake_batch = 0\n'; } > "$W/trackplane-unbatched.toml"
-write_nginx_conf
+race_setup tails
 declare -A PIDS
 
 OUT="bench/results/tails-$(date -u +%Y%m%d-%H%M).md"
