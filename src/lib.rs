@@ -10,8 +10,11 @@
 //! - `record`: the JSON event record, exactly as stored and shipped
 //! - `ring`: the lock-free hand-off from a worker to storage (the one
 //!   module allowed `unsafe`, besides `server::handover`'s single
-//!   `close_range` call; the crate denies it everywhere else)
+//!   `close_range` call and `sched`'s scheduler calls; the crate denies it
+//!   everywhere else)
 //! - `segment`: the on-disk format, writer, reader and crash recovery
+//! - `sched`: the store and view threads in the idle scheduling class while
+//!   calm, lifted back when their rings fill
 //! - `store`: drains the rings into zstd blocks in segments; fsync, rotation,
 //!   disk budget, stream leases
 //! - `server`: workers, connection loop, request handler, admin port,
@@ -27,6 +30,7 @@ pub mod http;
 pub mod logging;
 pub mod record;
 pub mod ring;
+pub mod sched;
 pub mod segment;
 pub mod server;
 pub mod shipper;

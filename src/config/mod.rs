@@ -177,6 +177,22 @@ pub struct ServerConfig {
     /// Bytes the live view may keep (advertisers, count keys, unknown
     /// products, recent events); requests decide what it is asked to keep.
     pub view_memory_bytes: usize,
+    /// The scheduling class of the store and view threads while their rings
+    /// are calm.
+    pub background_class: BackgroundClass,
+}
+
+/// The scheduling class of the threads that share the workers' cores
+/// (`crate::sched`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackgroundClass {
+    /// SCHED_IDLE while their rings are calm, lifted back to the normal
+    /// class when one fills past a quarter; the normal class throughout
+    /// when the kernel would not allow the way back.
+    Idle,
+    /// The normal class throughout.
+    Normal,
 }
 
 /// The I/O driver a worker runs on.

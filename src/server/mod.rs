@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::audit::{Auditor, CatalogDir, Catalogs};
-use crate::config::Config;
+use crate::config::{BackgroundClass, Config};
 use crate::store::lease::StreamLeases;
 use crate::store::{Store, StoreStatus, StreamShared, StreamSpec};
 pub use handover::{HandoverError, Listeners};
@@ -285,10 +285,20 @@ impl Server {
         }
         let rules = Rules::new(config.clone());
         // Whether the store naps short for `sync` events; a reload updates it.
+        let idle_wanted = config.server.background_class == BackgroundClass::Idle;
         let store_status = Arc::new(StoreStatus {
             sync_types: AtomicBool::new(rules.auditor.has_sync_types()),
+            class: crate::sched::Class::new(idle_wanted),
             ..StoreStatus::default()
         });
+        let background = match (idle_wanted, store_status.class.enabled()) {
+            (true, true) => "idle",
+            (true, false) => {
+                tracing::warn!("server.background_class = \"idle\" needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to lift the store and view back; they run in the normal class");
+                "normal"
+            }
+            (false, _) => "normal",
+        };
         let shared = Arc::new(Shared {
             rules: ArcSwap::from_pointee(rules),
             rescan_catalogs: AtomicBool::new(false),
@@ -300,7 +310,10 @@ impl Server {
                 .map(|_| Arc::new(StreamShared::default()))
                 .collect(),
             store_status,
-            view: Arc::new(crate::view::View::new(config.server.view_memory_bytes)),
+            view: Arc::new(crate::view::View::new(
+                config.server.view_memory_bytes,
+                crate::sched::Class::new(idle_wanted),
+            )),
             heartbeats: (0..workers)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
@@ -459,7 +472,7 @@ impl Server {
         notify::Notifier::from_env()
             .notify(&format!("{main_pid}READY=1\nSTATUS=serving on {data_addr}"));
         let driver = server.drivers.first().map_or("none", |d| d.as_str());
-        tracing::info!(listen = %data_addr, admin = %admin_addr, workers, driver, node = %shared.node, "trackplane serving");
+        tracing::info!(listen = %data_addr, admin = %admin_addr, workers, driver, background, node = %shared.node, "trackplane serving");
         Ok(server)
     }
 

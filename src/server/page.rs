@@ -47,6 +47,28 @@ impl MetricsPage {
                 shared.store_status.refusing.load(Ordering::Relaxed),
             )),
         );
+        let classes = [
+            ("thread=\"store\"", &shared.store_status.class),
+            ("thread=\"view\"", &view.class),
+        ];
+        family(
+            &mut out,
+            "trackplane_background_idle",
+            "gauge",
+            "Whether a background thread runs in the idle scheduling class now (1) or the normal one (0).",
+            classes
+                .iter()
+                .map(|(l, c)| ((*l).to_owned(), u64::from(c.is_idle()))),
+        );
+        family(
+            &mut out,
+            "trackplane_background_lifts_total",
+            "counter",
+            "Times a background thread was lifted from the idle to the normal class because a ring filled past a quarter.",
+            classes.iter().map(|(l, c)| {
+                ((*l).to_owned(), c.lifts.load(Ordering::Relaxed))
+            }),
+        );
         let catalogs = shared.catalogs.load();
         let products: usize = catalogs
             .advertisers()

@@ -61,8 +61,12 @@ impl StreamShared {
 pub struct StoreStatus {
     /// Set while segments are at the budget and the policy is to refuse.
     pub refusing: AtomicBool,
-    /// Whether any event type is `sync` (the store then naps shorter).
+    /// Whether any event type is `sync` (the store then naps shorter and
+    /// stays in the normal class).
     pub sync_types: AtomicBool,
+    /// The store thread's scheduling class; workers lift it when their
+    /// ring fills past a quarter.
+    pub class: crate::sched::Class,
 }
 
 /// The segments directory under a data directory.
@@ -322,12 +326,17 @@ impl Ctx {
             // context switch each. Short naps while a `sync` event type
             // exists (a reload can add one), else a quarter of the flush
             // interval; none while a worker waits for a sync or a ring
-            // fills past a quarter.
+            // fills past a quarter. The same calm decides the class.
             let pressed = streams
                 .iter()
                 .any(|s| s.consumer.used_bytes() > s.consumer.capacity() / 4);
+            let sync_types = self.status.sync_types.load(Ordering::Relaxed);
+            // Idle class only while nothing waits on this thread: a worker
+            // waiting for a sync would wait for whatever else runs.
+            self.status
+                .class
+                .settle(!sync_due && !pressed && !sync_types);
             if !sync_due && !pressed {
-                let sync_types = self.status.sync_types.load(Ordering::Relaxed);
                 std::thread::sleep(if sync_types {
                     Duration::from_micros(200)
                 } else {

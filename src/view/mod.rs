@@ -196,6 +196,9 @@ pub struct View {
     subscribers: Mutex<Vec<Subscriber>>,
     /// Record copies the workers' view rings had no room for.
     pub ring_dropped: AtomicU64,
+    /// The view thread's scheduling class; workers lift it when their view
+    /// ring fills past a quarter.
+    pub class: crate::sched::Class,
     /// Events a slow viewer's queue had no room for.
     pub viewer_dropped: AtomicU64,
     /// Events of advertisers beyond the tracking limit.
@@ -208,7 +211,7 @@ pub struct View {
 
 impl Default for View {
     fn default() -> View {
-        View::new(DEFAULT_MEMORY_BYTES)
+        View::new(DEFAULT_MEMORY_BYTES, crate::sched::Class::default())
     }
 }
 
@@ -378,8 +381,9 @@ impl AdvertiserView {
 }
 
 impl View {
-    /// A view that keeps at most about `memory_bytes` of data.
-    pub fn new(memory_bytes: usize) -> View {
+    /// A view that keeps at most about `memory_bytes` of data; its thread
+    /// runs in `class`.
+    pub fn new(memory_bytes: usize, class: crate::sched::Class) -> View {
         View {
             advertisers: Mutex::new(Advertisers {
                 by_id: HashMap::new(),
@@ -387,6 +391,7 @@ impl View {
             }),
             subscribers: Mutex::default(),
             ring_dropped: AtomicU64::new(0),
+            class,
             viewer_dropped: AtomicU64::new(0),
             untracked: AtomicU64::new(0),
             streamed: AtomicU64::new(0),
@@ -538,9 +543,11 @@ pub fn spawn(
                 }
                 // Nap between passes, busy or not: this thread shares the
                 // workers' cores, and draining a few records per wake-up
-                // would cost them a context switch each. No nap while a
-                // ring fills past a quarter.
-                if rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4) {
+                // would cost them a context switch each. No nap, and the
+                // normal class, while a ring fills past a quarter.
+                let calm = rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4);
+                view.class.settle(calm);
+                if calm {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
@@ -650,7 +657,7 @@ mod tests {
     #[test]
     fn what_requests_ask_the_view_to_keep_stays_within_its_budget() {
         let budget = 1 << 20;
-        let v = View::new(budget);
+        let v = View::new(budget, crate::sched::Class::default());
         // 2,000 advertisers with 8 KB records would take 50 MB of recent
         // events alone.
         let pad = "x".repeat(8000);
@@ -694,7 +701,7 @@ mod tests {
 
     #[test]
     fn idle_advertisers_are_forgotten_and_their_budget_comes_back() {
-        let v = View::new(1 << 20);
+        let v = View::new(1 << 20, crate::sched::Class::default());
         let old = |adv: &str, ts: u64| {
             format!(r#"{{"id":"n-0-1","ts_ms":{ts},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{}}}}"#).into_bytes()
         };

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Served {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin port's address.
+    pub admin: SocketAddr,
     /// Every log line so far.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -20,7 +22,19 @@ pub struct Served {
 /// Starts `trackplane serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
 /// --data-dir DIR` plus `args`, with `env`.
 pub fn serve(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trackplane"))
+    serve_via(&[env!("CARGO_BIN_EXE_trackplane")], data_dir, args, env)
+}
+
+/// As `serve`, with `command` (a program and its leading arguments, ending
+/// with the trackplane binary) in place of the built binary: run through
+/// `prlimit` or `setpriv`, say.
+pub fn serve_via(command: &[&str], data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut command = {
+        let mut c = Command::new(command[0]);
+        c.args(&command[1..]);
+        c
+    };
+    let mut child = command
         .args([
             "serve",
             "--listen",
@@ -47,19 +61,27 @@ pub fn serve(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
                 if line.contains("ERROR") {
                     eprintln!("server: {line}");
                 }
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                let word = |key: &str| {
+                    line.split(key)
+                        .nth(1)
+                        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+                };
+                if let (Some(data), Some(admin)) = (word(" listen="), word(" admin=")) {
+                    let _ = tx.send((data, admin));
                 }
                 log.lock().unwrap().push(line);
             }
         });
     }
-    let addr = rx
+    let (addr, admin) = rx
         .recv_timeout(Duration::from_secs(20))
-        .expect("server did not start")
-        .parse()
-        .unwrap();
-    Served { child, addr, log }
+        .expect("server did not start");
+    Served {
+        child,
+        addr: addr.parse().unwrap(),
+        admin: admin.parse().unwrap(),
+        log,
+    }
 }
 
 impl Served {

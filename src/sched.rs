@@ -1,0 +1,242 @@
+//! The scheduling class of the threads that share the workers' cores: the
+//! store and the live view. In the normal class a pass of theirs (a zstd
+//! block, a view drain) that runs when a request arrives delays it, because
+//! the scheduler lets the pass finish its slice. In the idle class
+//! (SCHED_IDLE) a worker's wake-up takes the core at once; on a busy core,
+//! though, an idle-class thread hardly runs, its ring fills and events are
+//! refused. So each runs in the idle class while its rings are calm, and is
+//! lifted back to the normal class (by a worker that finds its ring a
+//! quarter full, or by itself) until it has caught up.
+//!
+//! Leaving SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE of at least 20
+//! (sched(7)); the systemd unit sets `LimitNICE=20`. Whether the kernel
+//! allows the way back is tried once, on a throwaway thread: without it the
+//! threads stay in the normal class, as they would with
+//! `server.background_class = "normal"`.
+//!
+//! # Invariants
+//! - Only the thread itself enters the idle class, only from `NORMAL`, and
+//!   only lifts leave it; a lift that finds the thread mid-way (`SETTLING`)
+//!   does nothing and is tried again by the next pressed push.
+//! - The thread is in the idle class exactly while `state` is `IDLE`, or
+//!   `SETTLING`/`LIFTING` during the one system call that changes it.
+
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+const NORMAL: u8 = 0;
+const SETTLING: u8 = 1;
+const IDLE: u8 = 2;
+const LIFTING: u8 = 3;
+
+/// One background thread's class and the means to lift it.
+#[derive(Debug)]
+pub struct Class {
+    /// Whether this thread may enter the idle class at all.
+    enabled: bool,
+    /// The thread's kernel id, once it has attached (0 before).
+    tid: AtomicI32,
+    state: AtomicU8,
+    /// Times the thread was lifted back to the normal class.
+    pub lifts: AtomicU64,
+}
+
+impl Default for Class {
+    /// A class that stays normal.
+    fn default() -> Class {
+        Class::new(false)
+    }
+}
+
+impl Class {
+    /// A class that goes idle when `wanted` and the kernel allows the way
+    /// back; otherwise one that stays normal.
+    pub fn new(wanted: bool) -> Class {
+        Class {
+            enabled: wanted && way_back_allowed(),
+            tid: AtomicI32::new(0),
+            state: AtomicU8::new(NORMAL),
+            lifts: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the thread runs in the idle class while calm.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether the thread is in the idle class now.
+    pub fn is_idle(&self) -> bool {
+        self.state.load(Ordering::Acquire) == IDLE
+    }
+
+    /// Called by the thread itself, each pass: into the idle class when
+    /// `calm`, back to the normal class when not.
+    pub fn settle(&self, calm: bool) {
+        if !self.enabled {
+            return;
+        }
+        if !calm {
+            self.lift();
+            return;
+        }
+        if self
+            .state
+            .compare_exchange(NORMAL, SETTLING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        self.tid.store(gettid(), Ordering::Release);
+        let entered = set_policy(0, libc::SCHED_IDLE).is_ok();
+        self.state
+            .store(if entered { IDLE } else { NORMAL }, Ordering::Release);
+    }
+
+    /// From any thread: back to the normal class if idle. Cheap when not.
+    #[inline]
+    pub fn lift(&self) {
+        if self.state.load(Ordering::Acquire) != IDLE {
+            return;
+        }
+        self.lift_slow();
+    }
+
+    #[cold]
+    fn lift_slow(&self) {
+        if self
+            .state
+            .compare_exchange(IDLE, LIFTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let tid = self.tid.load(Ordering::Acquire);
+        match set_policy(tid, libc::SCHED_OTHER) {
+            Ok(()) => {
+                self.lifts.fetch_add(1, Ordering::Relaxed);
+                self.state.store(NORMAL, Ordering::Release);
+            }
+            Err(e) => {
+                // Cannot happen once the probe passed, short of the thread
+                // having exited; stay IDLE so the next lift tries again.
+                tracing::warn!(tid, error = %e, "cannot lift a background thread to the normal class");
+                self.state.store(IDLE, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Whether a thread of this process can enter SCHED_IDLE and leave it
+/// again: tried once, on a throwaway thread.
+pub fn way_back_allowed() -> bool {
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("trackplane-probe".into())
+            .spawn(|| {
+                set_policy(0, libc::SCHED_IDLE).is_ok() && set_policy(0, libc::SCHED_OTHER).is_ok()
+            })
+            .ok()
+            .and_then(|t| t.join().ok())
+            .unwrap_or(false)
+    })
+}
+
+/// The calling thread's kernel id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid(2) takes nothing and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// The scheduling policy of thread `tid` (0: the calling thread).
+pub fn policy(tid: i32) -> std::io::Result<i32> {
+    // SAFETY: sched_getscheduler(2) only reads the thread's policy.
+    let r = unsafe { libc::sched_getscheduler(tid) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Sets thread `tid`'s policy (0: the calling thread); priority 0, the
+/// only one the normal and idle classes have.
+fn set_policy(tid: i32, policy: i32) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call, which
+    // only reads it.
+    let r = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calm_thread_goes_idle_and_a_lift_brings_it_back() {
+        if !way_back_allowed() {
+            eprintln!("skipped: this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE < 20)");
+            return;
+        }
+        let class = std::sync::Arc::new(Class::new(true));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+        let t = {
+            let class = class.clone();
+            std::thread::spawn(move || {
+                while let Ok(calm) = go_rx.recv() {
+                    class.settle(calm);
+                    tid_tx.send(gettid()).unwrap();
+                }
+            })
+        };
+        go_tx.send(true).unwrap();
+        let tid = tid_rx.recv().unwrap();
+        assert!(class.is_idle());
+        assert_eq!(policy(tid).unwrap(), libc::SCHED_IDLE);
+        // A second calm pass changes nothing.
+        go_tx.send(true).unwrap();
+        tid_rx.recv().unwrap();
+        assert_eq!(policy(tid).unwrap(), libc::SCHED_IDLE);
+
+        // Lifted from this thread, as a worker does.
+        class.lift();
+        assert!(!class.is_idle());
+        assert_eq!(policy(tid).unwrap(), libc::SCHED_OTHER);
+        assert_eq!(class.lifts.load(Ordering::Relaxed), 1);
+        class.lift();
+        assert_eq!(
+            class.lifts.load(Ordering::Relaxed),
+            1,
+            "a lift of a normal thread is none"
+        );
+
+        // Idle again, then not calm: the thread lifts itself.
+        go_tx.send(true).unwrap();
+        tid_rx.recv().unwrap();
+        assert_eq!(policy(tid).unwrap(), libc::SCHED_IDLE);
+        go_tx.send(false).unwrap();
+        tid_rx.recv().unwrap();
+        assert_eq!(policy(tid).unwrap(), libc::SCHED_OTHER);
+        assert_eq!(class.lifts.load(Ordering::Relaxed), 2);
+        drop(go_tx);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_class_not_wanted_never_goes_idle() {
+        let class = Class::new(false);
+        assert!(!class.enabled());
+        class.settle(true);
+        assert!(!class.is_idle());
+        assert_eq!(policy(0).unwrap(), libc::SCHED_OTHER);
+    }
+}
