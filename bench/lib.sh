@@ -23,13 +23,14 @@ race_setup() { # NAME, for the work dir and messages
   command -v nginx >/dev/null || { echo "$1: needs nginx (apt-get install nginx-light)"; exit 1; }
   W=$(mktemp -d "/tmp/trackplane-$1.XXXXXX")
   trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "nginx -p $W" 2>/dev/null || true; rm -rf "$W"' EXIT
-  cargo build --release --quiet --bin trackplane -p trackplane -p trackplane-loadtest
+  cargo build --release --quiet -p trackplane -p trackplane-loadtest --bin trackplane --bin loadtest --bin bare-responder --bin bare-multishot
   LT=target/release/loadtest
   $LT setup --dir "$W/mix" >/dev/null
   mkdir -p "$W/tp-data"
   cp -r "$W/mix/catalogs" "$W/tp-data/"
   cp "$W/mix/trackplane.toml" "$W/trackplane.toml"
   { cat "$W/mix/trackplane.toml"; printf '[server]\nwake_batch = 0\n'; } > "$W/trackplane-unbatched.toml"
+  { cat "$W/mix/trackplane.toml"; printf '[server]\nbackground_class = "normal"\n'; } > "$W/trackplane-normal.toml"
   write_nginx_conf
 }
 

@@ -2,7 +2,9 @@
 # How often each server keeps p99 under a bound at one fixed rate, over
 # many short windows instead of one: on a VM whose tail varies 2-5x from
 # one run to the next, a single p99 says little. nginx (empty_gif),
-# trackplane as shipped and trackplane with `wake_batch = 0` take turns,
+# trackplane as shipped and trackplane with `wake_batch = 0` take turns
+# (or the servers SERVERS names: any of nginx, trackplane,
+# trackplane-unbatched, trackplane-normal with `background_class = "normal"`),
 # ROUNDS times, each pinned and loaded as in compare.sh (server on core 0,
 # loadtest on core 1, realistic mix); every window is a fresh start with 2 s
 # of warm-up. Prints each window and, per server, how many met the bound.
@@ -10,6 +12,7 @@
 #
 #   bench/tails.sh [RATE] [ROUNDS] [SECONDS] [BOUND_US]
 #   e.g. bench/tails.sh 50000 12 10 1000
+#        SERVERS="nginx trackplane trackplane-normal" bench/tails.sh 20000 12 10 1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -17,7 +20,7 @@ RATE=${1:-50000}; ROUNDS=${2:-12}; SECONDS_PER_WINDOW=${3:-10}; BOUND=${4:-1000}
 CONNS=64
 SERVER_CORE=0
 LOAD_CORE=1
-SERVERS="nginx trackplane trackplane-unbatched"
+SERVERS=${SERVERS:-nginx trackplane trackplane-unbatched}
 race_setup tails
 declare -A PIDS
 
@@ -45,10 +48,10 @@ done
 {
   echo "# p99 at $RATE/s in $ROUNDS windows of $SECONDS_PER_WINDOW s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
+  echo "Command: \`SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -nE 's/^Model name: +//p' | head -1), kernel $(uname -r)"
   echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
-  echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags), records on disk; -unbatched: wake_batch = 0."
+  echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."
   echo
   echo "| round | server | CPU µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
   echo "|---|---|---|---|---|---|---|---|"

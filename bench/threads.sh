@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 RATE=${1:-50000}; DUR=${2:-8}; EXTRA=${3:-}
 W=$(mktemp -d /tmp/trackplane-threads.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
-cargo build --release --quiet --bin trackplane -p trackplane -p trackplane-loadtest
+cargo build --release --quiet -p trackplane -p trackplane-loadtest --bin trackplane --bin loadtest --bin bare-responder --bin bare-multishot
 LT=target/release/loadtest
 $LT setup --dir "$W/mix" >/dev/null
 mkdir -p "$W/data"; cp -r "$W/mix/catalogs" "$W/data/"
