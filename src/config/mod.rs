@@ -187,9 +187,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackgroundClass {
-    /// SCHED_IDLE while their rings are calm, lifted back to the normal
-    /// class when one fills past a quarter; the normal class throughout
-    /// when the kernel would not allow the way back.
+    /// Passes in SCHED_IDLE while their rings hold little, lifted back to
+    /// the normal class when one fills past a quarter; the normal class
+    /// throughout when the kernel would not allow the way back.
     Idle,
     /// The normal class throughout.
     Normal,

@@ -62,6 +62,9 @@ pub enum PushError {
     TooLarge,
 }
 
+/// Bytes a draining consumer reads before it hands them back mid-pass.
+const RETURN_EVERY: usize = 64 << 10;
+
 /// The writing end, owned by one worker.
 pub struct Producer {
     shared: Arc<Shared>,
@@ -221,6 +224,7 @@ impl Consumer {
         let cap = self.shared.capacity();
         let base = self.shared.base();
         let mut n = 0;
+        let mut published = self.head;
         while self.head < self.cached_tail && n < max {
             let idx = self.head & (cap - 1);
             // SAFETY: [head, cached_tail) was published by the producer
@@ -240,6 +244,12 @@ impl Consumer {
             f(record);
             self.head += padded(len);
             n += 1;
+            // A long pass hands space back as it goes, so that the
+            // producer does not see a full ring while the consumer works.
+            if self.head - published >= RETURN_EVERY {
+                self.shared.head.store(self.head, Ordering::Release);
+                published = self.head;
+            }
         }
         self.shared.head.store(self.head, Ordering::Release);
         n
@@ -327,6 +337,23 @@ mod tests {
         assert!(p.past_quarter());
         drain_all(&mut c);
         assert!(!p.past_quarter());
+    }
+
+    #[test]
+    fn a_long_drain_hands_space_back_as_it_goes() {
+        let (mut p, mut c) = ring(1 << 20);
+        for _ in 0..512 {
+            p.push(&[3; 1020]).unwrap();
+        }
+        let full = p.free_bytes();
+        let mut seen = Vec::new();
+        c.drain(|_| seen.push(p.free_bytes()));
+        assert_eq!(seen.len(), 512);
+        // 1 KiB per record: space comes back every 64 records, not at the end.
+        assert_eq!(seen[63], full);
+        assert_eq!(seen[64], full + RETURN_EVERY);
+        assert_eq!(seen[511], full + 7 * RETURN_EVERY);
+        assert_eq!(p.free_bytes(), 1 << 20);
     }
 
     #[test]

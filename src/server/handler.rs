@@ -458,6 +458,9 @@ impl Emitter {
                 self.sync_wait = self.sync_wait.max(Some(seq));
             }
         } else {
+            // Full: lift the store if it is idle (no later push that
+            // succeeds would see the ring past a quarter).
+            self.store.class.lift();
             metrics.events_refused.add(n as u64);
         }
         self.pending_sync = None;

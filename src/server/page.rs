@@ -53,18 +53,18 @@ impl MetricsPage {
         ];
         family(
             &mut out,
-            "trackplane_background_idle",
-            "gauge",
-            "Whether a background thread runs in the idle scheduling class now (1) or the normal one (0).",
-            classes
-                .iter()
-                .map(|(l, c)| ((*l).to_owned(), u64::from(c.is_idle()))),
+            "trackplane_background_idle_passes_total",
+            "counter",
+            "Passes a background thread began in the idle scheduling class (server.background_class).",
+            classes.iter().map(|(l, c)| {
+                ((*l).to_owned(), c.idle_passes.load(Ordering::Relaxed))
+            }),
         );
         family(
             &mut out,
             "trackplane_background_lifts_total",
             "counter",
-            "Times a background thread was lifted from the idle to the normal class because a ring filled past a quarter.",
+            "Times a background thread was lifted from the idle to the normal class mid-pass because a ring filled past a quarter.",
             classes.iter().map(|(l, c)| {
                 ((*l).to_owned(), c.lifts.load(Ordering::Relaxed))
             }),

@@ -64,8 +64,8 @@ pub struct StoreStatus {
     /// Whether any event type is `sync` (the store then naps shorter and
     /// stays in the normal class).
     pub sync_types: AtomicBool,
-    /// The store thread's scheduling class; workers lift it when their
-    /// ring fills past a quarter.
+    /// The store thread's scheduling class; workers lift it mid-pass when
+    /// their ring fills past a quarter.
     pub class: crate::sched::Class,
 }
 
@@ -267,6 +267,16 @@ impl Ctx {
                     .iter()
                     .map(|s| s.shared.sync_wanted.load(Ordering::Acquire)),
             );
+            // The pass runs in the idle class only while nothing waits on
+            // it (a worker waiting for a sync would wait for whatever else
+            // runs) and the rings hold little: a backlog is drained in the
+            // normal class. A worker lifts it mid-pass at a quarter.
+            let waited_on = streams.iter().zip(&wanted).any(|(s, &w)| w > s.requested);
+            let calm = streams
+                .iter()
+                .all(|s| s.consumer.used_bytes() <= s.consumer.capacity() / 16);
+            let sync_types = self.status.sync_types.load(Ordering::Relaxed);
+            self.status.class.settle(calm && !waited_on && !sync_types);
             for s in streams.iter_mut() {
                 self.drain(s)?;
             }
@@ -326,17 +336,13 @@ impl Ctx {
             // context switch each. Short naps while a `sync` event type
             // exists (a reload can add one), else a quarter of the flush
             // interval; none while a worker waits for a sync or a ring
-            // fills past a quarter. The same calm decides the class.
+            // fills past a quarter.
             let pressed = streams
                 .iter()
                 .any(|s| s.consumer.used_bytes() > s.consumer.capacity() / 4);
-            let sync_types = self.status.sync_types.load(Ordering::Relaxed);
-            // Idle class only while nothing waits on this thread: a worker
-            // waiting for a sync would wait for whatever else runs.
-            self.status
-                .class
-                .settle(!sync_due && !pressed && !sync_types);
             if !sync_due && !pressed {
+                // Sleep in the normal class (see `sched`).
+                self.status.class.rest();
                 std::thread::sleep(if sync_types {
                     Duration::from_micros(200)
                 } else {

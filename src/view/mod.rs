@@ -537,17 +537,21 @@ pub fn spawn(
                     view.forget_idle(now_ms());
                     last_forget = std::time::Instant::now();
                 }
+                // Passes run in the idle class while the rings hold little
+                // (a worker lifts the thread at a quarter); it sleeps in
+                // the normal class (see `sched`).
+                view.class
+                    .settle(rings.iter().all(|r| r.used_bytes() <= r.capacity() / 16));
                 for ring in &mut rings {
                     let mut batch = view.batch();
                     ring.drain(|rec| batch.add(rec));
                 }
                 // Nap between passes, busy or not: this thread shares the
                 // workers' cores, and draining a few records per wake-up
-                // would cost them a context switch each. No nap, and the
-                // normal class, while a ring fills past a quarter.
-                let calm = rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4);
-                view.class.settle(calm);
-                if calm {
+                // would cost them a context switch each. No nap while a
+                // ring fills past a quarter.
+                if rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4) {
+                    view.class.rest();
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
