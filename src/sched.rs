@@ -8,12 +8,13 @@
 //! little (a sixteenth), and a worker that finds its ring a quarter full
 //! lifts the thread back to the normal class mid-pass.
 //!
-//! The thread sleeps in the normal class (`rest` before each nap). Asleep
-//! in the idle class, it kept the lag the scheduler gave it at idle weight,
-//! and once lifted it waited hundreds of milliseconds for the core while
-//! the ring filled: at 160k requests/s offered to one core, 35,000-820,000
-//! events of 1.2 million were refused in each of six 10 s windows. Resting
-//! normal, none were (`bench/saturate.sh`).
+//! The thread sleeps in the normal class (`rest` before each nap). When it
+//! slept in the idle class, a lifted thread still waited hundreds of
+//! milliseconds for the core while the ring filled (likely the lag it was
+//! given at idle weight; not traced into the kernel): at 160k requests/s
+//! offered to one core, every one of twelve 10 s windows refused events,
+//! 35,000 to 822,000 of 1.0-1.5 million. Resting normal, none of seven
+//! did (`bench/saturate.sh`, and by hand).
 //!
 //! Leaving SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE of at least 20
 //! (sched(7)); the systemd unit sets `LimitNICE=20`. Whether the kernel
