@@ -30,7 +30,7 @@ race_setup() { # NAME, for the work dir and messages
   cp -r "$W/mix/catalogs" "$W/tp-data/"
   cp "$W/mix/trackplane.toml" "$W/trackplane.toml"
   { cat "$W/mix/trackplane.toml"; printf '[server]\nwake_batch = 0\n'; } > "$W/trackplane-unbatched.toml"
-  { cat "$W/mix/trackplane.toml"; printf '[server]\nbackground_class = "normal"\n'; } > "$W/trackplane-normal.toml"
+  { cat "$W/mix/trackplane.toml"; printf '[server]\nbackground_class = "idle"\n'; } > "$W/trackplane-idle.toml"
   write_nginx_conf
 }
 

@@ -81,13 +81,17 @@ fn can_raise_nice_limit() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The binary, a config with a 64 KiB ring, and a data dir, all usable by
+/// The binary, a config with a 64 KiB ring and the idle class, and a data dir, all usable by
 /// user nobody; then the server started as nobody, on core 0, with `way`.
 fn serve_as_nobody(dir: &Path, way: WayBack) -> Served {
     let bin = dir.join("trackplane");
     std::fs::copy(env!("CARGO_BIN_EXE_trackplane"), &bin).unwrap();
     let config = dir.join("trackplane.toml");
-    std::fs::write(&config, "[server]\nring_bytes = 65536\n").unwrap();
+    std::fs::write(
+        &config,
+        "[server]\nring_bytes = 65536\nbackground_class = \"idle\"\n",
+    )
+    .unwrap();
     let data = dir.join("data");
     std::fs::create_dir(&data).unwrap();
     for p in [dir, &data] {

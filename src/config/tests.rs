@@ -35,13 +35,13 @@ fn embedded_default_has_the_documented_values() {
         c.server.view_memory_bytes,
         crate::view::DEFAULT_MEMORY_BYTES
     );
-    assert_eq!(c.server.background_class, BackgroundClass::Idle);
+    assert_eq!(c.server.background_class, BackgroundClass::Normal);
 }
 
 #[test]
 fn background_class_takes_idle_or_normal_only() {
-    let c = Config::from_toml_str("[server]\nbackground_class = \"normal\"\n", "t").unwrap();
-    assert_eq!(c.server.background_class, BackgroundClass::Normal);
+    let c = Config::from_toml_str("[server]\nbackground_class = \"idle\"\n", "t").unwrap();
+    assert_eq!(c.server.background_class, BackgroundClass::Idle);
     assert!(err("[server]\nbackground_class = \"batch\"\n").contains("server.background_class"));
 }
 
