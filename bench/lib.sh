@@ -31,6 +31,12 @@ race_setup() { # NAME, for the work dir and messages
   cp "$W/mix/trackplane.toml" "$W/trackplane.toml"
   { cat "$W/mix/trackplane.toml"; printf '[server]\nwake_batch = 0\n'; } > "$W/trackplane-unbatched.toml"
   { cat "$W/mix/trackplane.toml"; printf '[server]\nbackground_class = "idle"\n'; } > "$W/trackplane-idle.toml"
+  # More variants from the environment: VARIANT_b8='[server]\nwake_batch = 8\n'
+  # makes a server named trackplane-b8.
+  local v
+  for v in $(compgen -e | grep '^VARIANT_' || true); do
+    { cat "$W/mix/trackplane.toml"; printf '%b' "${!v}"; } > "$W/trackplane-${v#VARIANT_}.toml"
+  done
   write_nginx_conf
 }
 
