@@ -132,15 +132,35 @@ fn serve_as_nobody(dir: &Path, way: WayBack) -> Served {
     )
 }
 
-#[test]
-fn with_cap_sys_nice_passes_run_idle_and_a_ring_past_a_quarter_is_all_stored() {
+/// As root: one test at a time, a scratch dir, and the server started as
+/// nobody with `way`. Not as root: None, and a message.
+fn start(
+    way: WayBack,
+) -> Option<(
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    Served,
+)> {
     if !is_root() {
         eprintln!("skipped: dropping to an unprivileged user needs root");
-        return;
+        return None;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let mut served = serve_as_nobody(dir.path(), WayBack::Capability);
+    let served = serve_as_nobody(dir.path(), way);
+    Some((one, dir, served))
+}
+
+fn stop(served: &mut Served) {
+    served.signal("-TERM");
+    assert!(served.wait_exit(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn with_cap_sys_nice_passes_run_idle_and_a_ring_past_a_quarter_is_all_stored() {
+    let Some((_one, dir, mut served)) = start(WayBack::Capability) else {
+        return;
+    };
     served.wait_log("background=\"idle\"", 0);
     wait_above(&served, STORE_IDLE, 0.0);
     wait_above(&served, VIEW_IDLE, 0.0);
@@ -171,20 +191,15 @@ fn with_cap_sys_nice_passes_run_idle_and_a_ring_past_a_quarter_is_all_stored() {
         0.0
     );
 
-    served.signal("-TERM");
-    assert!(served.wait_exit(Duration::from_secs(20)).success());
+    stop(&mut served);
     assert_eq!(common::records(&dir.path().join("data")).len(), 40);
 }
 
 #[test]
 fn without_a_way_back_no_pass_runs_idle() {
-    if !is_root() {
-        eprintln!("skipped: dropping to an unprivileged user needs root");
+    let Some((_one, _dir, mut served)) = start(WayBack::Neither) else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mut served = serve_as_nobody(dir.path(), WayBack::Neither);
+    };
     served.wait_log("needs CAP_SYS_NICE or RLIMIT_NICE", 0);
     served.wait_log("background=\"normal\"", 0);
     // Give both threads a few passes in which they could have gone idle.
@@ -192,26 +207,20 @@ fn without_a_way_back_no_pass_runs_idle() {
     let page = metrics(&served);
     assert_eq!(common::metric(&page, STORE_IDLE), 0.0);
     assert_eq!(common::metric(&page, VIEW_IDLE), 0.0);
-    served.signal("-TERM");
-    assert!(served.wait_exit(Duration::from_secs(20)).success());
+    stop(&mut served);
 }
 
 #[test]
 fn with_the_units_nice_limit_passes_run_idle() {
-    if !is_root() {
-        eprintln!("skipped: dropping to an unprivileged user needs root");
-        return;
-    }
     if !can_raise_nice_limit() {
         eprintln!("skipped: this root may not raise RLIMIT_NICE (no CAP_SYS_RESOURCE); the capability test covers the lift");
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mut served = serve_as_nobody(dir.path(), WayBack::NiceLimit);
+    let Some((_one, _dir, mut served)) = start(WayBack::NiceLimit) else {
+        return;
+    };
     served.wait_log("background=\"idle\"", 0);
     wait_above(&served, STORE_IDLE, 0.0);
     wait_above(&served, VIEW_IDLE, 0.0);
-    served.signal("-TERM");
-    assert!(served.wait_exit(Duration::from_secs(20)).success());
+    stop(&mut served);
 }
