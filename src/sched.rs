@@ -44,10 +44,11 @@ const LIFTING: u8 = 3;
 pub struct Class {
     /// Whether this thread may enter the idle class at all.
     enabled: bool,
-    /// The thread's kernel id, once it has attached (0 before).
+    /// The thread's kernel id, from its first `settle` (0 before).
     tid: AtomicI32,
     state: AtomicU8,
-    /// Times a full ring lifted the thread back to the normal class.
+    /// Times a backlog lifted the thread back to the normal class: a
+    /// worker's ring past a quarter, or a pass that began with one.
     pub lifts: AtomicU64,
     /// Passes the thread began in the idle class.
     pub idle_passes: AtomicU64,
@@ -98,7 +99,9 @@ impl Class {
             .compare_exchange(NORMAL, SETTLING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.tid.store(gettid(), Ordering::Release);
+            if self.tid.load(Ordering::Relaxed) == 0 {
+                self.tid.store(gettid(), Ordering::Release);
+            }
             let entered = set_policy(0, libc::SCHED_IDLE).is_ok();
             self.state
                 .store(if entered { IDLE } else { NORMAL }, Ordering::Release);

@@ -442,11 +442,12 @@ impl Emitter {
                 start = end;
             }
             // A background thread in the idle class barely runs on a busy
-            // core; a ring filling up is the sign to lift it.
-            if self.producer.past_quarter() {
+            // core; a ring filling up is the sign to lift it. Nothing to
+            // check in the normal class (the default).
+            if self.store.class.enabled() && self.producer.past_quarter() {
                 self.store.class.lift();
             }
-            if self.view.past_quarter() {
+            if self.view_shared.class.enabled() && self.view.past_quarter() {
                 self.view_shared.class.lift();
             }
             self.next_seq += n as u64;

@@ -235,6 +235,11 @@ struct Ctx {
     status: Arc<StoreStatus>,
 }
 
+/// Whether a worker waits for a sync the store has not asked for yet.
+fn sync_due(streams: &[Stream], wanted: &[u64]) -> bool {
+    streams.iter().zip(wanted).any(|(s, &w)| w > s.requested)
+}
+
 impl Ctx {
     fn run(self, mut streams: Vec<Stream>) -> std::io::Result<()> {
         let flush_every = Duration::from_millis(self.cfg.flush_interval_ms);
@@ -271,7 +276,7 @@ impl Ctx {
             // it (a worker waiting for a sync would wait for whatever else
             // runs) and the rings hold little: a backlog is drained in the
             // normal class. A worker lifts it mid-pass at a quarter.
-            let waited_on = streams.iter().zip(&wanted).any(|(s, &w)| w > s.requested);
+            let waited_on = sync_due(&streams, &wanted);
             let calm = streams
                 .iter()
                 .all(|s| s.consumer.used_bytes() <= s.consumer.capacity() / 16);
@@ -281,7 +286,7 @@ impl Ctx {
                 self.drain(s)?;
             }
             let now = Instant::now();
-            let sync_due = streams.iter().zip(&wanted).any(|(s, &w)| w > s.requested);
+            let sync_due = sync_due(&streams, &wanted);
             if stopping || sync_due || now.duration_since(last_flush) >= flush_every {
                 for s in streams.iter_mut() {
                     if let Some(stats) = s.writer.write_block()? {
