@@ -50,7 +50,7 @@ run_rate() { # server port rate
 }
 
 SAT=()
-for s in nginx bare multishot trackplane trackplane-idle trackplane-unbatched trackplane-epoll trackplane-nostore trackplane-sync; do
+for s in nginx bare multishot trackplane trackplane-normal trackplane-unbatched trackplane-epoll trackplane-nostore trackplane-sync; do
   echo "== $s" >&2
   start_server $s
   if [ $s = trackplane-sync ]; then
@@ -92,7 +92,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
   echo "Servers pinned to core $SERVER_CORE, load generator (loadtest, open loop, wrk2 semantics, $CONNS connections) to core $LOAD_CORE."
   echo "steal ms: the host's steal time during the row (both cores); kdamond ms: CPU of the VM's kdamond (DAMON memory monitor, not preemptible for ms at a time) during the row. Either shows up in that row's tail."
-  echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot accept and receive, provided buffers, DEFER_TASKRUN), the floor of a custom event loop. trackplane: io_uring, as shipped (wake-ups batched: wake_batch 32, wake_linger_us 200); trackplane-idle: background_class = \"idle\"; trackplane-unbatched: wake_batch = 0; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."
+  echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot accept and receive, provided buffers, DEFER_TASKRUN), the floor of a custom event loop. trackplane: io_uring, as shipped (wake-ups batched: wake_batch 32, wake_linger_us 200; store and view idle-class while calm); trackplane-normal: background_class = \"normal\"; trackplane-unbatched: wake_batch = 0; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."
   echo "trackplane: 1 worker, realistic mix (50 advertisers x 20k-product catalogs, 10% broken tags), records on disk."
   echo
   echo "| server | target/s | achieved/s | CPU µs/req | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx/3xx | steal ms | kdamond ms |"
@@ -103,7 +103,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo
   for r in $RATES; do
     n=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" '$1=="nginx" && $2==r')
-    for s in bare multishot trackplane trackplane-idle trackplane-unbatched trackplane-epoll trackplane-nostore trackplane-sync; do
+    for s in bare multishot trackplane trackplane-normal trackplane-unbatched trackplane-epoll trackplane-nostore trackplane-sync; do
       x=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" -v s=$s '$1==s && $2==r')
       [ -n "$x" ] && [ -n "$n" ] || continue
       echo "- $s @ $r/s: CPU $(calc "$(cut -d'|' -f4 <<<"$x") / $(cut -d'|' -f4 <<<"$n")")x, p99 $(calc "$(cut -d'|' -f6 <<<"$x") / $(cut -d'|' -f6 <<<"$n")")x, p99.9 $(calc "$(cut -d'|' -f7 <<<"$x") / $(cut -d'|' -f7 <<<"$n")")x"

@@ -17,8 +17,9 @@ steal_ms() { awk '/^cpu / {print $9 * 10}' /proc/stat; }
 # exit, with any server still running), the release binaries ($LT is
 # loadtest), the realistic mix (50 advertisers x 20k products, 10% broken
 # tags) with trackplane's data dir $W/tp-data holding its catalogs, the
-# configs trackplane.toml (as shipped) and trackplane-unbatched.toml
-# (wake_batch = 0), and nginx's.
+# configs trackplane.toml (as shipped), trackplane-unbatched.toml
+# (wake_batch = 0) and trackplane-normal.toml (background_class =
+# "normal"), and nginx's.
 race_setup() { # NAME, for the work dir and messages
   command -v nginx >/dev/null || { echo "$1: needs nginx (apt-get install nginx-light)"; exit 1; }
   W=$(mktemp -d "/tmp/trackplane-$1.XXXXXX")
@@ -30,7 +31,7 @@ race_setup() { # NAME, for the work dir and messages
   cp -r "$W/mix/catalogs" "$W/tp-data/"
   cp "$W/mix/trackplane.toml" "$W/trackplane.toml"
   { cat "$W/mix/trackplane.toml"; printf '[server]\nwake_batch = 0\n'; } > "$W/trackplane-unbatched.toml"
-  { cat "$W/mix/trackplane.toml"; printf '[server]\nbackground_class = "idle"\n'; } > "$W/trackplane-idle.toml"
+  { cat "$W/mix/trackplane.toml"; printf '[server]\nbackground_class = "normal"\n'; } > "$W/trackplane-normal.toml"
   # More variants from the environment: VARIANT_b8='[server]\nwake_batch = 8\n'
   # makes a server named trackplane-b8.
   local v

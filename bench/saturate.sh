@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Whether storage keeps up when the core is saturated: trackplane as
-# shipped (store and view in the normal scheduling class) and
-# trackplane-idle (`background_class = "idle"`: their passes SCHED_IDLE
-# while calm) take turns, ROUNDS times, at a rate above
+# shipped (`background_class = "idle"`: the store's and the view's passes
+# SCHED_IDLE while calm) and trackplane-normal (always the normal
+# scheduling class) take turns, ROUNDS times, at a rate above
 # what one core answers, pinned and loaded as in compare.sh. Per window:
 # the rate achieved, p99, the server's CPU µs per answered request, events
 # answered but refused by a full ring (must stay 0), the store's and the
@@ -18,7 +18,7 @@ RATE=${1:-160000}; ROUNDS=${2:-3}; SECONDS_PER_WINDOW=${3:-10}
 CONNS=64
 SERVER_CORE=0
 LOAD_CORE=1
-SERVERS="trackplane trackplane-idle"
+SERVERS="trackplane trackplane-normal"
 race_setup saturate
 declare -A PIDS
 
@@ -53,7 +53,7 @@ done
   echo "Command: \`bench/saturate.sh $RATE $ROUNDS $SECONDS_PER_WINDOW\`"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -nE 's/^Model name: +//p' | head -1), kernel $(uname -r)"
   echo "Every thread of the server on core 0, loadtest (open loop, 64 connections) on core 1; realistic mix, records on disk."
-  echo "trackplane: background_class = \"normal\" (the default); -idle: \"idle\". Run as root, so the way back from SCHED_IDLE is allowed."
+  echo "trackplane: background_class = \"idle\" (the default); -normal: \"normal\". Run as root, so the way back from SCHED_IDLE is allowed."
   echo
   echo "| round | server | achieved req/s | p99 µs | CPU µs/req | events refused | lifts store/view | view copies lost |"
   echo "|---|---|---|---|---|---|---|---|"

@@ -4,7 +4,7 @@
 # one run to the next, a single p99 says little. nginx (empty_gif),
 # trackplane as shipped and trackplane with `wake_batch = 0` take turns
 # (or the servers SERVERS names: any of nginx, trackplane,
-# trackplane-unbatched, trackplane-idle with `background_class = "idle"`),
+# trackplane-unbatched, trackplane-normal with `background_class = "normal"`),
 # ROUNDS times, each pinned and loaded as in compare.sh (server on core 0,
 # loadtest on core 1, realistic mix); every window is a fresh start with 2 s
 # of warm-up. Prints each window and, per server, how many met the bound.
@@ -12,7 +12,7 @@
 #
 #   bench/tails.sh [RATE] [ROUNDS] [SECONDS] [BOUND_US]
 #   e.g. bench/tails.sh 50000 12 10 1000
-#        SERVERS="nginx trackplane trackplane-idle" bench/tails.sh 20000 12 10 1000
+#        SERVERS="nginx trackplane trackplane-normal" bench/tails.sh 20000 12 10 1000
 #        VARIANT_b8='[server]\nwake_batch = 8\n' SERVERS="nginx trackplane trackplane-b8" bench/tails.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,7 @@ done
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -nE 's/^Model name: +//p' | head -1), kernel $(uname -r)"
   echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
-  echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags), records on disk; -unbatched: wake_batch = 0; -idle: background_class = \"idle\"."
+  echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."
   echo
   echo "| round | server | CPU µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
   echo "|---|---|---|---|---|---|---|---|"

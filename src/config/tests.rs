@@ -35,7 +35,7 @@ fn embedded_default_has_the_documented_values() {
         c.server.view_memory_bytes,
         crate::view::DEFAULT_MEMORY_BYTES
     );
-    assert_eq!(c.server.background_class, BackgroundClass::Normal);
+    assert_eq!(c.server.background_class, BackgroundClass::Idle);
 }
 
 #[test]

@@ -298,7 +298,7 @@ impl Server {
         let background = match (idle_wanted, store_status.class.enabled()) {
             (true, true) => "idle",
             (true, false) => {
-                tracing::warn!("server.background_class = \"idle\" needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to lift the store and view back; they run in the normal class");
+                tracing::info!("server.background_class = \"idle\" needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to lift the store and view back; they run in the normal class");
                 "normal"
             }
             (false, _) => "normal",
