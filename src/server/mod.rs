@@ -109,10 +109,10 @@ pub struct Shared {
 }
 
 /// Bytes of each worker's lossy ring to the live view. The view's thread
-/// passes in the idle class only while its rings hold at most a sixteenth
-/// (`sched`), so a sixteenth must hold a 10 ms nap's records with room to
-/// spare: about 0.5 MB at 100k requests/s. With 1 MiB, at 20k requests/s
-/// nine passes in ten ran in the normal class and set p99.
+/// passes in the idle class only while no ring is past a quarter (`sched`),
+/// so a quarter must hold many 10 ms naps' records: about 0.35 MB each at
+/// 100k requests/s. (With 1 MiB and a bar of a sixteenth, nine passes in
+/// ten ran in the normal class at 20k requests/s and set p99.)
 const VIEW_RING_BYTES: usize = 8 << 20;
 
 /// The admin port's routes: health, metrics, and the live view.

@@ -274,12 +274,11 @@ impl Ctx {
             );
             // The pass runs in the idle class only while nothing waits on
             // it (a worker waiting for a sync would wait for whatever else
-            // runs) and the rings hold little: a backlog is drained in the
-            // normal class. A worker lifts it mid-pass at a quarter.
+            // runs) and no ring is past a quarter, where a worker lifts it.
             let waited_on = sync_due(&streams, &wanted);
             let calm = streams
                 .iter()
-                .all(|s| s.consumer.used_bytes() <= s.consumer.capacity() / 16);
+                .all(|s| s.consumer.used_bytes() <= s.consumer.capacity() / 4);
             let sync_types = self.status.sync_types.load(Ordering::Relaxed);
             self.status.class.settle(calm && !waited_on && !sync_types);
             for s in streams.iter_mut() {

@@ -537,11 +537,11 @@ pub fn spawn(
                     view.forget_idle(now_ms());
                     last_forget = std::time::Instant::now();
                 }
-                // Passes run in the idle class while the rings hold little
-                // (a worker lifts the thread at a quarter); it sleeps in
+                // Passes run in the idle class while no ring is past a
+                // quarter, where a worker lifts the thread; it sleeps in
                 // the normal class (see `sched`).
                 view.class
-                    .settle(rings.iter().all(|r| r.used_bytes() <= r.capacity() / 16));
+                    .settle(rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4));
                 for ring in &mut rings {
                     let mut batch = view.batch();
                     ring.drain(|rec| batch.add(rec));
