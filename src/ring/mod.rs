@@ -255,9 +255,10 @@ impl Consumer {
         n
     }
 
-    /// Bytes published and not yet drained.
-    pub fn used_bytes(&self) -> usize {
-        self.gauge().used_bytes()
+    /// Whether more than a quarter of the ring waits to be drained: the
+    /// producer's [`Producer::past_quarter`], seen from this end.
+    pub fn past_quarter(&self) -> bool {
+        self.shared.tail.load(Ordering::Acquire) - self.head > self.shared.capacity() / 4
     }
 
     /// A view of the fill level that any thread may read (metrics).
@@ -312,31 +313,36 @@ mod tests {
             p.push(&[1; 12]).unwrap();
         }
         assert_eq!(p.push(&[]), Err(PushError::Full));
-        assert_eq!(c.used_bytes(), 64);
+        assert_eq!(c.gauge().used_bytes(), 64);
         assert_eq!(c.drain_at_most(1, |_| {}), 1);
         p.push(&[2; 12]).unwrap();
         assert_eq!(drain_all(&mut c).len(), 4);
-        assert_eq!(c.used_bytes(), 0);
+        assert_eq!(c.gauge().used_bytes(), 0);
     }
 
     #[test]
     fn past_quarter_follows_what_the_consumer_drained() {
         let (mut p, mut c) = ring(1024);
-        // 60 bytes of record take 64 of ring.
+        // 60 bytes of record take 64 of ring. Both ends agree throughout.
         for _ in 0..4 {
             p.push(&[7; 60]).unwrap();
         }
         assert!(!p.past_quarter(), "256 of 1024 is a quarter, not past it");
+        assert!(!c.past_quarter());
         p.push(&[7; 60]).unwrap();
         assert!(p.past_quarter());
+        assert!(c.past_quarter());
         assert_eq!(c.drain_at_most(2, |_| {}), 2);
         assert!(!p.past_quarter(), "drained back to 192 bytes");
+        assert!(!c.past_quarter());
         for _ in 0..3 {
             p.push(&[7; 60]).unwrap();
         }
         assert!(p.past_quarter());
+        assert!(c.past_quarter());
         drain_all(&mut c);
         assert!(!p.past_quarter());
+        assert!(!c.past_quarter());
     }
 
     #[test]

@@ -276,9 +276,7 @@ impl Ctx {
             // it (a worker waiting for a sync would wait for whatever else
             // runs) and no ring is past a quarter, where a worker lifts it.
             let waited_on = sync_due(&streams, &wanted);
-            let calm = streams
-                .iter()
-                .all(|s| s.consumer.used_bytes() <= s.consumer.capacity() / 4);
+            let calm = !streams.iter().any(|s| s.consumer.past_quarter());
             let sync_types = self.status.sync_types.load(Ordering::Relaxed);
             self.status.class.settle(calm && !waited_on && !sync_types);
             for s in streams.iter_mut() {
@@ -341,9 +339,7 @@ impl Ctx {
             // exists (a reload can add one), else a quarter of the flush
             // interval; none while a worker waits for a sync or a ring
             // fills past a quarter.
-            let pressed = streams
-                .iter()
-                .any(|s| s.consumer.used_bytes() > s.consumer.capacity() / 4);
+            let pressed = streams.iter().any(|s| s.consumer.past_quarter());
             if !sync_due && !pressed {
                 // Sleep in the normal class (see `sched`).
                 self.status.class.rest();

@@ -540,8 +540,7 @@ pub fn spawn(
                 // Passes run in the idle class while no ring is past a
                 // quarter, where a worker lifts the thread; it sleeps in
                 // the normal class (see `sched`).
-                view.class
-                    .settle(rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4));
+                view.class.settle(!rings.iter().any(Consumer::past_quarter));
                 for ring in &mut rings {
                     let mut batch = view.batch();
                     ring.drain(|rec| batch.add(rec));
@@ -550,7 +549,7 @@ pub fn spawn(
                 // workers' cores, and draining a few records per wake-up
                 // would cost them a context switch each. No nap while a
                 // ring fills past a quarter.
-                if rings.iter().all(|r| r.used_bytes() <= r.capacity() / 4) {
+                if !rings.iter().any(Consumer::past_quarter) {
                     view.class.rest();
                     std::thread::sleep(Duration::from_millis(10));
                 }
