@@ -9,7 +9,8 @@
 //! thread back to the normal class mid-pass. (A lower bar for the idle
 //! class, a sixteenth, sent passes with a small backlog to the normal
 //! class, where they ran for milliseconds while the worker waited: at 50k
-//! requests/s unbatched, p99 was 11.7 ms against 99 µs with a quarter.)
+//! requests/s unbatched, one 8 s run each by hand, p99 was 11.7 ms against
+//! 99 µs with a quarter.)
 //!
 //! Entering the idle class does not make the kernel reschedule, so the
 //! thread yields once right after: without that, at 20k requests/s
@@ -74,7 +75,9 @@ pub struct Class {
 /// How long passes stay in the normal class after a lift. A busy core
 /// would otherwise send the thread back into the idle class at the next
 /// calm pass, have it preempted at every request there and lifted again:
-/// saturated, that round trip cost 10-15% of peak throughput.
+/// saturated, without the hold (and with a sixteenth as the bar for an idle
+/// pass) it served 11-15% less than the normal class in 3 windows of 4
+/// (`bench/results/saturate-20261129-1117.md`).
 const NORMAL_AFTER_LIFT_MS: u64 = 1000;
 
 impl Default for Class {
