@@ -163,9 +163,20 @@ impl Class {
         }
         if self.to_normal() {
             self.lifts.fetch_add(1, Ordering::Relaxed);
+            // A max, so that a lift never shortens `stay_normal`'s hold.
             self.normal_until_ms
-                .store(clock_ms() + self.hold_ms, Ordering::Relaxed);
+                .fetch_max(clock_ms() + self.hold_ms, Ordering::Relaxed);
         }
+    }
+
+    /// From any thread, when the server stops: back to the normal class
+    /// now and for good. The last passes write, sync and seal what was
+    /// answered; in the idle class, on a core busy with other work (a new
+    /// process taking over, say), they could wait for it indefinitely. (A
+    /// pass entering the idle class at that very moment finishes there.)
+    pub fn stay_normal(&self) {
+        self.normal_until_ms.store(u64::MAX, Ordering::Relaxed);
+        self.lift();
     }
 
     /// Called by the thread itself before it sleeps: back to the normal
@@ -361,6 +372,27 @@ mod tests {
             assert_eq!(policy(0).unwrap(), libc::SCHED_IDLE);
             assert_eq!(class.idle_passes.load(Ordering::Relaxed), 2);
             class.rest();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn after_stay_normal_no_pass_goes_idle() {
+        if !way_back_allowed() {
+            eprintln!("skipped: this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE < 20)");
+            return;
+        }
+        std::thread::spawn(|| {
+            let class = Class::holding(true, 0);
+            class.settle(true);
+            assert_eq!(policy(0).unwrap(), libc::SCHED_IDLE);
+            class.stay_normal();
+            assert_eq!(policy(0).unwrap(), libc::SCHED_OTHER);
+            assert_eq!(class.lifts.load(Ordering::Relaxed), 1);
+            class.settle(true);
+            assert!(!class.is_idle());
+            assert_eq!(policy(0).unwrap(), libc::SCHED_OTHER);
         })
         .join()
         .unwrap();

@@ -489,6 +489,8 @@ impl Server {
     fn stop(&self) {
         self.shared.ready.store(false, Ordering::Release);
         self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.store_status.class.stay_normal();
+        self.shared.view.class.stay_normal();
         // This process's copies of the listening sockets go with it.
         self.handover
             .lock()
