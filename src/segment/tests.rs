@@ -81,6 +81,51 @@ fn out_of_order_sequence_is_refused() {
 }
 
 #[test]
+fn a_block_compressed_in_pieces_reads_back_and_pauses_between_them() {
+    // Compressible records, then random ones: the output's worst case.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    for compressible in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = StreamWriter::create(tmp.path(), 0, "n", 0, cfg(1 << 20, 1 << 30)).unwrap();
+        let recs: Vec<Vec<u8>> = (0..400u64)
+            .map(|seq| {
+                if compressible {
+                    record(seq, 500)
+                } else {
+                    random(500)
+                }
+            })
+            .collect();
+        for (seq, rec) in recs.iter().enumerate() {
+            w.append(seq as u64, 1, rec).unwrap();
+        }
+        let mut pauses = 0;
+        let stats = w.write_block_pausing(&mut || pauses += 1).unwrap().unwrap();
+        let pieces = (stats.raw_bytes as usize).div_ceil(writer::COMPRESS_PIECE);
+        assert!(pieces >= 6, "{pieces} pieces");
+        assert_eq!(pauses, pieces - 1, "a pause between pieces, none after");
+        if !compressible {
+            assert!(
+                stats.written_bytes > stats.raw_bytes,
+                "random data does not shrink"
+            );
+        }
+        let back: Vec<Vec<u8>> = read_all(tmp.path()).into_iter().map(|r| r.2).collect();
+        assert_eq!(back, recs);
+    }
+}
+
+#[test]
 fn open_segment_is_followed_while_it_grows() {
     let tmp = tempfile::tempdir().unwrap();
     let mut w = StreamWriter::create(tmp.path(), 0, "n", 0, cfg(100_000, 1 << 20)).unwrap();

@@ -14,7 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use zstd::zstd_safe::{self, zstd_sys::ZSTD_EndDirective, CCtx, CParameter, InBuffer, OutBuffer};
+
 use super::format::{self, BlockHeader, SegmentHeader, BLOCK_HEADER_LEN, CODEC_ZSTD, HEADER_LEN};
+
+/// A block is compressed this many bytes at a time, so that whoever
+/// writes it can pause in between (the store gives a waiting worker its
+/// core): a 256 KiB block in one go holds the core for about 300 µs. Each
+/// piece ends a zstd block inside the one frame, and the frame's history
+/// spans the pieces, so the ratio stays close to one-shot compression.
+pub const COMPRESS_PIECE: usize = 32 << 10;
+
+/// Worst-case bytes a flush adds beyond `compress_bound` (a zstd block
+/// header, with room to spare).
+const FLUSH_OVERHEAD: usize = 16;
 
 /// How blocks are cut and segments rotated.
 #[derive(Debug, Clone, Copy)]
@@ -59,9 +72,73 @@ pub struct StreamWriter {
     next_seq: u64,
     min_ts: u64,
     max_ts: u64,
-    compressor: zstd::bulk::Compressor<'static>,
+    compressor: CCtx<'static>,
     out: Vec<u8>,
     unsynced: bool,
+}
+
+fn compressor(level: i32) -> io::Result<CCtx<'static>> {
+    let mut cctx = CCtx::try_create().ok_or_else(|| io::Error::other("zstd context"))?;
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(zstd_err)?;
+    Ok(cctx)
+}
+
+fn zstd_err(code: zstd_safe::ErrorCode) -> io::Error {
+    io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)))
+}
+
+/// Capacity of `out` for a block of `raw_len` bytes: header and the
+/// compressed frame at its largest.
+fn out_bound(raw_len: usize) -> usize {
+    BLOCK_HEADER_LEN
+        + zstd_safe::compress_bound(raw_len)
+        + raw_len.div_ceil(COMPRESS_PIECE).max(1) * FLUSH_OVERHEAD
+}
+
+/// Compresses `raw` into one zstd frame after `BLOCK_HEADER_LEN` bytes of
+/// `out` (whose capacity is `out_bound`), piece by piece, calling `pause`
+/// between pieces. Returns the frame's length.
+fn compress(
+    cctx: &mut CCtx<'static>,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+    pause: &mut dyn FnMut(),
+) -> io::Result<usize> {
+    cctx.reset(zstd_safe::ResetDirective::SessionOnly)
+        .map_err(zstd_err)?;
+    cctx.set_pledged_src_size(Some(raw.len() as u64))
+        .map_err(zstd_err)?;
+    let mut output = OutBuffer::around_pos(out, BLOCK_HEADER_LEN);
+    let pieces = raw.len().div_ceil(COMPRESS_PIECE).max(1);
+    for i in 0..pieces {
+        let piece =
+            &raw[(i * COMPRESS_PIECE).min(raw.len())..((i + 1) * COMPRESS_PIECE).min(raw.len())];
+        let last = i + 1 == pieces;
+        let mode = if last {
+            ZSTD_EndDirective::ZSTD_e_end
+        } else {
+            ZSTD_EndDirective::ZSTD_e_flush
+        };
+        let mut input = InBuffer::around(piece);
+        loop {
+            let before = (input.pos(), output.pos());
+            let left = cctx
+                .compress_stream2(&mut output, &mut input, mode)
+                .map_err(zstd_err)?;
+            if left == 0 && input.pos() == piece.len() {
+                break;
+            }
+            if (input.pos(), output.pos()) == before {
+                // Cannot happen with `out_bound`'s capacity; never spin.
+                return Err(io::Error::other("zstd: no room for the compressed block"));
+            }
+        }
+        if !last {
+            pause();
+        }
+    }
+    Ok(output.pos() - BLOCK_HEADER_LEN)
 }
 
 fn now_ms() -> u64 {
@@ -104,12 +181,10 @@ impl StreamWriter {
             next_seq,
             min_ts: u64::MAX,
             max_ts: 0,
-            compressor: zstd::bulk::Compressor::new(cfg.zstd_level)?,
+            compressor: compressor(cfg.zstd_level)?,
             // Sized once for the largest block normally cut (the limit plus
             // one record), so that writing blocks does not grow it later.
-            out: Vec::with_capacity(
-                BLOCK_HEADER_LEN + zstd::zstd_safe::compress_bound(cfg.block_max_bytes + 4096),
-            ),
+            out: Vec::with_capacity(out_bound(cfg.block_max_bytes + 4096)),
             unsynced: false,
         })
     }
@@ -157,15 +232,21 @@ impl StreamWriter {
 
     /// Compresses and writes the block being built, if any.
     pub fn write_block(&mut self) -> io::Result<Option<BlockStats>> {
+        self.write_block_pausing(&mut || {})
+    }
+
+    /// [`StreamWriter::write_block`], calling `pause` between pieces of
+    /// [`COMPRESS_PIECE`] bytes.
+    pub fn write_block_pausing(
+        &mut self,
+        pause: &mut dyn FnMut(),
+    ) -> io::Result<Option<BlockStats>> {
         if self.count == 0 {
             return Ok(None);
         }
-        let bound = zstd::zstd_safe::compress_bound(self.raw.len());
         self.out.clear();
-        self.out.resize(BLOCK_HEADER_LEN + bound, 0);
-        let n = self
-            .compressor
-            .compress_to_buffer(&self.raw, &mut self.out[BLOCK_HEADER_LEN..])?;
+        self.out.reserve(out_bound(self.raw.len()));
+        let n = compress(&mut self.compressor, &self.raw, &mut self.out, pause)?;
         let header = BlockHeader {
             compressed_len: n as u32,
             uncompressed_len: self.raw.len() as u32,

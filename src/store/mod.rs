@@ -26,6 +26,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::config::{FullPolicy, StorageConfig};
 use crate::ring::Consumer;
+use crate::sched::PASS_CHUNK;
 use crate::segment::{StreamWriter, WriterConfig};
 pub use metrics::StoreMetrics;
 
@@ -286,7 +287,8 @@ impl Ctx {
             let sync_due = sync_due(&streams, &wanted);
             if stopping || sync_due || now.duration_since(last_flush) >= flush_every {
                 for s in streams.iter_mut() {
-                    if let Some(stats) = s.writer.write_block()? {
+                    let class = &self.status.class;
+                    if let Some(stats) = s.writer.write_block_pausing(&mut || class.breathe())? {
                         self.metrics.block(&stats);
                     }
                 }
@@ -369,23 +371,33 @@ impl Ctx {
             requested,
         } = s;
         let metrics = &self.metrics;
-        let n = consumer.drain(|rec| {
-            if result.is_err() || rec.len() < RING_PREFIX {
-                return;
+        let class = &self.status.class;
+        let mut breathe = || class.breathe();
+        let mut n = 0;
+        loop {
+            let got = consumer.drain_at_most(PASS_CHUNK, |rec| {
+                if result.is_err() || rec.len() < RING_PREFIX {
+                    return;
+                }
+                let seq = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
+                let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
+                result = writer.append(seq, ts, &rec[RING_PREFIX..]);
+                if result.is_ok() && writer.block_full() {
+                    // A segment ends at its size however much one pass drains.
+                    result = writer.write_block_pausing(&mut breathe).and_then(|stats| {
+                        if let Some(stats) = stats {
+                            metrics.block(&stats);
+                        }
+                        rotate_if_due(writer, shared, requested, metrics)
+                    });
+                }
+            });
+            n += got;
+            if got < PASS_CHUNK {
+                break;
             }
-            let seq = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
-            let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
-            result = writer.append(seq, ts, &rec[RING_PREFIX..]);
-            if result.is_ok() && writer.block_full() {
-                // A segment ends at its size however much one pass drains.
-                result = writer.write_block().and_then(|stats| {
-                    if let Some(stats) = stats {
-                        metrics.block(&stats);
-                    }
-                    rotate_if_due(writer, shared, requested, metrics)
-                });
-            }
-        });
+            breathe();
+        }
         if let Err(e) = &result {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(segment = %s.writer.path().display(), error = %e, "segment write failed");

@@ -36,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 use crate::ring::Consumer;
+use crate::sched::PASS_CHUNK;
 use window::{Kind, Window};
 
 /// The page served at `/`.
@@ -542,8 +543,15 @@ pub fn spawn(
                 // the normal class (see `sched`).
                 view.class.settle(!rings.iter().any(Consumer::past_quarter));
                 for ring in &mut rings {
-                    let mut batch = view.batch();
-                    ring.drain(|rec| batch.add(rec));
+                    loop {
+                        let mut batch = view.batch();
+                        let got = ring.drain_at_most(PASS_CHUNK, |rec| batch.add(rec));
+                        drop(batch);
+                        if got < PASS_CHUNK {
+                            break;
+                        }
+                        view.class.breathe();
+                    }
                 }
                 // Nap between passes, busy or not: this thread shares the
                 // workers' cores, and draining a few records per wake-up
