@@ -161,7 +161,8 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// Time allowed between two reads of a body; slower gets 408.
     pub body_timeout_ms: u64,
-    /// An idle keep-alive connection is closed after this long.
+    /// An idle keep-alive connection is closed this long after its last
+    /// request arrived.
     pub idle_timeout_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout_ms: u64,

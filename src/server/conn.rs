@@ -37,9 +37,11 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     // is answered (or its header timeout passes) shutdown waits for it too.
     busy.set(true);
     let mut fresh = true;
-    // When the request now in the buffer began, and whether we are waiting
-    // for its body (the head is complete).
-    let mut started = Instant::now();
+    // When the bytes last read arrived: the one clock reading per read,
+    // for deadlines and event times alike.
+    let mut arrived = Instant::now();
+    // When the request now in the buffer began.
+    let mut started = arrived;
     let mut sent_continue = false;
     // How far the chunked body now arriving has been checked.
     let mut progress = chunked::Progress::default();
@@ -92,10 +94,12 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                         &mut rbuf[pos..pos + head.head_len + head.content_length],
                         &head,
                         peer.ip(),
+                        arrived.into_std(),
                         &mut wbuf,
                     );
                     pos += total;
-                    started = Instant::now();
+                    // What follows in the buffer arrived with this read.
+                    started = arrived;
                     if !keep {
                         close = true;
                         break;
@@ -144,12 +148,15 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                     .max(1),
             );
         }
+        // Idle and body deadlines count from the last read, not from when
+        // its answer went out: the answers are small, and a client that
+        // does not read them keeps the write, not the idle wait, pending.
         let deadline = if fresh {
             started + header_timeout
         } else if rbuf.is_empty() {
-            Instant::now() + idle
+            arrived + idle
         } else if awaiting_body {
-            Instant::now() + body_timeout
+            arrived + body_timeout
         } else {
             started + header_timeout
         };
@@ -171,8 +178,9 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                 // written, shutdown waits for this connection.
                 busy.set(true);
                 fresh = false;
+                arrived = Instant::now();
                 if len == 0 {
-                    started = Instant::now();
+                    started = arrived;
                 }
             }
         }

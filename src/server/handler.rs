@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::audit::{Route, Verdict};
 use crate::config::{DntPolicy, Durability};
@@ -26,8 +26,51 @@ pub struct Handler {
     params: Params,
     emitter: Emitter,
     date: HttpDate,
+    clock: WallClock,
     batch_body: Vec<u8>,
     json_buffers: simd_json::Buffers,
+}
+
+/// Wall-clock milliseconds from a monotonic reading the connection loop
+/// already took, so that a request costs one clock read, not two: the
+/// system clock is read again once a second, so a step of it (NTP, an
+/// operator) shows in event times within a second.
+struct WallClock {
+    anchor: Instant,
+    anchor_ms: u64,
+}
+
+/// How often [`WallClock`] reads the system clock again.
+const WALL_CLOCK_ANCHOR: Duration = Duration::from_secs(1);
+
+impl WallClock {
+    fn new() -> WallClock {
+        let now = Instant::now();
+        WallClock {
+            anchor: now,
+            anchor_ms: system_ms(),
+        }
+    }
+
+    /// Unix milliseconds at `at`. An `at` before the anchor (a request
+    /// read before another connection's re-anchored it) counts as the
+    /// anchor.
+    fn ms(&mut self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.anchor);
+        if since >= WALL_CLOCK_ANCHOR {
+            self.anchor = at;
+            self.anchor_ms = system_ms();
+            return self.anchor_ms;
+        }
+        self.anchor_ms + since.as_millis() as u64
+    }
+}
+
+fn system_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// Encodes records and hands them to the worker's ring.
@@ -91,29 +134,30 @@ impl Handler {
                 view_shared,
             },
             date: HttpDate::default(),
+            clock: WallClock::new(),
             batch_body: Vec::new(),
             json_buffers: simd_json::Buffers::default(),
         }
     }
 
-    fn now(&mut self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        self.date.update(now.as_secs());
-        now.as_millis() as u64
+    /// Unix milliseconds at `at`, with the `Date` header brought up to it.
+    fn now(&mut self, at: Instant) -> u64 {
+        let ms = self.clock.ms(at);
+        self.date.update(ms / 1000);
+        ms
     }
 
-    /// Answers one complete request (`req` holds its head and body) into
-    /// `out`. Returns whether the connection stays open.
+    /// Answers one complete request (`req` holds its head and body, read
+    /// at `arrived`) into `out`. Returns whether the connection stays open.
     pub fn handle(
         &mut self,
         req: &mut [u8],
         head: &RequestHead,
         peer: IpAddr,
+        arrived: Instant,
         out: &mut Vec<u8>,
     ) -> bool {
-        let ts_ms = self.now();
+        let ts_ms = self.now(arrived);
         let keep = head.keep_alive && !self.shared.shutdown.load(Ordering::Relaxed);
         let (route, allow): (usize, &str) = match head.path.of(req) {
             b"/i" => (0, "GET, HEAD"),
@@ -327,7 +371,7 @@ impl Handler {
 
     /// Answers a request that could not be parsed; the connection closes.
     pub fn reject(&mut self, err: HeadError, out: &mut Vec<u8>) {
-        self.now();
+        self.now(Instant::now());
         let status = match err {
             HeadError::Malformed => Status::BadRequest,
             HeadError::UriTooLong => Status::UriTooLong,
@@ -340,7 +384,7 @@ impl Handler {
 
     /// Answers a client too slow to send its request; the connection closes.
     pub fn timeout(&mut self, out: &mut Vec<u8>) {
-        self.now();
+        self.now(Instant::now());
         self.error(out, Status::RequestTimeout, false, None);
     }
 
@@ -468,5 +512,37 @@ impl Emitter {
         self.pending.clear();
         self.scratch.clear();
         fits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_clock_follows_the_reading_and_reanchors_each_second() {
+        let mut c = WallClock::new();
+        let (anchor, ms) = (c.anchor, c.anchor_ms);
+        let system = system_ms();
+        assert!(
+            ms <= system && system - ms < 1000,
+            "anchored to the system clock"
+        );
+        assert_eq!(c.ms(anchor + Duration::from_millis(250)), ms + 250);
+        assert_eq!(c.ms(anchor + Duration::from_millis(999)), ms + 999);
+        // A reading from before the anchor counts as the anchor.
+        assert_eq!(
+            c.ms(anchor
+                .checked_sub(Duration::from_millis(5))
+                .unwrap_or(anchor)),
+            ms
+        );
+        // A second on: the system clock is read again and is the new anchor.
+        let later = anchor + Duration::from_secs(3);
+        let again = c.ms(later);
+        assert_eq!((c.anchor, c.anchor_ms), (later, again));
+        let system = system_ms();
+        assert!(again <= system && system - again < 1000);
+        assert_eq!(c.ms(later + Duration::from_millis(40)), again + 40);
     }
 }
