@@ -220,7 +220,35 @@ impl Consumer {
 
     /// Like [`Consumer::drain`], reading at most `max` records.
     pub fn drain_at_most(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
-        self.cached_tail = self.shared.tail.load(Ordering::Acquire);
+        let tail = self.shared.tail.load(Ordering::Acquire);
+        self.drain_to(tail, max, &mut f)
+    }
+
+    /// Like [`Consumer::drain`] (what was published when it began, no
+    /// more, so a producer that keeps up cannot make it endless), calling
+    /// `pause` after every `every` records while more wait. Space goes back
+    /// to the producer before each pause.
+    pub fn drain_pausing(
+        &mut self,
+        every: usize,
+        mut f: impl FnMut(&[u8]),
+        mut pause: impl FnMut(),
+    ) -> usize {
+        let tail = self.shared.tail.load(Ordering::Acquire);
+        let mut n = 0;
+        loop {
+            let got = self.drain_to(tail, every.max(1), &mut f);
+            n += got;
+            if self.head >= tail {
+                return n;
+            }
+            pause();
+        }
+    }
+
+    /// Reads at most `max` records of those published up to `tail`.
+    fn drain_to(&mut self, tail: usize, max: usize, f: &mut impl FnMut(&[u8])) -> usize {
+        self.cached_tail = tail;
         let cap = self.shared.capacity();
         let base = self.shared.base();
         let mut n = 0;
@@ -318,6 +346,39 @@ mod tests {
         p.push(&[2; 12]).unwrap();
         assert_eq!(drain_all(&mut c).len(), 4);
         assert_eq!(c.gauge().used_bytes(), 0);
+    }
+
+    #[test]
+    fn drain_pausing_pauses_between_chunks_and_stops_at_what_was_published() {
+        let (p, mut c) = ring(4096);
+        let p = std::cell::RefCell::new(p);
+        for i in 0..10u8 {
+            p.borrow_mut().push(&[i; 20]).unwrap();
+        }
+        let gauge = c.gauge();
+        let mut seen = Vec::new();
+        let mut used_at_pauses = Vec::new();
+        let n = c.drain_pausing(
+            4,
+            |rec| seen.push(rec[0]),
+            || {
+                used_at_pauses.push(gauge.used_bytes());
+                // Published during the drain: left for the next one.
+                p.borrow_mut().push(&[99; 20]).unwrap();
+            },
+        );
+        assert_eq!(n, 10);
+        assert_eq!(seen, (0..10).collect::<Vec<u8>>());
+        // After 4 and 8 records, none after the last; space handed back
+        // before each pause (24 bytes a record, and the pushes meanwhile).
+        assert_eq!(used_at_pauses, [6 * 24, 3 * 24]);
+        let mut rest = Vec::new();
+        assert_eq!(c.drain_pausing(4, |rec| rest.push(rec[0]), || {}), 2);
+        assert_eq!(rest, [99, 99]);
+        assert_eq!(
+            c.drain_pausing(4, |_| {}, || panic!("nothing to pause for")),
+            0
+        );
     }
 
     #[test]

@@ -372,10 +372,9 @@ impl Ctx {
         } = s;
         let metrics = &self.metrics;
         let class = &self.status.class;
-        let mut breathe = || class.breathe();
-        let mut n = 0;
-        loop {
-            let got = consumer.drain_at_most(PASS_CHUNK, |rec| {
+        let n = consumer.drain_pausing(
+            PASS_CHUNK,
+            |rec| {
                 if result.is_err() || rec.len() < RING_PREFIX {
                     return;
                 }
@@ -384,20 +383,18 @@ impl Ctx {
                 result = writer.append(seq, ts, &rec[RING_PREFIX..]);
                 if result.is_ok() && writer.block_full() {
                     // A segment ends at its size however much one pass drains.
-                    result = writer.write_block_pausing(&mut breathe).and_then(|stats| {
-                        if let Some(stats) = stats {
-                            metrics.block(&stats);
-                        }
-                        rotate_if_due(writer, shared, requested, metrics)
-                    });
+                    result = writer
+                        .write_block_pausing(&mut || class.breathe())
+                        .and_then(|stats| {
+                            if let Some(stats) = stats {
+                                metrics.block(&stats);
+                            }
+                            rotate_if_due(writer, shared, requested, metrics)
+                        });
                 }
-            });
-            n += got;
-            if got < PASS_CHUNK {
-                break;
-            }
-            breathe();
-        }
+            },
+            || class.breathe(),
+        );
         if let Err(e) = &result {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(segment = %s.writer.path().display(), error = %e, "segment write failed");

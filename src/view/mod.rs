@@ -543,15 +543,22 @@ pub fn spawn(
                 // the normal class (see `sched`).
                 view.class.settle(!rings.iter().any(Consumer::past_quarter));
                 for ring in &mut rings {
-                    loop {
-                        let mut batch = view.batch();
-                        let got = ring.drain_at_most(PASS_CHUNK, |rec| batch.add(rec));
-                        drop(batch);
-                        if got < PASS_CHUNK {
-                            break;
-                        }
-                        view.class.breathe();
-                    }
+                    // The locks are let go at each breath, so that the
+                    // admin port's readers do not wait out the pass.
+                    let batch = std::cell::RefCell::new(None);
+                    ring.drain_pausing(
+                        PASS_CHUNK,
+                        |rec| {
+                            batch
+                                .borrow_mut()
+                                .get_or_insert_with(|| view.batch())
+                                .add(rec);
+                        },
+                        || {
+                            *batch.borrow_mut() = None;
+                            view.class.breathe();
+                        },
+                    );
                 }
                 // Nap between passes, busy or not: this thread shares the
                 // workers' cores, and draining a few records per wake-up
