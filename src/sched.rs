@@ -26,8 +26,11 @@
 //! to a waiting worker. In interleaved pairs of 10 s windows, with both
 //! changes p99 in the normal class was lower in 4 pairs of 4 (807-1099
 //! against 114-245 µs), in the default class (whose passes go normal after
-//! a lift) in 3 of 4 (medians 666 against 232 µs), at the same CPU per
-//! request (`bench/results/ab-breathe-20261129-1410.md`).
+//! a lift) in 3 of 4 (medians 666 against 232 µs). CPU per request: the
+//! same in the default class; in the normal class the same in two runs
+//! and 9% and 15% more in two noisier ones, a switch to the worker and
+//! back per breath that finds it waiting
+//! (`bench/results/ab-breathe-20261129-1410.md`).
 //!
 //! After a lift, the thread's passes stay in the normal class for a second
 //! (`NORMAL_AFTER_LIFT_MS`): on a saturated core it would otherwise go
