@@ -4,6 +4,7 @@
 //! audited event to local storage without locks on the request path.
 //!
 //! # Layout
+//! - `clock`: Unix milliseconds, and the request path's cheap wall clock
 //! - `config`: typed configuration, embedded default, validation
 //! - `http`: sans-io HTTP/1.x parsing and responses
 //! - `audit`: schemas, catalogs, redirect policy, issue codes
@@ -25,6 +26,7 @@
 //! - `view`: the live tag-validation view on the admin port
 //! - `logging`: log setup shared by the binaries
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod logging;

@@ -159,9 +159,7 @@ fn tail(args: TailArgs) -> anyhow::Result<bool> {
             None => Config::embedded().data_dir,
         },
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = trackplane::clock::unix_ms();
     let since_ms = match &args.since {
         Some(s) => Some(trackplane::tail::parse_time(s, now_ms).map_err(anyhow::Error::msg)?),
         None => None,

@@ -12,11 +12,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use zstd::zstd_safe::{self, zstd_sys::ZSTD_EndDirective, CCtx, CParameter, InBuffer, OutBuffer};
 
 use super::format::{self, BlockHeader, SegmentHeader, BLOCK_HEADER_LEN, CODEC_ZSTD, HEADER_LEN};
+use crate::clock::unix_ms;
 
 /// A block is compressed this many bytes at a time, so that whoever
 /// writes it can pause in between (the store gives a waiting worker its
@@ -139,12 +140,6 @@ fn compress(
         }
     }
     Ok(output.pos() - BLOCK_HEADER_LEN)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// fsyncs a directory, so that a rename or create in it is durable.
@@ -358,7 +353,7 @@ fn new_segment(dir: &Path, stream: u32, node: &str, base_seq: u64) -> io::Result
     let header = SegmentHeader {
         stream,
         base_seq,
-        created_ms: now_ms(),
+        created_ms: unix_ms(),
         node: node.to_owned(),
     };
     file.write_all(&header.encode())?;

@@ -6,9 +6,10 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::audit::{Route, Verdict};
+use crate::clock::WallClock;
 use crate::config::{DntPolicy, Durability};
 use crate::http::body::{self, BatchError};
 use crate::http::date::HttpDate;
@@ -29,48 +30,6 @@ pub struct Handler {
     clock: WallClock,
     batch_body: Vec<u8>,
     json_buffers: simd_json::Buffers,
-}
-
-/// Wall-clock milliseconds from a monotonic reading the connection loop
-/// already took, so that a request costs one clock read, not two: the
-/// system clock is read again once a second, so a step of it (NTP, an
-/// operator) shows in event times within a second.
-struct WallClock {
-    anchor: Instant,
-    anchor_ms: u64,
-}
-
-/// How often [`WallClock`] reads the system clock again.
-const WALL_CLOCK_ANCHOR: Duration = Duration::from_secs(1);
-
-impl WallClock {
-    fn new() -> WallClock {
-        let now = Instant::now();
-        WallClock {
-            anchor: now,
-            anchor_ms: system_ms(),
-        }
-    }
-
-    /// Unix milliseconds at `at`. An `at` before the anchor (a request
-    /// read before another connection's re-anchored it) counts as the
-    /// anchor.
-    fn ms(&mut self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.anchor);
-        if since >= WALL_CLOCK_ANCHOR {
-            self.anchor = at;
-            self.anchor_ms = system_ms();
-            return self.anchor_ms;
-        }
-        self.anchor_ms + since.as_millis() as u64
-    }
-}
-
-fn system_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 /// Encodes records and hands them to the worker's ring.
@@ -512,37 +471,5 @@ impl Emitter {
         self.pending.clear();
         self.scratch.clear();
         fits
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wall_clock_follows_the_reading_and_reanchors_each_second() {
-        let mut c = WallClock::new();
-        let (anchor, ms) = (c.anchor, c.anchor_ms);
-        let system = system_ms();
-        assert!(
-            ms <= system && system - ms < 1000,
-            "anchored to the system clock"
-        );
-        assert_eq!(c.ms(anchor + Duration::from_millis(250)), ms + 250);
-        assert_eq!(c.ms(anchor + Duration::from_millis(999)), ms + 999);
-        // A reading from before the anchor counts as the anchor.
-        assert_eq!(
-            c.ms(anchor
-                .checked_sub(Duration::from_millis(5))
-                .unwrap_or(anchor)),
-            ms
-        );
-        // A second on: the system clock is read again and is the new anchor.
-        let later = anchor + Duration::from_secs(3);
-        let again = c.ms(later);
-        assert_eq!((c.anchor, c.anchor_ms), (later, again));
-        let system = system_ms();
-        assert!(again <= system && system - again < 1000);
-        assert_eq!(c.ms(later + Duration::from_millis(40)), again + 40);
     }
 }

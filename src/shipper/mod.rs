@@ -30,12 +30,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _};
 
+use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::segment::{Follower, Located};
 use checkpoint::{AckWindow, Position};
@@ -89,12 +90,6 @@ pub struct Shipper {
     reports: Vec<kafka::Delivery>,
     /// Counters and gauges for the admin port.
     pub metrics: Arc<ShipperMetrics>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The fields of a record the shipper routes by.
@@ -418,7 +413,7 @@ impl Shipper {
             // Nothing unacknowledged was read: if the stream is caught up,
             // anything it will still write is younger than the flush window.
             None if st.caught_up && st.in_flight == 0 => {
-                now_ms().saturating_sub(flush_ms + 1000).max(st.acked_ts)
+                unix_ms().saturating_sub(flush_ms + 1000).max(st.acked_ts)
             }
             None => st.acked_ts,
         };
@@ -523,7 +518,7 @@ impl Shipper {
     }
 
     fn update_gauges(&self) {
-        let now = now_ms();
+        let now = unix_ms();
         let segs = crate::segment::list(&self.segments).unwrap_or_default();
         let mut gauges = BTreeMap::new();
         for (&stream, st) in &self.streams {

@@ -31,10 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::clock::unix_ms;
 use crate::ring::Consumer;
 use crate::sched::PASS_CHUNK;
 use window::{Kind, Window};
@@ -218,12 +219,6 @@ impl Default for View {
 
 /// The view's memory budget unless configured (`server.view_memory_bytes`).
 pub const DEFAULT_MEMORY_BYTES: usize = 256 << 20;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Both of the view's locks, held for a run of records: one lock and unlock
 /// per drain pass instead of two per record. (Per record, the unlock's
@@ -485,7 +480,7 @@ impl View {
     /// The audit summary of one advertiser, or `None` when it was never
     /// seen.
     pub fn audit_json(&self, advertiser: &str) -> Option<String> {
-        let now = now_ms();
+        let now = unix_ms();
         let ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
         let view = ads.by_id.get(advertiser)?;
         let split = |counts: Vec<(String, u64)>| {
@@ -535,7 +530,7 @@ pub fn spawn(
             let mut last_forget = std::time::Instant::now();
             while !stopped() {
                 if last_forget.elapsed() >= Duration::from_secs(60) {
-                    view.forget_idle(now_ms());
+                    view.forget_idle(unix_ms());
                     last_forget = std::time::Instant::now();
                 }
                 // Passes run in the idle class while no ring is past a
@@ -613,7 +608,7 @@ mod tests {
 
     fn rec(adv: &str, ty: &str, issues: &str) -> Vec<u8> {
         let status = if issues.is_empty() { "ok" } else { "invalid" };
-        format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"{ty}","advertiser":"{adv}","status":"{status}","issues":[{issues}],"params":{{}}}}"#, now_ms()).into_bytes()
+        format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"{ty}","advertiser":"{adv}","status":"{status}","issues":[{issues}],"params":{{}}}}"#, unix_ms()).into_bytes()
     }
 
     #[test]
@@ -680,7 +675,7 @@ mod tests {
         // events alone.
         let pad = "x".repeat(8000);
         let big = |adv: &str| {
-            format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{"u":"{pad}"}}}}"#, now_ms()).into_bytes()
+            format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{"u":"{pad}"}}}}"#, unix_ms()).into_bytes()
         };
         for round in 0..RECENT {
             for a in 0..2000 {
@@ -723,7 +718,7 @@ mod tests {
         let old = |adv: &str, ts: u64| {
             format!(r#"{{"id":"n-0-1","ts_ms":{ts},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{}}}}"#).into_bytes()
         };
-        let now = now_ms();
+        let now = unix_ms();
         v.add(&old("kept", now - IDLE_MS + 60_000));
         // Made-up names spend the rest of the budget...
         for a in 0..2000 {
