@@ -287,8 +287,10 @@ impl Ctx {
             let sync_due = sync_due(&streams, &wanted);
             if stopping || sync_due || now.duration_since(last_flush) >= flush_every {
                 for s in streams.iter_mut() {
-                    let class = &self.status.class;
-                    if let Some(stats) = s.writer.write_block_pausing(&mut || class.breathe())? {
+                    if let Some(stats) = s
+                        .writer
+                        .write_block_pausing(&mut || self.status.class.breathe())?
+                    {
                         self.metrics.block(&stats);
                     }
                 }

@@ -538,22 +538,8 @@ pub fn spawn(
                 // the normal class (see `sched`).
                 view.class.settle(!rings.iter().any(Consumer::past_quarter));
                 for ring in &mut rings {
-                    // The locks are let go at each breath, so that the
-                    // admin port's readers do not wait out the pass.
-                    let batch = std::cell::RefCell::new(None);
-                    ring.drain_pausing(
-                        PASS_CHUNK,
-                        |rec| {
-                            batch
-                                .borrow_mut()
-                                .get_or_insert_with(|| view.batch())
-                                .add(rec);
-                        },
-                        || {
-                            *batch.borrow_mut() = None;
-                            view.class.breathe();
-                        },
-                    );
+                    let mut batch = view.batch();
+                    ring.drain_pausing(PASS_CHUNK, |rec| batch.add(rec), || view.class.breathe());
                 }
                 // Nap between passes, busy or not: this thread shares the
                 // workers' cores, and draining a few records per wake-up
