@@ -318,10 +318,26 @@ fn set_policy(tid: i32, policy: i32) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Whether this process cannot leave SCHED_IDLE, said once per test.
+    fn skipped() -> bool {
+        let no = !way_back_allowed();
+        if no {
+            eprintln!("skipped: this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE < 20)");
+        }
+        no
+    }
+
+    /// Runs `f` on a thread of its own (the harness's threads are shared,
+    /// and `f` changes its thread's class), unless `skipped`.
+    fn on_own_thread(f: impl FnOnce() + Send + 'static) {
+        if !skipped() {
+            std::thread::spawn(f).join().unwrap();
+        }
+    }
+
     #[test]
     fn a_calm_thread_goes_idle_and_a_lift_brings_it_back() {
-        if !way_back_allowed() {
-            eprintln!("skipped: this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE < 20)");
+        if skipped() {
             return;
         }
         let class = std::sync::Arc::new(Class::holding(true, 0));
@@ -384,12 +400,7 @@ mod tests {
 
     #[test]
     fn passes_stay_normal_for_the_hold_after_a_lift() {
-        if !way_back_allowed() {
-            eprintln!("skipped: this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE < 20)");
-            return;
-        }
-        // On a thread of its own: the test harness's threads are shared.
-        std::thread::spawn(|| {
+        on_own_thread(|| {
             let class = Class::holding(true, 300);
             class.settle(true);
             assert_eq!(policy(0).unwrap(), libc::SCHED_IDLE);
@@ -406,18 +417,12 @@ mod tests {
             assert_eq!(policy(0).unwrap(), libc::SCHED_IDLE);
             assert_eq!(class.idle_passes.load(Ordering::Relaxed), 2);
             class.rest();
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn after_stay_normal_no_pass_goes_idle() {
-        if !way_back_allowed() {
-            eprintln!("skipped: this process may not leave SCHED_IDLE (no CAP_SYS_NICE, RLIMIT_NICE < 20)");
-            return;
-        }
-        std::thread::spawn(|| {
+        on_own_thread(|| {
             let class = Class::holding(true, 0);
             class.settle(true);
             assert_eq!(policy(0).unwrap(), libc::SCHED_IDLE);
@@ -427,9 +432,7 @@ mod tests {
             class.settle(true);
             assert!(!class.is_idle());
             assert_eq!(policy(0).unwrap(), libc::SCHED_OTHER);
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
