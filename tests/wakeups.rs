@@ -4,7 +4,9 @@
 //! it, so an idle worker must still sleep, not wake every linger. A worker
 //! always has a timer (its 20 ms heartbeat), so the first test sees the
 //! timeout taken from timers; the second, a bare ring with none, the long
-//! one the driver adds itself.
+//! one the driver adds itself. The kernel also counts the linger from the
+//! start of a wait, so completion work that came while the thread worked
+//! must not be held for a whole linger after that: the third test.
 
 mod common;
 
@@ -70,6 +72,77 @@ fn an_idle_batched_worker_sleeps_and_a_lone_request_is_answered() {
             assert_eq!(read_responses(c, 1)[0].status, 200);
         }
     }
+}
+
+/// A bare batched ring like the worker's (`DEFER_TASKRUN` with the task-run
+/// flag), whose thread is busy for a while in one task when a request comes
+/// for another. The reply must follow the busy spell, not a whole linger
+/// after it.
+#[test]
+fn work_that_came_while_the_thread_was_busy_is_not_held_for_a_batch() {
+    if !kernel_batches_wakeups() {
+        return;
+    }
+    const LINGER: Duration = Duration::from_millis(600);
+    const BUSY: Duration = Duration::from_millis(300);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (busy_tx, busy_rx) = std::sync::mpsc::channel();
+    let ring = std::thread::spawn(move || {
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag();
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(urb)
+            .wait_batch(monoio::WaitBatch {
+                events: 32,
+                min_wait: LINGER,
+            })
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::from_std(listener).unwrap();
+            let (mut echo, _) = listener.accept().await.unwrap();
+            let (mut trigger, _) = listener.accept().await.unwrap();
+            // The echo's read is in flight before the busy spell starts.
+            let echoer = monoio::spawn(async move {
+                let (res, buf) = monoio::io::AsyncReadRent::read(&mut echo, vec![0u8; 8]).await;
+                let n = res.unwrap();
+                let (res, _) = echo.write_all(buf[..n].to_vec()).await;
+                res.unwrap();
+            });
+            let (res, _) = monoio::io::AsyncReadRent::read(&mut trigger, vec![0u8; 8]).await;
+            res.unwrap();
+            busy_tx.send(()).unwrap();
+            std::thread::sleep(BUSY);
+            echoer.await;
+        });
+    });
+    let mut echo = std::net::TcpStream::connect(addr).unwrap();
+    let mut trigger = std::net::TcpStream::connect(addr).unwrap();
+    echo.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Both accepts take up to a linger each; then both reads are in flight
+    // and the thread sleeps.
+    std::thread::sleep(LINGER * 3);
+    trigger.write_all(b"go").unwrap();
+    busy_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    std::thread::sleep(BUSY / 3);
+    let sent = std::time::Instant::now();
+    echo.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    std::io::Read::read_exact(&mut echo, &mut got).unwrap();
+    let took = sent.elapsed();
+    assert_eq!(&got, b"ping");
+    // The rest of the busy spell is about 200 ms; a held completion would
+    // come about 600 ms after that.
+    assert!(
+        took < BUSY + LINGER / 2,
+        "reply took {took:?} after a {BUSY:?} busy spell with a {LINGER:?} linger"
+    );
+    ring.join().unwrap();
 }
 
 /// The driver alone, with no timer at all: its wait then carries the long

@@ -157,7 +157,9 @@ fn wake_batch(cfg: &crate::config::ServerConfig) -> monoio::WaitBatch {
 /// thread asks for it (`DEFER_TASKRUN`, Linux 6.1), and the thread sleeps
 /// until `wake_batch` completions are ready or `wake_linger_us` has passed
 /// with one (Linux 6.12): one wake-up per batch instead of one per one to
-/// three requests. Kernels without a feature get the ring before it.
+/// three requests. The task-run flag tells the driver when completion work
+/// came while the thread worked, so that it is not held for a batch too.
+/// Kernels without a feature get the ring before it.
 fn uring_runtime(
     entries: u32,
     wake: monoio::WaitBatch,
@@ -174,7 +176,7 @@ fn uring_runtime(
     tuned.setup_coop_taskrun().setup_single_issuer();
     if wake.is_on() {
         let mut deferred = tuned.clone();
-        deferred.setup_defer_taskrun();
+        deferred.setup_defer_taskrun().setup_taskrun_flag();
         match build(deferred, wake) {
             Ok(rt) => return Ok((rt, DriverKind::UringBatched)),
             Err(e) => tracing::info!(error = %e, "io_uring wake-ups not batched"),

@@ -358,7 +358,14 @@ impl IoUringDriver {
             }
 
             // 2.3 install timeout and submit_and_wait with timeout
-            let batch = inner.wait.is_on() && timeout.map_or(true, |t| t > inner.wait.min_wait);
+            // Completion work already pending (it came while this thread
+            // worked) is not held for a batch: the kernel counts `min_wait`
+            // from the start of the wait, so it would wait all of it again.
+            // (`taskrun` reads the flag a ring built with
+            // `setup_taskrun_flag` keeps; without it, always false.)
+            let batch = inner.wait.is_on()
+                && !inner.uring.submission().taskrun()
+                && timeout.map_or(true, |t| t > inner.wait.min_wait);
             if batch {
                 // A general timeout always goes with the minimum one, and a
                 // timer due sooner than `min_wait` is waited for alone.
