@@ -10,6 +10,11 @@
 #   bench/threads.sh [RATE] [SECONDS] [EXTRA_TOML]
 #   e.g. bench/threads.sh 50000 8 '[storage]\nzstd_level = 3\n'
 #   TRACKPLANE=/path/to/other/trackplane bench/threads.sh 50000 8
+#
+# BG_CORE=1 moves the store's, the syncer's and the view's threads to core 1
+# (the load's) once the server is up: not a fair race against anything,
+# but it shows what sharing the worker's core costs each side.
+#   BG_CORE=1 bench/threads.sh 50000 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -26,6 +31,13 @@ RUST_LOG=warn taskset -c 0 "${TRACKPLANE:-target/release/trackplane}" serve --co
   --listen 127.0.0.1:18090 --admin-listen 127.0.0.1:19190 --data-dir "$W/data" --workers 1 --driver uring &
 PID=$!
 wait_port 18090
+if [ -n "${BG_CORE:-}" ]; then
+  for t in /proc/$PID/task/*; do
+    case $(cat "$t/comm") in
+      trackplane-stor|trackplane-sync|trackplane-view) taskset -p -c "$BG_CORE" "${t##*/}" >/dev/null ;;
+    esac
+  done
+fi
 # Warm up, then measure.
 taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --duration 2 --warmup 0 --json >/dev/null
 snap() { for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1,2 "$t/schedstat") $(awk '/ctxt_switches/ {s+=$2} END {print s}' "$t/status")"; done | sort; }
