@@ -38,6 +38,24 @@ fn switches(name: &str) -> u64 {
     total
 }
 
+/// A bare ring built as a batched worker's is (`DEFER_TASKRUN` with the
+/// task-run flag), waiting for 32 completions or `linger`, with no timer.
+fn batched_runtime(linger: Duration) -> monoio::Runtime<monoio::IoUringDriver> {
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag();
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .uring_builder(urb)
+        .wait_batch(monoio::WaitBatch {
+            events: 32,
+            min_wait: linger,
+        })
+        .build()
+        .unwrap()
+}
+
 /// One test, so that only one server's worker is named `trackplane-w0`.
 #[test]
 fn an_idle_batched_worker_sleeps_and_a_lone_request_is_answered() {
@@ -74,9 +92,8 @@ fn an_idle_batched_worker_sleeps_and_a_lone_request_is_answered() {
     }
 }
 
-/// A bare batched ring like the worker's (`DEFER_TASKRUN` with the task-run
-/// flag), whose thread is busy for a while in one task when a request comes
-/// for another. The reply must follow the busy spell, not a whole linger
+/// A bare batched ring whose thread is busy for a while in one task when a
+/// request comes for another. The reply must follow the busy spell, not a whole linger
 /// after it.
 #[test]
 fn work_that_came_while_the_thread_was_busy_is_not_held_for_a_batch() {
@@ -89,19 +106,7 @@ fn work_that_came_while_the_thread_was_busy_is_not_held_for_a_batch() {
     let addr = listener.local_addr().unwrap();
     let (busy_tx, busy_rx) = std::sync::mpsc::channel();
     let ring = std::thread::spawn(move || {
-        let mut urb = io_uring::IoUring::builder();
-        urb.setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_taskrun_flag();
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .uring_builder(urb)
-            .wait_batch(monoio::WaitBatch {
-                events: 32,
-                min_wait: LINGER,
-            })
-            .build()
-            .unwrap();
+        let mut rt = batched_runtime(LINGER);
         rt.block_on(async move {
             let listener = monoio::net::TcpListener::from_std(listener).unwrap();
             let (mut echo, _) = listener.accept().await.unwrap();
@@ -157,18 +162,7 @@ fn a_batched_ring_without_timers_sleeps_until_its_completion() {
     let ring = std::thread::Builder::new()
         .name("batched-ring".into())
         .spawn(move || {
-            let mut urb = io_uring::IoUring::builder();
-            urb.setup_coop_taskrun()
-                .setup_single_issuer()
-                .setup_defer_taskrun();
-            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .uring_builder(urb)
-                .wait_batch(monoio::WaitBatch {
-                    events: 32,
-                    min_wait: Duration::from_micros(100),
-                })
-                .build()
-                .unwrap();
+            let mut rt = batched_runtime(Duration::from_micros(100));
             rt.block_on(async move {
                 let listener = monoio::net::TcpListener::from_std(listener).unwrap();
                 let (mut conn, _) = listener.accept().await.unwrap();
