@@ -22,6 +22,7 @@ on_every_driver!(
     bad_clients_do_not_disturb_others,
     slow_header_gets_408_and_idle_connection_closes,
     connection_cap_per_worker,
+    a_client_that_never_reads_is_let_go,
     click_redirects_only_where_allowed,
     post_beacon_with_form_body_and_expect_continue,
 );
@@ -342,6 +343,46 @@ fn connection_cap_per_worker(d: Driver) {
         text.contains("trackplane_connections_refused_total 1"),
         "{text}"
     );
+}
+
+/// Pipelined requests from a client that never reads its answers: once both
+/// ends' buffers are full the server's write waits, and after the send
+/// timeout the server closes the connection (the client's writes then fail)
+/// while it goes on serving others.
+fn a_client_that_never_reads_is_let_go(d: Driver) {
+    let s = start(d, "[server]\nsend_timeout_ms = 300\n");
+    let hog = s.connect();
+    let mut w = hog.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let requests = b"GET /healthz HTTP/1.1\r\n\r\n".repeat(1000);
+        let began = std::time::Instant::now();
+        while began.elapsed() < Duration::from_secs(30) {
+            match w.write_all(&requests) {
+                Ok(()) => {}
+                // Blocked: the server is not reading; keep trying.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    });
+    assert!(
+        writer.join().unwrap(),
+        "the server kept a connection whose client never reads"
+    );
+    assert_eq!(s.get("/healthz").status, 200);
+    let m = s.metrics();
+    assert_eq!(
+        common::metric(&m, "trackplane_send_timeouts_total"),
+        1.0,
+        "{m}"
+    );
+    drop(hog);
 }
 
 fn click_redirects_only_where_allowed(d: Driver) {

@@ -164,6 +164,11 @@ pub struct ServerConfig {
     /// An idle keep-alive connection is closed this long after its last
     /// request arrived.
     pub idle_timeout_ms: u64,
+    /// A connection whose answers are not all taken by the client this
+    /// long after their requests arrived is closed (nginx's
+    /// `send_timeout`): a client that never reads holds no connection for
+    /// good.
+    pub send_timeout_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout_ms: u64,
     /// Bytes of each worker's hand-off ring to the event log.
@@ -463,6 +468,7 @@ impl Config {
             ("server.header_timeout_ms", s.header_timeout_ms as usize),
             ("server.body_timeout_ms", s.body_timeout_ms as usize),
             ("server.idle_timeout_ms", s.idle_timeout_ms as usize),
+            ("server.send_timeout_ms", s.send_timeout_ms as usize),
             (
                 "catalogs.reload_interval_ms",
                 self.catalogs.reload_interval_ms as usize,

@@ -30,6 +30,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
     let header_timeout = Duration::from_millis(cfg.header_timeout_ms);
     let body_timeout = Duration::from_millis(cfg.body_timeout_ms);
+    let send_timeout = Duration::from_millis(cfg.send_timeout_ms);
     let mut rbuf: Vec<u8> = Vec::with_capacity(INITIAL_READ);
     let mut wbuf: Vec<u8> = Vec::with_capacity(INITIAL_WRITE);
     let mut busy = Busy::new(&worker);
@@ -112,12 +113,23 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                 }
             }
         }
+        // The send timeout counts from the read, or from the end of a wait
+        // for durability (which may be longer than the timeout).
+        let mut answered = arrived;
         let sync_wait = worker.handler.borrow_mut().take_sync_wait();
         if let Some(seq) = sync_wait {
             wait_durable(&worker, seq).await;
+            answered = Instant::now();
         }
         if !wbuf.is_empty() {
-            let (res, buf) = stream.write_all(wbuf).await;
+            // A client that does not read its answers keeps this write
+            // pending, and the connection with it, unless it times out.
+            let write = stream.write_all(wbuf);
+            let Ok((res, buf)) = monoio::time::timeout_at(answered + send_timeout, write).await
+            else {
+                worker.metrics.send_timeouts.inc();
+                break;
+            };
             wbuf = buf;
             wbuf.clear();
             if res.is_err() {
@@ -150,7 +162,8 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
         }
         // Idle and body deadlines count from the last read, not from when
         // its answer went out: the answers are small, and a client that
-        // does not read them keeps the write, not the idle wait, pending.
+        // does not read them keeps the write, not the idle wait, pending
+        // (until the send timeout).
         let deadline = if fresh {
             started + header_timeout
         } else if rbuf.is_empty() {
@@ -166,7 +179,9 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
         let Ok((res, slice)) = read else {
             if len > 0 {
                 worker.handler.borrow_mut().timeout(&mut wbuf);
-                let _ = stream.write_all(wbuf).await;
+                // The deadline just passed: it stands for now.
+                let write = stream.write_all(wbuf);
+                let _ = monoio::time::timeout_at(deadline + send_timeout, write).await;
             }
             break;
         };

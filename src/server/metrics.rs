@@ -75,6 +75,9 @@ pub struct WorkerMetrics {
     pub connections_refused: Counter,
     /// Connections open now.
     pub connections_open: Counter,
+    /// Connections closed because the client did not take its answers
+    /// within `server.send_timeout_ms`.
+    pub send_timeouts: Counter,
     /// Answers to `sync` events sent after `storage.sync_timeout_ms`
     /// without confirmed durability.
     pub sync_timeouts: Counter,
@@ -202,6 +205,13 @@ pub fn render(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
         "gauge",
         "Connections open now.",
         one(&|w| w.connections_open.get()),
+    );
+    family(
+        out,
+        "trackplane_send_timeouts_total",
+        "counter",
+        "Connections closed because the client did not take its answers within server.send_timeout_ms.",
+        one(&|w| w.send_timeouts.get()),
     );
     family(
         out,
