@@ -93,8 +93,8 @@ fn an_idle_batched_worker_sleeps_and_a_lone_request_is_answered() {
 }
 
 /// A bare batched ring whose thread is busy for a while in one task when a
-/// request comes for another. The reply must follow the busy spell, not a whole linger
-/// after it.
+/// request comes for another. The reply must follow the busy spell, not a
+/// whole linger after it.
 #[test]
 fn work_that_came_while_the_thread_was_busy_is_not_held_for_a_batch() {
     if !kernel_batches_wakeups() {
