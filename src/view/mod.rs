@@ -21,12 +21,14 @@
 //!
 //! # Layout
 //! - `window`: minute and hour counts
+//! - `recent`: the last events kept for a page that just opened
 //! - `page.html`: the page served at `/` of the admin port
 
+pub mod recent;
 pub mod window;
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,6 +40,7 @@ use serde::Deserialize;
 use crate::clock::unix_ms;
 use crate::ring::Consumer;
 use crate::sched::PASS_CHUNK;
+use recent::Recent;
 use window::{Kind, Window};
 
 /// The page served at `/`.
@@ -47,8 +50,6 @@ pub const PAGE: &str = include_str!("page.html");
 const MAX_ADVERTISERS: usize = 10_000;
 /// Unknown products remembered per advertiser.
 const MAX_PRODUCTS: usize = 1_000;
-/// Recent events kept per advertiser for a page that just opened.
-const RECENT: usize = 50;
 /// Events queued per viewer before its stream starts losing them.
 const SUBSCRIBER_QUEUE: usize = 1_024;
 /// Viewers at once.
@@ -56,8 +57,6 @@ pub const MAX_SUBSCRIBERS: usize = 64;
 /// An advertiser without events for this long is forgotten: its counts
 /// have all left the hour, and what it kept goes back to the budget.
 const IDLE_MS: u64 = 3_600_000;
-/// Records longer than this are counted and streamed, not kept as recent.
-const RECENT_RECORD_MAX: usize = 16 << 10;
 /// What a hash map entry costs beyond its key and value, roughly.
 const ENTRY_OVERHEAD: usize = 16;
 
@@ -155,8 +154,8 @@ struct EventIssue<'a> {
 struct AdvertiserView {
     counts: Window,
     unknown_products: HashMap<String, (u64, u64)>,
-    /// The last events, in buffers reused as they rotate.
-    recent: VecDeque<Vec<u8>>,
+    /// The last events, or a sample of them when it sends many.
+    recent: Recent,
     /// When its last event happened.
     last_ms: u64,
     /// What it has taken from the budget, given back when it is forgotten.
@@ -300,7 +299,7 @@ impl Batch<'_> {
                     }
                 }
             }
-            if !view.keep_recent(rec, budget) {
+            if !view.recent.offer(ts, rec, budget) {
                 refused += 1;
             }
             view.last_ms = view.last_ms.max(ts);
@@ -338,42 +337,7 @@ impl Batch<'_> {
 impl AdvertiserView {
     /// What a new advertiser costs before its name: the entry, its count
     /// buckets and its recent-event queue.
-    const COST: usize = size_of::<AdvertiserView>()
-        + ENTRY_OVERHEAD
-        + Window::COST
-        + RECENT.next_power_of_two() * size_of::<Vec<u8>>();
-
-    /// Keeps `rec` as the newest recent event, in the buffer of the oldest
-    /// once there are `RECENT`. Returns false when it was not kept: too
-    /// long, or a buffer would have to grow past the budget.
-    fn keep_recent(&mut self, rec: &[u8], budget: &mut Budget) -> bool {
-        if rec.len() > RECENT_RECORD_MAX {
-            return true;
-        }
-        let full = self.recent.len() >= RECENT;
-        let mut buf = if full {
-            self.recent.pop_front().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        // Whole powers of two, so that buffers stop growing once they have
-        // held the longest of the records that pass through them.
-        let cap = rec.len().next_power_of_two();
-        let grows = buf.capacity() < rec.len();
-        if grows && !budget.take(cap - buf.capacity()) {
-            if full {
-                self.recent.push_front(buf);
-            }
-            return false;
-        }
-        buf.clear();
-        if grows {
-            buf.reserve_exact(cap);
-        }
-        buf.extend_from_slice(rec);
-        self.recent.push_back(buf);
-        true
-    }
+    const COST: usize = size_of::<AdvertiserView>() + ENTRY_OVERHEAD + Window::COST + Recent::COST;
 }
 
 impl View {
@@ -660,12 +624,15 @@ mod tests {
         // 2,000 advertisers with 8 KB records would take 50 MB of recent
         // events alone.
         let pad = "x".repeat(8000);
-        let big = |adv: &str| {
-            format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{"u":"{pad}"}}}}"#, unix_ms()).into_bytes()
+        let big = |adv: &str, ts: u64| {
+            format!(r#"{{"id":"n-0-1","ts_ms":{ts},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{"u":"{pad}"}}}}"#).into_bytes()
         };
-        for round in 0..RECENT {
+        // A round a second, within the last minute, so that the rate at
+        // which recent events are kept lets every one through.
+        let start = unix_ms() - recent::RECENT as u64 * 1000;
+        for round in 0..recent::RECENT {
             for a in 0..2000 {
-                v.add(&big(&format!("a{a}")));
+                v.add(&big(&format!("a{a}"), start + round as u64 * 1000));
             }
             if round == 0 {
                 assert!(v.over_budget.load(Ordering::Relaxed) > 0);
@@ -685,16 +652,20 @@ mod tests {
         assert!(ads.by_id.len() < 2000);
         drop(ads);
         assert!(v.untracked.load(Ordering::Relaxed) > 0);
-        // Advertisers tracked before the budget ran out keep counting, a
-        // name new to them as `(other)`; one that came after is untracked.
+        // Advertisers tracked before the budget ran out keep counting, names
+        // new to them as `(other)` once the little left (less than a recent
+        // buffer, about 16 names) is spent; one that came after is
+        // untracked.
         let refused = v.over_budget.load(Ordering::Relaxed);
-        v.add(&rec("a0", "page_view", ""));
-        v.add(&rec("a0", "purchase", ""));
+        for t in 0..32 {
+            v.add(&rec("a0", &format!("t{t}"), ""));
+        }
         assert!(v.over_budget.load(Ordering::Relaxed) > refused);
         let audit: serde_json::Value = serde_json::from_str(&v.audit_json("a0").unwrap()).unwrap();
         let by_type = &audit["last_minute"]["events_by_type"];
-        assert_eq!(by_type["page_view"], RECENT as u64 + 1);
-        assert_eq!(by_type["(other)"], 1);
+        assert_eq!(by_type["page_view"], recent::RECENT as u64);
+        let other = by_type["(other)"].as_u64().unwrap();
+        assert!(other > 0 && other < 32, "{other}");
         assert!(v.audit_json("a1999").is_none());
     }
 
