@@ -169,6 +169,17 @@ fn steady_state_allocations(driver: Driver) -> (u64, u64) {
         }
         warm_up += (1 + i * 10) * 50;
     }
+    // The view keeps an advertiser's recent events at a bounded rate, so
+    // its recent buffers are all there only after seconds of traffic.
+    let filled = std::time::Instant::now()
+        + std::time::Duration::from_millis(trackplane::view::recent::FILL_MS + 500);
+    while std::time::Instant::now() < filled {
+        for (r, &len) in requests.iter().zip(&lens) {
+            drive(&mut conns[0], r, 1, 1, len);
+            warm_up += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     std::thread::sleep(std::time::Duration::from_millis(100));
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     let view_before = VIEW_ALLOCATIONS.load(Ordering::SeqCst);

@@ -22,10 +22,16 @@ use super::Budget;
 pub const RECENT: usize = 50;
 /// Records longer than this are counted and streamed, not kept as recent.
 const RECORD_MAX: usize = 16 << 10;
+/// The least a buffer is given.
+const BUF_MIN: usize = 1 << 10;
 /// Events kept at once after a quiet spell.
 const BURST: u64 = 10;
 /// Then one event kept per this many milliseconds: ten a second.
 const INTERVAL_MS: u64 = 100;
+
+/// How long a busy advertiser's recent events take to fill all
+/// [`RECENT`] buffers, after which keeping them allocates nothing.
+pub const FILL_MS: u64 = (RECENT as u64 - BURST) * INTERVAL_MS;
 
 /// One advertiser's recent events.
 #[derive(Default)]
@@ -59,9 +65,11 @@ impl Recent {
         } else {
             Vec::new()
         };
-        // Whole powers of two, so that buffers stop growing once they have
-        // held the longest of the records that pass through them.
-        let cap = rec.len().next_power_of_two();
+        // Whole powers of two, and a kibibyte at least (most records are
+        // shorter), so that buffers stop growing once they have held the
+        // longest of the records that pass through them: kept at the rate
+        // above, a buffer sees a new record only every few seconds.
+        let cap = rec.len().next_power_of_two().max(BUF_MIN);
         let grows = buf.capacity() < rec.len();
         if grows && !budget.take(cap - buf.capacity()) {
             if full {
