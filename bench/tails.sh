@@ -14,6 +14,7 @@
 #   e.g. bench/tails.sh 50000 12 10 1000
 #        SERVERS="nginx trackplane trackplane-normal" bench/tails.sh 20000 12 10 1000
 #        VARIANT_b8='[server]\nwake_batch = 8\n' SERVERS="nginx trackplane trackplane-b8" bench/tails.sh
+#        MIX="--kinds impressions" bench/tails.sh 50000 3 10 1000   # pixels only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -33,7 +34,7 @@ for round in $(seq "$ROUNDS"); do
     steal0=$(steal_ms); kd0=$(kdamond_ms)
     before=$(cpu_ns ${PIDS[$s]})
     out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$PORT" --rate "$RATE" --connections $CONNS \
-      --duration "$SECONDS_PER_WINDOW" --warmup 2 --json)
+      --duration "$SECONDS_PER_WINDOW" --warmup 2 --json ${MIX:-})
     after=$(cpu_ns ${PIDS[$s]})
     steal=$(( $(steal_ms) - steal0 )); kd=$(( $(kdamond_ms) - kd0 ))
     stop_server $s
@@ -49,11 +50,11 @@ done
 {
   echo "# p99 at $RATE/s in $ROUNDS windows of $SECONDS_PER_WINDOW s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
+  echo "Command: \`${MIX:+MIX=\"$MIX\" }SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -nE 's/^Model name: +//p' | head -1), kernel $(uname -r)"
   echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
-  echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."
+  echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags${MIX:+; loadtest $MIX}), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."
   echo
   echo "| round | server | CPU µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
   echo "|---|---|---|---|---|---|---|---|"

@@ -4,6 +4,7 @@
 //! ```text
 //! loadtest setup --dir D            # catalogs + trackplane config for the mix
 //! loadtest run --addr 127.0.0.1:8080 --rate 50000 --duration 10 [--json]
+//!               [--kinds all|impressions]   # the whole mix, or pixels only
 //! ```
 
 mod engine;
@@ -72,6 +73,9 @@ struct MixArgs {
     /// Seed of the mix.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Which calls to send.
+    #[arg(long, value_enum, default_value_t = mix::Kinds::All)]
+    kinds: mix::Kinds,
 }
 
 impl MixArgs {
@@ -81,6 +85,7 @@ impl MixArgs {
             products: self.products.max(1),
             invalid_percent: self.invalid_percent.min(100),
             seed: self.seed,
+            kinds: self.kinds,
         }
     }
 }

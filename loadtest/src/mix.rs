@@ -30,6 +30,17 @@ impl Rng {
     }
 }
 
+/// Which calls a mix sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kinds {
+    /// Impressions 60%, view_item 15%, add_to_cart 8%, purchase 5%,
+    /// clicks 12%.
+    All,
+    /// Impression pixels (`/i`) only, half of them naming a product: the
+    /// call nginx's `empty_gif` stands for.
+    Impressions,
+}
+
 /// The shape of the mix.
 #[derive(Debug, Clone, Copy)]
 pub struct MixSpec {
@@ -37,6 +48,7 @@ pub struct MixSpec {
     pub products: usize,
     pub invalid_percent: u64,
     pub seed: u64,
+    pub kinds: Kinds,
 }
 
 fn sku(adv: usize, j: usize) -> String {
@@ -80,7 +92,10 @@ pub fn requests(spec: &MixSpec, count: usize, host: &str) -> Vec<Vec<u8>> {
         let a = rng.below(spec.advertisers as u64) as usize;
         let pick = |rng: &mut Rng| sku(a, rng.below(spec.products as u64) as usize);
         let uid = format!("u{}", rng.below(1_000_000));
-        let kind = rng.below(100);
+        let kind = match spec.kinds {
+            Kinds::All => rng.below(100),
+            Kinds::Impressions => rng.below(60),
+        };
         let mut target = match kind {
             0..=59 => {
                 let mut t = format!("/i?adv=adv-{a}&uid={uid}");
@@ -123,4 +138,42 @@ pub fn requests(spec: &MixSpec, count: usize, host: &str) -> Vec<Vec<u8>> {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kinds: Kinds) -> MixSpec {
+        MixSpec {
+            advertisers: 5,
+            products: 100,
+            invalid_percent: 10,
+            seed: 7,
+            kinds,
+        }
+    }
+
+    fn path(req: &[u8]) -> &str {
+        std::str::from_utf8(&req[4..7]).unwrap()
+    }
+
+    #[test]
+    fn the_whole_mix_sends_every_kind_of_call() {
+        let reqs = requests(&spec(Kinds::All), 2_000, "h");
+        let share = |p: &str| reqs.iter().filter(|r| path(r) == p).count();
+        assert!((1_000..1_400).contains(&share("/i?")), "{}", share("/i?"));
+        assert!(share("/e?") > 400 && share("/c?") > 150);
+    }
+
+    #[test]
+    fn an_impression_mix_sends_only_pixels() {
+        let reqs = requests(&spec(Kinds::Impressions), 2_000, "h");
+        assert!(reqs.iter().all(|r| path(r) == "/i?"));
+        let with_product = reqs
+            .iter()
+            .filter(|r| r.windows(5).any(|w| w == b"&pid="))
+            .count();
+        assert!((800..1_200).contains(&with_product), "{with_product}");
+    }
 }
