@@ -52,10 +52,10 @@ impl Recent {
     /// have to grow past the budget.
     pub fn offer(&mut self, ts_ms: u64, rec: &[u8], budget: &mut Budget) -> bool {
         let due = self.next_ms.max(ts_ms);
-        if due > ts_ms + (BURST - 1) * INTERVAL_MS {
+        if due > ts_ms.saturating_add((BURST - 1) * INTERVAL_MS) {
             return true;
         }
-        self.next_ms = due + INTERVAL_MS;
+        self.next_ms = due.saturating_add(INTERVAL_MS);
         if rec.len() > RECORD_MAX {
             return true;
         }
