@@ -30,6 +30,10 @@ impl Rng {
     }
 }
 
+/// Percent of the whole mix that is impressions: the first arm of the
+/// draw in `requests`, and all an impression mix draws from.
+const IMPRESSION_PERCENT: u64 = 60;
+
 /// Which calls a mix sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kinds {
@@ -94,10 +98,10 @@ pub fn requests(spec: &MixSpec, count: usize, host: &str) -> Vec<Vec<u8>> {
         let uid = format!("u{}", rng.below(1_000_000));
         let kind = match spec.kinds {
             Kinds::All => rng.below(100),
-            Kinds::Impressions => rng.below(60),
+            Kinds::Impressions => rng.below(IMPRESSION_PERCENT),
         };
         let mut target = match kind {
-            0..=59 => {
+            0..IMPRESSION_PERCENT => {
                 let mut t = format!("/i?adv=adv-{a}&uid={uid}");
                 if rng.chance(50) {
                     let _ = write!(t, "&pid={}", pick(&mut rng));
