@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Two trackplane binaries, interleaved, at one fixed rate: the way to see a
-# change of a few percent on a VM whose hours differ by more than that.
+# Two trackplane binaries, interleaved, at one fixed rate: interleaving
+# takes out the drift of the VM's hours, not the spread between windows,
+# so read the last lines (B minus A pair by pair, and how lopsided the
+# split is); to see the spread, race a binary against itself.
 # Each pair starts A, measures ROUNDS windows of SECONDS, stops it, then the
 # same for B; everything on core 0 (as bench/compare.sh pins it), loadtest
 # on core 1, realistic mix. Per window: CPU µs per request of the whole
@@ -63,3 +65,25 @@ for k in A B; do
   awk -F'|' -v k=" $k " '$2 == k {print $4 + 0}' "$W/rows" | sort -n |
     awk -v k="$k" '{a[NR] = $1} END {m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "median CPU µs/req, %s: %.2f over %d windows\n", k, m, NR}'
 done
+# Pair by pair (each side's windows averaged), and how often B came out
+# lower: on the reference VM, two sides running one binary differed by
+# 11% in their medians over three pairs (`bench/results/ab-timerslack-
+# 20261129-2146.md`), so a difference counts only if it holds pair after
+# pair. The sign test's p is the chance of a split at least this lopsided
+# between two sides that do not differ.
+awk -F'|' -v r="$ROUNDS" '
+  { i = int((NR - 1) / r); side = (i % 2) ? "B" : "A"; p = int(i / 2)
+    cpu[side, p] += $4 / r; p99[side, p] += $7 / r; n = p + 1 }
+  function sign(k, n,   t, c, j, x) {  # two-sided sign test
+    x = (k > n - k) ? k : n - k; c = 1; t = 0
+    for (j = 0; j <= n; j++) { if (j >= x) t += c; c = c * (n - j) / (j + 1) }
+    t = 2 * t / 2 ^ n; return (t > 1) ? 1 : t }
+  END {
+    d = ""; q = ""; lc = 0; lp = 0
+    for (p = 0; p < n; p++) {
+      d = d sprintf(" %+.2f", cpu["B", p] - cpu["A", p]); lc += cpu["B", p] < cpu["A", p]
+      q = q sprintf(" %+.0f", p99["B", p] - p99["A", p]); lp += p99["B", p] < p99["A", p]
+    }
+    printf "B minus A by pair, CPU µs/req:%s (B lower in %d of %d, sign test p %.2f)\n", d, lc, n, sign(lc, n)
+    printf "B minus A by pair, p99 µs:%s (B lower in %d of %d, sign test p %.2f)\n", q, lp, n, sign(lp, n)
+  }' "$W/rows"
