@@ -4,7 +4,8 @@
 # multishot receive (the floor of a custom event loop), and trackplane with
 # the realistic mix (audit, catalogs, records on disk). Each server is pinned to core 0,
 # the load generator to core 1. For each fixed rate it prints requests/s,
-# server CPU µs per request (from /proc/PID/task/*/schedstat, all threads)
+# server CPU µs per request (from /proc/PID/task/*/schedstat, all threads),
+# the server core's busy µs per request (see core_unbusy_ms in lib.sh)
 # and latency percentiles from the intended send time, plus ratios to nginx.
 #
 #   bench/compare.sh [RATES] [SECONDS]        e.g. bench/compare.sh "20000 50000 100000" 10
@@ -35,17 +36,18 @@ calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 
 ROWS=()
 run_rate() { # server port rate
-  local before after out us steal0 kd0
-  steal0=$(steal_ms); kd0=$(kdamond_ms)
+  local before after out us steal0 kd0 unbusy0 t0 core
+  steal0=$(steal_ms); kd0=$(kdamond_ms); unbusy0=$(core_unbusy_ms $SERVER_CORE); t0=$(now_ms)
   before=$(cpu_ns ${PIDS[$1]})
   out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$2" --rate "$3" --connections $CONNS --duration "$SECONDS_PER_RATE" --warmup 2 --json)
   after=$(cpu_ns ${PIDS[$1]})
+  core=$(( $(now_ms) - t0 - ($(core_unbusy_ms $SERVER_CORE) - unbusy0) ))
   local vm="$(( $(steal_ms) - steal0 ))|$(( $(kdamond_ms) - kd0 ))"
   local done; done=$(json_field "$out" completed)
   # CPU is measured over warm-up + measured window; count both windows' calls.
   local total; total=$(calc "$done + $(json_field "$out" achieved_rate) * 2")
   us=$(calc "($after - $before) / 1000 / $total")
-  ROWS+=("$1|$3|$(json_field "$out" achieved_rate)|$us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$(json_field "$out" p9999_us)|$(json_field "$out" max_us)|$(json_field "$out" other_status)|$vm")
+  ROWS+=("$1|$3|$(json_field "$out" achieved_rate)|$us|$(calc "$core * 1000 / $total")|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$(json_field "$out" p9999_us)|$(json_field "$out" max_us)|$(json_field "$out" other_status)|$vm")
   echo "  $1 @ $3/s: cpu ${us} µs/req  $out" >&2
 }
 
@@ -95,18 +97,20 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot accept and receive, provided buffers, DEFER_TASKRUN), the floor of a custom event loop. trackplane: io_uring, as shipped (wake-ups batched: wake_batch 32, wake_linger_us 200; store and view idle-class while calm); trackplane-normal: background_class = \"normal\"; trackplane-unbatched: wake_batch = 0; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."
   echo "trackplane: 1 worker, realistic mix (50 advertisers x 20k-product catalogs, 10% broken tags), records on disk."
   echo
-  echo "| server | target/s | achieved/s | CPU µs/req | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx/3xx | steal ms | kdamond ms |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "CPU µs/req: the server's threads (schedstat). core µs/req: the time core $SERVER_CORE was busy (wall time less its /proc/stat idle, iowait and steal). The kernel charges interrupt and softirq work (such as the IPI that wakes a sleeping server) to whichever thread is on the core, and to no process when it is idle, so a server idle between requests is not charged for work that one whose threads fill those gaps is; the core's busy time counts both alike."
+  echo
+  echo "| server | target/s | achieved/s | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | non-2xx/3xx | steal ms | kdamond ms |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for row in "${ROWS[@]}"; do echo "|${row}|"; done
   echo
-  echo "Ratios to nginx at the same rate (CPU per request; p99; p99.9):"
+  echo "Ratios to nginx at the same rate (CPU per request; core per request; p99; p99.9):"
   echo
   for r in $RATES; do
     n=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" '$1=="nginx" && $2==r')
     for s in bare multishot trackplane trackplane-normal trackplane-unbatched trackplane-epoll trackplane-nostore trackplane-sync; do
       x=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v r="$r" -v s=$s '$1==s && $2==r')
       [ -n "$x" ] && [ -n "$n" ] || continue
-      echo "- $s @ $r/s: CPU $(calc "$(cut -d'|' -f4 <<<"$x") / $(cut -d'|' -f4 <<<"$n")")x, p99 $(calc "$(cut -d'|' -f6 <<<"$x") / $(cut -d'|' -f6 <<<"$n")")x, p99.9 $(calc "$(cut -d'|' -f7 <<<"$x") / $(cut -d'|' -f7 <<<"$n")")x"
+      echo "- $s @ $r/s: CPU $(calc "$(cut -d'|' -f4 <<<"$x") / $(cut -d'|' -f4 <<<"$n")")x, core $(calc "$(cut -d'|' -f5 <<<"$x") / $(cut -d'|' -f5 <<<"$n")")x, p99 $(calc "$(cut -d'|' -f7 <<<"$x") / $(cut -d'|' -f7 <<<"$n")")x, p99.9 $(calc "$(cut -d'|' -f8 <<<"$x") / $(cut -d'|' -f8 <<<"$n")")x"
     done
   done
   if [ ${#SAT[@]} -gt 0 ]; then

@@ -99,3 +99,15 @@ stop_server() {
 kdamond_ms() { local k; k=$(pgrep -x kdamond.0 | head -1 || true)
   if [ -n "$k" ]; then echo $(( $(cut -d' ' -f1 /proc/"$k"/schedstat) / 1000000 )); else echo 0; fi; }
 
+
+# What core $1 has not been busy with so far, in ms, from /proc/stat:
+# idle, iowait and steal. The kernel charges interrupt and softirq work
+# to whichever thread is on the core when it comes (this kernel has no
+# IRQ_TIME_ACCOUNTING), and to no process when the core is idle; so a
+# server whose own threads fill the gaps between requests is charged work
+# that a server idle in those gaps is not. A window's wall time less this
+# counts both alike. (Not /proc/stat's user and system: they are sampled
+# by the tick, which stops while the core idles, and a core idling every
+# few µs is undercounted.)
+core_unbusy_ms() { awk -v c="cpu$1" '$1 == c {print ($5 + $6 + $9) * 10}' /proc/stat; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

@@ -31,17 +31,19 @@ ROWS=()
 for round in $(seq "$ROUNDS"); do
   for s in $SERVERS; do
     start_server $s
-    steal0=$(steal_ms); kd0=$(kdamond_ms)
+    steal0=$(steal_ms); kd0=$(kdamond_ms); core0=$(core_unbusy_ms $SERVER_CORE); t0=$(now_ms)
     before=$(cpu_ns ${PIDS[$s]})
     out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$PORT" --rate "$RATE" --connections $CONNS \
       --duration "$SECONDS_PER_WINDOW" --warmup 2 --json ${MIX:-})
     after=$(cpu_ns ${PIDS[$s]})
+    core=$(( $(now_ms) - t0 - ($(core_unbusy_ms $SERVER_CORE) - core0) ))
     steal=$(( $(steal_ms) - steal0 )); kd=$(( $(kdamond_ms) - kd0 ))
     stop_server $s
     # CPU covers warm-up and window; so do the calls it is divided by.
     calls=$(awk "BEGIN {print $(json_field "$out" completed) + $(json_field "$out" achieved_rate) * 2}")
     us=$(awk "BEGIN {printf \"%.2f\", ($after - $before) / 1000 / $calls}")
-    row="$round|$s|$us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$steal|$kd"
+    core_us=$(awk "BEGIN {printf \"%.2f\", $core * 1000 / $calls}")
+    row="$round|$s|$us|$core_us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$steal|$kd"
     ROWS+=("$row")
     echo "  $row" >&2
   done
@@ -56,19 +58,21 @@ done
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
   echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags${MIX:+; loadtest $MIX}), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."
   echo
-  echo "| round | server | CPU µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| round | server | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   for r in "${ROWS[@]}"; do echo "|$r|"; done
   echo
-  echo "Per server: windows with p99 <= $BOUND µs; median CPU µs/req, p99 and p99.9 over the windows."
+  echo "CPU: the server's threads (schedstat). Core: the time its core was busy (wall time less /proc/stat idle, iowait and steal), which also counts interrupt and softirq work that lands while the core would otherwise be idle (see core_unbusy_ms in bench/lib.sh)."
+  echo
+  echo "Per server: windows with p99 <= $BOUND µs; median CPU µs/req, core µs/req, p99 and p99.9 over the windows."
   echo
   for s in $SERVERS; do
     printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$BOUND" '
-      $2==s { n++; met += ($5 <= b); cpu[n]=$3; p99[n]=$5; p999[n]=$6 }
+      $2==s { n++; met += ($6 <= b); cpu[n]=$3; core[n]=$4; p99[n]=$6; p999[n]=$7 }
       function median(a, n,   i, j, t) {
         for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t=a[j]; a[j]=a[j-1]; a[j-1]=t }
         return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
-      END { printf "- %s: %d of %d; CPU %.2f, p99 %.0f µs, p99.9 %.0f µs\n", s, met, n, median(cpu, n), median(p99, n), median(p999, n) }'
+      END { printf "- %s: %d of %d; CPU %.2f, core %.2f, p99 %.0f µs, p99.9 %.0f µs\n", s, met, n, median(cpu, n), median(core, n), median(p99, n), median(p999, n) }'
   done
 } > "$OUT"
 cat "$OUT"
