@@ -101,13 +101,18 @@ kdamond_ms() { local k; k=$(pgrep -x kdamond.0 | head -1 || true)
 
 
 # What core $1 has not been busy with so far, in ms, from /proc/stat:
-# idle, iowait and steal. The kernel charges interrupt and softirq work
+# idle and iowait. The kernel charges interrupt and softirq work
 # to whichever thread is on the core when it comes (this kernel has no
 # IRQ_TIME_ACCOUNTING), and to no process when the core is idle; so a
 # server whose own threads fill the gaps between requests is charged work
 # that a server idle in those gaps is not. A window's wall time less this
 # counts both alike. (Not /proc/stat's user and system: they are sampled
 # by the tick, which stops while the core idles, and a core idling every
-# few µs is undercounted.)
-core_unbusy_ms() { awk -v c="cpu$1" '$1 == c {print ($5 + $6 + $9) * 10}' /proc/stat; }
+# few µs is undercounted.) Steal is not taken off: a halted core woken by
+# an interrupt often waits for the host with the guest still idle, so
+# steal is largely idle time already (taking it off too gave cores less
+# busy than the server's own threads in windows with seconds of steal);
+# what steal lands on busy time counts as busy. Windows with much steal
+# (the races print it) are not worth reading either way.
+core_unbusy_ms() { awk -v c="cpu$1" '$1 == c {print ($5 + $6) * 10}' /proc/stat; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

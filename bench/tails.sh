@@ -62,7 +62,7 @@ done
   echo "|---|---|---|---|---|---|---|---|---|"
   for r in "${ROWS[@]}"; do echo "|$r|"; done
   echo
-  echo "CPU: the server's threads (schedstat). Core: the time its core was busy (wall time less /proc/stat idle, iowait and steal), which also counts interrupt and softirq work that lands while the core would otherwise be idle (see core_unbusy_ms in bench/lib.sh)."
+  echo "CPU: the server's threads (schedstat). Core: the time its core was busy (wall time less /proc/stat idle and iowait), which also counts interrupt and softirq work that lands while the core would otherwise be idle (see core_unbusy_ms in bench/lib.sh)."
   echo
   echo "Per server: windows with p99 <= $BOUND µs; median CPU µs/req, core µs/req, p99 and p99.9 over the windows."
   echo
