@@ -99,7 +99,6 @@ stop_server() {
 kdamond_ms() { local k; k=$(pgrep -x kdamond.0 | head -1 || true)
   if [ -n "$k" ]; then echo $(( $(cut -d' ' -f1 /proc/"$k"/schedstat) / 1000000 )); else echo 0; fi; }
 
-
 # What core $1 has not been busy with so far, in ms, from /proc/stat:
 # idle and iowait. The kernel charges interrupt and softirq work
 # to whichever thread is on the core when it comes (this kernel has no
