@@ -40,10 +40,10 @@ one() { # label binary
   wait_port $PORT
   taskset -c 1 $LT run --addr 127.0.0.1:$PORT --rate "$RATE" --connections 64 --duration 2 --warmup 0 --json >/dev/null
   for _ in $(seq "$ROUNDS"); do
-    local s0 out n threads u0 t0 core
-    cpu_of $pid > "$W/before"; s0=$(steal_ms); u0=$(core_unbusy_ms 0); t0=$(now_ms)
+    local s0 out n threads mark core
+    cpu_of $pid > "$W/before"; s0=$(steal_ms); mark=$(core_mark 0)
     out=$(taskset -c 1 $LT run --addr 127.0.0.1:$PORT --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json)
-    core=$(( $(now_ms) - t0 - ($(core_unbusy_ms 0) - u0) ))
+    core=$(core_busy_ms 0 "$mark")
     cpu_of $pid > "$W/after"
     n=$(json_field "$out" completed)
     threads=$(join "$W/before" "$W/after" | awk -v n="$n" '{d=($3-$2)/1000/n; t+=d; if (d>=0.05) s=s sprintf(" %s %.2f", $1, d)} END {printf "%.2f |%s", t, s}')

@@ -36,12 +36,12 @@ calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 
 ROWS=()
 run_rate() { # server port rate
-  local before after out us steal0 kd0 unbusy0 t0 core
-  steal0=$(steal_ms); kd0=$(kdamond_ms); unbusy0=$(core_unbusy_ms $SERVER_CORE); t0=$(now_ms)
+  local before after out us steal0 kd0 mark core
+  steal0=$(steal_ms); kd0=$(kdamond_ms); mark=$(core_mark $SERVER_CORE)
   before=$(cpu_ns ${PIDS[$1]})
   out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$2" --rate "$3" --connections $CONNS --duration "$SECONDS_PER_RATE" --warmup 2 --json)
   after=$(cpu_ns ${PIDS[$1]})
-  core=$(( $(now_ms) - t0 - ($(core_unbusy_ms $SERVER_CORE) - unbusy0) ))
+  core=$(core_busy_ms $SERVER_CORE "$mark")
   local vm="$(( $(steal_ms) - steal0 ))|$(( $(kdamond_ms) - kd0 ))"
   local done; done=$(json_field "$out" completed)
   # CPU is measured over warm-up + measured window; count both windows' calls.

@@ -115,3 +115,7 @@ kdamond_ms() { local k; k=$(pgrep -x kdamond.0 | head -1 || true)
 # (the races print it) are not worth reading either way.
 core_unbusy_ms() { awk -v c="cpu$1" '$1 == c {print ($5 + $6) * 10}' /proc/stat; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# A window of core $1's busy time: core_mark before it, core_busy_ms
+# CORE MARK after it (ms).
+core_mark() { echo "$(core_unbusy_ms "$1") $(now_ms)"; }
+core_busy_ms() { local u t; read -r u t <<<"$2"; echo $(( $(now_ms) - t - ($(core_unbusy_ms "$1") - u) )); }

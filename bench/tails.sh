@@ -31,12 +31,12 @@ ROWS=()
 for round in $(seq "$ROUNDS"); do
   for s in $SERVERS; do
     start_server $s
-    steal0=$(steal_ms); kd0=$(kdamond_ms); core0=$(core_unbusy_ms $SERVER_CORE); t0=$(now_ms)
+    steal0=$(steal_ms); kd0=$(kdamond_ms); mark=$(core_mark $SERVER_CORE)
     before=$(cpu_ns ${PIDS[$s]})
     out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$PORT" --rate "$RATE" --connections $CONNS \
       --duration "$SECONDS_PER_WINDOW" --warmup 2 --json ${MIX:-})
     after=$(cpu_ns ${PIDS[$s]})
-    core=$(( $(now_ms) - t0 - ($(core_unbusy_ms $SERVER_CORE) - core0) ))
+    core=$(core_busy_ms $SERVER_CORE "$mark")
     steal=$(( $(steal_ms) - steal0 )); kd=$(( $(kdamond_ms) - kd0 ))
     stop_server $s
     # CPU covers warm-up and window; so do the calls it is divided by.
