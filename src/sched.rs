@@ -24,7 +24,15 @@
 //! showed waits of 0.3-0.45 ms behind such passes. So a pass breathes: it drains [`PASS_CHUNK`] records
 //! at a time, and the store compresses a block a piece at a time, with a
 //! yield in between (`breathe`), which in the normal class hands the core
-//! to a waiting worker. In interleaved pairs of 10 s windows, with both
+//! to a waiting worker. A pass with a backlog does not breathe: once a
+//! ring is past a quarter (at the pass's start, at a pause, or a worker's
+//! lift) it runs through, as before breathing. Breathing through a
+//! backlog gave a waiting worker the core every 32 records, and on a
+//! saturated core the store then fell behind without end: at 160k
+//! requests/s offered to one core, 0.8-1.06 million of about 1.2 million
+//! events per 10 s window were refused, in either class
+//! (`bench/results/saturate-20261129-2351.md`).
+//! In interleaved pairs of 10 s windows, with both
 //! changes p99 in the normal class was lower in 4 pairs of 4 (807-1099
 //! against 114-245 µs), in the default class (whose passes go normal after
 //! a lift) in 3 of 4 (medians 666 against 232 µs). CPU per request: the
@@ -61,7 +69,7 @@
 
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 const NORMAL: u8 = 0;
@@ -86,6 +94,9 @@ pub struct Class {
     normal_until_ms: AtomicU64,
     /// How long that is: `NORMAL_AFTER_LIFT_MS` but in tests.
     hold_ms: u64,
+    /// Whether the pass under way has met a backlog (a ring past a
+    /// quarter) and so runs through without breathing.
+    backlog: AtomicBool,
 }
 
 /// How long passes stay in the normal class after a lift. A busy core
@@ -125,6 +136,7 @@ impl Class {
             idle_passes: AtomicU64::new(0),
             normal_until_ms: AtomicU64::new(0),
             hold_ms,
+            backlog: AtomicBool::new(false),
         }
     }
 
@@ -138,8 +150,16 @@ impl Class {
         self.state.load(Ordering::Acquire) == IDLE
     }
 
-    /// Called by the thread itself at the start of each pass: into the
-    /// idle class when `calm`, back to the normal class when not.
+    /// Called by the thread itself at the start of each pass, with whether
+    /// a ring is past a quarter (or a worker waits on the pass): such a
+    /// pass runs through without breathing.
+    pub fn start_pass(&self, backlog: bool) {
+        self.backlog.store(backlog, Ordering::Relaxed);
+    }
+
+    /// Called by the thread itself at the start of each pass, after
+    /// [`Class::start_pass`]: into the idle class when `calm`, back to the
+    /// normal class when not.
     pub fn settle(&self, calm: bool) {
         if !self.enabled {
             return;
@@ -177,22 +197,35 @@ impl Class {
     }
 
     /// Called by the thread itself between chunks of a pass
-    /// ([`PASS_CHUNK`] records): in the normal class, gives the core to a
-    /// worker that woke meanwhile. The scheduler would let a normal-class
-    /// pass run on to the end of its slice (milliseconds) while the worker
-    /// waited; in the idle class the worker's wake-up takes the core at
-    /// once, so there is nothing to do. Alone on the core the yield
-    /// returns at once.
+    /// ([`PASS_CHUNK`] records), with whether the ring it drains is past a
+    /// quarter now: in the normal class, gives the core to a worker that
+    /// woke meanwhile, unless the pass has met a backlog. The scheduler
+    /// would let a normal-class pass run on to the end of its slice
+    /// (milliseconds) while the worker waited; in the idle class the
+    /// worker's wake-up takes the core at once, so there is nothing to do.
+    /// Alone on the core the yield returns at once.
     #[inline]
-    pub fn breathe(&self) {
-        if self.state.load(Ordering::Acquire) != IDLE {
+    pub fn breathe(&self, backlog: bool) {
+        if backlog {
+            self.backlog.store(true, Ordering::Relaxed);
+        }
+        if self.breathes() {
             yield_now();
         }
     }
 
-    /// From any thread: back to the normal class if idle. Cheap when not.
+    /// Whether [`Class::breathe`] yields now: in the normal class, in a
+    /// pass that has met no backlog.
+    fn breathes(&self) -> bool {
+        !self.backlog.load(Ordering::Relaxed) && self.state.load(Ordering::Acquire) != IDLE
+    }
+
+    /// From any thread, for a ring past a quarter: back to the normal
+    /// class if idle, and the pass under way runs through. Cheap when
+    /// already normal.
     #[inline]
     pub fn lift(&self) {
+        self.backlog.store(true, Ordering::Relaxed);
         if self.state.load(Ordering::Acquire) != IDLE {
             return;
         }
@@ -433,6 +466,41 @@ mod tests {
             class.settle(true);
             assert!(!class.is_idle());
             assert_eq!(policy(0).unwrap(), libc::SCHED_OTHER);
+        });
+    }
+
+    /// A pass breathes until it meets a backlog, from its start, a pause
+    /// or a worker's lift; then it runs through to its end.
+    #[test]
+    fn a_pass_with_a_backlog_runs_through_without_breathing() {
+        let class = Class::new(false);
+        class.start_pass(false);
+        assert!(class.breathes());
+        class.breathe(false);
+        assert!(class.breathes());
+        class.breathe(true);
+        assert!(!class.breathes(), "a ring past a quarter at a pause");
+        class.breathe(false);
+        assert!(!class.breathes(), "the rest of the pass runs through");
+        class.start_pass(false);
+        assert!(class.breathes(), "the next calm pass breathes again");
+        class.lift();
+        assert!(!class.breathes(), "a worker's lift");
+        class.start_pass(true);
+        assert!(!class.breathes(), "a backlog at the start");
+    }
+
+    #[test]
+    fn a_pass_in_the_idle_class_never_breathes() {
+        if skipped() {
+            return;
+        }
+        on_own_thread(|| {
+            let class = Class::holding(true, 0);
+            class.start_pass(false);
+            class.settle(true);
+            assert!(class.is_idle());
+            assert!(!class.breathes());
         });
     }
 

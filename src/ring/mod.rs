@@ -226,13 +226,14 @@ impl Consumer {
 
     /// Like [`Consumer::drain`] (what was published when it began, no
     /// more, so a producer that keeps up cannot make it endless), calling
-    /// `pause` after every `every` records while more wait. Space goes back
-    /// to the producer before each pause.
+    /// `pause` after every `every` records while more wait, with whether
+    /// more than a quarter of the ring still waits ([`Consumer::past_quarter`]).
+    /// Space goes back to the producer before each pause.
     pub fn drain_pausing(
         &mut self,
         every: usize,
         mut f: impl FnMut(&[u8]),
-        mut pause: impl FnMut(),
+        mut pause: impl FnMut(bool),
     ) -> usize {
         let tail = self.shared.tail.load(Ordering::Acquire);
         let mut n = 0;
@@ -242,7 +243,7 @@ impl Consumer {
             if self.head >= tail {
                 return n;
             }
-            pause();
+            pause(self.past_quarter());
         }
     }
 
@@ -361,8 +362,8 @@ mod tests {
         let n = c.drain_pausing(
             4,
             |rec| seen.push(rec[0]),
-            || {
-                used_at_pauses.push(gauge.used_bytes());
+            |pressed| {
+                used_at_pauses.push((gauge.used_bytes(), pressed));
                 // Published during the drain: left for the next one.
                 p.borrow_mut().push(&[99; 20]).unwrap();
             },
@@ -370,15 +371,31 @@ mod tests {
         assert_eq!(n, 10);
         assert_eq!(seen, (0..10).collect::<Vec<u8>>());
         // After 4 and 8 records, none after the last; space handed back
-        // before each pause (24 bytes a record, and the pushes meanwhile).
-        assert_eq!(used_at_pauses, [6 * 24, 3 * 24]);
+        // before each pause (24 bytes a record, and the pushes meanwhile),
+        // all of it below a quarter of the ring.
+        assert_eq!(used_at_pauses, [(6 * 24, false), (3 * 24, false)]);
         let mut rest = Vec::new();
-        assert_eq!(c.drain_pausing(4, |rec| rest.push(rec[0]), || {}), 2);
+        assert_eq!(c.drain_pausing(4, |rec| rest.push(rec[0]), |_| {}), 2);
         assert_eq!(rest, [99, 99]);
         assert_eq!(
-            c.drain_pausing(4, |_| {}, || panic!("nothing to pause for")),
+            c.drain_pausing(4, |_| {}, |_| panic!("nothing to pause for")),
             0
         );
+    }
+
+    /// Pauses say whether more than a quarter of the ring still waits: a
+    /// backlog past it is what a pass must not yield its way through.
+    #[test]
+    fn drain_pausing_tells_each_pause_whether_a_quarter_still_waits() {
+        let (mut p, mut c) = ring(1024);
+        // 20 records of 24 bytes: 480 bytes waiting, a quarter is 256.
+        for i in 0..20u8 {
+            p.push(&[i; 20]).unwrap();
+        }
+        let mut pressed_at = Vec::new();
+        c.drain_pausing(4, |_| {}, |pressed| pressed_at.push(pressed));
+        // Waiting at each pause: 384, 288, 192, 96 bytes.
+        assert_eq!(pressed_at, [true, true, false, false]);
     }
 
     #[test]

@@ -273,12 +273,14 @@ impl Ctx {
                     .iter()
                     .map(|s| s.shared.sync_wanted.load(Ordering::Acquire)),
             );
-            // The pass runs in the idle class only while nothing waits on
-            // it (a worker waiting for a sync would wait for whatever else
-            // runs) and no ring is past a quarter, where a worker lifts it.
+            // The pass runs in the idle class, and breathes, only while
+            // nothing waits on it (a worker waiting for a sync would wait
+            // for whatever else runs) and no ring is past a quarter, where
+            // a worker lifts it.
             let waited_on = sync_due(&streams, &wanted);
             let calm = !streams.iter().any(|s| s.consumer.past_quarter());
             let sync_types = self.status.sync_types.load(Ordering::Relaxed);
+            self.status.class.start_pass(!calm || waited_on);
             self.status.class.settle(calm && !waited_on && !sync_types);
             for s in streams.iter_mut() {
                 self.drain(s)?;
@@ -289,7 +291,7 @@ impl Ctx {
                 for s in streams.iter_mut() {
                     if let Some(stats) = s
                         .writer
-                        .write_block_pausing(&mut || self.status.class.breathe())?
+                        .write_block_pausing(&mut || self.status.class.breathe(false))?
                     {
                         self.metrics.block(&stats);
                     }
@@ -386,7 +388,7 @@ impl Ctx {
                 if result.is_ok() && writer.block_full() {
                     // A segment ends at its size however much one pass drains.
                     result = writer
-                        .write_block_pausing(&mut || class.breathe())
+                        .write_block_pausing(&mut || class.breathe(false))
                         .and_then(|stats| {
                             if let Some(stats) = stats {
                                 metrics.block(&stats);
@@ -395,7 +397,7 @@ impl Ctx {
                         });
                 }
             },
-            || class.breathe(),
+            |backlog| class.breathe(backlog),
         );
         if let Err(e) = &result {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);

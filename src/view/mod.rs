@@ -497,13 +497,19 @@ pub fn spawn(
                     view.forget_idle(unix_ms());
                     last_forget = std::time::Instant::now();
                 }
-                // Passes run in the idle class while no ring is past a
-                // quarter, where a worker lifts the thread; it sleeps in
-                // the normal class (see `sched`).
-                view.class.settle(!rings.iter().any(Consumer::past_quarter));
+                // Passes run in the idle class, and breathe, while no ring
+                // is past a quarter, where a worker lifts the thread; it
+                // sleeps in the normal class (see `sched`).
+                let calm = !rings.iter().any(Consumer::past_quarter);
+                view.class.start_pass(!calm);
+                view.class.settle(calm);
                 for ring in &mut rings {
                     let mut batch = view.batch();
-                    ring.drain_pausing(PASS_CHUNK, |rec| batch.add(rec), || view.class.breathe());
+                    ring.drain_pausing(
+                        PASS_CHUNK,
+                        |rec| batch.add(rec),
+                        |backlog| view.class.breathe(backlog),
+                    );
                 }
                 // Nap between passes, busy or not: this thread shares the
                 // workers' cores, and draining a few records per wake-up
