@@ -261,9 +261,15 @@ fn restart_under_load(driver: &str) {
         .collect();
     assert!(
         missing.is_empty(),
-        "{} answered events missing, e.g. {:?}",
+        "{} answered events missing, e.g. {:?}; refusals logged: {:?}",
         missing.len(),
-        &missing[..missing.len().min(5)]
+        &missing[..missing.len().min(5)],
+        old.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("not stored"))
+            .collect::<Vec<_>>()
     );
     let ids: HashSet<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), records.len(), "ids are unique across processes");

@@ -151,3 +151,46 @@ fn tells_systemd_ready_watchdog_and_stopping() {
     assert!(stopping);
     assert!(server.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// A process that answered events it could not store says so, with how
+/// many, when it stops: here the disk budget refuses them.
+#[test]
+fn stopping_logs_how_many_answered_events_were_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("trackplane.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nflush_interval_ms = 5\nblock_max_bytes = 1024\n\
+         segment_max_bytes = 4096\ndisk_budget_bytes = 8192\n",
+    )
+    .unwrap();
+    let mut server = common::process::serve(
+        &dir.path().join("data"),
+        &["--workers", "1", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let admin_metric = |name: &str| {
+        let mut s = std::net::TcpStream::connect(server.admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut page = String::new();
+        std::io::Read::read_to_string(&mut s, &mut page).unwrap();
+        common::metric(&page, name)
+    };
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let pad = "x".repeat(300);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin_metric("trackplane_events_refused_total") < 3.0 {
+        assert!(Instant::now() < deadline, "the budget never refused");
+        write!(s, "GET /i?adv=demo&pad={pad} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(read_one(&mut s), Some(200), "pixels always answer");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let refused = admin_metric("trackplane_events_refused_total");
+    let from = server.log_len();
+    server.signal("-TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+    let line = server.wait_log("not stored", from);
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&format!("refused={refused}")), "{line}");
+}

@@ -538,6 +538,18 @@ impl Server {
         if panicked {
             return Err(ServeError::Thread("a thread panicked".into()));
         }
+        let refused: u64 = self
+            .page
+            .workers
+            .iter()
+            .map(|w| w.events_refused.get())
+            .sum();
+        if refused > 0 {
+            tracing::warn!(
+                refused,
+                "events answered but not stored while this process ran (ring full or disk budget)"
+            );
+        }
         tracing::info!("trackplane stopped");
         Ok(())
     }
