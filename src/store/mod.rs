@@ -474,6 +474,59 @@ impl Ctx {
 mod tests {
     use super::*;
 
+    /// On a core its producer keeps busy, the store still keeps up: a pass
+    /// that meets a backlog runs through instead of yielding the core back
+    /// every few records (which gave it a few records per scheduler slice
+    /// and, saturated, a full ring).
+    #[test]
+    fn the_store_keeps_up_on_a_core_its_producer_keeps_busy() {
+        let refused = std::thread::spawn(|| {
+            // The store's threads inherit this thread's core.
+            if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.first().copied()) {
+                core_affinity::set_for_current(core);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = crate::config::Config::from_toml_str("", "test")
+                .unwrap()
+                .storage;
+            let (mut producer, consumer) = crate::ring::ring(1 << 20);
+            let spec = StreamSpec {
+                stream: 0,
+                consumer,
+                next_seq: 0,
+                shared: Arc::default(),
+            };
+            let store = Store::start(dir.path(), "t", &cfg, vec![spec], Arc::default()).unwrap();
+            let mut rec = Vec::new();
+            let (mut seq, mut refused) = (0u64, 0u64);
+            let end = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < end {
+                // A request's worth of work, then its record.
+                let work = Instant::now() + Duration::from_micros(20);
+                while Instant::now() < work {
+                    std::hint::spin_loop();
+                }
+                rec.clear();
+                rec.extend_from_slice(&seq.to_le_bytes());
+                rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+                rec.extend_from_slice(
+                    format!(r#"{{"id":"t-0-{seq}","pad":"{:0>200}"}}"#, seq).as_bytes(),
+                );
+                match producer.push(&rec) {
+                    Ok(()) => seq += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+            drop(producer);
+            store.finish().unwrap();
+            eprintln!("{seq} records stored, {refused} refused");
+            refused
+        })
+        .join()
+        .unwrap();
+        assert_eq!(refused, 0, "a full ring refused records");
+    }
+
     /// A pass that drains far more than a segment holds still ends each
     /// segment at its size, not at the end of the pass.
     #[test]
