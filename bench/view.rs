@@ -84,6 +84,25 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    // Valid records are read by scan, invalid ones parsed for their
+    // issues: each path alone, per record.
+    for (name, want_invalid) in [("add_valid", false), ("add_invalid", true)] {
+        let subset: Vec<&Vec<u8>> = recs
+            .iter()
+            .filter(|r| r.windows(18).any(|w| w == b"\"status\":\"invalid\"") == want_invalid)
+            .collect();
+        let mut g = c.benchmark_group("view");
+        g.throughput(Throughput::Elements(subset.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut batch = view.batch();
+                for r in &subset {
+                    batch.add(r);
+                }
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, bench);

@@ -1,7 +1,8 @@
 //! A query string (or form body) through decoding, audit and encoding, as
 //! `/i`, `/c` and `/e` handle it: nothing panics, and every record encoded
-//! from whatever was decoded is valid JSON. The same bytes as a redirect
-//! target: the redirect check never panics.
+//! from whatever was decoded is valid JSON, and where the live view's scan
+//! reads a record (`record::peek`) it reads what a JSON parser does. The
+//! same bytes as a redirect target: the redirect check never panics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -36,8 +37,25 @@ fuzz_target!(|data: &[u8]| {
             };
             let mut out = Vec::new();
             record::encode(&mut out, &env, &verdict, &params);
-            if let Err(e) = serde_json::from_slice::<serde_json::Value>(&out) {
-                panic!("{e}: {}", String::from_utf8_lossy(&out));
+            let parsed = match serde_json::from_slice::<serde_json::Value>(&out) {
+                Ok(v) => v,
+                Err(e) => panic!("{e}: {}", String::from_utf8_lossy(&out)),
+            };
+            let mut slots = [None; trackplane::audit::Issues::CAP];
+            if let Some((ts, t, a, st)) = record::peek::ts_head_and_issues(&out, &mut slots) {
+                let text = String::from_utf8_lossy(&out);
+                assert_eq!(parsed["ts_ms"], ts, "{text}");
+                assert_eq!(parsed["type"], t, "{text}");
+                assert_eq!(parsed["advertiser"], a, "{text}");
+                assert_eq!(parsed["status"], st, "{text}");
+                let issues = parsed["issues"].as_array().unwrap();
+                let read = slots.iter().flatten().count();
+                assert_eq!(read, issues.len().min(slots.len()), "{text}");
+                for (&(code, param, value), i) in slots.iter().flatten().zip(issues) {
+                    assert_eq!(i["code"], code, "{text}");
+                    assert_eq!(i["param"], param, "{text}");
+                    assert_eq!(i["value"].as_str().unwrap_or(""), value, "{text}");
+                }
             }
         }
     });

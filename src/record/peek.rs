@@ -25,6 +25,14 @@ fn plain_str_from<'a>(rec: &'a [u8], from: usize, key: &[u8]) -> Option<(&'a str
     Some((value, at + len + 1))
 }
 
+/// [`plain_str_from`] with `key` exactly at `at`.
+fn plain_str_at<'a>(rec: &'a [u8], at: usize, key: &[u8]) -> Option<(&'a str, usize)> {
+    if !rec.get(at..)?.starts_with(key) {
+        return None;
+    }
+    plain_str_from(rec, at, key)
+}
+
 /// `ts_ms`.
 pub fn ts_ms(rec: &[u8]) -> Option<u64> {
     Some(ts_ms_from(rec)?.0)
@@ -50,22 +58,69 @@ fn ts_ms_from(rec: &[u8]) -> Option<(u64, usize)> {
 /// has an escape.
 pub fn ts_and_head(rec: &[u8]) -> Option<(u64, &str, &str, &str)> {
     let (ts, at) = ts_ms_from(rec)?;
-    let (t, a, st) = head_from(rec, at)?;
+    let (t, a, st, _) = head_from(rec, at)?;
     Some((ts, t, a, st))
+}
+
+/// One issue as a record carries it: code, parameter, and value (empty
+/// when the record has none).
+pub type Issue<'a> = (&'a str, &'a str, &'a str);
+
+/// [`ts_and_head`], and the first `issues.len()` issues into `issues`
+/// (the rest are skipped), when no value read has an escape. Issues are
+/// written `{"code":..,"param":..[,"value":..]}` right after `status`.
+pub fn ts_head_and_issues<'a>(
+    rec: &'a [u8],
+    issues: &mut [Option<Issue<'a>>],
+) -> Option<(u64, &'a str, &'a str, &'a str)> {
+    let (ts, at) = ts_ms_from(rec)?;
+    let (t, a, st, mut at) = head_from(rec, at)?;
+    let list = b",\"issues\":[";
+    if !rec.get(at..)?.starts_with(list) {
+        return None;
+    }
+    at += list.len();
+    issues.fill(None);
+    let mut n = 0;
+    while rec.get(at) == Some(&b'{') {
+        let (code, next) = plain_str_at(rec, at, b"{\"code\":\"")?;
+        let (param, next) = plain_str_at(rec, next, b",\"param\":\"")?;
+        at = next;
+        let mut value = "";
+        if rec.get(at) == Some(&b',') {
+            (value, at) = plain_str_at(rec, at, b",\"value\":\"")?;
+        }
+        if rec.get(at) != Some(&b'}') {
+            return None;
+        }
+        at += 1;
+        if let Some(slot) = issues.get_mut(n) {
+            *slot = Some((code, param, value));
+            n += 1;
+        }
+        match rec.get(at) {
+            Some(b',') => at += 1,
+            Some(b']') => break,
+            _ => return None,
+        }
+    }
+    (rec.get(at) == Some(&b']')).then_some((ts, t, a, st))
 }
 
 /// `type`, `advertiser` and `status`, when none has an escape. Each key is
 /// searched after the previous one's value, in the order records are
 /// written.
 pub fn head(rec: &[u8]) -> Option<(&str, &str, &str)> {
-    head_from(rec, 0)
+    let (t, a, st, _) = head_from(rec, 0)?;
+    Some((t, a, st))
 }
 
-fn head_from(rec: &[u8], from: usize) -> Option<(&str, &str, &str)> {
+/// `type`, `advertiser`, `status`, and the offset just past `status`.
+fn head_from(rec: &[u8], from: usize) -> Option<(&str, &str, &str, usize)> {
     let (t, at) = plain_str_from(rec, from, b",\"type\":\"")?;
     let (a, at) = plain_str_from(rec, at, b",\"advertiser\":\"")?;
-    let (st, _) = plain_str_from(rec, at, b",\"status\":\"")?;
-    Some((t, a, st))
+    let (st, at) = plain_str_from(rec, at, b",\"status\":\"")?;
+    Some((t, a, st, at))
 }
 
 #[cfg(test)]
@@ -86,5 +141,42 @@ mod tests {
         // Out of the written order: not found, and the caller parses.
         let reordered = br#"{"id":"n","ts_ms":1,"advertiser":"shop","type":"a","status":"ok"}"#;
         assert_eq!(head(reordered), None);
+    }
+
+    #[test]
+    fn reads_issues_or_declines() {
+        let mut got = [None; 2];
+        let rec = br#"{"id":"n-0-1","ts_ms":7,"type":"purchase","advertiser":"shop","status":"invalid","issues":[{"code":"missing_param","param":"order_id"},{"code":"unknown_product","param":"pid","value":"sku-9"},{"code":"bad_format","param":"value","value":"9,99"}],"params":{}}"#;
+        assert_eq!(
+            ts_head_and_issues(rec, &mut got),
+            Some((7, "purchase", "shop", "invalid"))
+        );
+        // Two slots: the third issue is skipped.
+        assert_eq!(
+            got,
+            [
+                Some(("missing_param", "order_id", "")),
+                Some(("unknown_product", "pid", "sku-9"))
+            ]
+        );
+        let ok = br#"{"id":"n-0-1","ts_ms":7,"type":"a","advertiser":"b","status":"ok","issues":[],"params":{}}"#;
+        assert_eq!(ts_head_and_issues(ok, &mut got), Some((7, "a", "b", "ok")));
+        assert_eq!(got, [None, None], "slots of an earlier record cleared");
+        // An escape in a value, a key out of place, a cut record: the
+        // caller parses instead.
+        for bad in [
+            &br#"{"id":"n-0-1","ts_ms":7,"type":"a","advertiser":"b","status":"invalid","issues":[{"code":"bad_format","param":"p","value":"a"b"}]}"#[..],
+            br#"{"id":"n-0-1","ts_ms":7,"type":"a","advertiser":"b","status":"invalid","issues":[{"param":"p","code":"bad_format"}]}"#,
+            br#"{"id":"n-0-1","ts_ms":7,"type":"a","advertiser":"b","status":"invalid","issues":[{"code":"bad_format","param":"p"}"#,
+            br#"{"id":"n-0-1","ts_ms":7,"type":"a","advertiser":"b","status":"invalid","issues":[{"code":"bad_format","param":"p"},"#,
+            br#"{"id":"n-0-1","ts_ms":7,"type":"a","advertiser":"b","status":"invalid"}"#,
+        ] {
+            assert_eq!(
+                ts_head_and_issues(bad, &mut got),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }
