@@ -474,6 +474,17 @@ impl Ctx {
 mod tests {
     use super::*;
 
+    /// A store of one stream, 0, draining `consumer`.
+    fn start_one(data_dir: &Path, cfg: &StorageConfig, consumer: Consumer) -> Store {
+        let spec = StreamSpec {
+            stream: 0,
+            consumer,
+            next_seq: 0,
+            shared: Arc::default(),
+        };
+        Store::start(data_dir, "t", cfg, vec![spec], Arc::default()).unwrap()
+    }
+
     /// On a core its producer keeps busy, the store still keeps up: a pass
     /// that meets a backlog runs through instead of yielding the core back
     /// every few records (which gave it a few records per scheduler slice
@@ -490,13 +501,7 @@ mod tests {
                 .unwrap()
                 .storage;
             let (mut producer, consumer) = crate::ring::ring(1 << 20);
-            let spec = StreamSpec {
-                stream: 0,
-                consumer,
-                next_seq: 0,
-                shared: Arc::default(),
-            };
-            let store = Store::start(dir.path(), "t", &cfg, vec![spec], Arc::default()).unwrap();
+            let store = start_one(dir.path(), &cfg, consumer);
             let mut rec = Vec::new();
             let (mut seq, mut refused) = (0u64, 0u64);
             let end = Instant::now() + Duration::from_secs(2);
@@ -550,13 +555,7 @@ mod tests {
             rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}","v":"{x:016x}"}}"#).as_bytes());
             producer.push(&rec).unwrap();
         }
-        let spec = StreamSpec {
-            stream: 0,
-            consumer,
-            next_seq: 0,
-            shared: Arc::default(),
-        };
-        let store = Store::start(dir.path(), "t", &cfg, vec![spec], Arc::default()).unwrap();
+        let store = start_one(dir.path(), &cfg, consumer);
         store.finish().unwrap();
         let segments = crate::segment::list(&segments_dir(dir.path())).unwrap();
         assert!(segments.len() >= 8, "{} segments", segments.len());
