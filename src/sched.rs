@@ -24,15 +24,7 @@
 //! showed waits of 0.3-0.45 ms behind such passes. So a pass breathes: it drains [`PASS_CHUNK`] records
 //! at a time, and the store compresses a block a piece at a time, with a
 //! yield in between (`breathe`), which in the normal class hands the core
-//! to a waiting worker. A pass with a backlog does not breathe: once a
-//! ring is past a quarter (at the pass's start, at a pause, or a worker's
-//! lift) it runs through, as before breathing. Breathing through a
-//! backlog gave a waiting worker the core every 32 records, and on a
-//! saturated core the store then fell behind without end: at 160k
-//! requests/s offered to one core, 0.8-1.06 million of about 1.2 million
-//! events per 10 s window were refused, in either class
-//! (`bench/results/saturate-20261129-2351.md`).
-//! In interleaved pairs of 10 s windows, with both
+//! to a waiting worker. In interleaved pairs of 10 s windows, with both
 //! changes p99 in the normal class was lower in 4 pairs of 4 (807-1099
 //! against 114-245 µs), in the default class (whose passes go normal after
 //! a lift) in 3 of 4 (medians 666 against 232 µs). CPU per request: the
@@ -40,6 +32,15 @@
 //! and 9% and 15% more in two noisier ones, a switch to the worker and
 //! back per breath that finds it waiting
 //! (`bench/results/ab-breathe-20261129-1410.md`).
+//!
+//! A pass with a backlog does not breathe: once a ring is past a quarter
+//! (at the pass's start, at a pause, or by a worker's lift) it runs
+//! through to its end. Breathing through a backlog gave a busy worker the
+//! core every 32 records, and on a saturated core the store then fell
+//! behind without end: at 160k requests/s offered to one core, 0.8-1.06
+//! million of about 1.2 million events per 10 s window were refused, in
+//! either class (`bench/results/saturate-20261129-2351.md`; none with
+//! this rule, `-2356.md`).
 //!
 //! After a lift, the thread's passes stay in the normal class for a second
 //! (`NORMAL_AFTER_LIFT_MS`): on a saturated core it would otherwise go
@@ -66,6 +67,9 @@
 //!   (`SETTLING`) does nothing and is tried again by the next pressed push.
 //! - The thread is in the idle class exactly while `state` is `IDLE`, or
 //!   `SETTLING`/`LIFTING` during the one system call that changes it.
+//! - Within a pass, `backlog` only goes from false to true; only the next
+//!   `start_pass` clears it, so a pass that met a backlog never breathes
+//!   again.
 
 #![allow(unsafe_code)]
 
