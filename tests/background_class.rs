@@ -35,16 +35,11 @@ fn request(addr: SocketAddr, raw: &[u8]) -> common::Response {
     common::read_responses(&mut s, 1).remove(0)
 }
 
-fn metrics(served: &Served) -> String {
-    let r = request(served.admin, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 /// Waits until `name` reads more than `floor` on the metrics page.
 fn wait_above(served: &Served, name: &str, floor: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got = common::metric(&metrics(served), name);
+        let got = common::metric(&served.metrics(), name);
         if got > floor {
             return;
         }
@@ -179,9 +174,9 @@ fn with_cap_sys_nice_passes_run_idle_and_a_ring_past_a_quarter_is_all_stored() {
     let r = request(served.addr, raw.as_bytes());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     // The store drains the backlog and goes back to idle-class passes.
-    let passes = common::metric(&metrics(&served), STORE_IDLE);
+    let passes = common::metric(&served.metrics(), STORE_IDLE);
     wait_above(&served, STORE_IDLE, passes);
-    let page = metrics(&served);
+    let page = served.metrics();
     assert_eq!(
         common::metric(&page, "trackplane_events_refused_total"),
         0.0
@@ -204,7 +199,7 @@ fn without_a_way_back_no_pass_runs_idle() {
     served.wait_log("background=\"normal\"", 0);
     // Give both threads a few passes in which they could have gone idle.
     std::thread::sleep(Duration::from_millis(200));
-    let page = metrics(&served);
+    let page = served.metrics();
     assert_eq!(common::metric(&page, STORE_IDLE), 0.0);
     assert_eq!(common::metric(&page, VIEW_IDLE), 0.0);
     stop(&mut served);

@@ -169,24 +169,20 @@ fn stopping_logs_how_many_answered_events_were_not_stored() {
         &["--workers", "1", "--config", config.to_str().unwrap()],
         &[],
     );
-    let admin_metric = |name: &str| {
-        let mut s = std::net::TcpStream::connect(server.admin).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut page = String::new();
-        std::io::Read::read_to_string(&mut s, &mut page).unwrap();
-        common::metric(&page, name)
+    let refused = |server: &common::process::Served| {
+        common::metric(&server.metrics(), "trackplane_events_refused_total")
     };
     let mut s = std::net::TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let pad = "x".repeat(300);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while admin_metric("trackplane_events_refused_total") < 3.0 {
+    while refused(&server) < 3.0 {
         assert!(Instant::now() < deadline, "the budget never refused");
         write!(s, "GET /i?adv=demo&pad={pad} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         assert_eq!(read_one(&mut s), Some(200), "pixels always answer");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let refused = admin_metric("trackplane_events_refused_total");
+    let refused = refused(&server);
     let from = server.log_len();
     server.signal("-TERM");
     assert!(server.wait_exit(Duration::from_secs(20)).success());

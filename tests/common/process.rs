@@ -3,8 +3,8 @@
 //! its log kept for assertions (and errors echoed), killed when dropped.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -99,6 +99,15 @@ impl Served {
             assert!(Instant::now() < deadline, "no log line with {needle:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The admin port's metrics page.
+    pub fn metrics(&self) -> String {
+        let mut s = TcpStream::connect(self.admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let page = super::read_responses(&mut s, 1).remove(0);
+        String::from_utf8_lossy(&page.body).into_owned()
     }
 
     /// Lines logged so far.
