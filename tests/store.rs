@@ -133,13 +133,29 @@ fn budget_drop_oldest_keeps_the_directory_bounded(d: Driver) {
         }
         assert!(Instant::now() < deadline, "nothing dropped");
     }
-    std::thread::sleep(Duration::from_millis(1200));
-    let total: u64 = list(&s.dir.path().join("segments"))
-        .unwrap()
-        .iter()
-        .map(|f| std::fs::metadata(&f.path).unwrap().len())
-        .sum();
-    assert!(total < 8192 + 2 * 4096, "segments hold {total} bytes");
+    // Once the load stops, the directory comes back under the budget plus
+    // the open segment and one being sealed. Not at once: the store checks
+    // the budget once a second, between passes, and on a busy machine it
+    // may still be writing what the loop sent (its passes run in the idle
+    // class below a quarter-full ring).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let total: u64 = list(&s.dir.path().join("segments"))
+            .unwrap()
+            .iter()
+            // A segment the store deletes meanwhile counts nothing.
+            .filter_map(|f| std::fs::metadata(&f.path).ok())
+            .map(|m| m.len())
+            .sum();
+        if total < 8192 + 2 * 4096 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segments hold {total} bytes 15 s after the load stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn start_recovers_a_torn_segment_and_continues_the_sequence(d: Driver) {

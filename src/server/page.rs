@@ -64,7 +64,7 @@ impl MetricsPage {
             &mut out,
             "trackplane_background_lifts_total",
             "counter",
-            "Times a background thread was lifted from the idle to the normal class mid-pass because a ring filled past a quarter.",
+            "Times a background thread was lifted from the idle to the normal class mid-pass: a ring filled past a quarter, or other work on its core starved the pass.",
             classes.iter().map(|(l, c)| {
                 ((*l).to_owned(), c.lifts.load(Ordering::Relaxed))
             }),

@@ -236,11 +236,14 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
     let canceller = Canceller::new();
     let cancel = canceller.handle();
     let watcher = worker.clone();
+    // An idle-class pass older than this is starved (`sched`).
+    let starved_ms = (worker.shared.config.storage.flush_interval_ms / 2).max(1);
     monoio::spawn(async move {
         while !watcher.shutting_down() {
             monoio::time::sleep(Duration::from_millis(20)).await;
             // The watchdog pings systemd only while this advances.
             watcher.shared.heartbeats[watcher.index].fetch_add(1, Ordering::Relaxed);
+            watcher.handler.borrow().lift_starved_background(starved_ms);
         }
         canceller.cancel();
     });
