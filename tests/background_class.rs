@@ -37,6 +37,19 @@ fn request(addr: SocketAddr, raw: &[u8]) -> common::Response {
     common::read_responses(&mut s, 1).remove(0)
 }
 
+/// A `/batch` request of `n` events of about 500 bytes each.
+fn batch_of(n: usize) -> String {
+    let item = format!(
+        r#"{{"adv":"demo","ev":"page_view","note":"{}"}}"#,
+        "x".repeat(300)
+    );
+    let body = format!("[{}]", vec![item.as_str(); n].join(","));
+    format!(
+        "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Waits until `name` reads more than `floor` on the metrics page.
 fn wait_above(served: &Served, name: &str, floor: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -166,16 +179,7 @@ fn with_cap_sys_nice_passes_run_idle_and_a_ring_past_a_quarter_is_all_stored() {
 
     // 40 events of about 500 bytes: past a quarter of the 64 KiB ring, and
     // within what one batch may take.
-    let item = format!(
-        r#"{{"adv":"demo","ev":"page_view","note":"{}"}}"#,
-        "x".repeat(300)
-    );
-    let body = format!("[{}]", vec![item.as_str(); 40].join(","));
-    let raw = format!(
-        "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let r = request(served.addr, raw.as_bytes());
+    let r = request(served.addr, batch_of(40).as_bytes());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     // The store drains the backlog and goes back to idle-class passes.
     let passes = common::metric(&served.metrics(), STORE_IDLE);
@@ -263,15 +267,7 @@ fn on_a_core_other_work_keeps_busy_idle_passes_still_store_what_was_answered() {
     let hog = Hog::on_core_0();
     std::thread::sleep(Duration::from_millis(200));
     // 1,000 events of about 500 bytes in five batches.
-    let item = format!(
-        r#"{{"adv":"demo","ev":"page_view","note":"{}"}}"#,
-        "x".repeat(300)
-    );
-    let body = format!("[{}]", vec![item.as_str(); 200].join(","));
-    let raw = format!(
-        "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let raw = batch_of(200);
     for _ in 0..5 {
         let r = request(served.addr, raw.as_bytes());
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
