@@ -352,14 +352,6 @@ impl Handler {
         self.emitter.next_seq
     }
 
-    /// Lifts the store's or the view's pass out of the idle class if other
-    /// work on its core has starved it there for over `max_ms` (`sched`);
-    /// called on the worker's heartbeat.
-    pub fn lift_starved_background(&self, max_ms: u64) {
-        self.emitter.store.class.lift_if_starved(max_ms);
-        self.emitter.view_shared.class.lift_if_starved(max_ms);
-    }
-
     /// The sequence number that must be durable before the answers written
     /// since the last call may be sent (a `sync` event among them).
     pub fn take_sync_wait(&mut self) -> Option<u64> {

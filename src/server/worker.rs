@@ -241,9 +241,11 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
     monoio::spawn(async move {
         while !watcher.shutting_down() {
             monoio::time::sleep(Duration::from_millis(20)).await;
+            let shared = &watcher.shared;
             // The watchdog pings systemd only while this advances.
-            watcher.shared.heartbeats[watcher.index].fetch_add(1, Ordering::Relaxed);
-            watcher.handler.borrow().lift_starved_background(starved_ms);
+            shared.heartbeats[watcher.index].fetch_add(1, Ordering::Relaxed);
+            shared.store_status.class.lift_if_starved(starved_ms);
+            shared.view.class.lift_if_starved(starved_ms);
         }
         canceller.cancel();
     });
