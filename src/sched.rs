@@ -50,11 +50,11 @@
 //! interval, until a ring filled to a quarter. Every worker's heartbeat
 //! (20 ms) lifts such a pass (`lift_if_starved`), for that pass only: the
 //! workers' own load at 50k requests/s unbatched starves a pass that long
-//! now and then (4-5 lifts in 6 s at 25 ms), and a second in the normal
+//! now and then (0 to 9 lifts in a 7 s window), and a second in the normal
 //! class after each would undo the idle class there. With a loop pinned
 //! to the server's one core, 1,000 answered events of about 500 bytes
 //! reached segments 0.06-1.8 s after the last answer without this (over
-//! 1.2 s in two runs of six), 0.06-0.14 s with it
+//! 1.2 s in two runs of six), 0.09-0.14 s with it in eight
 //! (`tests/background_class.rs`).
 //!
 //! After a lift, the thread's passes stay in the normal class for a second

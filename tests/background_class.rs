@@ -284,7 +284,7 @@ fn on_a_core_other_work_keeps_busy_idle_passes_still_store_what_was_answered() {
     eprintln!("written to segments {took:?} after the last answer");
     // How it got there: no ring came near a quarter, so only a starved
     // pass can have been lifted. (Without the lift the time above ranged
-    // from 55 ms to 1.8 s in three runs: a starved pass's fate.)
+    // from 55 ms to 1.8 s in six runs: a starved pass's fate.)
     assert!(
         common::metric(&served.metrics(), lifts) > lifts_before,
         "no idle-class pass of the store was lifted while other work held its core"
