@@ -6,6 +6,11 @@
 //! Sharper than wrk2 on a small VM: one thread busy-polls nonblocking
 //! sockets (epoll with a zero timeout) and sends each request at its due
 //! time to the microsecond, instead of on a millisecond timer tick.
+//!
+//! One run may load several servers at once, each with its own connections,
+//! rate and report, their schedules interleaved: servers that take turns
+//! meet different hours of a shared VM, servers loaded together meet the
+//! same one, which is what an A/B of two builds needs.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,6 +32,8 @@ pub struct Report {
 }
 
 struct Conn {
+    /// Which server (index into the addresses, and the reports).
+    server: usize,
     stream: TcpStream,
     next_due: Instant,
     outstanding: Option<Instant>,
@@ -36,18 +43,20 @@ struct Conn {
     request: usize,
 }
 
-/// Runs `rate` requests/s over `connections` connections for `duration`,
-/// cycling through `requests`. `rate` 0 means as fast as answers come.
+/// Runs `rate` requests/s over `connections` connections for `duration`
+/// against each of `addrs`, cycling through `requests`; one report per
+/// address, in their order. `rate` 0 means as fast as answers come.
 pub fn run(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     connections: usize,
     rate: u64,
     duration: Duration,
     requests: &[Vec<u8>],
     warmup: Duration,
-) -> io::Result<Report> {
+) -> io::Result<Vec<Report>> {
     let epoll = Epoll::new()?;
-    let mut conns = Vec::with_capacity(connections);
+    let total = connections * addrs.len();
+    let mut conns = Vec::with_capacity(total);
     let start = Instant::now() + Duration::from_millis(50);
     // Rate 0 means closed loop: every connection is always due.
     let interval = Duration::from_nanos(
@@ -55,18 +64,20 @@ pub fn run(
             .checked_div(rate)
             .unwrap_or(0),
     );
-    for i in 0..connections {
-        let stream = TcpStream::connect(addr)?;
+    // Connection j serves server j % addrs.len(): the servers alternate,
+    // in the order of sending as in the order of schedules.
+    for j in 0..total {
+        let server = j % addrs.len();
+        let addr = addrs[server];
+        let stream = TcpStream::connect(addr).map_err(|e| at(addr, e))?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
-        epoll.add(stream.as_raw_fd(), i as u64)?;
-        // Spread the connections' schedules evenly over one interval.
-        let offset = if connections == 0 {
-            Duration::ZERO
-        } else {
-            interval * i as u32 / connections as u32
-        };
+        epoll.add(stream.as_raw_fd(), j as u64)?;
+        // Spread all connections' schedules evenly over one interval.
+        let offset = interval * j as u32 / total as u32;
+        let i = j / addrs.len();
         conns.push(Conn {
+            server,
             stream,
             next_due: start + offset,
             outstanding: None,
@@ -78,15 +89,19 @@ pub fn run(
     }
     let measure_from = start + warmup;
     let end = measure_from + duration;
-    let mut report = Report {
-        sent: 0,
-        completed: 0,
-        errors: 0,
-        status_2xx_3xx: 0,
-        status_other: 0,
-        elapsed: duration,
-        latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram bounds"),
-    };
+    let mut reports: Vec<Report> = addrs
+        .iter()
+        .map(|_| Report {
+            sent: 0,
+            completed: 0,
+            errors: 0,
+            status_2xx_3xx: 0,
+            status_other: 0,
+            elapsed: duration,
+            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
+                .expect("histogram bounds"),
+        })
+        .collect();
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut chunk = vec![0u8; 65536];
     loop {
@@ -103,7 +118,7 @@ pub fn run(
                 conn.pending_write = requests[conn.request].len();
                 conn.request = (conn.request + 1) % requests.len();
                 if due >= measure_from {
-                    report.sent += 1;
+                    reports[conn.server].sent += 1;
                 }
             }
             if conn.pending_write > 0 {
@@ -112,7 +127,7 @@ pub fn run(
                 match conn.stream.write(&req[from..]) {
                     Ok(n) => conn.pending_write -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(at(addrs[conn.server], e)),
                 }
             }
         }
@@ -120,17 +135,21 @@ pub fn run(
         let now = Instant::now();
         for ev in &events[..n] {
             let conn = &mut conns[ev.u64 as usize];
+            let report = &mut reports[conn.server];
             loop {
                 match conn.stream.read(&mut chunk) {
                     Ok(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::ConnectionAborted,
-                            "server closed a connection",
+                        return Err(at(
+                            addrs[conn.server],
+                            io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "server closed a connection",
+                            ),
                         ))
                     }
                     Ok(k) => conn.buf.extend_from_slice(&chunk[..k]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(at(addrs[conn.server], e)),
                 }
             }
             while let Some((len, status)) = complete_response(&conn.buf) {
@@ -152,7 +171,12 @@ pub fn run(
             }
         }
     }
-    Ok(report)
+    Ok(reports)
+}
+
+/// The error, naming the server it came from.
+fn at(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{addr}: {e}"))
 }
 
 /// Length and status of the first complete answer in `buf`.

@@ -5,6 +5,8 @@
 //! loadtest setup --dir D            # catalogs + trackplane config for the mix
 //! loadtest run --addr 127.0.0.1:8080 --rate 50000 --duration 10 [--json]
 //!               [--kinds all|impressions]   # the whole mix, or pixels only
+//! loadtest run --addr 127.0.0.1:8080 --addr 127.0.0.1:8081 ...
+//!               # both servers at once, each at --rate: one report each
 //! ```
 
 mod engine;
@@ -35,11 +37,13 @@ enum Command {
     },
     /// Send load and report latency and throughput.
     Run {
-        /// Server address (loopback only).
-        #[arg(long)]
-        addr: SocketAddr,
-        /// Requests per second in total; 0 means closed loop (as fast as
-        /// answers come).
+        /// Server address (loopback only). Given more than once, every
+        /// server takes --rate over --connections of its own at the same
+        /// time, and each gets its own report, in the order given.
+        #[arg(long, required = true)]
+        addr: Vec<SocketAddr>,
+        /// Requests per second to each server; 0 means closed loop (as fast
+        /// as answers come).
         #[arg(long, default_value_t = 50_000)]
         rate: u64,
         /// Connections, each with one request outstanding.
@@ -115,26 +119,31 @@ fn main() -> std::process::ExitCode {
             json,
             mix,
         } => {
-            if !addr.ip().is_loopback() {
+            if let Some(addr) = addr.iter().find(|a| !a.ip().is_loopback()) {
                 eprintln!("loadtest: {addr} is not a loopback address; refusing to send load");
                 return std::process::ExitCode::FAILURE;
             }
             let duration = Duration::from_secs(duration.clamp(1, 600));
             let requests = mix::requests(&mix.spec(), 10_000, "edge.example");
             match engine::run(
-                addr,
+                &addr,
                 connections.clamp(1, 10_000),
                 rate,
                 duration,
                 &requests,
                 Duration::from_secs(warmup.min(60)),
             ) {
-                Ok(r) => {
-                    print_report(&r, rate, connections, json);
+                Ok(reports) => {
+                    for (a, r) in addr.iter().zip(&reports) {
+                        if addr.len() > 1 && !json {
+                            println!("{a}:");
+                        }
+                        print_report(r, rate, connections, json);
+                    }
                     std::process::ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("loadtest: {addr}: {e}");
+                    eprintln!("loadtest: {e}");
                     std::process::ExitCode::FAILURE
                 }
             }

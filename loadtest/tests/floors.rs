@@ -1,6 +1,8 @@
 //! The bare responders that `bench/compare.sh` measures as floors answer
 //! like a server: one GIF per request, pipelined requests in order,
 //! requests split across packets, and a closed connection on garbage.
+//! And `loadtest run` loads two of them at once, as `bench/together.sh`
+//! does, with a report for each.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -88,4 +90,52 @@ fn monoio_floor_answers_like_a_server() {
 #[test]
 fn multishot_floor_answers_like_a_server() {
     answers_like_a_server(env!("CARGO_BIN_EXE_bare-multishot"), &[]);
+}
+
+#[test]
+fn one_run_loads_two_servers_at_once_and_reports_each() {
+    let bin = env!("CARGO_BIN_EXE_bare-responder");
+    let (_a, a) = start(bin, &["uring-coop"]);
+    let (_b, b) = start(bin, &["uring-coop"]);
+    let run = |addrs: &[String]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadtest"));
+        cmd.args([
+            "run",
+            "--rate",
+            "2000",
+            "--connections",
+            "8",
+            "--duration",
+            "1",
+        ]);
+        cmd.args(["--warmup", "0", "--json"]);
+        for addr in addrs {
+            cmd.args(["--addr", addr]);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[a.to_string(), b.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let reports: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 2, "{text}");
+    for r in &reports {
+        // 2,000 a second to each, for one second.
+        let completed = r["completed"].as_u64().unwrap();
+        assert!((1800..=2200).contains(&completed), "{r}");
+        assert_eq!(r["ok"], r["completed"], "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+    }
+    // A server that is not there fails the run, named.
+    let out = run(&[a.to_string(), "127.0.0.1:1".into()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Two trackplane binaries at the same time, both on core 0, loaded by one
+# loadtest thread on core 1 (each server at RATE over 64 connections of its
+# own, the two schedules interleaved): both meet the same VM in the same
+# window, so B's CPU over A's drops the hour's drift that bench/ab.sh's
+# turns only average out. On the reference VM a binary raced against itself
+# came out within 1% window after window while its CPU per request swung
+# 30% between windows (bench/results/together-*.md); ab.sh's pairs there
+# could not separate 5%.
+#
+# What it does not measure: what each costs alone on a core. Each server's
+# wake-ups may find the core busy with the other, which a server alone
+# would find idle, and their latencies include waiting for each other. So a
+# change found here is confirmed by bench/tails.sh against nginx, and this
+# script's p99 is for a gross regression only.
+#
+# The servers swap places in loadtest's order every window (which of them
+# is sent to first), so neither has the head of the schedule for good.
+# A_TOML and B_TOML, when set, are appended (printf-style) to that side's
+# config, so one binary can race two settings.
+#
+#   bench/together.sh A_BIN B_BIN [RATE] [WINDOWS] [SECONDS]
+#   e.g. A_TOML='[server]\nwake_batch = 0\n' B_TOML='[server]\nwake_batch = 0\n' \
+#        bench/together.sh /tmp/old/target/release/trackplane target/release/trackplane 20000 12 6
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+A=$(realpath "$1"); B=$(realpath "$2")
+RATE=${3:-20000}; WINDOWS=${4:-12}; DUR=${5:-6}
+W=$(mktemp -d /tmp/trackplane-together.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
+cargo build --release --quiet -p trackplane-loadtest
+LT=target/release/loadtest
+$LT setup --dir "$W/mix" >/dev/null
+for k in A B; do cp "$W/mix/trackplane.toml" "$W/$k.toml"; done
+printf "${A_TOML:-}" >> "$W/A.toml"
+printf "${B_TOML:-}" >> "$W/B.toml"
+declare -A PORT=([A]=18095 [B]=18096) ADMIN=([A]=19195 [B]=19196) PID=()
+
+for k in A B; do
+  mkdir -p "$W/data-$k"; cp -r "$W/mix/catalogs" "$W/data-$k/"
+  bin=$A; [ $k = B ] && bin=$B
+  RUST_LOG=warn taskset -c 0 "$bin" serve --config "$W/$k.toml" --listen 127.0.0.1:${PORT[$k]} \
+    --admin-listen 127.0.0.1:${ADMIN[$k]} --data-dir "$W/data-$k" --workers 1 --driver uring &
+  PID[$k]=$!
+  wait_port ${PORT[$k]}
+done
+# The worker thread's CPU and the whole process's, in ns.
+worker_ns() { cut -d' ' -f1 "$(grep -l '^trackplane-w0$' /proc/"$1"/task/*/comm | sed 's/comm$/schedstat/')"; }
+taskset -c 1 $LT run --addr 127.0.0.1:${PORT[A]} --addr 127.0.0.1:${PORT[B]} --rate "$RATE" \
+  --connections 64 --duration 2 --warmup 0 --json >/dev/null
+
+echo "A: $A"
+echo "B: $B"
+[ -n "${A_TOML:-}" ] && echo "A_TOML: $A_TOML"
+[ -n "${B_TOML:-}" ] && echo "B_TOML: $B_TOML"
+echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s"
+echo
+echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A worker | B worker | B/A worker | A p99 µs | B p99 µs | steal ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for i in $(seq "$WINDOWS"); do
+  first=A; second=B
+  [ $((i % 2)) = 0 ] && { first=B; second=A; }
+  a0=$(cpu_ns ${PID[A]}); b0=$(cpu_ns ${PID[B]}); wa0=$(worker_ns ${PID[A]}); wb0=$(worker_ns ${PID[B]}); s0=$(steal_ms)
+  out=$(taskset -c 1 $LT run --addr 127.0.0.1:${PORT[$first]} --addr 127.0.0.1:${PORT[$second]} \
+    --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json)
+  a1=$(cpu_ns ${PID[A]}); b1=$(cpu_ns ${PID[B]}); wa1=$(worker_ns ${PID[A]}); wb1=$(worker_ns ${PID[B]})
+  declare -A OUT=([$first]=$(sed -n 1p <<<"$out") [$second]=$(sed -n 2p <<<"$out"))
+  na=$(json_field "${OUT[A]}" completed); nb=$(json_field "${OUT[B]}" completed)
+  awk -v i="$i" -v f="$first" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v wa=$((wa1 - wa0)) -v wb=$((wb1 - wb0)) \
+    -v na="$na" -v nb="$nb" -v pa="$(json_field "${OUT[A]}" p99_us)" -v pb="$(json_field "${OUT[B]}" p99_us)" -v st=$(( $(steal_ms) - s0 )) \
+    'BEGIN { x = a / 1000 / na; y = b / 1000 / nb; u = wa / 1000 / na; v = wb / 1000 / nb
+             printf "| %d | %s | %.2f | %.2f | %.3f | %.2f | %.2f | %.3f | %s | %s | %d |\n", i, f, x, y, y / x, u, v, v / u, pa, pb, st }'
+done | tee "$W/rows"
+kill -TERM ${PID[A]} ${PID[B]}; wait ${PID[A]} ${PID[B]} 2>/dev/null || true
+echo
+# Median of B/A, how often B came out lower, and the sign test's p: the
+# chance of a split at least this lopsided between two sides that do not
+# differ.
+for col in 6:process 9:worker; do
+  awk -F'|' -v c="${col%%:*}" '{print $c + 0}' "$W/rows" | sort -n | awk -v name="${col#*:}" '
+    { r[NR] = $1; lo += $1 < 1 }
+    function sign(k, n,   t, c, j, x) {
+      x = (k > n - k) ? k : n - k; c = 1; t = 0
+      for (j = 0; j <= n; j++) { if (j >= x) t += c; c = c * (n - j) / (j + 1) }
+      t = 2 * t / 2 ^ n; return (t > 1) ? 1 : t }
+    END {
+      n = NR; m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+      printf "B/A, %s CPU per request: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f\n", name, m, r[1], r[n], lo, n, sign(lo, n)
+    }'
+done
