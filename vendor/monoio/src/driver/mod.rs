@@ -32,7 +32,7 @@ pub use self::legacy::LegacyDriver;
 use self::legacy::LegacyInner;
 use self::op::{CompletionMeta, Op, OpAble};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub use self::uring::{IoUringDriver, WaitBatch};
+pub use self::uring::{set_recv_poll_first, IoUringDriver, WaitBatch};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 use self::uring::UringInner;
 

@@ -79,15 +79,37 @@ impl<T: IoBufMut> Op<Recv<T>> {
     }
 }
 
+/// `include/uapi/linux/io_uring.h`; io-uring 0.6 keeps its copy private.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+
+/// Sets an entry's `ioprio`, which io-uring 0.6's `Recv` has no setter
+/// for (send/recv flags live there since Linux 5.19).
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+fn with_ioprio(entry: io_uring::squeue::Entry, ioprio: u16) -> io_uring::squeue::Entry {
+    // `Entry` is `#[repr(C)]` around `struct io_uring_sqe`, whose `ioprio`
+    // is the `u16` at byte 2 (opcode u8, flags u8 before it) by the
+    // kernel's ABI.
+    const _: () = assert!(std::mem::size_of::<io_uring::squeue::Entry>() == 64);
+    let mut raw: [u8; 64] = unsafe { transmute(entry) };
+    raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
+    unsafe { transmute(raw) }
+}
+
 impl<T: IoBufMut> OpAble for Recv<T> {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     fn uring_op(&mut self) -> io_uring::squeue::Entry {
-        opcode::Recv::new(
+        let entry = opcode::Recv::new(
             types::Fd(self.fd.raw_fd()),
             self.buf.write_ptr(),
             self.buf.bytes_total() as _,
         )
-        .build()
+        .build();
+        if crate::driver::uring::recv_poll_first() {
+            with_ioprio(entry, IORING_RECVSEND_POLL_FIRST)
+        } else {
+            entry
+        }
     }
 
     #[cfg(any(feature = "legacy", feature = "poll-io"))]

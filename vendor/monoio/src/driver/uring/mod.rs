@@ -70,6 +70,25 @@ impl WaitBatch {
     }
 }
 
+thread_local! {
+    static RECV_POLL_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes this thread's socket receives arm poll first instead of trying
+/// the socket at once (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19): for a
+/// server whose receives are mostly asked for while the socket is empty
+/// (a keep-alive client sends its next request after the answer), the
+/// first try is a wasted `recvmsg` each time. Off by default; kernels
+/// before 5.19 refuse the flag (`EINVAL`), so only a caller that knows
+/// the kernel is newer may turn it on.
+pub fn set_recv_poll_first(on: bool) {
+    RECV_POLL_FIRST.with(|c| c.set(on));
+}
+
+pub(crate) fn recv_poll_first() -> bool {
+    RECV_POLL_FIRST.with(|c| c.get())
+}
+
 /// `struct io_uring_getevents_arg` as of Linux 6.12 (`min_wait_usec` was
 /// `pad` before; io-uring 0.6 does not expose it).
 #[repr(C)]
