@@ -20,14 +20,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 A=$(realpath "$1"); B=$(realpath "$2")
 RATE=${3:-50000}; PAIRS=${4:-4}; ROUNDS=${5:-2}; DUR=${6:-8}
-W=$(mktemp -d /tmp/trackplane-ab.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
-cargo build --release --quiet -p trackplane-loadtest
-LT=target/release/loadtest
-$LT setup --dir "$W/mix" >/dev/null
-for k in A B; do cp "$W/mix/trackplane.toml" "$W/$k.toml"; done
-printf "${A_TOML:-}" >> "$W/A.toml"
-printf "${B_TOML:-}" >> "$W/B.toml"
+ab_setup ab
 PORT=18095
 
 cpu_of() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done | sort; }
@@ -52,10 +45,7 @@ one() { # label binary
   kill -TERM $pid; wait $pid 2>/dev/null || true
 }
 
-echo "A: $A"
-echo "B: $B"
-[ -n "${A_TOML:-}" ] && echo "A_TOML: $A_TOML"
-[ -n "${B_TOML:-}" ] && echo "B_TOML: $B_TOML"
+ab_describe
 echo "rate $RATE/s, $PAIRS pairs of $ROUNDS x ${DUR}s windows"
 echo
 echo "CPU: the process's threads; core: the time core 0 was busy, which also counts interrupt work that lands while it would otherwise idle (see core_unbusy_ms in bench/lib.sh)."
@@ -74,13 +64,9 @@ done
 # 20261129-2146.md`), so a difference counts only if it holds pair after
 # pair. The sign test's p is the chance of a split at least this lopsided
 # between two sides that do not differ.
-awk -F'|' -v r="$ROUNDS" '
+awk -F'|' -v r="$ROUNDS" "$SIGN_AWK"'
   { i = int((NR - 1) / r); side = (i % 2) ? "B" : "A"; p = int(i / 2)
     cpu[side, p] += $4 / r; core[side, p] += $5 / r; p99[side, p] += $8 / r; n = p + 1 }
-  function sign(k, n,   t, c, j, x) {  # two-sided sign test
-    x = (k > n - k) ? k : n - k; c = 1; t = 0
-    for (j = 0; j <= n; j++) { if (j >= x) t += c; c = c * (n - j) / (j + 1) }
-    t = 2 * t / 2 ^ n; return (t > 1) ? 1 : t }
   END {
     d = ""; e = ""; q = ""; lc = 0; le = 0; lp = 0
     for (p = 0; p < n; p++) {

@@ -119,3 +119,37 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # CORE MARK after it (ms).
 core_mark() { echo "$(core_unbusy_ms "$1") $(now_ms)"; }
 core_busy_ms() { local u t; read -r u t <<<"$2"; echo $(( $(now_ms) - t - ($(core_unbusy_ms "$1") - u) )); }
+
+# What ab.sh and together.sh share: the work dir $W (removed on exit, with
+# any server still running), loadtest ($LT), the realistic mix, and the two
+# sides' configs $W/A.toml and $W/B.toml: the mix's, plus A_TOML and B_TOML
+# from the environment (printf-style), so one binary can race two settings.
+ab_setup() { # NAME, for the work dir
+  W=$(mktemp -d "/tmp/trackplane-$1.XXXXXX")
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
+  cargo build --release --quiet -p trackplane-loadtest
+  LT=target/release/loadtest
+  $LT setup --dir "$W/mix" >/dev/null
+  for k in A B; do cp "$W/mix/trackplane.toml" "$W/$k.toml"; done
+  printf "${A_TOML:-}" >> "$W/A.toml"
+  printf "${B_TOML:-}" >> "$W/B.toml"
+}
+
+# The two sides, as the results file should name them ($A and $B are the
+# binaries).
+ab_describe() {
+  echo "A: $A"
+  echo "B: $B"
+  if [ -n "${A_TOML:-}" ]; then echo "A_TOML: $A_TOML"; fi
+  if [ -n "${B_TOML:-}" ]; then echo "B_TOML: $B_TOML"; fi
+}
+
+# An awk function for the two-sided sign test: the chance that two sides
+# that do not differ split at least as lopsidedly as k of n. Prepend it to
+# an awk program: awk "$SIGN_AWK"'...'.
+SIGN_AWK='
+  function sign(k, n,   t, c, j, x) {
+    x = (k > n - k) ? k : n - k; c = 1; t = 0
+    for (j = 0; j <= n; j++) { if (j >= x) t += c; c = c * (n - j) / (j + 1) }
+    t = 2 * t / 2 ^ n; return (t > 1) ? 1 : t }
+'

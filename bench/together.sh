@@ -27,14 +27,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 A=$(realpath "$1"); B=$(realpath "$2")
 RATE=${3:-20000}; WINDOWS=${4:-12}; DUR=${5:-6}
-W=$(mktemp -d /tmp/trackplane-together.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
-cargo build --release --quiet -p trackplane-loadtest
-LT=target/release/loadtest
-$LT setup --dir "$W/mix" >/dev/null
-for k in A B; do cp "$W/mix/trackplane.toml" "$W/$k.toml"; done
-printf "${A_TOML:-}" >> "$W/A.toml"
-printf "${B_TOML:-}" >> "$W/B.toml"
+ab_setup together
 declare -A PORT=([A]=18095 [B]=18096) ADMIN=([A]=19195 [B]=19196) PID=()
 
 for k in A B; do
@@ -50,10 +43,7 @@ worker_ns() { cut -d' ' -f1 "$(grep -l '^trackplane-w0$' /proc/"$1"/task/*/comm 
 taskset -c 1 $LT run --addr 127.0.0.1:${PORT[A]} --addr 127.0.0.1:${PORT[B]} --rate "$RATE" \
   --connections 64 --duration 2 --warmup 0 --json >/dev/null
 
-echo "A: $A"
-echo "B: $B"
-[ -n "${A_TOML:-}" ] && echo "A_TOML: $A_TOML"
-[ -n "${B_TOML:-}" ] && echo "B_TOML: $B_TOML"
+ab_describe
 echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s"
 echo
 echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A worker | B worker | B/A worker | A p99 µs | B p99 µs | steal ms |"
@@ -78,12 +68,8 @@ echo
 # chance of a split at least this lopsided between two sides that do not
 # differ.
 for col in 6:process 9:worker; do
-  awk -F'|' -v c="${col%%:*}" '{print $c + 0}' "$W/rows" | sort -n | awk -v name="${col#*:}" '
+  awk -F'|' -v c="${col%%:*}" '{print $c + 0}' "$W/rows" | sort -n | awk -v name="${col#*:}" "$SIGN_AWK"'
     { r[NR] = $1; lo += $1 < 1 }
-    function sign(k, n,   t, c, j, x) {
-      x = (k > n - k) ? k : n - k; c = 1; t = 0
-      for (j = 0; j <= n; j++) { if (j >= x) t += c; c = c * (n - j) / (j + 1) }
-      t = 2 * t / 2 ^ n; return (t > 1) ? 1 : t }
     END {
       n = NR; m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
       printf "B/A, %s CPU per request: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f\n", name, m, r[1], r[n], lo, n, sign(lo, n)
