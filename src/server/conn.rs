@@ -123,7 +123,6 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
         }
         if !wbuf.is_empty() {
             match send_now(&stream, &wbuf) {
-                Ok(n) if n == wbuf.len() => wbuf.clear(),
                 Ok(n) => drop(wbuf.drain(..n)),
                 Err(_) => break,
             }
