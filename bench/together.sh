@@ -4,9 +4,10 @@
 # own, the two schedules interleaved): both meet the same VM in the same
 # window, so B's CPU over A's drops the hour's drift that bench/ab.sh's
 # turns only average out. On the reference VM a binary raced against itself
-# came out within 1% window after window while its CPU per request swung
-# 30% between windows (bench/results/together-*.md); ab.sh's pairs there
-# could not separate 5%.
+# came out at 0.984-1.018 over twelve windows while its CPU per request ran
+# from 14.9 to 20.2 µs (bench/results/together-20261130-0625.md), and the
+# median of ten windows told apart a change of about 1%; ab.sh's pairs
+# there could not separate 5%.
 #
 # What it does not measure: what each costs alone on a core. Each server's
 # wake-ups may find the core busy with the other, which a server alone
@@ -38,7 +39,7 @@ for k in A B; do
   PID[$k]=$!
   wait_port ${PORT[$k]}
 done
-# The worker thread's CPU and the whole process's, in ns.
+# The worker thread's CPU so far, in ns (cpu_ns gives the whole process's).
 worker_ns() { cut -d' ' -f1 "$(grep -l '^trackplane-w0$' /proc/"$1"/task/*/comm | sed 's/comm$/schedstat/')"; }
 taskset -c 1 $LT run --addr 127.0.0.1:${PORT[A]} --addr 127.0.0.1:${PORT[B]} --rate "$RATE" \
   --connections 64 --duration 2 --warmup 0 --json >/dev/null
