@@ -7,7 +7,10 @@
 # came out at 0.984-1.018 over twelve windows while its CPU per request ran
 # from 14.9 to 20.2 µs (bench/results/together-20261130-0625.md), and the
 # median of ten windows told apart a change of about 1%; ab.sh's pairs
-# there could not separate 5%.
+# there could not separate 5%. Run to run, though, a median of ten moved by
+# up to 2 points for one change (0.978 and 0.995,
+# bench/results/together-defer-20261130-1005.md): repeat a run before
+# trusting a difference under 2%.
 #
 # What it does not measure: what each costs alone on a core. Each server's
 # wake-ups may find the core busy with the other, which a server alone

@@ -153,13 +153,16 @@ fn wake_batch(cfg: &crate::config::ServerConfig) -> monoio::WaitBatch {
 /// (`COOP_TASKRUN`, `SINGLE_ISSUER`; Linux 6.0). On this project's
 /// reference VM that halves io_uring's CPU per request (bench/results).
 ///
-/// With wake-up batching configured, the completion work waits until the
-/// thread asks for it (`DEFER_TASKRUN`, Linux 6.1), and the thread sleeps
-/// until `wake_batch` completions are ready or `wake_linger_us` has passed
-/// with one (Linux 6.12): one wake-up per batch instead of one per one to
-/// three requests. The task-run flag tells the driver when completion work
-/// came while the thread worked, so that it is not held for a batch too.
-/// Kernels without a feature get the ring before it.
+/// Better still, the completion work waits until the thread asks for
+/// completions (`DEFER_TASKRUN`, Linux 6.1): it then runs in one go, on the
+/// thread's own way into the kernel to wait. 2.2% of the CPU per request
+/// unbatched at 20k/s (bench/results/together-defer-20261130-1005.md). With
+/// wake-up batching configured, the thread also sleeps until `wake_batch`
+/// completions are ready or `wake_linger_us` has passed with one (Linux
+/// 6.12): one wake-up per batch instead of one per one to three requests.
+/// The task-run flag tells the driver when completion work came while the
+/// thread worked, so that it is not held for a batch too. Kernels without a
+/// feature get the ring before it.
 fn uring_runtime(
     entries: u32,
     wake: monoio::WaitBatch,
@@ -181,16 +184,19 @@ fn uring_runtime(
     monoio::set_recv_poll_first(true);
     let mut tuned = io_uring::IoUring::builder();
     tuned.setup_coop_taskrun().setup_single_issuer();
+    let mut deferred = tuned.clone();
+    deferred.setup_defer_taskrun().setup_taskrun_flag();
     if wake.is_on() {
-        let mut deferred = tuned.clone();
-        deferred.setup_defer_taskrun().setup_taskrun_flag();
-        match build(deferred, wake) {
+        match build(deferred.clone(), wake) {
             Ok(rt) => return Ok((rt, DriverKind::UringBatched)),
             Err(e) => tracing::info!(error = %e, "io_uring wake-ups not batched"),
         }
     }
     let unbatched = monoio::WaitBatch::default();
-    let rt = match build(tuned, unbatched) {
+    let rt = match build(deferred, unbatched).or_else(|e| {
+        tracing::info!(error = %e, "io_uring without DEFER_TASKRUN");
+        build(tuned, unbatched)
+    }) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::info!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER");

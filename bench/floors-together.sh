@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Two floors at the same time, both on core 0, loaded by one loadtest
+# thread on core 1, as bench/together.sh races two trackplane builds: what
+# a way of driving the kernel saves, with nothing of trackplane's around
+# it. Each side is one of:
+#   bare-coop   monoio, COOP_TASKRUN + SINGLE_ISSUER (bench/compare.sh's bare)
+#   bare-defer  the same with DEFER_TASKRUN
+#   bare-plain  monoio on a ring with no setup flags
+#   multishot   raw io_uring: multishot receive, provided buffers, DEFER_TASKRUN
+#
+#   bench/floors-together.sh A B [RATE] [WINDOWS] [SECONDS]
+#   e.g. bench/floors-together.sh bare-coop multishot 20000 10 6
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+A=$1; B=$2; RATE=${3:-20000}; WINDOWS=${4:-10}; DUR=${5:-6}
+cargo build --release --quiet -p trackplane-loadtest --bin loadtest --bin bare-responder --bin bare-multishot
+LT=target/release/loadtest
+declare -A PORT=([A]=18085 [B]=18086) PID=()
+W=$(mktemp -d /tmp/trackplane-floors.XXXXXX)
+trap 'kill ${PID[A]:-} ${PID[B]:-} 2>/dev/null || true; rm -rf "$W"' EXIT
+for k in A B; do
+  kind=$A; [ $k = B ] && kind=$B
+  case $kind in
+    bare-coop) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring-coop" ;;
+    bare-defer) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring-defer" ;;
+    bare-plain) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring" ;;
+    multishot) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]}" ;;
+    *) echo "unknown floor: $kind" >&2; exit 2 ;;
+  esac
+  taskset -c 0 $cmd 2>/dev/null &
+  PID[$k]=$!
+  wait_port ${PORT[$k]}
+done
+taskset -c 1 $LT run --addr 127.0.0.1:${PORT[A]} --addr 127.0.0.1:${PORT[B]} --rate "$RATE" \
+  --connections 64 --duration 2 --warmup 0 --json >/dev/null
+
+echo "A: $A"
+echo "B: $B"
+echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s"
+echo
+echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A p99 µs | B p99 µs | steal ms |"
+echo "|---|---|---|---|---|---|---|---|"
+for i in $(seq "$WINDOWS"); do
+  first=A; second=B
+  [ $((i % 2)) = 0 ] && { first=B; second=A; }
+  a0=$(cpu_ns ${PID[A]}); b0=$(cpu_ns ${PID[B]}); s0=$(steal_ms)
+  out=$(taskset -c 1 $LT run --addr 127.0.0.1:${PORT[$first]} --addr 127.0.0.1:${PORT[$second]} \
+    --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json)
+  a1=$(cpu_ns ${PID[A]}); b1=$(cpu_ns ${PID[B]})
+  declare -A OUT=([$first]=$(sed -n 1p <<<"$out") [$second]=$(sed -n 2p <<<"$out"))
+  awk -v i="$i" -v f="$first" -v a=$((a1 - a0)) -v b=$((b1 - b0)) \
+    -v na="$(json_field "${OUT[A]}" completed)" -v nb="$(json_field "${OUT[B]}" completed)" \
+    -v pa="$(json_field "${OUT[A]}" p99_us)" -v pb="$(json_field "${OUT[B]}" p99_us)" -v st=$(( $(steal_ms) - s0 )) \
+    'BEGIN { x = a / 1000 / na; y = b / 1000 / nb
+             printf "| %d | %s | %.2f | %.2f | %.3f | %s | %s | %d |\n", i, f, x, y, y / x, pa, pb, st }'
+done | tee "$W/rows"
+echo
+awk -F'|' '{print $6 + 0}' "$W/rows" | sort -n | awk "$SIGN_AWK"'
+  { r[NR] = $1; lo += $1 < 1 }
+  END {
+    n = NR; m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+    printf "B/A, CPU per request: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f\n", m, r[1], r[n], lo, n, sign(lo, n)
+  }'
