@@ -5,6 +5,8 @@
 # it. Each side is one of:
 #   bare-coop   monoio, COOP_TASKRUN + SINGLE_ISSUER (bench/compare.sh's bare)
 #   bare-defer  the same with DEFER_TASKRUN
+#   bare-worker the same, with receives that arm poll first and answers
+#               sent by send(2) first: trackplane's unbatched workers' I/O
 #   bare-plain  monoio on a ring with no setup flags
 #   multishot   raw io_uring: multishot receive, provided buffers, DEFER_TASKRUN
 #
@@ -24,6 +26,7 @@ for k in A B; do
   case $kind in
     bare-coop) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring-coop" ;;
     bare-defer) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring-defer" ;;
+    bare-worker) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring-worker" ;;
     bare-plain) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring" ;;
     multishot) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]}" ;;
     *) echo "unknown floor: $kind" >&2; exit 2 ;;

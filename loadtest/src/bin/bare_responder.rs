@@ -3,12 +3,22 @@
 //! trackplane and nginx against it, and the loadtest measures its own floor
 //! on it.
 //!
-//! `bare-responder 127.0.0.1:8082 [uring|epoll]`
+//! `bare-responder 127.0.0.1:8082 [uring|uring-coop|uring-defer|uring-worker|epoll]`
+//!
+//! `uring-worker` drives the kernel the way trackplane's unbatched workers
+//! do: a deferred ring, receives that arm poll first, answers sent by one
+//! nonblocking send(2) before the ring's send. It is the floor of
+//! trackplane's own I/O path (`bench/floors-together.sh`).
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nServer: bare\r\nContent-Type: image/gif\r\nContent-Length: 43\r\nConnection: keep-alive\r\n\r\nGIF89a\x01\x00\x01\x00\x80\x01\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x01\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x4c\x01\x00\x3b";
+
+thread_local! {
+    /// Whether answers go out by one nonblocking send(2) first.
+    static SEND_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 fn main() {
     let addr = std::env::args()
@@ -19,6 +29,18 @@ fn main() {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .build()
             .expect("runtime");
+        rt.block_on(accept_loop(addr));
+    } else if driver == "uring-worker" {
+        monoio::set_recv_poll_first(true);
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(urb)
+            .build()
+            .expect("runtime");
+        SEND_FIRST.with(|s| s.set(true));
         rt.block_on(accept_loop(addr));
     } else if driver == "uring-defer" {
         let mut urb = io_uring::IoUring::builder();
@@ -77,6 +99,10 @@ async fn serve(mut stream: TcpStream) {
             }
         }
         buf.drain(..pos);
+        if !out.is_empty() && SEND_FIRST.with(|s| s.get()) {
+            let sent = send_now(&stream, &out);
+            out.drain(..sent);
+        }
         if !out.is_empty() {
             let (res, o) = stream.write_all(out).await;
             out = o;
@@ -99,4 +125,22 @@ async fn serve(mut stream: TcpStream) {
             Ok(_) => {}
         }
     }
+}
+
+/// What one nonblocking send(2) took of `buf` (0 when it took nothing or
+/// failed; the ring's send then reports the failure).
+#[allow(unsafe_code)]
+fn send_now(stream: &TcpStream, buf: &[u8]) -> usize {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the descriptor is `stream`'s, open for this call, and `buf`
+    // is valid for `buf.len()` bytes.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
 }
