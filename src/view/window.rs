@@ -50,8 +50,8 @@ const fn key_cost(len: usize) -> usize {
 #[derive(Debug, Default)]
 pub struct Window {
     /// Per kind: name → id. Names come from requests (unknown event
-    /// types, duplicated parameters), hence std's seeded hash.
-    ids: [HashMap<Box<str>, u16>; 4],
+    /// types, duplicated parameters), hence a hash keyed at random.
+    ids: [HashMap<Box<str>, u16, ahash::RandomState>; 4],
     /// id → key.
     keys: Vec<(Kind, Box<str>)>,
     seconds: Vec<Bucket>,
