@@ -284,10 +284,15 @@ impl Consumer {
         n
     }
 
+    /// Bytes waiting to be drained.
+    pub fn backlog(&self) -> usize {
+        self.shared.tail.load(Ordering::Acquire) - self.head
+    }
+
     /// Whether more than a quarter of the ring waits to be drained: the
     /// producer's [`Producer::past_quarter`], seen from this end.
     pub fn past_quarter(&self) -> bool {
-        self.shared.tail.load(Ordering::Acquire) - self.head > self.shared.capacity() / 4
+        self.backlog() > self.shared.capacity() / 4
     }
 
     /// A view of the fill level that any thread may read (metrics).
