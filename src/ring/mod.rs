@@ -412,12 +412,15 @@ mod tests {
         }
         assert!(!p.past_quarter(), "256 of 1024 is a quarter, not past it");
         assert!(!c.past_quarter());
+        assert_eq!(c.backlog(), 256, "four records of 4 + 60 bytes");
         p.push(&[7; 60]).unwrap();
         assert!(p.past_quarter());
         assert!(c.past_quarter());
+        assert_eq!(c.backlog(), 320);
         assert_eq!(c.drain_at_most(2, |_| {}), 2);
         assert!(!p.past_quarter(), "drained back to 192 bytes");
         assert!(!c.past_quarter());
+        assert_eq!(c.backlog(), 192);
         for _ in 0..3 {
             p.push(&[7; 60]).unwrap();
         }
