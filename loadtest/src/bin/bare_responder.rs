@@ -30,42 +30,29 @@ fn main() {
             .build()
             .expect("runtime");
         rt.block_on(accept_loop(addr));
-    } else if driver == "uring-worker" {
-        monoio::set_recv_poll_first(true);
-        let mut urb = io_uring::IoUring::builder();
-        urb.setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun();
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .uring_builder(urb)
-            .build()
-            .expect("runtime");
-        SEND_FIRST.with(|s| s.set(true));
-        rt.block_on(accept_loop(addr));
-    } else if driver == "uring-defer" {
-        let mut urb = io_uring::IoUring::builder();
-        urb.setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun();
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .uring_builder(urb)
-            .build()
-            .expect("runtime");
-        rt.block_on(accept_loop(addr));
-    } else if driver == "uring-coop" {
-        let mut urb = io_uring::IoUring::builder();
-        urb.setup_coop_taskrun().setup_single_issuer();
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .uring_builder(urb)
-            .build()
-            .expect("runtime");
-        rt.block_on(accept_loop(addr));
-    } else {
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .build()
-            .expect("runtime");
-        rt.block_on(accept_loop(addr));
+        return;
     }
+    let mut urb = io_uring::IoUring::builder();
+    match driver.as_str() {
+        "uring-coop" => {
+            urb.setup_coop_taskrun().setup_single_issuer();
+        }
+        "uring-defer" | "uring-worker" => {
+            urb.setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun();
+        }
+        _ => {}
+    }
+    if driver == "uring-worker" {
+        monoio::set_recv_poll_first(true);
+        SEND_FIRST.with(|s| s.set(true));
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .uring_builder(urb)
+        .build()
+        .expect("runtime");
+    rt.block_on(accept_loop(addr));
 }
 
 async fn accept_loop(addr: String) {
