@@ -155,14 +155,15 @@ fn wake_batch(cfg: &crate::config::ServerConfig) -> monoio::WaitBatch {
 ///
 /// Better still, the completion work waits until the thread asks for
 /// completions (`DEFER_TASKRUN`, Linux 6.1): it then runs in one go, on the
-/// thread's own way into the kernel to wait. 2.2% of the CPU per request
-/// unbatched at 20k/s (bench/results/together-defer-20261130-1005.md). With
-/// wake-up batching configured, the thread also sleeps until `wake_batch`
-/// completions are ready or `wake_linger_us` has passed with one (Linux
-/// 6.12): one wake-up per batch instead of one per one to three requests.
-/// The task-run flag tells the driver when completion work came while the
-/// thread worked, so that it is not held for a batch too. Kernels without a
-/// feature get the ring before it.
+/// thread's own way into the kernel to wait. About 2% of the CPU per
+/// request unbatched at 20k/s
+/// (bench/results/together-defer-20261130-1005.md). With wake-up batching
+/// configured, the thread also sleeps until `wake_batch` completions are
+/// ready or `wake_linger_us` has passed with one (Linux 6.12): one wake-up
+/// per batch instead of one per one to three requests. The task-run flag
+/// tells the driver when completion work came while the thread worked, so
+/// that it is not held for a batch too. Kernels without a feature get the
+/// ring before it.
 fn uring_runtime(
     entries: u32,
     wake: monoio::WaitBatch,

@@ -535,9 +535,9 @@ pub fn spawn(
                 }
                 // Nap between passes, busy or not: this thread shares the
                 // workers' cores, and each pass costs them a context switch
-                // and some of their cache. 50 ms rather than 10 cost about
-                // 1.5% less CPU per request at 20k/s unbatched, and the
-                // same batched
+                // and some of their cache. 50 ms rather than 10: about
+                // 1.5% less CPU per request at 20k/s unbatched, no
+                // difference batched
                 // (bench/results/together-viewnap-20261130-1035.md). A
                 // pass that found more than a sixteenth of a ring waiting
                 // naps 10 ms, so that at high rates the rings stay short
