@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 A=$1; B=$2; RATE=${3:-20000}; WINDOWS=${4:-10}; DUR=${5:-6}
 cargo build --release --quiet -p trackplane-loadtest --bin loadtest --bin bare-responder --bin bare-multishot
 LT=target/release/loadtest
-declare -A PORT=([A]=18085 [B]=18086) PID=()
+declare -A PORT=([A]=18085 [B]=18086) PID=() OUT=()
 W=$(mktemp -d /tmp/trackplane-floors.XXXXXX)
 trap 'kill ${PID[A]:-} ${PID[B]:-} 2>/dev/null || true; rm -rf "$W"' EXIT
 for k in A B; do
@@ -35,8 +35,7 @@ for k in A B; do
   PID[$k]=$!
   wait_port ${PORT[$k]}
 done
-taskset -c 1 $LT run --addr 127.0.0.1:${PORT[A]} --addr 127.0.0.1:${PORT[B]} --rate "$RATE" \
-  --connections 64 --duration 2 --warmup 0 --json >/dev/null
+together_load 2 A B >/dev/null
 
 echo "A: $A"
 echo "B: $B"
@@ -45,23 +44,14 @@ echo
 echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A p99 µs | B p99 µs | steal ms |"
 echo "|---|---|---|---|---|---|---|---|"
 for i in $(seq "$WINDOWS"); do
-  first=A; second=B
-  [ $((i % 2)) = 0 ] && { first=B; second=A; }
   a0=$(cpu_ns ${PID[A]}); b0=$(cpu_ns ${PID[B]}); s0=$(steal_ms)
-  out=$(taskset -c 1 $LT run --addr 127.0.0.1:${PORT[$first]} --addr 127.0.0.1:${PORT[$second]} \
-    --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json)
+  together_window "$i"
   a1=$(cpu_ns ${PID[A]}); b1=$(cpu_ns ${PID[B]})
-  declare -A OUT=([$first]=$(sed -n 1p <<<"$out") [$second]=$(sed -n 2p <<<"$out"))
-  awk -v i="$i" -v f="$first" -v a=$((a1 - a0)) -v b=$((b1 - b0)) \
+  awk -v i="$i" -v f="$FIRST" -v a=$((a1 - a0)) -v b=$((b1 - b0)) \
     -v na="$(json_field "${OUT[A]}" completed)" -v nb="$(json_field "${OUT[B]}" completed)" \
     -v pa="$(json_field "${OUT[A]}" p99_us)" -v pb="$(json_field "${OUT[B]}" p99_us)" -v st=$(( $(steal_ms) - s0 )) \
     'BEGIN { x = a / 1000 / na; y = b / 1000 / nb
              printf "| %d | %s | %.2f | %.2f | %.3f | %s | %s | %d |\n", i, f, x, y, y / x, pa, pb, st }'
 done | tee "$W/rows"
 echo
-awk -F'|' '{print $6 + 0}' "$W/rows" | sort -n | awk "$SIGN_AWK"'
-  { r[NR] = $1; lo += $1 < 1 }
-  END {
-    n = NR; m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
-    printf "B/A, CPU per request: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f\n", m, r[1], r[n], lo, n, sign(lo, n)
-  }'
+ratio_summary "$W/rows" 6 CPU

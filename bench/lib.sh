@@ -154,3 +154,31 @@ SIGN_AWK='
     for (j = 0; j <= n; j++) { if (j >= x) t += c; c = c * (n - j) / (j + 1) }
     t = 2 * t / 2 ^ n; return (t > 1) ? 1 : t }
 '
+
+# What together.sh and floors-together.sh share. Both servers, listening
+# on ${PORT[A]} and ${PORT[B]}, are loaded at once by one loadtest thread
+# on core 1, each at $RATE over 64 connections of its own.
+together_load() { # SECONDS FIRST SECOND: the JSON lines, the first server's first
+  taskset -c 1 $LT run --addr 127.0.0.1:${PORT[$2]} --addr 127.0.0.1:${PORT[$3]} --rate "$RATE" \
+    --connections 64 --duration "$1" --warmup 0 --json
+}
+# Window I of $DUR s. Which server is sent to first swaps every window, so
+# neither has the head of the schedule for good. Sets FIRST, and OUT[A]
+# and OUT[B] (declare -A OUT first) to each server's JSON line.
+together_window() { # I
+  FIRST=A; local second=B out
+  if [ $(($1 % 2)) = 0 ]; then FIRST=B; second=A; fi
+  out=$(together_load "$DUR" $FIRST $second)
+  OUT=([$FIRST]=$(sed -n 1p <<<"$out") [$second]=$(sed -n 2p <<<"$out"))
+}
+# The median of B/A in column COL (awk -F'|') of a table's rows, how often
+# B came out lower, and the sign test's p: the chance of a split at least
+# this lopsided between two sides that do not differ.
+ratio_summary() { # ROWS_FILE COL WHAT
+  awk -F'|' -v c="$2" '{print $c + 0}' "$1" | sort -n | awk -v name="$3" "$SIGN_AWK"'
+    { r[NR] = $1; lo += $1 < 1 }
+    END {
+      n = NR; m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+      printf "B/A, %s per request: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f\n", name, m, r[1], r[n], lo, n, sign(lo, n)
+    }'
+}

@@ -32,7 +32,7 @@ cd "$(dirname "$0")/.."
 A=$(realpath "$1"); B=$(realpath "$2")
 RATE=${3:-20000}; WINDOWS=${4:-12}; DUR=${5:-6}
 ab_setup together
-declare -A PORT=([A]=18095 [B]=18096) ADMIN=([A]=19195 [B]=19196) PID=()
+declare -A PORT=([A]=18095 [B]=18096) ADMIN=([A]=19195 [B]=19196) PID=() OUT=()
 
 for k in A B; do
   mkdir -p "$W/data-$k"; cp -r "$W/mix/catalogs" "$W/data-$k/"
@@ -44,8 +44,7 @@ for k in A B; do
 done
 # The worker thread's CPU so far, in ns (cpu_ns gives the whole process's).
 worker_ns() { cut -d' ' -f1 "$(grep -l '^trackplane-w0$' /proc/"$1"/task/*/comm | sed 's/comm$/schedstat/')"; }
-taskset -c 1 $LT run --addr 127.0.0.1:${PORT[A]} --addr 127.0.0.1:${PORT[B]} --rate "$RATE" \
-  --connections 64 --duration 2 --warmup 0 --json >/dev/null
+together_load 2 A B >/dev/null
 
 ab_describe
 echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s"
@@ -53,29 +52,16 @@ echo
 echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A worker | B worker | B/A worker | A p99 µs | B p99 µs | steal ms |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for i in $(seq "$WINDOWS"); do
-  first=A; second=B
-  [ $((i % 2)) = 0 ] && { first=B; second=A; }
   a0=$(cpu_ns ${PID[A]}); b0=$(cpu_ns ${PID[B]}); wa0=$(worker_ns ${PID[A]}); wb0=$(worker_ns ${PID[B]}); s0=$(steal_ms)
-  out=$(taskset -c 1 $LT run --addr 127.0.0.1:${PORT[$first]} --addr 127.0.0.1:${PORT[$second]} \
-    --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json)
+  together_window "$i"
   a1=$(cpu_ns ${PID[A]}); b1=$(cpu_ns ${PID[B]}); wa1=$(worker_ns ${PID[A]}); wb1=$(worker_ns ${PID[B]})
-  declare -A OUT=([$first]=$(sed -n 1p <<<"$out") [$second]=$(sed -n 2p <<<"$out"))
   na=$(json_field "${OUT[A]}" completed); nb=$(json_field "${OUT[B]}" completed)
-  awk -v i="$i" -v f="$first" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v wa=$((wa1 - wa0)) -v wb=$((wb1 - wb0)) \
+  awk -v i="$i" -v f="$FIRST" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v wa=$((wa1 - wa0)) -v wb=$((wb1 - wb0)) \
     -v na="$na" -v nb="$nb" -v pa="$(json_field "${OUT[A]}" p99_us)" -v pb="$(json_field "${OUT[B]}" p99_us)" -v st=$(( $(steal_ms) - s0 )) \
     'BEGIN { x = a / 1000 / na; y = b / 1000 / nb; u = wa / 1000 / na; v = wb / 1000 / nb
              printf "| %d | %s | %.2f | %.2f | %.3f | %.2f | %.2f | %.3f | %s | %s | %d |\n", i, f, x, y, y / x, u, v, v / u, pa, pb, st }'
 done | tee "$W/rows"
 kill -TERM ${PID[A]} ${PID[B]}; wait ${PID[A]} ${PID[B]} 2>/dev/null || true
 echo
-# Median of B/A, how often B came out lower, and the sign test's p: the
-# chance of a split at least this lopsided between two sides that do not
-# differ.
-for col in 6:process 9:worker; do
-  awk -F'|' -v c="${col%%:*}" '{print $c + 0}' "$W/rows" | sort -n | awk -v name="${col#*:}" "$SIGN_AWK"'
-    { r[NR] = $1; lo += $1 < 1 }
-    END {
-      n = NR; m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
-      printf "B/A, %s CPU per request: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f\n", name, m, r[1], r[n], lo, n, sign(lo, n)
-    }'
-done
+ratio_summary "$W/rows" 6 "process CPU"
+ratio_summary "$W/rows" 9 "worker CPU"
