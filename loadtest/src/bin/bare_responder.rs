@@ -15,11 +15,6 @@ use monoio::net::{TcpListener, TcpStream};
 
 const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nServer: bare\r\nContent-Type: image/gif\r\nContent-Length: 43\r\nConnection: keep-alive\r\n\r\nGIF89a\x01\x00\x01\x00\x80\x01\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x01\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x4c\x01\x00\x3b";
 
-thread_local! {
-    /// Whether answers go out by one nonblocking send(2) first.
-    static SEND_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 fn main() {
     let addr = std::env::args()
         .nth(1)
@@ -29,7 +24,7 @@ fn main() {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .build()
             .expect("runtime");
-        rt.block_on(accept_loop(addr));
+        rt.block_on(accept_loop(addr, false));
         return;
     }
     let mut urb = io_uring::IoUring::builder();
@@ -44,30 +39,30 @@ fn main() {
         }
         _ => {}
     }
-    if driver == "uring-worker" {
-        monoio::set_recv_poll_first(true);
-        SEND_FIRST.with(|s| s.set(true));
-    }
+    // As trackplane's workers: receives that arm poll first, answers by
+    // one nonblocking send(2) first.
+    let worker = driver == "uring-worker";
+    monoio::set_recv_poll_first(worker);
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .uring_builder(urb)
         .build()
         .expect("runtime");
-    rt.block_on(accept_loop(addr));
+    rt.block_on(accept_loop(addr, worker));
 }
 
-async fn accept_loop(addr: String) {
+async fn accept_loop(addr: String, send_first: bool) {
     let listener = TcpListener::bind(&addr).expect("bind");
     if let Ok(bound) = listener.local_addr() {
         eprintln!("listening on {bound}");
     }
     loop {
         if let Ok((stream, _)) = listener.accept().await {
-            monoio::spawn(serve(stream));
+            monoio::spawn(serve(stream, send_first));
         }
     }
 }
 
-async fn serve(mut stream: TcpStream) {
+async fn serve(mut stream: TcpStream, send_first: bool) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut out: Vec<u8> = Vec::with_capacity(8192);
@@ -86,7 +81,7 @@ async fn serve(mut stream: TcpStream) {
             }
         }
         buf.drain(..pos);
-        if !out.is_empty() && SEND_FIRST.with(|s| s.get()) {
+        if send_first && !out.is_empty() {
             let sent = send_now(&stream, &out);
             out.drain(..sent);
         }
