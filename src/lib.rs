@@ -4,6 +4,7 @@
 //! audited event to local storage without locks on the request path.
 //!
 //! # Layout
+//! - `bell`: wakes a sleeping background thread at once (admin, catalogs)
 //! - `clock`: Unix milliseconds, and the request path's cheap wall clock
 //! - `config`: typed configuration, embedded default, validation
 //! - `http`: sans-io HTTP/1.x parsing and responses
@@ -27,6 +28,7 @@
 //! - `view`: the live tag-validation view on the admin port
 //! - `logging`: log setup shared by the binaries
 pub mod audit;
+pub mod bell;
 pub mod clock;
 pub mod config;
 pub mod http;

@@ -7,10 +7,14 @@
 //! one the driver adds itself. The kernel also counts the linger from the
 //! start of a wait, so completion work that came while the thread worked
 //! must not be held for a whole linger after that: the third test.
+//!
+//! The server's other waiting threads, the admin acceptor and the catalog
+//! reloader, sleep until they have work too: the fourth.
 
 mod common;
 
 use std::io::Write;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use common::{kernel_batches_wakeups, read_responses, start};
@@ -38,6 +42,26 @@ fn switches(name: &str) -> u64 {
     total
 }
 
+/// The admin acceptor and the catalog reloader sleep until they have work:
+/// a client, a scan due, a reload, a stop. (They polled every 20 ms, 50
+/// wake-ups a second each.)
+#[test]
+fn idle_admin_and_catalog_threads_sleep_until_there_is_work() {
+    let _alone = ONE_SERVER.lock().unwrap_or_else(PoisonError::into_inner);
+    let srv = start(Driver::Uring, "[catalogs]\nreload_interval_ms = 60000\n");
+    assert_eq!(srv.get("/healthz").status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    // Thread names are cut to 15 bytes.
+    for name in ["trackplane-admi", "trackplane-cata"] {
+        let before = switches(name);
+        std::thread::sleep(Duration::from_secs(1));
+        let woke = switches(name) - before;
+        assert!(woke <= 3, "idle {name} thread switched {woke} times in 1 s");
+    }
+    // Still serving after its long sleep.
+    assert_eq!(srv.admin_get("/healthz").status, 200);
+}
+
 /// A bare ring built as a batched worker's is (`DEFER_TASKRUN` with the
 /// task-run flag), waiting for 32 completions or `linger`, with no timer.
 fn batched_runtime(linger: Duration) -> monoio::Runtime<monoio::IoUringDriver> {
@@ -56,9 +80,13 @@ fn batched_runtime(linger: Duration) -> monoio::Runtime<monoio::IoUringDriver> {
         .unwrap()
 }
 
-/// One test, so that only one server's worker is named `trackplane-w0`.
+/// Held by each test that runs a server, so that only one server's threads
+/// carry the names counted.
+static ONE_SERVER: Mutex<()> = Mutex::new(());
+
 #[test]
 fn an_idle_batched_worker_sleeps_and_a_lone_request_is_answered() {
+    let _alone = ONE_SERVER.lock().unwrap_or_else(PoisonError::into_inner);
     // A linger of 100 µs: a worker woken at every linger would switch
     // about 10,000 times a second.
     let srv = start(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use trackplane::bell::Bell;
 use trackplane::config::{Config, Overrides};
 use trackplane::server::admin::{self, Reply};
 use trackplane::shipper::Shipper;
@@ -79,13 +80,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         "/readyz" => Reply::text("503 Service Unavailable", "brokers unreachable\n"),
         _ => Reply::not_found(),
     });
-    let stopped = {
-        let stop = stop.clone();
-        Box::new(move || stop.load(Ordering::Relaxed))
-    };
-    let admin = admin::spawn(listener, stopped, router)?;
+    let admin_stop = Arc::new(Bell::new().context("cannot create the admin's stop bell")?);
+    let admin = admin::spawn(listener, admin_stop.clone(), router)?;
     tracing::info!(admin = %bound, brokers = %brokers, data_dir = %data_dir.display(), "trackplane-shipper running");
     shipper.run(&stop);
+    admin_stop.ring();
     let _ = admin.join();
     tracing::info!("trackplane-shipper stopped");
     Ok(())

@@ -5,9 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crate::bell::{self, Bell};
 
 /// A long-lived answer (Server-Sent Events): given the connection after
 /// the response head, on a thread of its own.
@@ -90,11 +94,11 @@ pub fn split_target(target: &str) -> (&str, &str) {
 /// Answers a request target (path and query), from any thread.
 pub type Router = Box<dyn Fn(&str) -> Reply + Send + Sync>;
 
-/// Starts the admin thread on an already-bound listener; it stops once
-/// `stopped` says so.
+/// Starts the admin thread on an already-bound listener; it sleeps until a
+/// client connects and stops once `stop` rings.
 pub fn spawn(
     listener: TcpListener,
-    stopped: Box<dyn Fn() -> bool + Send>,
+    stop: Arc<Bell>,
     router: Router,
 ) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
@@ -103,7 +107,15 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("trackplane-admin".into())
         .spawn(move || {
-            while !stopped() {
+            loop {
+                match bell::wait([listener.as_fd(), stop.fd()], None) {
+                    Ok([_, true]) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin wait failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
                 match listener.accept() {
                     // Each request on its own short-lived thread (at most
                     // MAX_BUSY at once): a browser's idle pre-connection
@@ -124,9 +136,8 @@ pub fn spawn(
                         }
                     }
                     Ok(_) => tracing::warn!("admin port busy; connection closed"),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                    // A client gone before its accept.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "admin accept failed");
                         std::thread::sleep(Duration::from_millis(100));

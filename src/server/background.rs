@@ -5,9 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::audit::CatalogDir;
+use crate::bell;
 use crate::server::{notify, Shared};
 
 /// Pings systemd's watchdog while every worker's event loop turns; a stuck
@@ -46,22 +47,31 @@ pub fn spawn_watchdog(shared: Arc<Shared>, every: Duration) -> std::io::Result<J
         })
 }
 
-/// Re-reads changed catalog files every `reload_interval_ms` and swaps the
-/// new snapshot in; workers keep serving from the old one meanwhile.
+/// Re-reads changed catalog files every `reload_interval_ms` (at once
+/// after a reload) and swaps the new snapshot in; workers keep serving from
+/// the old one meanwhile. Sleeps in between, until its bells ring.
 pub fn spawn_reloader(shared: Arc<Shared>, mut dir: CatalogDir) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("trackplane-catalogs".into()).spawn(move || {
-        let step = Duration::from_millis(20);
-        let mut waited = Duration::ZERO;
-        while !shared.shutdown.load(Ordering::Relaxed) {
-            std::thread::sleep(step);
-            waited += step;
-            let rules = shared.rules.load();
-            let interval = Duration::from_millis(rules.config.catalogs.reload_interval_ms);
-            let now = shared.rescan_catalogs.swap(false, Ordering::AcqRel);
-            if waited < interval && !now {
+        let mut last_scan = Instant::now();
+        loop {
+            // Read each time: a reload may change it.
+            let interval =
+                Duration::from_millis(shared.rules.load().config.catalogs.reload_interval_ms);
+            let timeout = interval.saturating_sub(last_scan.elapsed());
+            match bell::wait([shared.stopping.fd(), shared.rescan_catalogs.fd()], Some(timeout)) {
+                Ok([true, _]) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "catalog reloader's wait failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let asked = shared.rescan_catalogs.clear();
+            if !asked && last_scan.elapsed() < interval {
                 continue;
             }
-            waited = Duration::ZERO;
+            last_scan = Instant::now();
+            let rules = shared.rules.load();
             // A reload may have pointed catalogs elsewhere.
             let want = rules.config.catalog_dir();
             let moved = want != dir.path();

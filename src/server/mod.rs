@@ -40,6 +40,7 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::audit::{Auditor, CatalogDir, Catalogs};
+use crate::bell::Bell;
 use crate::config::{BackgroundClass, Config};
 use crate::store::lease::StreamLeases;
 use crate::store::{Store, StoreStatus, StreamShared, StreamSpec};
@@ -88,14 +89,17 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// What a reload replaces: audit rules and per-event settings.
     pub rules: ArcSwap<Rules>,
-    /// Set by a reload: the catalog reloader scans at once.
-    pub rescan_catalogs: AtomicBool,
+    /// Rung by a reload: the catalog reloader scans at once.
+    pub rescan_catalogs: Bell,
     /// Current catalogs; the reloader swaps in new snapshots.
     pub catalogs: ArcSwap<Catalogs>,
     /// Node name for event ids.
     pub node: String,
     /// Set once to stop everything.
     pub shutdown: AtomicBool,
+    /// Rung with `shutdown` and never cleared: wakes the threads that
+    /// sleep until there is work (admin, catalogs).
+    pub stopping: Arc<Bell>,
     /// Set when every worker is accepting.
     pub ready: AtomicBool,
     /// Per stream: durable sequence and sync requests, shared with the store.
@@ -227,6 +231,10 @@ pub struct Server {
     _leases: StreamLeases,
 }
 
+fn bell_error(e: std::io::Error) -> ServeError {
+    ServeError::Thread(format!("cannot create a wake-up bell: {e}"))
+}
+
 fn storage<'a>(
     what: &'static str,
     path: &'a std::path::Path,
@@ -305,10 +313,11 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             rules: ArcSwap::from_pointee(rules),
-            rescan_catalogs: AtomicBool::new(false),
+            rescan_catalogs: Bell::new().map_err(bell_error)?,
             catalogs: ArcSwap::from_pointee(catalog_dir.catalogs().clone()),
             node: config.node(),
             shutdown: AtomicBool::new(false),
+            stopping: Arc::new(Bell::new().map_err(bell_error)?),
             ready: AtomicBool::new(false),
             streams: (0..workers)
                 .map(|_| Arc::new(StreamShared::default()))
@@ -454,11 +463,7 @@ impl Server {
             .map_err(|e| ServeError::Thread(e.to_string()))?
         };
         server.helpers.push(view);
-        let stopped = {
-            let shared = shared.clone();
-            Box::new(move || shared.shutdown.load(Ordering::Relaxed))
-        };
-        let admin = admin::spawn(admin_listener, stopped, router)
+        let admin = admin::spawn(admin_listener, shared.stopping.clone(), router)
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(admin);
         if let Some(every) = notify::Notifier::watchdog_interval() {
@@ -489,6 +494,7 @@ impl Server {
     fn stop(&self) {
         self.shared.ready.store(false, Ordering::Release);
         self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.stopping.ring();
         self.shared.store_status.class.stay_normal();
         self.shared.view.class.stay_normal();
         // This process's copies of the listening sockets go with it.
@@ -567,7 +573,7 @@ impl Server {
             .sync_types
             .store(rules.auditor.has_sync_types(), Ordering::Release);
         self.shared.rules.store(Arc::new(rules));
-        self.shared.rescan_catalogs.store(true, Ordering::Release);
+        self.shared.rescan_catalogs.ring();
         tracing::info!(needs_restart = ?pending, "configuration reloaded");
         pending
     }
