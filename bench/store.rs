@@ -4,6 +4,10 @@
 //! `write` per event). Reports events/s and bytes/s of record data, and the
 //! compression ratio. Run on the loadtest's realistic records.
 //!
+//! `block_compress`: one 256 KiB block of those records compressed in one
+//! go against in the pieces the store uses when it may pause between them
+//! (`COMPRESS_PIECE`), each with its ratio.
+//!
 //! `cargo bench --bench store`
 
 use std::io::Write;
@@ -143,6 +147,70 @@ fn bench(c: &mut Criterion) {
         "record bytes/event {record_bytes}; compression ratio (raw / written, with headers) {:.2}",
         ratio.0 as f64 / ratio.1.max(1) as f64
     );
+
+    let records: Vec<Vec<u8>> = (0..4000)
+        .map(|i| {
+            let mut r = Vec::new();
+            encode(i, &mut r);
+            r
+        })
+        .collect();
+    block_compress(c, &records, dir.path());
+}
+
+/// Writes one full block per iteration, whole or in pieces; only the
+/// block's compression and write are timed.
+fn block_compress(c: &mut Criterion, records: &[Vec<u8>], dir: &std::path::Path) {
+    let cfg = WriterConfig {
+        block_max_bytes: 262_144,
+        segment_max_bytes: 1 << 30,
+        segment_max_age: Duration::from_secs(3600),
+        zstd_level: 1,
+    };
+    let mut g = c.benchmark_group("block_compress");
+    g.sample_size(20);
+    for in_pieces in [false, true] {
+        let name = if in_pieces { "in_pieces" } else { "whole" };
+        let mut ratio = (0u64, 0u64);
+        let mut per_block = 0;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let sub = dir.join(format!("{name}-{iters}-{}", ratio.0));
+                std::fs::create_dir_all(&sub).unwrap();
+                let mut w = StreamWriter::create(&sub, 0, "edge-1", 0, cfg).unwrap();
+                let mut total = Duration::ZERO;
+                let mut seq = 0u64;
+                for _ in 0..iters {
+                    let mut n = 0;
+                    while !w.block_full() {
+                        w.append(seq, seq, &records[seq as usize % records.len()])
+                            .unwrap();
+                        seq += 1;
+                        n += 1;
+                    }
+                    per_block = n;
+                    let start = Instant::now();
+                    let stats = if in_pieces {
+                        w.write_block_pausing(&mut || {}).unwrap()
+                    } else {
+                        w.write_block().unwrap()
+                    }
+                    .unwrap();
+                    total += start.elapsed();
+                    ratio.0 += stats.raw_bytes;
+                    ratio.1 += stats.written_bytes;
+                }
+                w.close().unwrap();
+                std::fs::remove_dir_all(&sub).unwrap();
+                total
+            })
+        });
+        eprintln!(
+            "block_compress/{name}: {per_block} records per block; ratio (raw / written, with headers) {:.2}",
+            ratio.0 as f64 / ratio.1.max(1) as f64
+        );
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -240,7 +240,7 @@ impl Class {
 
     /// Whether [`Class::breathe`] yields now: in the normal class, in a
     /// pass that has met no backlog.
-    fn breathes(&self) -> bool {
+    pub fn breathes(&self) -> bool {
         !self.backlog.load(Ordering::Relaxed) && self.state.load(Ordering::Acquire) != IDLE
     }
 

@@ -81,7 +81,7 @@ fn out_of_order_sequence_is_refused() {
 }
 
 #[test]
-fn a_block_compressed_in_pieces_reads_back_and_pauses_between_them() {
+fn a_block_compressed_in_pieces_or_whole_reads_back_and_pauses_between_pieces() {
     // Compressible records, then random ones: the output's worst case.
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut random = |len: usize| -> Vec<u8> {
@@ -94,7 +94,7 @@ fn a_block_compressed_in_pieces_reads_back_and_pauses_between_them() {
             })
             .collect()
     };
-    for compressible in [true, false] {
+    for (compressible, in_pieces) in [(true, true), (false, true), (true, false), (false, false)] {
         let tmp = tempfile::tempdir().unwrap();
         let mut w = StreamWriter::create(tmp.path(), 0, "n", 0, cfg(1 << 20, 1 << 30)).unwrap();
         let recs: Vec<Vec<u8>> = (0..400u64)
@@ -109,11 +109,16 @@ fn a_block_compressed_in_pieces_reads_back_and_pauses_between_them() {
         for (seq, rec) in recs.iter().enumerate() {
             w.append(seq as u64, 1, rec).unwrap();
         }
-        let mut pauses = 0;
-        let stats = w.write_block_pausing(&mut || pauses += 1).unwrap().unwrap();
-        let pieces = (stats.raw_bytes as usize).div_ceil(writer::COMPRESS_PIECE);
-        assert!(pieces >= 6, "{pieces} pieces");
-        assert_eq!(pauses, pieces - 1, "a pause between pieces, none after");
+        let stats = if in_pieces {
+            let mut pauses = 0;
+            let stats = w.write_block_pausing(&mut || pauses += 1).unwrap().unwrap();
+            let pieces = (stats.raw_bytes as usize).div_ceil(writer::COMPRESS_PIECE);
+            assert!(pieces >= 6, "{pieces} pieces");
+            assert_eq!(pauses, pieces - 1, "a pause between pieces, none after");
+            stats
+        } else {
+            w.write_block().unwrap().unwrap()
+        };
         if !compressible {
             assert!(
                 stats.written_bytes > stats.raw_bytes,

@@ -19,11 +19,16 @@ use zstd::zstd_safe::{self, zstd_sys::ZSTD_EndDirective, CCtx, CParameter, InBuf
 use super::format::{self, BlockHeader, SegmentHeader, BLOCK_HEADER_LEN, CODEC_ZSTD, HEADER_LEN};
 use crate::clock::unix_ms;
 
-/// A block is compressed this many bytes at a time, so that whoever
-/// writes it can pause in between (the store gives a waiting worker its
-/// core): a 256 KiB block in one go holds the core for about 300 µs. Each
-/// piece ends a zstd block inside the one frame, and the frame's history
-/// spans the pieces, so the ratio stays close to one-shot compression.
+/// A block written with pauses is compressed this many bytes at a time,
+/// so that whoever writes it can pause in between (the store gives a
+/// waiting worker its core): a 256 KiB block in one go holds the core for
+/// about 300 µs. Each piece ends a zstd block inside the one frame, and
+/// the frame's history spans the pieces, so the ratio stays close to
+/// one-shot compression; but each piece builds its own entropy tables:
+/// `cargo bench --bench store -- block_compress` takes 179 µs a block in
+/// pieces against 136 µs whole (ratio 27.7x against 28.0x;
+/// `bench/results/together-20261130-1246.md`). So blocks are
+/// compressed in pieces only when a pause may give the core away.
 pub const COMPRESS_PIECE: usize = 32 << 10;
 
 /// Worst-case bytes a flush adds beyond `compress_bound` (a zstd block
@@ -98,12 +103,14 @@ fn out_bound(raw_len: usize) -> usize {
 }
 
 /// Compresses `raw` into one zstd frame after `BLOCK_HEADER_LEN` bytes of
-/// `out` (whose capacity is `out_bound`), piece by piece, calling `pause`
-/// between pieces. Returns the frame's length.
+/// `out` (whose capacity is `out_bound`), in pieces of `piece` bytes
+/// (`usize::MAX`: in one go), calling `pause` between pieces. Returns the
+/// frame's length.
 fn compress(
     cctx: &mut CCtx<'static>,
     raw: &[u8],
     out: &mut Vec<u8>,
+    piece: usize,
     pause: &mut dyn FnMut(),
 ) -> io::Result<usize> {
     cctx.reset(zstd_safe::ResetDirective::SessionOnly)
@@ -111,10 +118,11 @@ fn compress(
     cctx.set_pledged_src_size(Some(raw.len() as u64))
         .map_err(zstd_err)?;
     let mut output = OutBuffer::around_pos(out, BLOCK_HEADER_LEN);
-    let pieces = raw.len().div_ceil(COMPRESS_PIECE).max(1);
+    let piece_len = piece.max(1);
+    let pieces = raw.len().div_ceil(piece_len).max(1);
     for i in 0..pieces {
-        let piece =
-            &raw[(i * COMPRESS_PIECE).min(raw.len())..((i + 1) * COMPRESS_PIECE).min(raw.len())];
+        let start = i.saturating_mul(piece_len).min(raw.len());
+        let piece = &raw[start..(i + 1).saturating_mul(piece_len).min(raw.len())];
         let last = i + 1 == pieces;
         let mode = if last {
             ZSTD_EndDirective::ZSTD_e_end
@@ -225,15 +233,23 @@ impl StreamWriter {
         self.count
     }
 
-    /// Compresses and writes the block being built, if any.
+    /// Compresses (in one go) and writes the block being built, if any.
     pub fn write_block(&mut self) -> io::Result<Option<BlockStats>> {
-        self.write_block_pausing(&mut || {})
+        self.write_block_in(usize::MAX, &mut || {})
     }
 
-    /// [`StreamWriter::write_block`], calling `pause` between pieces of
-    /// [`COMPRESS_PIECE`] bytes.
+    /// [`StreamWriter::write_block`], compressing in pieces of
+    /// [`COMPRESS_PIECE`] bytes and calling `pause` between them.
     pub fn write_block_pausing(
         &mut self,
+        pause: &mut dyn FnMut(),
+    ) -> io::Result<Option<BlockStats>> {
+        self.write_block_in(COMPRESS_PIECE, pause)
+    }
+
+    fn write_block_in(
+        &mut self,
+        piece: usize,
         pause: &mut dyn FnMut(),
     ) -> io::Result<Option<BlockStats>> {
         if self.count == 0 {
@@ -241,7 +257,7 @@ impl StreamWriter {
         }
         self.out.clear();
         self.out.reserve(out_bound(self.raw.len()));
-        let n = compress(&mut self.compressor, &self.raw, &mut self.out, pause)?;
+        let n = compress(&mut self.compressor, &self.raw, &mut self.out, piece, pause)?;
         let header = BlockHeader {
             compressed_len: n as u32,
             uncompressed_len: self.raw.len() as u32,

@@ -26,7 +26,8 @@ use crossbeam_utils::CachePadded;
 
 use crate::config::{FullPolicy, StorageConfig};
 use crate::ring::Consumer;
-use crate::sched::PASS_CHUNK;
+use crate::sched::{Class, PASS_CHUNK};
+use crate::segment::writer::BlockStats;
 use crate::segment::{StreamWriter, WriterConfig};
 pub use metrics::StoreMetrics;
 
@@ -237,6 +238,18 @@ struct Ctx {
 }
 
 /// Whether a worker waits for a sync the store has not asked for yet.
+/// Writes the block being built, in pieces with a breath between them only
+/// when a breath would yield: pieces cost zstd time and ratio (see
+/// `COMPRESS_PIECE`), and an idle-class pass, or one running through a
+/// backlog, never yields.
+fn write_block(writer: &mut StreamWriter, class: &Class) -> std::io::Result<Option<BlockStats>> {
+    if class.breathes() {
+        writer.write_block_pausing(&mut || class.breathe(false))
+    } else {
+        writer.write_block()
+    }
+}
+
 fn sync_due(streams: &[Stream], wanted: &[u64]) -> bool {
     streams.iter().zip(wanted).any(|(s, &w)| w > s.requested)
 }
@@ -289,10 +302,7 @@ impl Ctx {
             let sync_due = sync_due(&streams, &wanted);
             if stopping || sync_due || now.duration_since(last_flush) >= flush_every {
                 for s in streams.iter_mut() {
-                    if let Some(stats) = s
-                        .writer
-                        .write_block_pausing(&mut || self.status.class.breathe(false))?
-                    {
+                    if let Some(stats) = write_block(&mut s.writer, &self.status.class)? {
                         self.metrics.block(&stats);
                     }
                 }
@@ -387,14 +397,12 @@ impl Ctx {
                 result = writer.append(seq, ts, &rec[RING_PREFIX..]);
                 if result.is_ok() && writer.block_full() {
                     // A segment ends at its size however much one pass drains.
-                    result = writer
-                        .write_block_pausing(&mut || class.breathe(false))
-                        .and_then(|stats| {
-                            if let Some(stats) = stats {
-                                metrics.block(&stats);
-                            }
-                            rotate_if_due(writer, shared, requested, metrics)
-                        });
+                    result = write_block(writer, class).and_then(|stats| {
+                        if let Some(stats) = stats {
+                            metrics.block(&stats);
+                        }
+                        rotate_if_due(writer, shared, requested, metrics)
+                    });
                 }
             },
             |backlog| class.breathe(backlog),
