@@ -2,7 +2,8 @@
 //! threads which only wait for something to happen (the admin port's
 //! acceptor, the catalog reloader) sleep until it does. They used to poll a
 //! flag every 20 ms: a hundred wake-ups a second on an idle node, each a
-//! context switch on a core the workers share.
+//! context switch on a core the workers share. The store's and the view's
+//! naps end at a stop the same way, so they can be long on a quiet node.
 //!
 //! A bell is a connected pair of Unix sockets: ringing writes a byte,
 //! and the bell stays readable until it is cleared, so a ring between a

@@ -453,15 +453,8 @@ impl Server {
             let shared = shared.clone();
             Box::new(move |target| route_admin(target, &shared, &page))
         };
-        let view = {
-            let shared = shared.clone();
-            crate::view::spawn(
-                shared.view.clone(),
-                view_rings,
-                Box::new(move || shared.shutdown.load(Ordering::Relaxed)),
-            )
-            .map_err(|e| ServeError::Thread(e.to_string()))?
-        };
+        let view = crate::view::spawn(shared.view.clone(), view_rings, shared.stopping.clone())
+            .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(view);
         let admin = admin::spawn(admin_listener, shared.stopping.clone(), router)
             .map_err(|e| ServeError::Thread(e.to_string()))?;

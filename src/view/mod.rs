@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bell::{self, Bell};
 use crate::clock::unix_ms;
 use crate::record::peek;
 use crate::ring::Consumer;
@@ -498,22 +499,24 @@ impl View {
     }
 }
 
-/// The view thread's nap between passes, and its nap after a pass that
-/// found a ring busy.
+/// The view thread's nap between passes, its nap after a pass that found
+/// a ring busy, and after one that found nothing (a quiet node's first
+/// event shows a quarter of a second later at most).
 const NAP: Duration = Duration::from_millis(50);
 const NAP_BUSY: Duration = Duration::from_millis(10);
+const NAP_QUIET: Duration = Duration::from_millis(250);
 
 /// Starts the thread that drains the workers' view rings into `view`.
 pub fn spawn(
     view: Arc<View>,
     mut rings: Vec<Consumer>,
-    stopped: Box<dyn Fn() -> bool + Send>,
+    stop: Arc<Bell>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("trackplane-view".into())
         .spawn(move || {
             let mut last_forget = std::time::Instant::now();
-            while !stopped() {
+            while !stop.is_rung() {
                 if last_forget.elapsed() >= Duration::from_secs(60) {
                     view.forget_idle(unix_ms());
                     last_forget = std::time::Instant::now();
@@ -525,9 +528,10 @@ pub fn spawn(
                 let busy = rings.iter().any(|r| r.backlog() > r.capacity() / 16);
                 view.class.start_pass(!calm);
                 view.class.settle(calm);
+                let mut drained = 0;
                 for ring in &mut rings {
                     let mut batch = view.batch();
-                    ring.drain_pausing(
+                    drained += ring.drain_pausing(
                         PASS_CHUNK,
                         |rec| batch.add(rec),
                         |backlog| view.class.breathe(backlog),
@@ -541,11 +545,22 @@ pub fn spawn(
                 // (bench/results/together-viewnap-20261130-1035.md). A
                 // pass that found more than a sixteenth of a ring waiting
                 // naps 10 ms, so that at high rates the rings stay short
-                // of the quarter where a worker lifts this thread. No nap
-                // while a ring fills past a quarter.
+                // of the quarter where a worker lifts this thread; one that
+                // found nothing naps 250 ms. No nap while a ring fills past
+                // a quarter.
                 if !rings.iter().any(Consumer::past_quarter) {
                     view.class.rest();
-                    std::thread::sleep(if busy { NAP_BUSY } else { NAP });
+                    let nap = if busy {
+                        NAP_BUSY
+                    } else if drained == 0 {
+                        NAP_QUIET
+                    } else {
+                        NAP
+                    };
+                    // Until the nap is over or the server stops.
+                    if bell::wait([stop.fd()], Some(nap)).is_err() {
+                        std::thread::sleep(nap);
+                    }
                 }
             }
         })
