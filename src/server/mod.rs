@@ -98,7 +98,7 @@ pub struct Shared {
     /// Set once to stop everything.
     pub shutdown: AtomicBool,
     /// Rung with `shutdown` and never cleared: wakes the threads that
-    /// sleep until there is work (admin, catalogs).
+    /// sleep until there is work (admin, catalogs) and ends the view's nap.
     pub stopping: Arc<Bell>,
     /// Set when every worker is accepting.
     pub ready: AtomicBool,

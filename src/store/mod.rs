@@ -245,7 +245,6 @@ struct Ctx {
     status: Arc<StoreStatus>,
 }
 
-/// Whether a worker waits for a sync the store has not asked for yet.
 /// Writes the block being built, in pieces with a breath between them only
 /// when a breath would yield: pieces cost zstd time and ratio (see
 /// `COMPRESS_PIECE`), and an idle-class pass, or one running through a
@@ -259,6 +258,7 @@ fn write_block(writer: &mut StreamWriter, class: &Class) -> std::io::Result<Opti
     }
 }
 
+/// Whether a worker waits for a sync the store has not asked for yet.
 fn sync_due(streams: &[Stream], wanted: &[u64]) -> bool {
     streams.iter().zip(wanted).any(|(s, &w)| w > s.requested)
 }
@@ -271,10 +271,11 @@ impl Ctx {
         // interval (each wake-up costs the workers' core a context switch).
         let buffered_idle =
             (flush_every / 4).clamp(Duration::from_millis(1), Duration::from_millis(10));
-        // The nap after a pass that found nothing: the flush interval (up
-        // to 100 ms), the longest that keeps a quiet node's next event
-        // within it of reaching its segment. An idle node's store then
-        // wakes 20 times a second instead of 100.
+        // The nap after a pass that found nothing and left no block
+        // waiting: the flush interval (up to 100 ms), the longest that
+        // keeps a quiet node's next event within it of reaching its
+        // segment. An idle node's store then wakes 20 times a second
+        // instead of 100.
         let quiet_idle = flush_every.clamp(buffered_idle, Duration::from_millis(100));
         // fdatasync runs on its own thread: a slow disk stalls durability,
         // never the writing of blocks (and so never the flush window).
@@ -375,9 +376,10 @@ impl Ctx {
             if !sync_due && !pressed {
                 // Sleep in the normal class (see `sched`).
                 self.status.class.rest();
+                let quiet = drained == 0 && streams.iter().all(|s| s.writer.pending() == 0);
                 let nap = if sync_types {
                     Duration::from_micros(200)
-                } else if drained == 0 {
+                } else if quiet {
                     quiet_idle
                 } else {
                     buffered_idle
