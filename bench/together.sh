@@ -18,6 +18,15 @@
 # change found here is confirmed by bench/tails.sh against nginx, and this
 # script's p99 is for a gross regression only.
 #
+# Each window also gives the worker thread's CPU and the other threads'
+# (store, syncer, view, admin, catalogs: the process less its worker). A
+# change to those threads is a few percent of the process, under a noisy
+# VM's spread (17-25 µs per request from window to window on the AMD VM of
+# bench/results/together-20261130-1246.md), but stands clear in their own
+# column: there, two changes to them came out at 0.89-0.92 and 0.90-0.95
+# in 10 of 10 windows, one that left them alone at 0.952-1.024 (median
+# 1.000) over 8.
+#
 # The servers swap places in loadtest's order every window (which of them
 # is sent to first), so neither has the head of the schedule for good.
 # A_TOML and B_TOML, when set, are appended (printf-style) to that side's
@@ -49,8 +58,8 @@ together_load 2 A B >/dev/null
 ab_describe
 echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s"
 echo
-echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A worker | B worker | B/A worker | A p99 µs | B p99 µs | steal ms |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A worker | B worker | B/A worker | A other | B other | B/A other | A p99 µs | B p99 µs | steal ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for i in $(seq "$WINDOWS"); do
   a0=$(cpu_ns ${PID[A]}); b0=$(cpu_ns ${PID[B]}); wa0=$(worker_ns ${PID[A]}); wb0=$(worker_ns ${PID[B]}); s0=$(steal_ms)
   together_window "$i"
@@ -59,9 +68,10 @@ for i in $(seq "$WINDOWS"); do
   awk -v i="$i" -v f="$FIRST" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v wa=$((wa1 - wa0)) -v wb=$((wb1 - wb0)) \
     -v na="$na" -v nb="$nb" -v pa="$(json_field "${OUT[A]}" p99_us)" -v pb="$(json_field "${OUT[B]}" p99_us)" -v st=$(( $(steal_ms) - s0 )) \
     'BEGIN { x = a / 1000 / na; y = b / 1000 / nb; u = wa / 1000 / na; v = wb / 1000 / nb
-             printf "| %d | %s | %.2f | %.2f | %.3f | %.2f | %.2f | %.3f | %s | %s | %d |\n", i, f, x, y, y / x, u, v, v / u, pa, pb, st }'
+             printf "| %d | %s | %.2f | %.2f | %.3f | %.2f | %.2f | %.3f | %.2f | %.2f | %.3f | %s | %s | %d |\n", i, f, x, y, y / x, u, v, v / u, x - u, y - v, (y - v) / (x - u), pa, pb, st }'
 done | tee "$W/rows"
 kill -TERM ${PID[A]} ${PID[B]}; wait ${PID[A]} ${PID[B]} 2>/dev/null || true
 echo
 ratio_summary "$W/rows" 6 "process CPU"
 ratio_summary "$W/rows" 9 "worker CPU"
+ratio_summary "$W/rows" 12 "other threads' CPU"

@@ -4,7 +4,8 @@
 //! audited event to local storage without locks on the request path.
 //!
 //! # Layout
-//! - `bell`: wakes a sleeping background thread at once (admin, catalogs)
+//! - `bell`: wakes a sleeping background thread at once (admin, catalogs,
+//!   the store's and view's naps at a stop)
 //! - `clock`: Unix milliseconds, and the request path's cheap wall clock
 //! - `config`: typed configuration, embedded default, validation
 //! - `http`: sans-io HTTP/1.x parsing and responses
