@@ -191,7 +191,18 @@ fn steady_state_allocations(driver: Driver) -> (u64, u64) {
         }
     }
     let after = ALLOCATIONS.load(Ordering::SeqCst);
-    // Let the view drain what it was sent before counting its part.
+    // Let the view drain what it was sent before counting its part. It
+    // may be in the long nap it takes after a pass that found nothing (the
+    // pause above), so wait until it has counted past the warm-up.
+    let view_counted = || {
+        let audit = s.admin_get("/api/advertisers/shop/audit");
+        let audit: serde_json::Value = serde_json::from_slice(&audit.body).unwrap();
+        audit["last_hour"]["events_by_type"]["view_item"].as_u64()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while view_counted() <= Some(warm_up as u64) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     std::thread::sleep(std::time::Duration::from_millis(100));
     let view = VIEW_ALLOCATIONS.load(Ordering::SeqCst) - view_before;
     eprintln!(
