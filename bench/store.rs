@@ -175,7 +175,7 @@ fn block_compress(c: &mut Criterion, records: &[Vec<u8>], dir: &std::path::Path)
         let mut per_block = 0;
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let sub = dir.join(format!("{name}-{iters}-{}", ratio.0));
+                let sub = dir.join(name);
                 std::fs::create_dir_all(&sub).unwrap();
                 let mut w = StreamWriter::create(&sub, 0, "edge-1", 0, cfg).unwrap();
                 let mut total = Duration::ZERO;

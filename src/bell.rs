@@ -56,6 +56,14 @@ impl Bell {
         rung
     }
 
+    /// Sleeps for `timeout`, or until the bell rings if sooner (at once if
+    /// it has been rung and not cleared).
+    pub fn nap(&self, timeout: Duration) {
+        if wait([self.fd()], Some(timeout)).is_err() {
+            std::thread::sleep(timeout);
+        }
+    }
+
     /// Whether the bell has been rung and not cleared since.
     pub fn is_rung(&self) -> bool {
         wait([self.fd()], Some(Duration::ZERO)).is_ok_and(|[rung]| rung)
@@ -113,6 +121,24 @@ mod tests {
         assert!(bell.clear());
         assert!(!bell.is_rung());
         assert!(!bell.clear(), "a cleared bell was rung again");
+    }
+
+    #[test]
+    fn a_nap_lasts_its_time_unless_the_bell_rings() {
+        let bell = Bell::new().unwrap();
+        let start = Instant::now();
+        bell.nap(Duration::from_millis(30));
+        assert!(
+            start.elapsed() >= Duration::from_millis(30),
+            "a silent bell's nap ended early"
+        );
+        bell.ring();
+        let start = Instant::now();
+        bell.nap(Duration::from_secs(30));
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a rung bell's nap went on"
+        );
     }
 
     #[test]

@@ -118,11 +118,10 @@ fn compress(
     cctx.set_pledged_src_size(Some(raw.len() as u64))
         .map_err(zstd_err)?;
     let mut output = OutBuffer::around_pos(out, BLOCK_HEADER_LEN);
-    let piece_len = piece.max(1);
+    let piece_len = piece.clamp(1, raw.len().max(1));
     let pieces = raw.len().div_ceil(piece_len).max(1);
     for i in 0..pieces {
-        let start = i.saturating_mul(piece_len).min(raw.len());
-        let piece = &raw[start..(i + 1).saturating_mul(piece_len).min(raw.len())];
+        let piece = &raw[(i * piece_len).min(raw.len())..((i + 1) * piece_len).min(raw.len())];
         let last = i + 1 == pieces;
         let mode = if last {
             ZSTD_EndDirective::ZSTD_e_end

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::bell::{self, Bell};
+use crate::bell::Bell;
 use crate::config::{FullPolicy, StorageConfig};
 use crate::ring::Consumer;
 use crate::sched::{Class, PASS_CHUNK};
@@ -384,10 +384,8 @@ impl Ctx {
                 } else {
                     buffered_idle
                 };
-                // Until the nap is over or `finish` rings.
-                if bell::wait([self.wake.fd()], Some(nap)).is_err() {
-                    std::thread::sleep(nap);
-                }
+                // Cut short when `finish` rings.
+                self.wake.nap(nap);
             }
         }
     }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::bell::{self, Bell};
+use crate::bell::Bell;
 use crate::clock::unix_ms;
 use crate::record::peek;
 use crate::ring::Consumer;
@@ -557,10 +557,8 @@ pub fn spawn(
                     } else {
                         NAP
                     };
-                    // Until the nap is over or the server stops.
-                    if bell::wait([stop.fd()], Some(nap)).is_err() {
-                        std::thread::sleep(nap);
-                    }
+                    // Cut short when the server stops.
+                    stop.nap(nap);
                 }
             }
         })
