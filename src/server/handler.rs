@@ -445,10 +445,13 @@ impl Emitter {
                 start = end;
             }
             // A background thread in the idle class barely runs on a busy
-            // core; a ring filling up is the sign to lift it. Nothing to
-            // check in the normal class (the default).
-            if self.store.class.enabled() && self.producer.past_quarter() {
-                self.store.class.lift();
+            // core; a ring filling up is the sign to lift it (nothing to
+            // lift in the normal class), and to end the store's nap.
+            if self.producer.past_quarter() {
+                if self.store.class.enabled() {
+                    self.store.class.lift();
+                }
+                self.store.nudge();
             }
             if self.view_shared.class.enabled() && self.view.past_quarter() {
                 self.view_shared.class.lift();
@@ -462,9 +465,11 @@ impl Emitter {
                 self.sync_wait = self.sync_wait.max(Some(seq));
             }
         } else {
-            // Full: lift the store if it is idle (no later push that
-            // succeeds would see the ring past a quarter).
+            // Full: lift the store if it is idle and wake it if it naps
+            // (no later push that succeeds would see the ring past a
+            // quarter).
             self.store.class.lift();
+            self.store.nudge();
             metrics.events_refused.add(n as u64);
         }
         self.pending_sync = None;

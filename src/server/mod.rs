@@ -298,11 +298,10 @@ impl Server {
         let rules = Rules::new(config.clone());
         // Whether the store naps short for `sync` events; a reload updates it.
         let idle_wanted = config.server.background_class == BackgroundClass::Idle;
-        let store_status = Arc::new(StoreStatus {
-            sync_types: AtomicBool::new(rules.auditor.has_sync_types()),
-            class: crate::sched::Class::new(idle_wanted),
-            ..StoreStatus::default()
-        });
+        let store_status = Arc::new(StoreStatus::new(
+            rules.auditor.has_sync_types(),
+            crate::sched::Class::new(idle_wanted),
+        ));
         let background = match (idle_wanted, store_status.class.enabled()) {
             (true, true) => "idle",
             (true, false) => {

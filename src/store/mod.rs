@@ -17,8 +17,8 @@ pub mod lease;
 pub mod metrics;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,39 @@ pub struct StoreStatus {
     /// The store thread's scheduling class; workers lift it mid-pass when
     /// their ring fills past a quarter.
     pub class: crate::sched::Class,
+    /// Whether the store naps (or is about to): a worker whose ring fills
+    /// past a quarter then rings `bell`.
+    napping: AtomicBool,
+    /// The store's bell, from its start.
+    bell: OnceLock<Arc<Bell>>,
+}
+
+impl StoreStatus {
+    /// A status for a store whose event types include `sync` ones or not,
+    /// in `class`.
+    pub fn new(sync_types: bool, class: crate::sched::Class) -> StoreStatus {
+        StoreStatus {
+            sync_types: AtomicBool::new(sync_types),
+            class,
+            ..StoreStatus::default()
+        }
+    }
+
+    /// Called by a worker whose ring is past a quarter: ends the store's
+    /// nap. The store naps until its next flush is due, which at a high
+    /// rate, or with a small ring, is longer than a ring takes to fill; a
+    /// nap cut short costs one write(2) here, at most once per nap.
+    #[inline]
+    pub fn nudge(&self) {
+        // Pairs with the fence in the store's `nap`: either the store sees
+        // the records just pushed, or this sees it napping.
+        fence(Ordering::SeqCst);
+        if self.napping.load(Ordering::Relaxed) && self.napping.swap(false, Ordering::Relaxed) {
+            if let Some(bell) = self.bell.get() {
+                bell.ring();
+            }
+        }
+    }
 }
 
 /// The segments directory under a data directory.
@@ -160,6 +193,18 @@ impl Store {
         specs: Vec<StreamSpec>,
         status: Arc<StoreStatus>,
     ) -> std::io::Result<Store> {
+        Store::start_napping(data_dir, node, cfg, specs, status, MAX_NAP)
+    }
+
+    /// `start`, with naps of at most `max_nap`.
+    fn start_napping(
+        data_dir: &Path,
+        node: &str,
+        cfg: &StorageConfig,
+        specs: Vec<StreamSpec>,
+        status: Arc<StoreStatus>,
+        max_nap: Duration,
+    ) -> std::io::Result<Store> {
         let dir = segments_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
         let wcfg = WriterConfig {
@@ -183,12 +228,15 @@ impl Store {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Bell::new()?);
+        // A status serves one store; a second start keeps the first bell.
+        let _ = status.bell.set(wake.clone());
         let metrics = Arc::new(StoreMetrics::default());
         let ctx = Ctx {
             dir,
             cfg: cfg.clone(),
             stop: stop.clone(),
             wake: wake.clone(),
+            max_nap,
             metrics: metrics.clone(),
             status: status.clone(),
         };
@@ -241,6 +289,8 @@ struct Ctx {
     cfg: StorageConfig,
     stop: Arc<AtomicBool>,
     wake: Arc<Bell>,
+    /// `MAX_NAP` but in tests.
+    max_nap: Duration,
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
 }
@@ -258,6 +308,41 @@ fn write_block(writer: &mut StreamWriter, class: &Class) -> std::io::Result<Opti
     }
 }
 
+/// When the store's timed duties come due, for the length of its nap.
+struct Timers {
+    last_flush: Instant,
+    flush_every: Duration,
+    last_sync: Instant,
+    sync_every: Duration,
+}
+
+/// The longest nap: budget checks and segment ages are looked at between
+/// naps.
+const MAX_NAP: Duration = Duration::from_secs(1);
+
+impl Timers {
+    /// How long the store may nap at `now` (the caller caps it at
+    /// `MAX_NAP`): until its next flush is due (so records reach their
+    /// segment within the flush interval), or, after a pass that found
+    /// nothing and left no block waiting, for the whole interval (an event
+    /// arriving meanwhile is then flushed at the next pass); sooner if a
+    /// sync is due. Each pass costs the workers'
+    /// core context switches, so one pass per flush interval: with naps of
+    /// a quarter of it, the store cost 0.72-0.80 µs per request at 20k
+    /// requests/s unbatched, 0.56-0.57 with naps until the flush
+    /// (`bench/threads.sh`, bench/results/store-nap-20261130-1520.md).
+    fn nap(&self, now: Instant, quiet: bool) -> Duration {
+        let flush = if quiet {
+            now + self.flush_every
+        } else {
+            self.last_flush + self.flush_every
+        };
+        let due = flush.min(self.last_sync + self.sync_every);
+        due.saturating_duration_since(now)
+            .max(Duration::from_millis(1))
+    }
+}
+
 /// Whether a worker waits for a sync the store has not asked for yet.
 fn sync_due(streams: &[Stream], wanted: &[u64]) -> bool {
     streams.iter().zip(wanted).any(|(s, &w)| w > s.requested)
@@ -267,16 +352,6 @@ impl Ctx {
     fn run(self, mut streams: Vec<Stream>) -> std::io::Result<()> {
         let flush_every = Duration::from_millis(self.cfg.flush_interval_ms);
         let sync_every = Duration::from_millis(self.cfg.sync_interval_ms);
-        // The nap when no event type is `sync`: a quarter of the flush
-        // interval (each wake-up costs the workers' core a context switch).
-        let buffered_idle =
-            (flush_every / 4).clamp(Duration::from_millis(1), Duration::from_millis(10));
-        // The nap after a pass that found nothing and left no block
-        // waiting: the flush interval (up to 100 ms), the longest that
-        // keeps a quiet node's next event within it of reaching its
-        // segment. An idle node's store then wakes 20 times a second
-        // instead of 100.
-        let quiet_idle = flush_every.clamp(buffered_idle, Duration::from_millis(100));
         // fdatasync runs on its own thread: a slow disk stalls durability,
         // never the writing of blocks (and so never the flush window).
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncJob>(64);
@@ -366,28 +441,47 @@ impl Ctx {
                 return Ok(());
             }
             // Nap between passes, busy or not: this thread shares the
-            // workers' cores, and a pass per few records would cost them a
-            // context switch each. Short naps while a `sync` event type
-            // exists (a reload can add one), else a quarter of the flush
-            // interval, or the whole of it after a pass that found
-            // nothing; none while a worker waits for a sync or a ring
-            // fills past a quarter.
-            let pressed = streams.iter().any(|s| s.consumer.past_quarter());
-            if !sync_due && !pressed {
-                // Sleep in the normal class (see `sched`).
-                self.status.class.rest();
+            // workers' cores, and every pass costs them context switches
+            // and this thread its system calls. Short naps while a `sync`
+            // event type exists (a reload can add one); none while a worker
+            // waits for a sync.
+            if !sync_due {
                 let quiet = drained == 0 && streams.iter().all(|s| s.writer.pending() == 0);
                 let nap = if sync_types {
                     Duration::from_micros(200)
-                } else if quiet {
-                    quiet_idle
                 } else {
-                    buffered_idle
+                    let timers = Timers {
+                        last_flush,
+                        flush_every,
+                        last_sync,
+                        sync_every,
+                    };
+                    timers.nap(Instant::now(), quiet).min(self.max_nap)
                 };
-                // Cut short when `finish` rings.
-                self.wake.nap(nap);
+                self.nap(&streams, nap);
             }
         }
+    }
+
+    /// Naps for `nap` in the normal class (see `sched`), unless a ring is
+    /// past a quarter; cut short when a worker's ring gets there
+    /// (`StoreStatus::nudge`) or `finish` rings.
+    fn nap(&self, streams: &[Stream], nap: Duration) {
+        let napping = &self.status.napping;
+        napping.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `nudge`.
+        fence(Ordering::SeqCst);
+        if streams.iter().any(|s| s.consumer.past_quarter()) {
+            napping.store(false, Ordering::Relaxed);
+            return;
+        }
+        self.status.class.rest();
+        self.wake.nap(nap);
+        napping.store(false, Ordering::Relaxed);
+        // A nudge's ring, left readable, would end every later nap at
+        // once; a stop's is not needed past here (the next pass reads the
+        // flag it was rung with).
+        self.wake.clear();
     }
 
     fn drain(&self, s: &mut Stream) -> std::io::Result<usize> {
@@ -560,6 +654,81 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(refused, 0, "a full ring refused records");
+    }
+
+    #[test]
+    fn the_store_naps_until_its_next_flush_or_sync_is_due() {
+        let ms = Duration::from_millis;
+        let now = Instant::now();
+        let timers = Timers {
+            last_flush: now - ms(20),
+            flush_every: ms(50),
+            last_sync: now - ms(100),
+            sync_every: ms(1000),
+        };
+        assert_eq!(timers.nap(now, false), ms(30), "until the flush is due");
+        assert_eq!(timers.nap(now, true), ms(50), "quiet: a whole interval");
+        let sync_first = Timers {
+            last_sync: now - ms(990),
+            ..timers
+        };
+        assert_eq!(sync_first.nap(now, false), ms(10), "until the sync is due");
+        let late = Timers {
+            last_flush: now - ms(80),
+            ..timers
+        };
+        assert_eq!(late.nap(now, false), ms(1), "overdue: a short nap");
+    }
+
+    /// A worker whose ring fills past a quarter ends the store's nap: the
+    /// store naps until its next flush is due (here a minute away), which
+    /// a ring can take less to fill.
+    #[test]
+    fn a_ring_past_a_quarter_ends_the_stores_nap() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = "[storage]\nflush_interval_ms = 60000\nsync_interval_ms = 60000\n";
+        let cfg = crate::config::Config::from_toml_str(toml, "test")
+            .unwrap()
+            .storage;
+        let (mut producer, consumer) = crate::ring::ring(1 << 16);
+        let status = Arc::new(StoreStatus::default());
+        let spec = StreamSpec {
+            stream: 0,
+            consumer,
+            next_seq: 0,
+            shared: Arc::default(),
+        };
+        let nap = Duration::from_secs(60);
+        let store =
+            Store::start_napping(dir.path(), "t", &cfg, vec![spec], status.clone(), nap).unwrap();
+        // Its first pass finds nothing; then it naps.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !status.napping.load(Ordering::Relaxed) {
+            assert!(Instant::now() < until, "the store never napped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut rec = Vec::new();
+        let mut seq = 0u64;
+        while !producer.past_quarter() {
+            rec.clear();
+            rec.extend_from_slice(&seq.to_le_bytes());
+            rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+            rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}"}}"#).as_bytes());
+            producer.push(&rec).unwrap();
+            seq += 1;
+        }
+        status.nudge();
+        let until = Instant::now() + Duration::from_secs(10);
+        while producer.free_bytes() < producer.capacity() {
+            assert!(
+                Instant::now() < until,
+                "the ring was not drained 10 s after the nudge, with {} bytes free",
+                producer.free_bytes()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(producer);
+        store.finish().unwrap();
     }
 
     /// A pass that drains far more than a segment holds still ends each
