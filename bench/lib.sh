@@ -26,7 +26,7 @@ race_setup() { # NAME, for the work dir and messages
   trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "nginx -p $W" 2>/dev/null || true; rm -rf "$W"' EXIT
   cargo build --release --quiet -p trackplane -p trackplane-loadtest --bin trackplane --bin loadtest --bin bare-responder --bin bare-multishot
   LT=target/release/loadtest
-  $LT setup --dir "$W/mix" >/dev/null
+  $LT setup --dir "$W/mix" ${MIX:-} >/dev/null
   mkdir -p "$W/tp-data"
   cp -r "$W/mix/catalogs" "$W/tp-data/"
   cp "$W/mix/trackplane.toml" "$W/trackplane.toml"
@@ -130,7 +130,7 @@ ab_setup() { # NAME, for the work dir
   trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
   cargo build --release --quiet -p trackplane-loadtest
   LT=target/release/loadtest
-  $LT setup --dir "$W/mix" >/dev/null
+  $LT setup --dir "$W/mix" ${MIX:-} >/dev/null
   for k in A B; do cp "$W/mix/trackplane.toml" "$W/$k.toml"; done
   printf "${A_TOML:-}" >> "$W/A.toml"
   printf "${B_TOML:-}" >> "$W/B.toml"
@@ -160,7 +160,7 @@ SIGN_AWK='
 # on core 1, each at $RATE over 64 connections of its own.
 together_load() { # SECONDS FIRST SECOND: the JSON lines, the first server's first
   taskset -c 1 $LT run --addr 127.0.0.1:${PORT[$2]} --addr 127.0.0.1:${PORT[$3]} --rate "$RATE" \
-    --connections 64 --duration "$1" --warmup 0 --json
+    --connections 64 --duration "$1" --warmup 0 --json ${MIX:-}
 }
 # Window I of $DUR s. Which server is sent to first swaps every window, so
 # neither has the head of the schedule for good. Sets FIRST, and OUT[A]

@@ -30,7 +30,9 @@
 # The servers swap places in loadtest's order every window (which of them
 # is sent to first), so neither has the head of the schedule for good.
 # A_TOML and B_TOML, when set, are appended (printf-style) to that side's
-# config, so one binary can race two settings.
+# config, so one binary can race two settings. MIX, when set, is passed to
+# loadtest's setup and run (e.g. MIX="--products 200000": 10 million
+# products in the catalogs).
 #
 #   bench/together.sh A_BIN B_BIN [RATE] [WINDOWS] [SECONDS]
 #   e.g. A_TOML='[server]\nwake_batch = 0\n' B_TOML='[server]\nwake_batch = 0\n' \
@@ -56,7 +58,7 @@ worker_ns() { cut -d' ' -f1 "$(grep -l '^trackplane-w0$' /proc/"$1"/task/*/comm 
 together_load 2 A B >/dev/null
 
 ab_describe
-echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s"
+echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s${MIX:+, mix options: $MIX}"
 echo
 echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A worker | B worker | B/A worker | A other | B other | B/A other | A p99 µs | B p99 µs | steal ms |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
