@@ -5,6 +5,7 @@
 
 /// Where `key` begins in `rec`, searching from `from`. Records written
 /// by `record::encode` have the key right there, so that is tried first.
+#[inline(always)]
 fn find(rec: &[u8], from: usize, key: &[u8]) -> Option<usize> {
     let rest = rec.get(from..)?;
     if rest.starts_with(key) {
@@ -15,6 +16,7 @@ fn find(rec: &[u8], from: usize, key: &[u8]) -> Option<usize> {
 
 /// The string value after `key` (which includes the opening quote), when
 /// it has no escapes, and the offset just past it.
+#[inline(always)]
 fn plain_str_from<'a>(rec: &'a [u8], from: usize, key: &[u8]) -> Option<(&'a str, usize)> {
     let at = find(rec, from, key)? + key.len();
     let len = memchr::memchr2(b'"', b'\\', &rec[at..])?;
