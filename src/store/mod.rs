@@ -600,13 +600,31 @@ mod tests {
 
     /// A store of one stream, 0, draining `consumer`.
     fn start_one(data_dir: &Path, cfg: &StorageConfig, consumer: Consumer) -> Store {
+        start_napping(data_dir, cfg, consumer, Arc::default(), MAX_NAP)
+    }
+
+    /// `start_one` with `status`, napping at most `max_nap`.
+    fn start_napping(
+        data_dir: &Path,
+        cfg: &StorageConfig,
+        consumer: Consumer,
+        status: Arc<StoreStatus>,
+        max_nap: Duration,
+    ) -> Store {
         let spec = StreamSpec {
             stream: 0,
             consumer,
             next_seq: 0,
             shared: Arc::default(),
         };
-        Store::start(data_dir, "t", cfg, vec![spec], Arc::default()).unwrap()
+        Store::start_napping(data_dir, "t", cfg, vec![spec], status, max_nap).unwrap()
+    }
+
+    /// The storage section of `toml`.
+    fn storage(toml: &str) -> StorageConfig {
+        crate::config::Config::from_toml_str(toml, "test")
+            .unwrap()
+            .storage
     }
 
     /// On a core its producer keeps busy, the store still keeps up: a pass
@@ -621,9 +639,7 @@ mod tests {
                 core_affinity::set_for_current(core);
             }
             let dir = tempfile::tempdir().unwrap();
-            let cfg = crate::config::Config::from_toml_str("", "test")
-                .unwrap()
-                .storage;
+            let cfg = storage("");
             let (mut producer, consumer) = crate::ring::ring(1 << 20);
             let store = start_one(dir.path(), &cfg, consumer);
             let mut rec = Vec::new();
@@ -686,21 +702,11 @@ mod tests {
     #[test]
     fn a_ring_past_a_quarter_ends_the_stores_nap() {
         let dir = tempfile::tempdir().unwrap();
-        let toml = "[storage]\nflush_interval_ms = 60000\nsync_interval_ms = 60000\n";
-        let cfg = crate::config::Config::from_toml_str(toml, "test")
-            .unwrap()
-            .storage;
+        let cfg = storage("[storage]\nflush_interval_ms = 60000\nsync_interval_ms = 60000\n");
         let (mut producer, consumer) = crate::ring::ring(1 << 16);
         let status = Arc::new(StoreStatus::default());
-        let spec = StreamSpec {
-            stream: 0,
-            consumer,
-            next_seq: 0,
-            shared: Arc::default(),
-        };
         let nap = Duration::from_secs(60);
-        let store =
-            Store::start_napping(dir.path(), "t", &cfg, vec![spec], status.clone(), nap).unwrap();
+        let store = start_napping(dir.path(), &cfg, consumer, status.clone(), nap);
         // Its first pass finds nothing; then it naps.
         let until = Instant::now() + Duration::from_secs(10);
         while !status.napping.load(Ordering::Relaxed) {
@@ -736,10 +742,7 @@ mod tests {
     #[test]
     fn a_long_pass_still_rotates_by_size() {
         let dir = tempfile::tempdir().unwrap();
-        let toml = "[storage]\nblock_max_bytes = 1024\nsegment_max_bytes = 4096\n";
-        let cfg = crate::config::Config::from_toml_str(toml, "test")
-            .unwrap()
-            .storage;
+        let cfg = storage("[storage]\nblock_max_bytes = 1024\nsegment_max_bytes = 4096\n");
         let (mut producer, consumer) = crate::ring::ring(1 << 20);
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut rec = Vec::new();
