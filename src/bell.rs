@@ -57,10 +57,14 @@ impl Bell {
     }
 
     /// Sleeps for `timeout`, or until the bell rings if sooner (at once if
-    /// it has been rung and not cleared).
-    pub fn nap(&self, timeout: Duration) {
-        if wait([self.fd()], Some(timeout)).is_err() {
-            std::thread::sleep(timeout);
+    /// it has been rung and not cleared). Returns whether it was rung.
+    pub fn nap(&self, timeout: Duration) -> bool {
+        match wait([self.fd()], Some(timeout)) {
+            Ok([rung]) => rung,
+            Err(_) => {
+                std::thread::sleep(timeout);
+                false
+            }
         }
     }
 
@@ -127,14 +131,17 @@ mod tests {
     fn a_nap_lasts_its_time_unless_the_bell_rings() {
         let bell = Bell::new().unwrap();
         let start = Instant::now();
-        bell.nap(Duration::from_millis(30));
+        assert!(!bell.nap(Duration::from_millis(30)), "a silent bell rang");
         assert!(
             start.elapsed() >= Duration::from_millis(30),
             "a silent bell's nap ended early"
         );
         bell.ring();
         let start = Instant::now();
-        bell.nap(Duration::from_secs(30));
+        assert!(
+            bell.nap(Duration::from_secs(30)),
+            "a rung bell's nap said silent"
+        );
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "a rung bell's nap went on"

@@ -113,7 +113,8 @@ pub fn segments_dir(data_dir: &Path) -> PathBuf {
 /// A running store thread.
 pub struct Store {
     stop: Arc<AtomicBool>,
-    /// Rung with `stop`: ends the thread's nap at once.
+    /// The status's bell, rung with `stop` (and by workers' nudges): ends
+    /// the thread's nap at once.
     wake: Arc<Bell>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
     /// Its counters.
@@ -227,9 +228,15 @@ impl Store {
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let wake = Arc::new(Bell::new()?);
-        // A status serves one store; a second start keeps the first bell.
-        let _ = status.bell.set(wake.clone());
+        // The bell workers ring through the status is the one this store
+        // waits on, even if the status served a store before.
+        let wake = match status.bell.get() {
+            Some(bell) => bell.clone(),
+            None => {
+                let bell = Arc::new(Bell::new()?);
+                status.bell.get_or_init(|| bell).clone()
+            }
+        };
         let metrics = Arc::new(StoreMetrics::default());
         let ctx = Ctx {
             dir,
@@ -326,10 +333,10 @@ impl Timers {
     /// segment within the flush interval), or, after a pass that found
     /// nothing and left no block waiting, for the whole interval (an event
     /// arriving meanwhile is then flushed at the next pass); sooner if a
-    /// sync is due. Each pass costs the workers'
-    /// core context switches, so one pass per flush interval: with naps of
-    /// a quarter of it, the store cost 0.72-0.80 µs per request at 20k
-    /// requests/s unbatched, 0.56-0.57 with naps until the flush
+    /// sync is due. Each pass costs the workers' core context switches, so
+    /// one pass per flush interval: with naps of a quarter of it, the
+    /// store cost 0.735 and 0.744 µs per request at 20k requests/s
+    /// unbatched, 0.579 and 0.567 with naps until the flush
     /// (`bench/threads.sh`, bench/results/store-nap-20261130-1520.md).
     fn nap(&self, now: Instant, quiet: bool) -> Duration {
         let flush = if quiet {
@@ -476,12 +483,15 @@ impl Ctx {
             return;
         }
         self.status.class.rest();
-        self.wake.nap(nap);
+        let rung = self.wake.nap(nap);
         napping.store(false, Ordering::Relaxed);
         // A nudge's ring, left readable, would end every later nap at
         // once; a stop's is not needed past here (the next pass reads the
-        // flag it was rung with).
-        self.wake.clear();
+        // flag it was rung with). A ring that lands after a nap ended on
+        // time ends the next one early, and is cleared then.
+        if rung {
+            self.wake.clear();
+        }
     }
 
     fn drain(&self, s: &mut Stream) -> std::io::Result<usize> {

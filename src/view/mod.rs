@@ -558,7 +558,7 @@ pub fn spawn(
                         NAP
                     };
                     // Cut short when the server stops.
-                    stop.nap(nap);
+                    let _ = stop.nap(nap);
                 }
             }
         })
