@@ -174,11 +174,30 @@ together_window() { # I
 # The median of B/A in column COL (awk -F'|') of a table's rows, how often
 # B came out lower, and the sign test's p: the chance of a split at least
 # this lopsided between two sides that do not differ.
+#
+# Then the same over pairs of windows, one with each server sent to first
+# (windows 1 and 2, 3 and 4, ...; a pair's B/A is the geometric mean of
+# its two): the server sent to first comes out cheaper, by 1-5% on the AMD
+# VM (bench/results/together-pairs-20261130-1805.md), which the swap keeps
+# from favouring either side but leaves in every window's ratio. A pair
+# cancels it, so its spread is the VM's alone. "first" is how much cheaper
+# the first server came out: the median over pairs of
+# sqrt(B/A with A first / B/A with B first).
 ratio_summary() { # ROWS_FILE COL WHAT
   awk -F'|' -v c="$2" '{print $c + 0}' "$1" | sort -n | awk -v name="$3" "$SIGN_AWK"'
     { r[NR] = $1; lo += $1 < 1 }
     END {
       n = NR; m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
       printf "B/A, %s per request: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f\n", name, m, r[1], r[n], lo, n, sign(lo, n)
+    }'
+  awk -F'|' -v c="$2" '{ r = $c + 0; if (NR % 2) a = r; else printf "%.6f %.6f\n", sqrt(a * r), sqrt(a / r) }' "$1" |
+    sort -n | awk -v name="$3" "$SIGN_AWK"'
+    function median(v, n) { return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
+    { p[NR] = $1; f[NR] = $2; lo += $1 < 1 }
+    END {
+      n = NR; if (n == 0) exit
+      # The order factors, sorted on their own for their median.
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (f[j] < f[i]) { t = f[i]; f[i] = f[j]; f[j] = t }
+      printf "  over %d pairs of windows: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f; first %.3f\n", n, median(p, n), p[1], p[n], lo, n, sign(lo, n), median(f, n)
     }'
 }

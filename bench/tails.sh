@@ -10,7 +10,9 @@
 # ROUNDS times, each pinned and loaded as in compare.sh (server on core 0,
 # loadtest on core 1, realistic mix); every window is a fresh start with 2 s
 # of warm-up. Prints each window and, per server, how many met the bound.
-# Writes bench/results/tails-<date>.md.
+# Then each server against the first one named, round by round (a ratio
+# within a round leaves out the drift between rounds). Writes
+# bench/results/tails-<date>.md.
 #
 #   bench/tails.sh [RATE] [ROUNDS] [SECONDS] [BOUND_US]
 #   e.g. bench/tails.sh 50000 12 10 1000
@@ -77,6 +79,21 @@ done
         for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t=a[j]; a[j]=a[j-1]; a[j-1]=t }
         return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
       END { printf "- %s: %d of %d; CPU %.2f, core %.2f, p99 %.0f µs, p99.9 %.0f µs\n", s, met, n, median(cpu, n), median(core, n), median(p99, n), median(p999, n) }'
+  done
+  # Each round's servers ran minutes apart, rounds up to an hour apart: a
+  # ratio within a round leaves out most of the hour's drift that the
+  # medians above carry.
+  base=${SERVERS%% *}
+  others=${SERVERS#"$base"}
+  [ -n "${others// /}" ] && echo && echo "Against $base, round by round (medians of each round's ratio; how many rounds came out lower):" && echo
+  for s in $others; do
+    printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$base" '
+      $2==b { bc[$1]=$3; bk[$1]=$4; bp[$1]=$6 }
+      $2==s { n++; c[n]=$3/bc[$1]; k[n]=$4/bk[$1]; p[n]=$6/bp[$1]; lc+=c[n]<1; lk+=k[n]<1; lp+=p[n]<1 }
+      function median(a, n,   i, j, t) {
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t=a[j]; a[j]=a[j-1]; a[j-1]=t }
+        return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
+      END { if (n) printf "- %s: CPU %.3fx (lower in %d of %d), core %.3fx (%d of %d), p99 %.2fx (%d of %d)\n", s, median(c, n), lc, n, median(k, n), lk, n, median(p, n), lp, n }'
   done
 } > "$OUT"
 cat "$OUT"

@@ -29,6 +29,11 @@
 #
 # The servers swap places in loadtest's order every window (which of them
 # is sent to first), so neither has the head of the schedule for good.
+# Being first is worth 1-5% of the CPU per request on the AMD VM, so each
+# summary also gives pairs of windows (one with each side first), which
+# cancel it: their spread was a third to a half of the windows'
+# (bench/results/together-pairs-20261130-1805.md). Run an even number of
+# windows. At the end it prints how well each side's records compressed.
 # A_TOML and B_TOML, when set, are appended (printf-style) to that side's
 # config, so one binary can race two settings. MIX, when set, is passed to
 # loadtest's setup and run (e.g. MIX="--products 200000": 10 million
@@ -72,6 +77,20 @@ for i in $(seq "$WINDOWS"); do
     'BEGIN { x = a / 1000 / na; y = b / 1000 / nb; u = wa / 1000 / na; v = wb / 1000 / nb
              printf "| %d | %s | %.2f | %.2f | %.3f | %.2f | %.2f | %.3f | %.2f | %.2f | %.3f | %s | %s | %d |\n", i, f, x, y, y / x, u, v, v / u, x - u, y - v, (y - v) / (x - u), pa, pb, st }'
 done | tee "$W/rows"
+# What each side's blocks came to on disk (a change to the store trades
+# CPU against this).
+metric() { # ADMIN_PORT NAME: the counter's value in /metrics
+  exec 3<>/dev/tcp/127.0.0.1/"$1"
+  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+  awk -v n="$2" '$1 == n {print $2}' <&3
+  exec 3<&-
+}
+echo
+for k in A B; do
+  raw=$(metric ${ADMIN[$k]} trackplane_store_raw_bytes_total)
+  out=$(metric ${ADMIN[$k]} trackplane_store_written_bytes_total)
+  awk -v k=$k -v r="$raw" -v o="$out" 'BEGIN { if (o > 0) printf "%s: records compressed %.2f:1 (%d MB into %d MB)\n", k, r / o, r / 1e6, o / 1e6 }'
+done
 kill -TERM ${PID[A]} ${PID[B]}; wait ${PID[A]} ${PID[B]} 2>/dev/null || true
 echo
 ratio_summary "$W/rows" 6 "process CPU"
