@@ -69,6 +69,9 @@ pub struct Verdict<'a> {
     pub products: &'a [u8],
     /// For a click: the target the client may be sent to.
     pub redirect: Option<&'a [u8]>,
+    /// When the event is answered: its type's, or buffered for an
+    /// unknown type.
+    pub durability: Durability,
 }
 
 impl Auditor {
@@ -155,6 +158,7 @@ impl Auditor {
             issues,
             products: b"",
             redirect: None,
+            durability: rules.map_or(Durability::Buffered, |r| r.durability),
         };
         let Some(rules) = rules else {
             verdict
@@ -243,15 +247,6 @@ impl Auditor {
                 None => {}
             }
         }
-    }
-
-    /// When events of `event_type` are answered; unknown types are
-    /// buffered.
-    pub fn durability(&self, event_type: &[u8]) -> Durability {
-        self.events
-            .iter()
-            .find(|e| e.name == event_type)
-            .map_or(Durability::Buffered, |e| e.durability)
     }
 
     /// Whether any event type is answered only once durable.

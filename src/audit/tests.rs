@@ -409,3 +409,39 @@ fn findings_beyond_the_cap_are_counted() {
     assert_eq!(v.issues.as_slice().len(), Issues::CAP);
     assert_eq!(v.issues.dropped(), 4);
 }
+
+#[test]
+fn the_verdict_carries_its_event_types_durability() {
+    let config = Config::from_toml_str(
+        "[event_types.purchase]\ndurability = \"sync\"\nrequired = [\"order_id\"]\n",
+        "test",
+    )
+    .unwrap();
+    let auditor = Auditor::new(&config);
+    let catalogs = Catalogs::default();
+    let mut params = Params::with_capacity(16);
+    for (query, route, durability) in [
+        (
+            "adv=demo&ev=purchase&order_id=o1",
+            Route::Beacon,
+            Durability::Sync,
+        ),
+        ("adv=demo&ev=purchase", Route::Beacon, Durability::Sync),
+        ("adv=demo", Route::Pixel, Durability::Buffered),
+        (
+            "adv=demo&ev=add_to_cart",
+            Route::Beacon,
+            Durability::Buffered,
+        ),
+        (
+            "adv=demo&ev=no_such_type",
+            Route::Beacon,
+            Durability::Buffered,
+        ),
+    ] {
+        params.clear();
+        params.parse_urlencoded(query.as_bytes(), 16).unwrap();
+        let v = auditor.audit(&params, route, &catalogs);
+        assert_eq!(v.durability, durability, "{query}");
+    }
+}

@@ -381,7 +381,7 @@ impl Emitter {
         let seq = self.next_seq + self.pending.len() as u64;
         self.scratch.extend_from_slice(&seq.to_le_bytes());
         self.scratch.extend_from_slice(&client.ts_ms.to_le_bytes());
-        if rules.auditor.durability(verdict.event_type) == Durability::Sync {
+        if verdict.durability == Durability::Sync {
             self.pending_sync = Some(seq);
         }
         let env = Envelope {
