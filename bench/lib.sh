@@ -77,6 +77,7 @@ start_server() {
     nginx) taskset -c $SERVER_CORE nginx -p "$W" -c "$W/nginx.conf" 2>/dev/null & PORT=18081 ;;
     bare) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18082 uring-coop & PORT=18082 ;;
     bare-worker) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18084 uring-worker & PORT=18084 ;;
+    bare-batched) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18085 uring-batched & PORT=18085 ;;
     multishot) taskset -c $SERVER_CORE target/release/bare-multishot 127.0.0.1:18083 & PORT=18083 ;;
     trackplane*) RUST_LOG=warn taskset -c $SERVER_CORE target/release/trackplane serve --config "$W/$1.toml" \
         --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19180 --data-dir "$W/tp-data" --workers 1 \

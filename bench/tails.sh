@@ -5,8 +5,9 @@
 # trackplane as shipped and trackplane with `wake_batch = 0` take turns
 # (or the servers SERVERS names: any of nginx, trackplane,
 # trackplane-unbatched, trackplane-normal with `background_class = "normal"`,
-# the floors bare and multishot of compare.sh, and bare-worker, the bare
-# responder driving the kernel as trackplane's unbatched workers do),
+# the floors bare and multishot of compare.sh, bare-worker, the bare
+# responder driving the kernel as trackplane's unbatched workers do, and
+# bare-batched, the same with the default config's batched wake-ups),
 # ROUNDS times, each pinned and loaded as in compare.sh (server on core 0,
 # loadtest on core 1, realistic mix); every window is a fresh start with 2 s
 # of warm-up. Prints each window and, per server, how many met the bound.
@@ -61,8 +62,8 @@ done
   echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
   echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags${MIX:+; loadtest $MIX}), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."
-  case " $SERVERS " in *" bare "*|*" multishot "*|*" bare-worker "*)
-    echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot receive, provided buffers, DEFER_TASKRUN). The floors of compare.sh. bare-worker: bare on a deferred ring, receives that arm poll first, answers by send(2) first (trackplane's unbatched workers' I/O)." ;; esac
+  case " $SERVERS " in *" bare "*|*" multishot "*|*" bare-worker "*|*" bare-batched "*)
+    echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot receive, provided buffers, DEFER_TASKRUN). The floors of compare.sh. bare-worker: bare on a deferred ring, receives that arm poll first, answers by send(2) first (trackplane's unbatched workers' I/O); bare-batched: bare-worker with wake_batch 32 and a 200 µs linger (the default config's waits)." ;; esac
   echo
   echo "| round | server | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
   echo "|---|---|---|---|---|---|---|---|---|"

@@ -87,6 +87,16 @@ fn monoio_floor_answers_like_a_server() {
     answers_like_a_server(env!("CARGO_BIN_EXE_bare-responder"), &["uring-coop"]);
 }
 
+/// The floors of trackplane's own I/O path, unbatched and batched (the
+/// batched one needs Linux 6.12's `min_wait_usec`, as trackplane's batched
+/// workers do).
+#[test]
+fn worker_floors_answer_like_a_server() {
+    for mode in ["uring-worker", "uring-batched"] {
+        answers_like_a_server(env!("CARGO_BIN_EXE_bare-responder"), &[mode]);
+    }
+}
+
 #[test]
 fn multishot_floor_answers_like_a_server() {
     answers_like_a_server(env!("CARGO_BIN_EXE_bare-multishot"), &[]);

@@ -3,12 +3,14 @@
 //! trackplane and nginx against it, and the loadtest measures its own floor
 //! on it.
 //!
-//! `bare-responder 127.0.0.1:8082 [uring|uring-coop|uring-defer|uring-worker|epoll]`
+//! `bare-responder 127.0.0.1:8082 [uring|uring-coop|uring-defer|uring-worker|uring-batched|epoll]`
 //!
 //! `uring-worker` drives the kernel the way trackplane's unbatched workers
 //! do: a deferred ring, receives that arm poll first, answers sent by one
 //! nonblocking send(2) before the ring's send. It is the floor of
-//! trackplane's own I/O path (`bench/floors-together.sh`).
+//! trackplane's own I/O path (`bench/floors-together.sh`). `uring-batched`
+//! adds the batched wake-ups of trackplane's default config (`wake_batch =
+//! 32`, `wake_linger_us = 200`): the floor of its latency.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
@@ -32,19 +34,34 @@ fn main() {
         "uring-coop" => {
             urb.setup_coop_taskrun().setup_single_issuer();
         }
-        "uring-defer" | "uring-worker" => {
+        "uring-defer" => {
             urb.setup_coop_taskrun()
                 .setup_single_issuer()
                 .setup_defer_taskrun();
+        }
+        "uring-worker" | "uring-batched" => {
+            // As trackplane's workers build their rings (server/worker.rs).
+            urb.setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
         }
         _ => {}
     }
     // As trackplane's workers: receives that arm poll first, answers by
     // one nonblocking send(2) first.
-    let worker = driver == "uring-worker";
+    let worker = driver == "uring-worker" || driver == "uring-batched";
     monoio::set_recv_poll_first(worker);
+    let mut wait = monoio::WaitBatch::default();
+    if driver == "uring-batched" {
+        wait = monoio::WaitBatch {
+            events: 32,
+            min_wait: std::time::Duration::from_micros(200),
+        };
+    }
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .uring_builder(urb)
+        .wait_batch(wait)
         .build()
         .expect("runtime");
     rt.block_on(accept_loop(addr, worker));
