@@ -2,14 +2,17 @@
 //! writing its answer, without sockets: parse the head, decode parameters,
 //! audit against schema and catalog, encode the record, write the response.
 //! Raced against the obvious implementation (a HashMap of owned strings and
-//! serde_json building a Value per event). Also the record's JSON strings
-//! alone, against the byte-at-a-time escape loop they replaced.
+//! serde_json building a Value per event). Then the same call timed one at
+//! a time, warm and with the core's private caches emptied before each
+//! (`request_path_each`: what a worker woken for one request pays). Also
+//! the record's JSON strings alone, against the byte-at-a-time escape loop
+//! they replaced.
 //!
 //! `cargo bench --bench request_path`
 
 use std::collections::HashMap;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use trackplane::audit::{Auditor, Catalogs, ProductSet, Route};
 use trackplane::config::Config;
 use trackplane::http::date::HttpDate;
@@ -36,31 +39,61 @@ fn bench(c: &mut Criterion) {
     let mut out = Vec::with_capacity(1024);
     let date = HttpDate::default();
 
+    let mut call = || {
+        let head = parse_head(REQUEST, &LIMITS).unwrap().unwrap();
+        params.clear();
+        params.parse_urlencoded(head.query.of(REQUEST), 64).unwrap();
+        let verdict = auditor.audit(&params, Route::Beacon, &catalogs);
+        rec.clear();
+        let env = Envelope {
+            node: "edge-1",
+            stream: 0,
+            seq: 1,
+            ts_ms: 1_700_000_000_000,
+            ip: Some("203.0.113.0".parse().unwrap()),
+            user_agent: head.user_agent.of(REQUEST),
+            referer: head.referer.of(REQUEST),
+            withheld_param: b"",
+        };
+        record::encode(&mut rec, &env, &verdict, &params);
+        out.clear();
+        response::empty(&mut out, trackplane::http::Status::NoContent, &date, true);
+        rec.len() + out.len()
+    };
+
     let mut g = c.benchmark_group("request_path");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("trackplane", |b| {
-        b.iter(|| {
-            let head = parse_head(REQUEST, &LIMITS).unwrap().unwrap();
-            params.clear();
-            params.parse_urlencoded(head.query.of(REQUEST), 64).unwrap();
-            let verdict = auditor.audit(&params, Route::Beacon, &catalogs);
-            rec.clear();
-            let env = Envelope {
-                node: "edge-1",
-                stream: 0,
-                seq: 1,
-                ts_ms: 1_700_000_000_000,
-                ip: Some("203.0.113.0".parse().unwrap()),
-                user_agent: head.user_agent.of(REQUEST),
-                referer: head.referer.of(REQUEST),
-                withheld_param: b"",
-            };
-            record::encode(&mut rec, &env, &verdict, &params);
-            out.clear();
-            response::empty(&mut out, trackplane::http::Status::NoContent, &date, true);
-            rec.len() + out.len()
-        })
+    g.bench_function("trackplane", |b| b.iter(&mut call));
+    g.finish();
+
+    // The same call with its caches cold, as a worker meets it when it
+    // wakes for one request: between two requests the kernel's network
+    // path (and whatever else shares the core) runs through the core's
+    // private caches. Before each call, `evict` reads 2 MiB (past L2 on
+    // the reference VMs, inside L3); `warm` times each call alone the same
+    // way, so the two differ by the caches only.
+    let mut scratch = vec![0u8; 2 << 20];
+    let mut evict = || {
+        let mut sum = 0u8;
+        for line in scratch.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+            sum = sum.wrapping_add(line[0]);
+        }
+        std::hint::black_box(sum);
+    };
+    let mut g = c.benchmark_group("request_path_each");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(std::time::Duration::from_secs(2));
+    g.bench_function("warm", |b| {
+        b.iter_batched(|| (), |()| call(), BatchSize::PerIteration)
     });
+    g.bench_function("cold", |b| {
+        b.iter_batched(&mut evict, |()| call(), BatchSize::PerIteration)
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("request_path");
+    g.throughput(Throughput::Elements(1));
     let naive_catalog: std::collections::HashSet<String> = ids.iter().cloned().collect();
     g.bench_function("naive_hashmap_serde_json", |b| {
         b.iter(|| {
