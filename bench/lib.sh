@@ -155,6 +155,18 @@ SIGN_AWK='
     for (j = 0; j <= n; j++) { if (j >= x) t += c; c = c * (n - j) / (j + 1) }
     t = 2 * t / 2 ^ n; return (t > 1) ? 1 : t }
 '
+# An awk function for the median of a[1..n], which it sorts in place.
+# Prepend it like SIGN_AWK.
+MEDIAN_AWK='
+  function median(a, n,   i, j, t) {
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+'
+
+# The value of NAME on the /metrics page of the admin port PORT.
+admin_metric() { # PORT NAME
+  curl -s 127.0.0.1:"$1"/metrics | awk -v n="$2" '$1 == n {print $2}'
+}
 
 # What together.sh and floors-together.sh share. Both servers, listening
 # on ${PORT[A]} and ${PORT[B]}, are loaded at once by one loadtest thread
@@ -192,13 +204,10 @@ ratio_summary() { # ROWS_FILE COL WHAT
       printf "B/A, %s per request: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f\n", name, m, r[1], r[n], lo, n, sign(lo, n)
     }'
   awk -F'|' -v c="$2" '{ r = $c + 0; if (NR % 2) a = r; else printf "%.6f %.6f\n", sqrt(a * r), sqrt(a / r) }' "$1" |
-    sort -n | awk -v name="$3" "$SIGN_AWK"'
-    function median(v, n) { return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
+    sort -n | awk -v name="$3" "$SIGN_AWK$MEDIAN_AWK"'
     { p[NR] = $1; f[NR] = $2; lo += $1 < 1 }
     END {
       n = NR; if (n == 0) exit
-      # The order factors, sorted on their own for their median.
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (f[j] < f[i]) { t = f[i]; f[i] = f[j]; f[j] = t }
       printf "  over %d pairs of windows: median %.3f (%.3f-%.3f), B lower in %d of %d, sign test p %.2f; first %.3f\n", n, median(p, n), p[1], p[n], lo, n, sign(lo, n), median(f, n)
     }'
 }

@@ -22,9 +22,7 @@ SERVERS="trackplane trackplane-normal"
 race_setup saturate
 declare -A PIDS
 
-metric() { # NAME from the admin page of the running trackplane
-  curl -s 127.0.0.1:19180/metrics | awk -v n="$1" '$1 == n {print $2}'
-}
+metric() { admin_metric 19180 "$1"; } # NAME, from the running trackplane
 
 OUT="bench/results/saturate-$(date -u +%Y%m%d-%H%M).md"
 ROWS=()

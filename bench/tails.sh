@@ -74,11 +74,8 @@ done
   echo "Per server: windows with p99 <= $BOUND µs; median CPU µs/req, core µs/req, p99 and p99.9 over the windows."
   echo
   for s in $SERVERS; do
-    printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$BOUND" '
+    printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$BOUND" "$MEDIAN_AWK"'
       $2==s { n++; met += ($6 <= b); cpu[n]=$3; core[n]=$4; p99[n]=$6; p999[n]=$7 }
-      function median(a, n,   i, j, t) {
-        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t=a[j]; a[j]=a[j-1]; a[j-1]=t }
-        return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
       END { printf "- %s: %d of %d; CPU %.2f, core %.2f, p99 %.0f µs, p99.9 %.0f µs\n", s, met, n, median(cpu, n), median(core, n), median(p99, n), median(p999, n) }'
   done
   # Each round's servers ran minutes apart, rounds up to an hour apart: a
@@ -88,12 +85,9 @@ done
   others=${SERVERS#"$base"}
   [ -n "${others// /}" ] && echo && echo "Against $base, round by round (medians of each round's ratio; how many rounds came out lower):" && echo
   for s in $others; do
-    printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$base" '
+    printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$base" "$MEDIAN_AWK"'
       $2==b { bc[$1]=$3; bk[$1]=$4; bp[$1]=$6 }
       $2==s { n++; c[n]=$3/bc[$1]; k[n]=$4/bk[$1]; p[n]=$6/bp[$1]; lc+=c[n]<1; lk+=k[n]<1; lp+=p[n]<1 }
-      function median(a, n,   i, j, t) {
-        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t=a[j]; a[j]=a[j-1]; a[j-1]=t }
-        return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
       END { if (n) printf "- %s: CPU %.3fx (lower in %d of %d), core %.3fx (%d of %d), p99 %.2fx (%d of %d)\n", s, median(c, n), lc, n, median(k, n), lk, n, median(p, n), lp, n }'
   done
 } > "$OUT"

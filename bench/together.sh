@@ -79,17 +79,12 @@ for i in $(seq "$WINDOWS"); do
 done | tee "$W/rows"
 # What each side's blocks came to on disk (a change to the store trades
 # CPU against this).
-metric() { # ADMIN_PORT NAME: the counter's value in /metrics
-  exec 3<>/dev/tcp/127.0.0.1/"$1"
-  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
-  awk -v n="$2" '$1 == n {print $2}' <&3
-  exec 3<&-
-}
 echo
 for k in A B; do
-  raw=$(metric ${ADMIN[$k]} trackplane_store_raw_bytes_total)
-  out=$(metric ${ADMIN[$k]} trackplane_store_written_bytes_total)
-  awk -v k=$k -v r="$raw" -v o="$out" 'BEGIN { if (o > 0) printf "%s: records compressed %.2f:1 (%d MB into %d MB)\n", k, r / o, r / 1e6, o / 1e6 }'
+  ratio=$(admin_metric ${ADMIN[$k]} trackplane_store_compression_ratio)
+  raw=$(admin_metric ${ADMIN[$k]} trackplane_store_raw_bytes_total)
+  out=$(admin_metric ${ADMIN[$k]} trackplane_store_written_bytes_total)
+  awk -v k=$k -v x="$ratio" -v r="$raw" -v o="$out" 'BEGIN { if (o > 0) printf "%s: records compressed %.2f:1 (%d MB into %d MB)\n", k, x, r / 1e6, o / 1e6 }'
 done
 kill -TERM ${PID[A]} ${PID[B]}; wait ${PID[A]} ${PID[B]} 2>/dev/null || true
 echo

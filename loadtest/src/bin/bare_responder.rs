@@ -52,13 +52,13 @@ fn main() {
     // one nonblocking send(2) first.
     let worker = driver == "uring-worker" || driver == "uring-batched";
     monoio::set_recv_poll_first(worker);
-    let mut wait = monoio::WaitBatch::default();
-    if driver == "uring-batched" {
-        wait = monoio::WaitBatch {
+    let wait = match driver.as_str() {
+        "uring-batched" => monoio::WaitBatch {
             events: 32,
             min_wait: std::time::Duration::from_micros(200),
-        };
-    }
+        },
+        _ => monoio::WaitBatch::default(),
+    };
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .uring_builder(urb)
         .wait_batch(wait)
