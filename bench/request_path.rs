@@ -39,11 +39,23 @@ fn bench(c: &mut Criterion) {
     let mut out = Vec::with_capacity(1024);
     let date = HttpDate::default();
 
-    let mut call = || {
+    // The call, cut after its `stages`-th step (1 parse, 2 parameters,
+    // 3 audit, 4 record, 5 answer) so the cold bench can tell which step
+    // pays for the caches.
+    let mut call = |stages: u8| {
         let head = parse_head(REQUEST, &LIMITS).unwrap().unwrap();
+        if stages == 1 {
+            return head.query.of(REQUEST).len();
+        }
         params.clear();
         params.parse_urlencoded(head.query.of(REQUEST), 64).unwrap();
+        if stages == 2 {
+            return params.len();
+        }
         let verdict = auditor.audit(&params, Route::Beacon, &catalogs);
+        if stages == 3 {
+            return verdict.products.len();
+        }
         rec.clear();
         let env = Envelope {
             node: "edge-1",
@@ -56,6 +68,9 @@ fn bench(c: &mut Criterion) {
             withheld_param: b"",
         };
         record::encode(&mut rec, &env, &verdict, &params);
+        if stages == 4 {
+            return rec.len();
+        }
         out.clear();
         response::empty(&mut out, trackplane::http::Status::NoContent, &date, true);
         rec.len() + out.len()
@@ -63,7 +78,7 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("request_path");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("trackplane", |b| b.iter(&mut call));
+    g.bench_function("trackplane", |b| b.iter(|| call(5)));
     let naive_catalog: std::collections::HashSet<String> = ids.iter().cloned().collect();
     g.bench_function("naive_hashmap_serde_json", |b| {
         b.iter(|| {
@@ -128,11 +143,22 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.measurement_time(std::time::Duration::from_secs(2));
     g.bench_function("warm", |b| {
-        b.iter_batched(|| (), |()| call(), BatchSize::PerIteration)
+        b.iter_batched(|| (), |()| call(5), BatchSize::PerIteration)
     });
     g.bench_function("cold", |b| {
-        b.iter_batched(&mut evict, |()| call(), BatchSize::PerIteration)
+        b.iter_batched(&mut evict, |()| call(5), BatchSize::PerIteration)
     });
+    // The call cut after each step, warm and cold: what a step costs is
+    // its difference from the step before, and what the caches cost it is
+    // that difference cold less the same difference warm.
+    for (stages, name) in [(1, "parse"), (2, "params"), (3, "audit"), (4, "record")] {
+        g.bench_function(format!("warm_through_{name}"), |b| {
+            b.iter_batched(|| (), |()| call(stages), BatchSize::PerIteration)
+        });
+        g.bench_function(format!("cold_through_{name}"), |b| {
+            b.iter_batched(&mut evict, |()| call(stages), BatchSize::PerIteration)
+        });
+    }
     g.finish();
 
     // The strings of a typical record: user agent, referer, parameters.
