@@ -58,8 +58,8 @@ impl Params {
     /// One pass over the input, which is copied whole first and decoded in
     /// place (decoding only ever shortens it), a run of plain bytes at a
     /// time: the separators drop out and each key and value ends where the
-    /// next begins. A call per key and
-    /// value (a scan for `%` and `+`, then a copy) cost about twice as much
+    /// next begins. Decoding a key and a value at a time (a scan for `%`
+    /// and `+`, then a copy of each) cost nearly twice as much
     /// (`cargo bench --bench request_path -- request_path_each`).
     pub fn parse_urlencoded(&mut self, input: &[u8], max: usize) -> Result<(), DecodeError> {
         let base = self.bytes.len();
