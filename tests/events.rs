@@ -19,6 +19,7 @@ on_every_driver!(
     do_not_track_policies,
     catalog_hot_reload_under_load,
     metrics_count_what_happened,
+    records_keep_the_order_requests_came_in,
 );
 
 const SHOP: &str =
@@ -93,6 +94,49 @@ fn records_carry_the_audit(d: Driver) {
     );
     assert_eq!(first["user_agent"], "test-agent");
     assert_eq!(first["node"], "t1");
+}
+
+/// Pixels and beacons are answered before their audit and recorded in
+/// groups (`server.audit_batch`); a click, a `sync` purchase, a full group
+/// and a stop each record what waits first, so the records keep the order
+/// the requests came in, with or without the groups.
+fn records_keep_the_order_requests_came_in(d: Driver) {
+    for batch in [4, 0] {
+        let config = format!(
+            "{SHOP}[server]\naudit_batch = {batch}\n[event_types.purchase]\ndurability = \"sync\"\n"
+        );
+        let mut s = start_with(d, &config, |dir| with_catalog(dir, "p1\n"));
+        let targets = [
+            "/i?adv=shop&n=0",
+            "/e?adv=shop&ev=view_item&pid=p1&n=1",
+            "/i?adv=shop&n=2",
+            "/c?adv=shop&url=https://shop.com/&n=3",
+            "/i?adv=shop&n=4",
+            "/e?adv=shop&ev=purchase&order_id=o1&value=9.99&currency=EUR&pid=p1&n=5",
+            "/i?adv=shop&n=6",
+            "/i?adv=shop&n=7",
+            "/i?adv=shop&n=8",
+            "/i?adv=shop&n=9",
+            "/i?adv=shop&pid=p9&n=10",
+        ];
+        for t in targets {
+            let r = s.get(t);
+            assert!(r.status < 400, "{t}: {}", r.status);
+        }
+        let records = s.stop();
+        let seen: Vec<(String, String)> = records
+            .iter()
+            .map(|r| {
+                let id = r["id"].as_str().unwrap().to_owned();
+                (id, r["params"]["n"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        let want: Vec<(String, String)> = (0..targets.len())
+            .map(|n| (format!("t1-0-{n}"), n.to_string()))
+            .collect();
+        assert_eq!(seen, want, "audit_batch = {batch}");
+        assert_eq!(records[10]["issues"][0]["code"], "unknown_product");
+    }
 }
 
 fn post_batch(s: &common::TestServer, body: &str) -> common::Response {
@@ -279,9 +323,20 @@ fn metrics_count_what_happened(d: Driver) {
     s.get("/i?adv=demo");
     s.get("/i?adv=nobody");
     s.get("/nope");
-    let m = s.admin_get("/metrics");
-    assert_eq!(m.status, 200);
-    let text = String::from_utf8_lossy(&m.body);
+    // Pixels are answered before their audit (`server.audit_batch`), which
+    // follows within the worker's 20 ms heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let m = s.admin_get("/metrics");
+        assert_eq!(m.status, 200);
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        if text.contains("trackplane_events_audited_total{status=\"invalid\"} 1")
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     for line in [
         "trackplane_http_requests_total{route=\"pixel\"} 2",
         "trackplane_http_responses_total{code=\"200\"} 2",

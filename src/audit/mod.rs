@@ -147,11 +147,7 @@ impl Auditor {
                 advertiser,
             );
         }
-        let default = &self.events[self.route_events[route as usize]];
-        let (event_type, rules) = match params.get_bytes(&self.event_param) {
-            None | Some(b"") => (&default.name[..], Some(default)),
-            Some(ev) => (ev, self.events.iter().find(|e| e.name == ev)),
-        };
+        let (event_type, rules) = self.event_rules(params, route);
         let mut verdict = Verdict {
             event_type,
             advertiser,
@@ -214,6 +210,29 @@ impl Auditor {
             }
         }
         verdict
+    }
+
+    /// The event's type (the parameter's value, or the route's default)
+    /// and its rules, if the type is known.
+    fn event_rules<'a>(
+        &'a self,
+        params: &'a Params,
+        route: Route,
+    ) -> (&'a [u8], Option<&'a EventRules>) {
+        let default = &self.events[self.route_events[route as usize]];
+        match params.get_bytes(&self.event_param) {
+            None | Some(b"") => (&default.name[..], Some(default)),
+            Some(ev) => (ev, self.events.iter().find(|e| e.name == ev)),
+        }
+    }
+
+    /// When the event will be answered, as its verdict will say, without
+    /// auditing it: so that an event whose answer does not wait for the
+    /// disk can be answered before its audit.
+    pub fn durability(&self, params: &Params, route: Route) -> Durability {
+        self.event_rules(params, route)
+            .1
+            .map_or(Durability::Buffered, |r| r.durability)
     }
 
     #[allow(clippy::too_many_arguments)]

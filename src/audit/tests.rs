@@ -411,7 +411,7 @@ fn findings_beyond_the_cap_are_counted() {
 }
 
 #[test]
-fn the_verdict_carries_its_event_types_durability() {
+fn the_verdict_carries_its_event_types_durability_known_before_the_audit() {
     let config = Config::from_toml_str(
         "[event_types.purchase]\ndurability = \"sync\"\nrequired = [\"order_id\"]\n",
         "test",
@@ -443,5 +443,7 @@ fn the_verdict_carries_its_event_types_durability() {
         params.parse_urlencoded(query.as_bytes(), 16).unwrap();
         let v = auditor.audit(&params, route, &catalogs);
         assert_eq!(v.durability, durability, "{query}");
+        // Known before the audit, as the verdict will say it.
+        assert_eq!(auditor.durability(&params, route), durability, "{query}");
     }
 }

@@ -261,6 +261,8 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
             shared.heartbeats[watcher.index].fetch_add(1, Ordering::Relaxed);
             shared.store_status.class.lift_if_starved(starved_ms);
             shared.view.class.lift_if_starved(starved_ms);
+            // Events answered before their audit wait at most this long.
+            watcher.handler.borrow_mut().run_waiting();
         }
         canceller.cancel();
     });
@@ -283,6 +285,8 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
     while worker.in_flight.get() > 0 && monoio::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(2)).await;
     }
+    // What was answered is recorded before the worker goes.
+    worker.handler.borrow_mut().run_waiting();
     if worker.in_flight.get() > 0 {
         tracing::warn!(
             worker = spec.index,
