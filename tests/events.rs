@@ -319,12 +319,18 @@ fn catalog_hot_reload_under_load(d: Driver) {
 }
 
 fn metrics_count_what_happened(d: Driver) {
-    let s = start(d, "");
+    for extra in ["", "[server]\naudit_batch = 16\n"] {
+        metrics_count(d, extra);
+    }
+}
+
+fn metrics_count(d: Driver, extra: &str) {
+    let s = start(d, extra);
     s.get("/i?adv=demo");
     s.get("/i?adv=nobody");
     s.get("/nope");
-    // Pixels are answered before their audit (`server.audit_batch`), which
-    // follows within the worker's 20 ms heartbeat.
+    // With `server.audit_batch`, pixels are answered before their audit,
+    // which follows within the worker's 20 ms heartbeat.
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
         let m = s.admin_get("/metrics");

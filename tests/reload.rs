@@ -38,7 +38,10 @@ fn sighup_reloads_rules_and_catalogs_and_rejects_bad_files() {
     let config = dir.path().join("trackplane.toml");
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("catalogs")).unwrap();
-    let base = "node_id = \"t1\"\n[catalogs]\nreload_interval_ms = 60000\n";
+    // Pixels answered before their audit (`server.audit_batch`) are
+    // audited under the rules they came under, not the reloaded ones.
+    let base =
+        "node_id = \"t1\"\n[catalogs]\nreload_interval_ms = 60000\n[server]\naudit_batch = 16\n";
     std::fs::write(&config, format!("{base}[advertisers.demo]\n")).unwrap();
     let mut server = common::process::serve(
         &data,
@@ -67,7 +70,7 @@ fn sighup_reloads_rules_and_catalogs_and_rejects_bad_files() {
     let rejected = reload(
         &server,
         &config,
-        &format!("{base}[server]\nmax_body_bytez = 1\n[advertisers.shop]\n"),
+        &format!("{base}max_body_bytez = 1\n[advertisers.shop]\n"),
         "reload rejected",
     );
     assert!(rejected.contains("server.max_body_bytez"), "{rejected}");
@@ -78,7 +81,7 @@ fn sighup_reloads_rules_and_catalogs_and_rejects_bad_files() {
     let pending = reload(
         &server,
         &config,
-        &format!("{base}[server]\nmax_body_bytes = 2048\n[advertisers.shop]\n"),
+        &format!("{base}max_body_bytes = 2048\n[advertisers.shop]\n"),
         "next restart",
     );
     assert!(pending.contains("server"), "{pending}");

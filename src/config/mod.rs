@@ -180,11 +180,12 @@ pub struct ServerConfig {
     /// io_uring: the longest a completion waits for others to join its
     /// batch. 0 turns batching off.
     pub wake_linger_us: u64,
-    /// Pixels and beacons whose answer does not wait for their audit (GET
-    /// and HEAD of `/i` and `/e`, buffered event types) are answered first;
-    /// their audits and records are made in groups of up to this many (when
-    /// that many have gathered, before any other event's record, and at
-    /// least every 20 ms). 0 or 1 audits each before its answer.
+    /// Above 1, pixels and beacons whose answer does not wait for their
+    /// audit (GET and HEAD of `/i` and `/e`, buffered event types) are
+    /// answered first; their audits and records are made in groups of up
+    /// to this many (when that many have gathered, before any other
+    /// event's record, and at least every 20 ms). 0 (the default) or 1
+    /// audits each before its answer.
     pub audit_batch: u32,
     /// Bytes the live view may keep (advertisers, count keys, unknown
     /// products, recent events); requests decide what it is asked to keep.

@@ -3,9 +3,9 @@
 //! connection loop calls this with the request's bytes; everything here
 //! reuses the worker's buffers, so the pixel path allocates nothing.
 //!
-//! A pixel or beacon whose answer does not depend on its audit is answered
-//! first and waits, with its parameters, to be audited and recorded with
-//! others (`server.audit_batch`): a worker woken for a request or two
+//! With `server.audit_batch` set, a pixel or beacon whose answer does not
+//! depend on its audit is answered first and waits, with its parameters,
+//! to be audited and recorded with others: a worker woken for a request or two
 //! finds the audit's rules, the catalogs and the record's code cold in its
 //! caches, and pays for that once per group instead of once per wake-up.
 
