@@ -199,13 +199,17 @@ impl Handler {
             do_not_track: head.do_not_track,
             ts_ms,
         };
-        let answers_first = route != 1
-            && route != 3
+        // Pixels and beacons (routes 0 and 2) of GET or HEAD.
+        let answers_first = matches!(route, 0 | 2)
             && self.waiting.len() > 1
             && matches!(head.method, Method::Get | Method::Head)
             && body.is_empty();
         if answers_first {
-            let route = [Route::Pixel, Route::Click, Route::Beacon][route];
+            let route = if route == 0 {
+                Route::Pixel
+            } else {
+                Route::Beacon
+            };
             if let Some(keep) = self.answer_first(route, head, head_part, &client, out, keep) {
                 return keep;
             }
@@ -249,13 +253,8 @@ impl Handler {
         );
         self.emitter.commit_all(&self.metrics);
         match route {
-            Route::Pixel => {
-                response::gif(out, &self.date, keep, head.method == Method::Head);
-                self.metrics.response(200);
-            }
-            Route::Beacon => {
-                response::empty(out, Status::NoContent, &self.date, keep);
-                self.metrics.response(204);
+            Route::Pixel | Route::Beacon => {
+                self.answer_unaudited(out, route, head.method == Method::Head, keep);
             }
             Route::Click => match verdict.redirect {
                 Some(target) => {
@@ -329,14 +328,20 @@ impl Handler {
         if self.waiting_len == self.waiting.len() {
             self.run_waiting();
         }
+        self.answer_unaudited(out, route, head.method == Method::Head, keep);
+        Some(keep)
+    }
+
+    /// The answer of a pixel (the GIF) or a beacon (204), which is the same
+    /// whatever its audit found.
+    fn answer_unaudited(&self, out: &mut Vec<u8>, route: Route, head_only: bool, keep: bool) {
         if route == Route::Pixel {
-            response::gif(out, &self.date, keep, head.method == Method::Head);
+            response::gif(out, &self.date, keep, head_only);
             self.metrics.response(200);
         } else {
             response::empty(out, Status::NoContent, &self.date, keep);
             self.metrics.response(204);
         }
-        Some(keep)
     }
 
     /// Audits and records every event answered before its audit, in the
