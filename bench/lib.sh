@@ -93,6 +93,13 @@ stop_server() {
     nginx) kill -QUIT "$(cat "$W/nginx.pid")"; sleep 0.5 ;;
     *) kill -TERM ${PIDS[$1]}; wait ${PIDS[$1]} 2>/dev/null || true ;;
   esac
+  # Write back what the server left dirty (nginx's access log, trackplane's
+  # segments) before the next one starts. Left to the kernel, it goes out
+  # about 30 s later (vm.dirty_expire_centisecs), inside the window of
+  # whichever server then runs: in bench/tails.sh that was the third of each
+  # round, whose p99 came out 2-3x the others' whichever server it was
+  # (bench/results/tails-20261130-2343.md, -2350.md).
+  sync
 }
 
 # What the VM did meanwhile, to read a row's tail by: the host's steal time
