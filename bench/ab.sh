@@ -43,6 +43,7 @@ one() { # label binary
     echo "| $1 | $(json_field "$out" achieved_rate) | ${threads%%|*}| $(awk -v c="$core" -v n="$n" 'BEGIN {printf "%.2f", c * 1000 / n}') | ${threads#*|} | $(json_field "$out" p50_us) | $(json_field "$out" p99_us) | $(json_field "$out" p999_us) | $(( $(steal_ms) - s0 )) |"
   done
   kill -TERM $pid; wait $pid 2>/dev/null || true
+  sync # no write-back of this turn's segments in the next turn (see stop_server)
 }
 
 ab_describe
