@@ -49,16 +49,11 @@ impl ProductSet {
         prints.sort_unstable();
         prints.dedup();
         let homes = (prints.len() * 5 / 4 + 1).max(8);
-        let mut at = Vec::with_capacity(prints.len());
-        let mut next = 0;
-        for &f in &prints {
-            let i = home(f, homes).max(next);
-            at.push(i);
-            next = i + 1;
-        }
-        // At least one empty slot after the last one used ends every scan.
-        let mut slots = vec![0u64; homes.max(next + 1)].into_boxed_slice();
-        for (&f, &i) in prints.iter().zip(&at) {
+        // A first pass finds where the last one lands; at least one empty
+        // slot after it ends every scan.
+        let end = places(&prints, homes).last().map_or(0, |(i, _)| i + 1);
+        let mut slots = vec![0u64; homes.max(end + 1)].into_boxed_slice();
+        for (i, f) in places(&prints, homes) {
             slots[i] = f;
         }
         ProductSet {
@@ -103,6 +98,17 @@ impl ProductSet {
     pub fn heap_bytes(&self) -> usize {
         self.slots.len() * 8
     }
+}
+
+/// Where each of the sorted fingerprints `prints` goes: its home, or just
+/// after the one before.
+fn places(prints: &[u64], homes: usize) -> impl Iterator<Item = (usize, u64)> + '_ {
+    let mut next = 0;
+    prints.iter().map(move |&f| {
+        let i = home(f, homes).max(next);
+        next = i + 1;
+        (i, f)
+    })
 }
 
 /// The home slot of fingerprint `f` among `homes`: its top bits scaled, so
