@@ -10,7 +10,8 @@
 # bare-batched, the same with the default config's batched wake-ups),
 # ROUNDS times, each pinned and loaded as in compare.sh (server on core 0,
 # loadtest on core 1, realistic mix); every window is a fresh start with 2 s
-# of warm-up. Prints each window and, per server, how many met the bound.
+# of warm-up, with nothing the server before it left dirty still to be
+# written back (stop_server syncs). Prints each window and, per server, how many met the bound.
 # Then each server against the first one named, round by round (a ratio
 # within a round leaves out the drift between rounds). Writes
 # bench/results/tails-<date>.md.
