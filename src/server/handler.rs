@@ -26,6 +26,10 @@ use crate::server::metrics::WorkerMetrics;
 use crate::server::{Catalogs, Rules, Shared};
 use crate::store::{StoreStatus, StreamShared, RING_PREFIX};
 
+/// The audit's route of each event route number of `Handler::handle`
+/// (`/i`, `/c`, `/e`).
+const EVENT_ROUTES: [Route; 3] = [Route::Pixel, Route::Click, Route::Beacon];
+
 /// A worker's request handler and the buffers it reuses.
 pub struct Handler {
     shared: Arc<Shared>,
@@ -199,17 +203,13 @@ impl Handler {
             do_not_track: head.do_not_track,
             ts_ms,
         };
-        // Pixels and beacons (routes 0 and 2) of GET or HEAD.
-        let answers_first = matches!(route, 0 | 2)
+        // Pixels and beacons of GET or HEAD.
+        let answers_first = matches!(EVENT_ROUTES.get(route), Some(Route::Pixel | Route::Beacon))
             && self.waiting.len() > 1
             && matches!(head.method, Method::Get | Method::Head)
             && body.is_empty();
         if answers_first {
-            let route = if route == 0 {
-                Route::Pixel
-            } else {
-                Route::Beacon
-            };
+            let route = EVENT_ROUTES[route];
             if let Some(keep) = self.answer_first(route, head, head_part, &client, out, keep) {
                 return keep;
             }
@@ -239,7 +239,7 @@ impl Handler {
         if !decoded {
             return self.error(out, Status::BadRequest, keep, None);
         }
-        let route = [Route::Pixel, Route::Click, Route::Beacon][route];
+        let route = EVENT_ROUTES[route];
         let catalogs = self.shared.catalogs.load();
         let rules = self.shared.rules.load();
         let verdict = rules.auditor.audit(&self.params, route, &catalogs);
