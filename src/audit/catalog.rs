@@ -3,7 +3,7 @@
 //! open-addressed table 80% full, laid out in fingerprint order, so a lookup,
 //! hit or miss, is one hash and usually one cache line, and memory is about
 //! 10 bytes per product whatever the id length (`cargo bench --bench
-//! catalog`: 65-70 ns a hit or a miss at 10M ids, each missing the caches).
+//! catalog`: 65-73 ns a hit or a miss at 10M ids, each missing the caches).
 //! Two different ids share a fingerprint with probability 2^-64 per pair;
 //! the audit accepts that (a false "known product" at 10M ids is about one
 //! in 10^12 lookups).
