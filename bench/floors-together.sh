@@ -9,6 +9,8 @@
 #               sent by send(2) first: trackplane's unbatched workers' I/O
 #   bare-plain  monoio on a ring with no setup flags
 #   multishot   raw io_uring: multishot receive, provided buffers, DEFER_TASKRUN
+#   multishot-send    the same, answers sent by send(2) first
+#   multishot-bufring the same, buffers given back through a buffer ring
 #
 #   bench/floors-together.sh A B [RATE] [WINDOWS] [SECONDS]
 #   e.g. bench/floors-together.sh bare-coop multishot 20000 10 6
@@ -29,6 +31,8 @@ for k in A B; do
     bare-worker) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring-worker" ;;
     bare-plain) cmd="target/release/bare-responder 127.0.0.1:${PORT[$k]} uring" ;;
     multishot) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]}" ;;
+    multishot-send) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]} send-now" ;;
+    multishot-bufring) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]} send-now,bufring" ;;
     *) echo "unknown floor: $kind" >&2; exit 2 ;;
   esac
   taskset -c 0 $cmd 2>/dev/null &

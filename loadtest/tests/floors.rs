@@ -99,7 +99,9 @@ fn worker_floors_answer_like_a_server() {
 
 #[test]
 fn multishot_floor_answers_like_a_server() {
-    answers_like_a_server(env!("CARGO_BIN_EXE_bare-multishot"), &[]);
+    for modes in [&[][..], &["send-now"], &["send-now,bufring"]] {
+        answers_like_a_server(env!("CARGO_BIN_EXE_bare-multishot"), modes);
+    }
 }
 
 #[test]

@@ -7,7 +7,12 @@
 //! `bench/compare.sh` races it against the monoio floor: the difference is
 //! what a custom event loop could save trackplane per request.
 //!
-//! `bare-multishot 127.0.0.1:8083`
+//! A second argument changes two things: `send-now` sends answers by one
+//! nonblocking send(2) first, as trackplane's workers do; `bufring` gives
+//! buffers back through a ring-mapped buffer ring instead of a
+//! `ProvideBuffers` request each (bench/results/floors-together-20261201-0130.md).
+//!
+//! `bare-multishot 127.0.0.1:8083 [send-now[,bufring]]`
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -47,6 +52,13 @@ struct Conn {
 struct Loop {
     ring: IoUring,
     bufs: Vec<u8>,
+    /// Answers go out by one nonblocking send(2) first, as trackplane's
+    /// workers send them; only what the socket does not take goes through
+    /// the ring.
+    send_now: bool,
+    /// Buffers are given back through a ring-mapped buffer ring (Linux
+    /// 5.19) instead of one `ProvideBuffers` request each.
+    buf_ring: Option<BufRing>,
     conns: Vec<Option<Conn>>,
     backlog: VecDeque<squeue::Entry>,
 }
@@ -63,6 +75,14 @@ impl Loop {
     }
 
     fn provide(&mut self, bid: u16, count: u16) {
+        if let Some(br) = &mut self.buf_ring {
+            for b in bid..bid + count {
+                let ptr = self.bufs[usize::from(b) * BUF_SIZE..].as_mut_ptr();
+                br.give(ptr, b);
+            }
+            br.publish();
+            return;
+        }
         let ptr = self.bufs[usize::from(bid) * BUF_SIZE..].as_mut_ptr();
         let e = opcode::ProvideBuffers::new(ptr, BUF_SIZE as i32, count, GROUP, bid)
             .build()
@@ -94,6 +114,26 @@ impl Loop {
         }
         if c.sending.is_empty() {
             return;
+        }
+        if self.send_now {
+            let rest = &c.sending[c.sent..];
+            // SAFETY: a valid buffer and length; the call does not wait.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                c.sent += n as usize;
+                if c.sent == c.sending.len() {
+                    c.sending.clear();
+                    c.sent = 0;
+                    return;
+                }
+            }
         }
         c.in_flight = true;
         let e = opcode::Send::new(
@@ -209,10 +249,53 @@ impl Loop {
     }
 }
 
+/// A ring-mapped buffer ring: entries the kernel takes buffers from, and
+/// a tail this loop moves as it gives them back.
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring) -> BufRing {
+        let layout =
+            std::alloc::Layout::from_size_align(usize::from(BUFS) * 16, 4096).expect("layout");
+        // SAFETY: a nonzero size; the memory lives for the process.
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+        // SAFETY: page-aligned memory of BUFS entries that outlives the ring.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring(entries as u64, BUFS, GROUP)
+        }
+        .expect("register_buf_ring");
+        BufRing { entries, tail: 0 }
+    }
+
+    fn give(&mut self, ptr: *mut u8, bid: u16) {
+        // SAFETY: the index is masked to the ring's size.
+        let e = unsafe { &mut *self.entries.add(usize::from(self.tail & (BUFS - 1))) };
+        e.set_addr(ptr as u64);
+        e.set_len(BUF_SIZE as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field of the ring's first entry, shared with the
+        // kernel, which reads it with acquire ordering.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries).cast_mut();
+            (*(tail as *const std::sync::atomic::AtomicU16))
+                .store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
 fn main() {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8083".into());
+    let modes = std::env::args().nth(2).unwrap_or_default();
     let listener = TcpListener::bind(&addr).expect("bind");
     eprintln!("listening on {}", listener.local_addr().expect("bound"));
     let ring = IoUring::builder()
@@ -221,9 +304,12 @@ fn main() {
         .setup_defer_taskrun()
         .build(4096)
         .expect("io_uring");
+    let buf_ring = modes.contains("bufring").then(|| BufRing::new(&ring));
     let mut lp = Loop {
         ring,
         bufs: vec![0u8; BUF_SIZE * usize::from(BUFS)],
+        send_now: modes.contains("send-now"),
+        buf_ring,
         conns: Vec::new(),
         backlog: VecDeque::new(),
     };
