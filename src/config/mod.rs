@@ -180,6 +180,11 @@ pub struct ServerConfig {
     /// io_uring: the longest a completion waits for others to join its
     /// batch. 0 turns batching off.
     pub wake_linger_us: u64,
+    /// io_uring (Linux 6.0): one receive request per connection for its
+    /// whole life (multishot, into a ring of buffers the worker refills)
+    /// instead of one per read. Off, each read arms the socket's poll
+    /// again.
+    pub multishot_recv: bool,
     /// Above 1, pixels and beacons whose answer does not wait for their
     /// audit (GET and HEAD of `/i` and `/e`, buffered event types) are
     /// answered first; their audits and records are made in groups of up

@@ -1,9 +1,11 @@
 //! The connection loop: read into one buffer, answer every complete request
 //! in it (pipelining), write all answers with one send, repeat. Buffers are
-//! handed to the kernel and back (monoio's owned-buffer I/O) and reused for
-//! the life of the connection.
+//! reused for the life of the connection: handed to the kernel and back
+//! (monoio's owned-buffer I/O), or traded with the connection's multishot
+//! receive, which fills its own from the worker's buffer ring.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -25,6 +27,9 @@ const KEEP_READ: usize = 64 * 1024;
 /// worker shuts down.
 pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // One receive request for the connection's life where the worker's
+    // ring has them (`server.multishot_recv`); else one per read.
+    let mut multi = monoio::MultiRecv::new(stream.as_raw_fd());
     let cfg = &worker.shared.config.server;
     let limits = worker.limits;
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
@@ -180,9 +185,25 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             started + header_timeout
         };
         let len = rbuf.len();
-        let cap = rbuf.capacity();
-        let read = monoio::time::timeout_at(deadline, stream.read(rbuf.slice_mut(len..cap))).await;
-        let Ok((res, slice)) = read else {
+        let read = match &mut multi {
+            Some(multi) => monoio::time::timeout_at(deadline, multi.recv(&mut rbuf)).await,
+            None => {
+                let cap = rbuf.capacity();
+                let read = stream.read(rbuf.slice_mut(len..cap));
+                match monoio::time::timeout_at(deadline, read).await {
+                    Ok((res, slice)) => {
+                        rbuf = slice.into_inner();
+                        Ok(res)
+                    }
+                    Err(elapsed) => {
+                        // The buffer went with the read; the connection ends.
+                        rbuf = Vec::new();
+                        Err(elapsed)
+                    }
+                }
+            }
+        };
+        let Ok(res) = read else {
             if len > 0 {
                 worker.handler.borrow_mut().timeout(&mut wbuf);
                 // The deadline just passed: it stands for now.
@@ -191,7 +212,6 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             }
             break;
         };
-        rbuf = slice.into_inner();
         match res {
             Ok(0) | Err(_) => break,
             Ok(_) => {

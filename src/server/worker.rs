@@ -23,10 +23,10 @@ use crate::server::{ServeError, Shared};
 /// The I/O driver a worker ended up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverKind {
-    /// io_uring, a wake-up per completion round.
-    Uring,
-    /// io_uring with batched wake-ups (`server.wake_batch`).
-    UringBatched,
+    /// io_uring. `batched`: wake-ups batched (`server.wake_batch`);
+    /// otherwise one per completion round. `multishot`: one receive request
+    /// per connection (`server.multishot_recv`); otherwise one per read.
+    Uring { batched: bool, multishot: bool },
     /// epoll (monoio's legacy driver).
     Epoll,
 }
@@ -35,8 +35,22 @@ impl DriverKind {
     /// As logged.
     pub fn as_str(self) -> &'static str {
         match self {
-            DriverKind::Uring => "io_uring",
-            DriverKind::UringBatched => "io_uring, wake-ups batched",
+            DriverKind::Uring {
+                batched: false,
+                multishot: false,
+            } => "io_uring",
+            DriverKind::Uring {
+                batched: true,
+                multishot: false,
+            } => "io_uring, wake-ups batched",
+            DriverKind::Uring {
+                batched: false,
+                multishot: true,
+            } => "io_uring, multishot receive",
+            DriverKind::Uring {
+                batched: true,
+                multishot: true,
+            } => "io_uring, wake-ups batched, multishot receive",
             DriverKind::Epoll => "epoll",
         }
     }
@@ -112,7 +126,11 @@ pub fn spawn(
                 Driver::Auto => monoio::utils::detect_uring(),
             };
             if use_uring {
-                match uring_runtime(entries, wake_batch(&shared.config.server)) {
+                match uring_runtime(
+                    entries,
+                    wake_batch(&shared.config.server),
+                    shared.config.server.multishot_recv,
+                ) {
                     Ok((mut rt, kind)) => {
                         let _ = started.send(Ok(kind));
                         rt.block_on(run(shared, spec));
@@ -162,11 +180,15 @@ fn wake_batch(cfg: &crate::config::ServerConfig) -> monoio::WaitBatch {
 /// ready or `wake_linger_us` has passed with one (Linux 6.12): one wake-up
 /// per batch instead of one per one to three requests. The task-run flag
 /// tells the driver when completion work came while the thread worked, so
-/// that it is not held for a batch too. Kernels without a feature get the
-/// ring before it.
+/// that it is not held for a batch too. With `server.multishot_recv`, a
+/// connection keeps one receive request for its life (Linux 6.0): about 3%
+/// of the CPU per request unbatched at 20k/s, 8% batched
+/// (bench/results/together-multishot-20261201-0150.md). Kernels without a
+/// feature get the ring before it.
 fn uring_runtime(
     entries: u32,
     wake: monoio::WaitBatch,
+    multishot: bool,
 ) -> std::io::Result<(UringRuntime, DriverKind)> {
     let build = |urb: io_uring::Builder, wake: monoio::WaitBatch| {
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -183,13 +205,25 @@ fn uring_runtime(
     // About 1% of the CPU per request, batched or not
     // (bench/results/together-pollfirst-20261130-0727.md).
     monoio::set_recv_poll_first(true);
+    // Multishot receives need Linux 6.0, as SINGLE_ISSUER does: only the
+    // rings built with it make them (`conn`).
+    monoio::set_multishot_recv(multishot);
     let mut tuned = io_uring::IoUring::builder();
     tuned.setup_coop_taskrun().setup_single_issuer();
     let mut deferred = tuned.clone();
     deferred.setup_defer_taskrun().setup_taskrun_flag();
     if wake.is_on() {
         match build(deferred.clone(), wake) {
-            Ok(rt) => return Ok((rt, DriverKind::UringBatched)),
+            Ok(rt) => {
+                let multishot = monoio::multishot_recv_active();
+                return Ok((
+                    rt,
+                    DriverKind::Uring {
+                        batched: true,
+                        multishot,
+                    },
+                ));
+            }
             Err(e) => tracing::info!(error = %e, "io_uring wake-ups not batched"),
         }
     }
@@ -202,10 +236,18 @@ fn uring_runtime(
         Err(e) => {
             tracing::info!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER");
             monoio::set_recv_poll_first(false);
+            monoio::set_multishot_recv(false);
             build(io_uring::IoUring::builder(), unbatched)?
         }
     };
-    Ok((rt, DriverKind::Uring))
+    let multishot = monoio::multishot_recv_active();
+    Ok((
+        rt,
+        DriverKind::Uring {
+            batched: false,
+            multishot,
+        },
+    ))
 }
 
 async fn run(shared: Arc<Shared>, spec: WorkerSpec) {

@@ -25,6 +25,9 @@ thread_local! {
     /// Set for the tests `on_every_driver!` runs on io_uring without wake-up
     /// batching: the ring kernels before 6.12 get.
     static UNBATCHED: Cell<bool> = const { Cell::new(false) };
+    /// Set for the tests `on_every_driver!` runs on io_uring with one
+    /// receive request per read: the ring kernels before 6.0 get.
+    static ONE_RECV_PER_READ: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with the servers it starts on io_uring unbatched
@@ -34,6 +37,14 @@ pub fn unbatched(f: impl FnOnce()) {
     UNBATCHED.with(|u| u.set(true));
     f();
     UNBATCHED.with(|u| u.set(false));
+}
+
+/// Runs `f` with the servers it starts on io_uring, unbatched, with one
+/// receive request per read (`server.multishot_recv = false`).
+pub fn one_recv_per_read(f: impl FnOnce()) {
+    ONE_RECV_PER_READ.with(|u| u.set(true));
+    unbatched(f);
+    ONE_RECV_PER_READ.with(|u| u.set(false));
 }
 
 /// Starts a one-worker server on `driver` with `extra` TOML merged over a
@@ -56,15 +67,16 @@ pub fn start_with(driver: Driver, extra: &str, prepare: impl FnOnce(&Path)) -> T
     if unbatched {
         config.server.wake_batch = 0;
     }
+    if ONE_RECV_PER_READ.with(|u| u.get()) {
+        config.server.multishot_recv = false;
+    }
+    let multishot = config.server.multishot_recv;
     let server = Server::start(config).unwrap();
     if driver == Driver::Uring {
-        // Batched wherever the kernel can (Linux 6.12) unless turned off.
-        let want = if unbatched || !kernel_batches_wakeups() {
-            DriverKind::Uring
-        } else {
-            DriverKind::UringBatched
-        };
-        assert_eq!(server.drivers, [want]);
+        // Batched wherever the kernel can (Linux 6.12) unless turned off;
+        // multishot receives (Linux 6.0) unless turned off.
+        let batched = !unbatched && kernel_batches_wakeups();
+        assert_eq!(server.drivers, [DriverKind::Uring { batched, multishot }]);
     }
     TestServer {
         addr: server.data_addr,
@@ -275,14 +287,18 @@ pub fn closed(s: &mut TcpStream) -> bool {
 }
 
 /// Generates one test per driver from `fn name(driver: Driver)`: io_uring
-/// as configured by default (wake-ups batched where the kernel can), io_uring
-/// unbatched, and epoll.
+/// as configured by default (wake-ups batched where the kernel can,
+/// multishot receives), io_uring unbatched, io_uring unbatched with one
+/// receive per read, and epoll.
 #[macro_export]
 macro_rules! on_every_driver {
     ($($name:ident),* $(,)?) => {
         mod uring { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Uring) } )* }
         mod uring_unbatched { $( #[test] fn $name() {
             super::common::unbatched(|| super::$name(trackplane::config::Driver::Uring))
+        } )* }
+        mod uring_one_recv_per_read { $( #[test] fn $name() {
+            super::common::one_recv_per_read(|| super::$name(trackplane::config::Driver::Uring))
         } )* }
         mod epoll { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Epoll) } )* }
     };

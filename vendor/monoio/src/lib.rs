@@ -40,7 +40,9 @@ pub use blocking::spawn_blocking;
 pub use builder::{Buildable, RuntimeBuilder};
 pub use driver::Driver;
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub use driver::{set_recv_poll_first, IoUringDriver, WaitBatch};
+pub use driver::{
+    multishot_recv_active, set_multishot_recv, set_recv_poll_first, IoUringDriver, MultiRecv, WaitBatch,
+};
 #[cfg(feature = "legacy")]
 pub use driver::LegacyDriver;
 #[cfg(feature = "macros")]

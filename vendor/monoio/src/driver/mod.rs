@@ -32,7 +32,9 @@ pub use self::legacy::LegacyDriver;
 use self::legacy::LegacyInner;
 use self::op::{CompletionMeta, Op, OpAble};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub use self::uring::{set_recv_poll_first, IoUringDriver, WaitBatch};
+pub use self::uring::{
+    multishot_recv_active, set_multishot_recv, set_recv_poll_first, IoUringDriver, MultiRecv, WaitBatch,
+};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 use self::uring::UringInner;
 

@@ -25,6 +25,8 @@ use super::{
 use crate::utils::slab::Slab;
 
 mod lifecycle;
+mod multi_recv;
+pub use multi_recv::{multishot_recv_active, set_multishot_recv, MultiRecv};
 #[cfg(feature = "sync")]
 mod waker;
 #[cfg(feature = "sync")]
@@ -150,6 +152,9 @@ pub(crate) struct UringInner {
 
     // Batched wake-ups (off unless set and supported)
     wait: WaitBatch,
+
+    // Multishot receives and their buffer ring (when asked for and supported)
+    multi: Option<multi_recv::Multi>,
 }
 
 // When dropping the driver, all in-flight operations must have completed. This
@@ -180,6 +185,7 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             wait: WaitBatch::default(),
+            multi: multi_recv::Multi::for_new_ring(&uring),
             uring,
         }));
 
@@ -215,6 +221,7 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             wait: WaitBatch::default(),
+            multi: multi_recv::Multi::for_new_ring(&uring),
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
@@ -546,9 +553,15 @@ impl UringInner {
                     self.poll.tick(Some(Duration::ZERO))?;
                 }
                 _ if index >= MIN_REVERSED_USERDATA => (),
+                _ if index & multi_recv::MULTI_TAG != 0 => {
+                    if let Some(multi) = self.multi.as_mut() {
+                        multi.complete(index, cqe.result(), cqe.flags());
+                    }
+                }
                 _ => self.ops.complete(index as _, resultify(&cqe), cqe.flags()),
             }
         }
+        multi_recv::Multi::after_tick(self);
         Ok(())
     }
 
@@ -740,6 +753,10 @@ impl Drop for UringInner {
     fn drop(&mut self) {
         // no need to wait for completion, as the kernel will clean up the ring asynchronically.
         let _ = self.uring.submitter().submit();
+        // The buffer ring is freed after this: the kernel must not hold it.
+        if let Some(multi) = &self.multi {
+            multi.unregister(&self.uring);
+        }
         unsafe {
             ManuallyDrop::drop(&mut self.uring);
         }
