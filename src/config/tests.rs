@@ -121,16 +121,16 @@ fn invalid_values_name_their_key() {
     assert!(err("[server]\nwake_linger_us = -1\n").contains("server.wake_linger_us"));
     // A linger too short to pay for itself is refused, unless batching is
     // off anyway (wake_batch 0 or 1); 0 and the floor itself are fine.
-    for short in [1, 10, 99] {
+    for short in [1, 10, 25, 49] {
         let e = err(&format!("[server]\nwake_linger_us = {short}\n"));
         assert!(
-            e.contains("`server.wake_linger_us`") && e.contains("at least 100"),
+            e.contains("`server.wake_linger_us`") && e.contains("at least 50"),
             "{e}"
         );
     }
     for ok in [
         "[server]\nwake_linger_us = 0\n",
-        "[server]\nwake_linger_us = 100\n",
+        "[server]\nwake_linger_us = 50\n",
         "[server]\nwake_batch = 0\nwake_linger_us = 10\n",
         "[server]\nwake_batch = 1\nwake_linger_us = 10\n",
     ] {
