@@ -139,7 +139,12 @@ impl BufRing {
     fn give(&mut self, bid: u16) {
         let addr = self.bufs[usize::from(bid) * BUF_SIZE..].as_ptr() as u64;
         // SAFETY: the index is masked to the ring's `BUFS` entries.
-        let e = unsafe { &mut *self.entries.as_ptr().add(usize::from(self.tail & (BUFS - 1))) };
+        let e = unsafe {
+            &mut *self
+                .entries
+                .as_ptr()
+                .add(usize::from(self.tail & (BUFS - 1)))
+        };
         e.set_addr(addr);
         e.set_len(BUF_SIZE as u32);
         e.set_bid(bid);
