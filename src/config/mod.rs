@@ -529,8 +529,9 @@ impl Config {
         // 1-10 µs linger cost 1.4-2.8x the CPU of no batching (at 1 µs
         // the worker hardly slept, busy in the kernel's wait); 25 µs
         // still 1.07x at 50k/s (tails-20261201-0220.md). 50 µs costs less
-        // than no batching at 50k/s (0.91x) and more at 20k/s (1.11x,
-        // tails-20261201-0226.md): a choice for busy nodes.
+        // than no batching at 50k/s (0.91x and 0.98x in two races) and
+        // more at 20k/s (1.11x, tails-20261201-0226.md): a choice for busy
+        // nodes.
         if s.wake_batch > 1 && (1..MIN_WAKE_LINGER_US).contains(&s.wake_linger_us) {
             return Err(invalid(
                 "server.wake_linger_us",
