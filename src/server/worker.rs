@@ -35,22 +35,12 @@ impl DriverKind {
     /// As logged.
     pub fn as_str(self) -> &'static str {
         match self {
-            DriverKind::Uring {
-                batched: false,
-                multishot: false,
-            } => "io_uring",
-            DriverKind::Uring {
-                batched: true,
-                multishot: false,
-            } => "io_uring, wake-ups batched",
-            DriverKind::Uring {
-                batched: false,
-                multishot: true,
-            } => "io_uring, multishot receive",
-            DriverKind::Uring {
-                batched: true,
-                multishot: true,
-            } => "io_uring, wake-ups batched, multishot receive",
+            DriverKind::Uring { batched, multishot } => match (batched, multishot) {
+                (false, false) => "io_uring",
+                (true, false) => "io_uring, wake-ups batched",
+                (false, true) => "io_uring, multishot receive",
+                (true, true) => "io_uring, wake-ups batched, multishot receive",
+            },
             DriverKind::Epoll => "epoll",
         }
     }
@@ -181,8 +171,8 @@ fn wake_batch(cfg: &crate::config::ServerConfig) -> monoio::WaitBatch {
 /// per batch instead of one per one to three requests. The task-run flag
 /// tells the driver when completion work came while the thread worked, so
 /// that it is not held for a batch too. With `server.multishot_recv`, a
-/// connection keeps one receive request for its life (Linux 6.0): about 3%
-/// of the CPU per request unbatched at 20k/s, 8% batched
+/// connection keeps one receive request for its life (Linux 6.0): 2-3% of
+/// the CPU per request unbatched at 20k/s, 8% batched
 /// (bench/results/together-multishot-20261201-0150.md). Kernels without a
 /// feature get the ring before it.
 fn uring_runtime(
