@@ -19,6 +19,10 @@ use crate::server::worker::Worker;
 
 const INITIAL_READ: usize = 4096;
 const INITIAL_WRITE: usize = 2048;
+/// Answers are sent once this many bytes of them wait, before the rest of
+/// the requests already read are answered: a client that pipelines much
+/// and reads little holds this much of ours, not answers to all it sent.
+const FLUSH_AT: usize = 16 * 1024;
 /// A connection whose buffer grew past this for a large body gives the
 /// memory back once the body is answered.
 const KEEP_READ: usize = 64 * 1024;
@@ -55,7 +59,13 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
         let mut pos = 0;
         let mut close = false;
         let mut awaiting_body = false;
+        // Requests left in the buffer to answer after this round's send.
+        let mut more = false;
         while pos < rbuf.len() {
+            if wbuf.len() >= FLUSH_AT {
+                more = true;
+                break;
+            }
             match parse_head(&rbuf[pos..], &limits) {
                 Ok(None) => break,
                 Ok(Some(mut head)) => {
@@ -151,6 +161,9 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             break;
         }
         rbuf.drain(..pos);
+        if more {
+            continue;
+        }
         if rbuf.is_empty() && !fresh {
             busy.set(false);
             if rbuf.capacity() > KEEP_READ {

@@ -38,16 +38,16 @@ const KEY_MASK: u64 = MULTI_TAG - 1;
 /// Buffers of the ring, and their size: a tracking call's request fits one;
 /// larger reads take several completions.
 const BUFS: u16 = 256;
-const BUF_SIZE: usize = 2048;
+const BUF_SIZE: usize = 1024;
 /// The buffer group this driver's ring is registered as.
 const GROUP: u16 = 0x4d52;
 /// Bytes received and not yet taken at which a stream's receive is
 /// cancelled, so that a client whose answers are not being read cannot
 /// make its connection hold much more: what the kernel received in the
-/// same pass still comes (it loops up to 32 times per wake-up, 64 KiB of
+/// same pass still comes (it loops up to 32 times per wake-up, 32 KiB of
 /// these buffers), then the socket's own buffer holds the rest and TCP's
 /// window stops the client. Taking the bytes arms the receive again.
-const PAUSE_AT: usize = 16 * 1024;
+const PAUSE_AT: usize = 8 * 1024;
 
 thread_local! {
     static MULTISHOT: Cell<bool> = const { Cell::new(false) };
