@@ -202,18 +202,14 @@ fn uring_runtime(
     tuned.setup_coop_taskrun().setup_single_issuer();
     let mut deferred = tuned.clone();
     deferred.setup_defer_taskrun().setup_taskrun_flag();
+    // Read once the ring is built: whether its buffer ring was registered.
+    let kind = |batched| DriverKind::Uring {
+        batched,
+        multishot: monoio::multishot_recv_active(),
+    };
     if wake.is_on() {
         match build(deferred.clone(), wake) {
-            Ok(rt) => {
-                let multishot = monoio::multishot_recv_active();
-                return Ok((
-                    rt,
-                    DriverKind::Uring {
-                        batched: true,
-                        multishot,
-                    },
-                ));
-            }
+            Ok(rt) => return Ok((rt, kind(true))),
             Err(e) => tracing::info!(error = %e, "io_uring wake-ups not batched"),
         }
     }
@@ -230,14 +226,7 @@ fn uring_runtime(
             build(io_uring::IoUring::builder(), unbatched)?
         }
     };
-    let multishot = monoio::multishot_recv_active();
-    Ok((
-        rt,
-        DriverKind::Uring {
-            batched: false,
-            multishot,
-        },
-    ))
+    Ok((rt, kind(false)))
 }
 
 async fn run(shared: Arc<Shared>, spec: WorkerSpec) {

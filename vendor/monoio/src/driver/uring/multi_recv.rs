@@ -114,6 +114,8 @@ impl BufRing {
         let raw = unsafe { std::alloc::alloc_zeroed(Self::LAYOUT) };
         let entries = NonNull::new(raw.cast::<types::BufRingEntry>())
             .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        // Owned from here: dropped on an error below, it frees the entries,
+        // which the kernel then never had.
         let mut ring = BufRing {
             entries,
             bufs: vec![0u8; usize::from(BUFS) * BUF_SIZE].into_boxed_slice(),
@@ -121,13 +123,7 @@ impl BufRing {
         };
         // SAFETY: page-aligned memory for `BUFS` entries, which `ring` frees
         // only after the driver unregisters it (`Multi::unregister`).
-        unsafe { uring.submitter().register_buf_ring(raw as u64, BUFS, GROUP) }.inspect_err(
-            |_| {
-                // SAFETY: allocated above with this layout, never registered.
-                unsafe { std::alloc::dealloc(raw, Self::LAYOUT) };
-                ring.entries = NonNull::dangling();
-            },
-        )?;
+        unsafe { uring.submitter().register_buf_ring(raw as u64, BUFS, GROUP) }?;
         for bid in 0..BUFS {
             ring.give(bid);
         }
@@ -168,10 +164,8 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        if self.entries != NonNull::dangling() {
-            // SAFETY: allocated in `register` with this layout.
-            unsafe { std::alloc::dealloc(self.entries.as_ptr().cast(), Self::LAYOUT) };
-        }
+        // SAFETY: allocated in `register` with this layout.
+        unsafe { std::alloc::dealloc(self.entries.as_ptr().cast(), Self::LAYOUT) };
     }
 }
 
@@ -245,21 +239,18 @@ impl Multi {
             return;
         };
         multi.ring.publish();
-        if multi.to_cancel.is_empty() {
-            return;
-        }
-        let mut cancels = std::mem::take(&mut multi.to_cancel);
-        for &user_data in &cancels {
-            let cancel = opcode::AsyncCancel::new(user_data)
-                .build()
-                .user_data(super::CANCEL_USERDATA);
-            push(inner, &cancel);
-        }
-        cancels.clear();
-        if let Some(multi) = inner.multi.as_mut() {
-            multi.to_cancel = cancels;
+        while let Some(user_data) = inner.multi.as_mut().and_then(|m| m.to_cancel.pop()) {
+            push(inner, &cancel(user_data));
         }
     }
+}
+
+/// A request to cancel stream `user_data`'s receive (its completion is
+/// ignored; the receive's own last completion says it ended).
+fn cancel(user_data: u64) -> io_uring::squeue::Entry {
+    opcode::AsyncCancel::new(user_data)
+        .build()
+        .user_data(super::CANCEL_USERDATA)
 }
 
 /// Pushes an entry, submitting first if the queue is full.
@@ -394,10 +385,7 @@ impl Drop for MultiRecv {
         if !s.cancelling {
             s.cancelling = true;
             drop(s);
-            let cancel = opcode::AsyncCancel::new(MULTI_TAG | self.key as u64)
-                .build()
-                .user_data(super::CANCEL_USERDATA);
-            push(inner, &cancel);
+            push(inner, &cancel(MULTI_TAG | self.key as u64));
         }
     }
 }
