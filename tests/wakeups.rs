@@ -9,6 +9,10 @@
 //! must not be held for a whole linger after that: the third test.
 //!
 //! The server's other threads sleep on an idle server too: the fourth.
+//!
+//! A worker batches only while busy (`server::pace`): a ring told not to
+//! batch answers at once, and batches again when told; a server's worker
+//! starts batching under load and stops when it ends.
 
 mod common;
 
@@ -98,9 +102,10 @@ fn an_idle_batched_worker_sleeps_and_a_lone_request_is_answered() {
     let _alone = ONE_SERVER.lock().unwrap_or_else(PoisonError::into_inner);
     // A linger of 100 µs: a worker woken at every linger would switch
     // about 10,000 times a second.
+    // Batching at every wait, as a busy worker does.
     let srv = start(
         Driver::Uring,
-        "[server]\nwake_batch = 32\nwake_linger_us = 100\n",
+        "[server]\nwake_batch = 32\nwake_linger_us = 100\nwake_batch_busy_percent = 0\n",
     );
     assert_eq!(srv.get("/healthz").status, 200);
     // Idle with no connection (the heartbeat the only timer), then with an
@@ -220,4 +225,100 @@ fn a_batched_ring_without_timers_sleeps_until_its_completion() {
     std::io::Read::read_exact(&mut conn, &mut got).unwrap();
     assert_eq!(&got, b"hello");
     ring.join().unwrap();
+}
+
+/// A bare batched ring whose thread is told not to batch answers a lone
+/// request at once; told to batch again, it holds the next for the linger.
+#[test]
+fn a_ring_batches_only_while_told_to() {
+    if !kernel_batches_wakeups() {
+        return;
+    }
+    const LINGER: Duration = Duration::from_millis(600);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ring = std::thread::spawn(move || {
+        let mut rt = batched_runtime(LINGER);
+        rt.block_on(async move {
+            monoio::set_wait_batch_active(false);
+            let listener = monoio::net::TcpListener::from_std(listener).unwrap();
+            let (mut echo, _) = listener.accept().await.unwrap();
+            for batching in [false, true] {
+                monoio::set_wait_batch_active(batching);
+                let (res, buf) = monoio::io::AsyncReadRent::read(&mut echo, vec![0u8; 8]).await;
+                let n = res.unwrap();
+                let (res, _) = echo.write_all(buf[..n].to_vec()).await;
+                res.unwrap();
+            }
+        });
+    });
+    let mut echo = std::net::TcpStream::connect(addr).unwrap();
+    echo.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut took = Vec::new();
+    for _ in 0..2 {
+        // Sent well within a linger of the ring's wait starting.
+        std::thread::sleep(Duration::from_millis(20));
+        let sent = std::time::Instant::now();
+        echo.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        std::io::Read::read_exact(&mut echo, &mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        took.push(sent.elapsed());
+    }
+    assert!(
+        took[0] < LINGER / 2 && took[1] > LINGER / 2,
+        "replies took {took:?} unbatched, then batched, with a {LINGER:?} linger"
+    );
+    ring.join().unwrap();
+}
+
+/// A server's worker batches while a load keeps it busy and stops when the
+/// load ends (the bar set low so that a test's load passes it).
+#[test]
+fn a_worker_batches_while_busy_and_stops_when_quiet() {
+    let _alone = ONE_SERVER.lock().unwrap_or_else(PoisonError::into_inner);
+    let srv = start(
+        Driver::Uring,
+        "[server]\nwake_batch = 32\nwake_linger_us = 100\nwake_batch_busy_percent = 5\n",
+    );
+    let batching = || common::metric(&srv.metrics(), "trackplane_workers_batching_wakeups");
+    let changes = || common::metric(&srv.metrics(), "trackplane_wake_batch_changes_total");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(batching(), 0.0, "an idle worker does not batch");
+    if !kernel_batches_wakeups() {
+        return;
+    }
+    // Pipelined health checks from two connections until the worker
+    // batches, for at most 10 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, mut conn) = (stop.clone(), srv.connect());
+            std::thread::spawn(move || {
+                let burst = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    conn.write_all(&burst).unwrap();
+                    assert!(read_responses(&mut conn, 32)
+                        .iter()
+                        .all(|r| r.status == 200));
+                }
+            })
+        })
+        .collect();
+    let until = |want: f64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while batching() != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        batching() == want
+    };
+    let busy = until(1.0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.join().unwrap();
+    }
+    assert!(busy, "the worker did not batch under load in 10 s");
+    assert!(until(0.0), "the worker still batched 10 s after the load");
+    assert!(changes() >= 2.0, "{} changes", changes());
 }

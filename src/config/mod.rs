@@ -180,6 +180,12 @@ pub struct ServerConfig {
     /// io_uring: the longest a completion waits for others to join its
     /// batch. 0 turns batching off.
     pub wake_linger_us: u64,
+    /// io_uring: a worker batches its wake-ups only while its thread used
+    /// more than this percent of its core over the last 100 ms, and stops
+    /// once it uses less than three fifths of that: a quiet worker answers
+    /// at once, a busy one saves the CPU of a wake-up per request. 0
+    /// batches always.
+    pub wake_batch_busy_percent: u32,
     /// io_uring (Linux 6.0): one receive request per connection for its
     /// whole life (multishot, into a ring of buffers the worker refills)
     /// instead of one per read. Off, each read arms the socket's poll
@@ -517,6 +523,12 @@ impl Config {
             return Err(invalid(
                 "server.audit_batch",
                 "must be at most 1024 (each waiting event keeps its parameters)",
+            ));
+        }
+        if s.wake_batch_busy_percent > 100 {
+            return Err(invalid(
+                "server.wake_batch_busy_percent",
+                "must be at most 100 (a share of one core)",
             ));
         }
         if s.wake_linger_us > 10_000 {

@@ -31,6 +31,7 @@ fn embedded_default_has_the_documented_values() {
     assert!(p.params["pid"].list);
     assert_eq!(c.catalog_dir(), PathBuf::from("./data/catalogs"));
     assert_eq!((c.server.wake_batch, c.server.wake_linger_us), (32, 200));
+    assert_eq!(c.server.wake_batch_busy_percent, 50);
     assert_eq!(c.server.audit_batch, 0);
     assert!(c.server.multishot_recv);
     assert_eq!(
@@ -116,6 +117,11 @@ fn invalid_values_name_their_key() {
     );
     assert!(err("node_id = 'a b'\n").contains("`node_id`"));
     assert!(err("[server]\nwake_batch = 5000\n").contains("`server.wake_batch`"));
+    assert!(err("[server]\nwake_batch_busy_percent = 101\n")
+        .contains("`server.wake_batch_busy_percent`"));
+    assert!(
+        err("[server]\nwake_batch_busy_percent = -1\n").contains("server.wake_batch_busy_percent")
+    );
     assert!(err("[server]\naudit_batch = 5000\n").contains("`server.audit_batch`"));
     assert!(err("[server]\nview_memory_bytes = 1000\n").contains("`server.view_memory_bytes`"));
     assert!(err("[server]\nwake_linger_us = 10001\n").contains("`server.wake_linger_us`"));

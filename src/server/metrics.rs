@@ -81,6 +81,10 @@ pub struct WorkerMetrics {
     /// Answers to `sync` events sent after `storage.sync_timeout_ms`
     /// without confirmed durability.
     pub sync_timeouts: Counter,
+    /// 1 while the worker batches its wake-ups (`pace`), else 0.
+    pub wake_batching: Counter,
+    /// Times the worker started or stopped batching its wake-ups.
+    pub wake_batch_changes: Counter,
 }
 
 impl WorkerMetrics {
@@ -219,5 +223,19 @@ pub fn render(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
         "counter",
         "Answers to sync events sent without confirmed durability after storage.sync_timeout_ms.",
         one(&|w| w.sync_timeouts.get()),
+    );
+    family(
+        out,
+        "trackplane_workers_batching_wakeups",
+        "gauge",
+        "Workers batching their wake-ups now (busier than server.wake_batch_busy_percent).",
+        one(&|w| w.wake_batching.get()),
+    );
+    family(
+        out,
+        "trackplane_wake_batch_changes_total",
+        "counter",
+        "Times a worker started or stopped batching its wake-ups.",
+        one(&|w| w.wake_batch_changes.get()),
     );
 }

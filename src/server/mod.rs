@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - `worker`: per-core thread, runtime, driver choice, accept loop, drain
+//! - `pace`: whether a worker batches its wake-ups (only while busy)
 //! - `conn`: the connection loop (read, pipeline, write, timeouts)
 //! - `handler`: one request: route, audit, record, answer
 //! - `admin`: `/metrics`, `/healthz`, `/readyz`
@@ -28,6 +29,7 @@ pub mod handover;
 mod listen;
 pub mod metrics;
 pub mod notify;
+mod pace;
 mod page;
 pub mod worker;
 

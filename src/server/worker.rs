@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
@@ -18,13 +18,14 @@ use crate::http::Limits;
 use crate::ring::Producer;
 use crate::server::handler::Handler;
 use crate::server::metrics::WorkerMetrics;
+use crate::server::pace::{self, Pace};
 use crate::server::{ServeError, Shared};
 
 /// The I/O driver a worker ended up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverKind {
-    /// io_uring. `batched`: wake-ups batched (`server.wake_batch`);
-    /// otherwise one per completion round. `multishot`: one receive request
+    /// io_uring. `batched`: wake-ups batched (`server.wake_batch`) while
+    /// the worker is busy (`pace`); otherwise one per completion round. `multishot`: one receive request
     /// per connection (`server.multishot_recv`); otherwise one per read.
     Uring { batched: bool, multishot: bool },
     /// epoll (monoio's legacy driver).
@@ -37,9 +38,9 @@ impl DriverKind {
         match self {
             DriverKind::Uring { batched, multishot } => match (batched, multishot) {
                 (false, false) => "io_uring",
-                (true, false) => "io_uring, wake-ups batched",
+                (true, false) => "io_uring, wake-ups batched when busy",
                 (false, true) => "io_uring, multishot receive",
-                (true, true) => "io_uring, wake-ups batched, multishot receive",
+                (true, true) => "io_uring, wake-ups batched when busy, multishot receive",
             },
             DriverKind::Epoll => "epoll",
         }
@@ -123,7 +124,8 @@ pub fn spawn(
                 ) {
                     Ok((mut rt, kind)) => {
                         let _ = started.send(Ok(kind));
-                        rt.block_on(run(shared, spec));
+                        let batched = matches!(kind, DriverKind::Uring { batched: true, .. });
+                        rt.block_on(run(shared, spec, batched));
                         return;
                     }
                     Err(e) if want == Driver::Uring => {
@@ -136,7 +138,7 @@ pub fn spawn(
             match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
                 Ok(mut rt) => {
                     let _ = started.send(Ok(DriverKind::Epoll));
-                    rt.block_on(run(shared, spec));
+                    rt.block_on(run(shared, spec, false));
                 }
                 Err(e) => {
                     let _ = started.send(Err(ServeError::Runtime { driver: "epoll", source: e }));
@@ -229,7 +231,9 @@ fn uring_runtime(
     Ok((rt, kind(false)))
 }
 
-async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
+/// Serves until shutdown. `batched`: the ring was built to batch its
+/// wake-ups, which it does while `pace` says the worker is busy.
+async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
     let cfg = &shared.config.server;
     let limits = Limits {
         max_request_line_bytes: cfg.max_request_line_bytes,
@@ -274,9 +278,23 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
     let watcher = worker.clone();
     // An idle-class pass older than this is starved (`sched`).
     let starved_ms = (worker.shared.config.storage.flush_interval_ms / 2).max(1);
+    let mut pace = batched.then(|| {
+        let busy_percent = worker.shared.config.server.wake_batch_busy_percent;
+        Pace::new(busy_percent, pace::thread_cpu(), Instant::now())
+    });
+    if let Some(p) = &pace {
+        set_batching(&worker.metrics, p.batching());
+    }
     monoio::spawn(async move {
         while !watcher.shutting_down() {
             monoio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(change) = pace
+                .as_mut()
+                .and_then(|p| p.look(pace::thread_cpu(), Instant::now()))
+            {
+                set_batching(&watcher.metrics, change);
+                watcher.metrics.wake_batch_changes.inc();
+            }
             let shared = &watcher.shared;
             // The watchdog pings systemd only while this advances.
             shared.heartbeats[watcher.index].fetch_add(1, Ordering::Relaxed);
@@ -314,6 +332,16 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec) {
             in_flight = worker.in_flight.get(),
             "drain timeout; closing busy connections"
         );
+    }
+}
+
+/// Turns this thread's wake-up batching on or off, and its gauge with it.
+fn set_batching(metrics: &WorkerMetrics, on: bool) {
+    monoio::set_wait_batch_active(on);
+    match (on, metrics.wake_batching.get()) {
+        (true, 0) => metrics.wake_batching.inc(),
+        (false, 1) => metrics.wake_batching.dec(),
+        _ => {}
     }
 }
 

@@ -28,6 +28,18 @@ thread_local! {
     /// Set for the tests `on_every_driver!` runs on io_uring with one
     /// receive request per read: the ring kernels before 6.0 get.
     static ONE_RECV_PER_READ: Cell<bool> = const { Cell::new(false) };
+    /// Set for the tests `on_every_driver!` runs on io_uring as configured
+    /// by default, but batching every wait, as a busy worker does.
+    static BATCH_ALWAYS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the servers it starts batching every wait where their
+/// ring batches (`server.wake_batch_busy_percent = 0`): a test's load
+/// keeps a worker too quiet to batch by default.
+pub fn batch_always(f: impl FnOnce()) {
+    BATCH_ALWAYS.with(|u| u.set(true));
+    f();
+    BATCH_ALWAYS.with(|u| u.set(false));
 }
 
 /// Runs `f` with the servers it starts on io_uring unbatched
@@ -69,6 +81,9 @@ pub fn start_with(driver: Driver, extra: &str, prepare: impl FnOnce(&Path)) -> T
     }
     if ONE_RECV_PER_READ.with(|u| u.get()) {
         config.server.multishot_recv = false;
+    }
+    if BATCH_ALWAYS.with(|u| u.get()) {
+        config.server.wake_batch_busy_percent = 0;
     }
     let multishot = config.server.multishot_recv;
     let server = Server::start(config).unwrap();
@@ -287,13 +302,16 @@ pub fn closed(s: &mut TcpStream) -> bool {
 }
 
 /// Generates one test per driver from `fn name(driver: Driver)`: io_uring
-/// as configured by default (wake-ups batched where the kernel can,
-/// multishot receives), io_uring unbatched, io_uring unbatched with one
-/// receive per read, and epoll.
+/// as configured by default with every wait batched, as a busy worker's
+/// are (wake-ups batched where the kernel can, multishot receives),
+/// io_uring unbatched, io_uring unbatched with one receive per read, and
+/// epoll.
 #[macro_export]
 macro_rules! on_every_driver {
     ($($name:ident),* $(,)?) => {
-        mod uring { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Uring) } )* }
+        mod uring { $( #[test] fn $name() {
+            super::common::batch_always(|| super::$name(trackplane::config::Driver::Uring))
+        } )* }
         mod uring_unbatched { $( #[test] fn $name() {
             super::common::unbatched(|| super::$name(trackplane::config::Driver::Uring))
         } )* }

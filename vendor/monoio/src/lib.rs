@@ -39,12 +39,13 @@ use std::future::Future;
 pub use blocking::spawn_blocking;
 pub use builder::{Buildable, RuntimeBuilder};
 pub use driver::Driver;
-#[cfg(all(target_os = "linux", feature = "iouring"))]
-pub use driver::{
-    multishot_recv_active, set_multishot_recv, set_recv_poll_first, IoUringDriver, MultiRecv, WaitBatch,
-};
 #[cfg(feature = "legacy")]
 pub use driver::LegacyDriver;
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub use driver::{
+    multishot_recv_active, set_multishot_recv, set_recv_poll_first, set_wait_batch_active,
+    IoUringDriver, MultiRecv, WaitBatch,
+};
 #[cfg(feature = "macros")]
 pub use monoio_macros::{main, test, test_all};
 pub use runtime::{spawn, Runtime};

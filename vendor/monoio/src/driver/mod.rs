@@ -32,11 +32,12 @@ pub use self::legacy::LegacyDriver;
 use self::legacy::LegacyInner;
 use self::op::{CompletionMeta, Op, OpAble};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub use self::uring::{
-    multishot_recv_active, set_multishot_recv, set_recv_poll_first, IoUringDriver, MultiRecv, WaitBatch,
-};
-#[cfg(all(target_os = "linux", feature = "iouring"))]
 use self::uring::UringInner;
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub use self::uring::{
+    multishot_recv_active, set_multishot_recv, set_recv_poll_first, set_wait_batch_active,
+    IoUringDriver, MultiRecv, WaitBatch,
+};
 
 /// Unpark a runtime of another thread.
 pub(crate) mod unpark {

@@ -74,6 +74,21 @@ impl WaitBatch {
 
 thread_local! {
     static RECV_POLL_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static WAIT_BATCH_ACTIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether this thread's ring, when built with a [`WaitBatch`], batches
+/// its waits now (on by default). Off, each wait ends at the first
+/// completion, as on a ring built without one; the ring stays as it was
+/// built, so batching can come back at any wait. For a caller that
+/// batches only while its thread is busy, where a wake-up per request
+/// costs the CPU that batching saves, and a quiet thread answers at once.
+pub fn set_wait_batch_active(on: bool) {
+    WAIT_BATCH_ACTIVE.with(|c| c.set(on));
+}
+
+fn wait_batch_active() -> bool {
+    WAIT_BATCH_ACTIVE.with(|c| c.get())
 }
 
 /// Makes this thread's socket receives arm poll first instead of trying
@@ -390,6 +405,7 @@ impl IoUringDriver {
             // (`taskrun` reads the flag a ring built with
             // `setup_taskrun_flag` keeps; without it, always false.)
             let batch = inner.wait.is_on()
+                && wait_batch_active()
                 && !inner.uring.submission().taskrun()
                 && timeout.map_or(true, |t| t > inner.wait.min_wait);
             if batch {

@@ -1,0 +1,173 @@
+//! Whether a worker batches its wake-ups now. A batched wait holds a
+//! completion up to `server.wake_linger_us` for company: one wake-up per
+//! batch instead of one per request, which is most of what a request costs
+//! a worker on a virtual machine, but every request waits. That trade is
+//! worth making when the core is busy and CPU is what runs out; on a quiet
+//! worker it buys nothing anyone needs and costs every answer the linger.
+//! So a worker batches only while its thread used more than
+//! `server.wake_batch_busy_percent` of its core over the last
+//! [`WINDOW`], and stops once it uses less than three fifths of that
+//! (as adaptive interrupt moderation does on a network card, by packet
+//! rate). Batching itself lowers the share, by a fifth to a quarter on
+//! the reference VM (the worker thread at 20k and 50k requests/s, 17.3
+//! and 16.0 µs per request unbatched, 14.5 and 12.5 batched; `bench/
+//! threads.sh`): the gap has to be wider than that, or a worker that
+//! starts batching would stop at its next look. At the default bar of
+//! 50%, a worker there stays unbatched at 20k/s (35% of its core) and
+//! batches at 50k/s (80% unbatched, 62% batched).
+//!
+//! The share is the thread's CPU time (its own system calls and the kernel
+//! work done on its behalf included) over the wall time between two looks,
+//! read at the worker's 20 ms heartbeat: one clock read per look, nothing
+//! per request.
+
+use std::time::{Duration, Instant};
+
+/// How much time one look covers at least.
+pub const WINDOW: Duration = Duration::from_millis(100);
+
+/// The batching decision of one worker.
+#[derive(Debug)]
+pub struct Pace {
+    /// Percent of a core above which batching starts; 0 batches always.
+    on_above: u32,
+    batching: bool,
+    last_cpu: Duration,
+    last_wall: Instant,
+}
+
+impl Pace {
+    /// A worker that starts quiet (not batching unless `busy_percent` is 0).
+    pub fn new(busy_percent: u32, cpu: Duration, now: Instant) -> Pace {
+        Pace {
+            on_above: busy_percent,
+            batching: busy_percent == 0,
+            last_cpu: cpu,
+            last_wall: now,
+        }
+    }
+
+    /// Whether the worker batches now.
+    pub fn batching(&self) -> bool {
+        self.batching
+    }
+
+    /// Takes the thread's CPU time at `now`. Once a [`WINDOW`] has passed
+    /// since the last look, decides again and returns the new decision
+    /// when it changed.
+    pub fn look(&mut self, cpu: Duration, now: Instant) -> Option<bool> {
+        let wall = now.saturating_duration_since(self.last_wall);
+        if self.on_above == 0 || wall < WINDOW {
+            return None;
+        }
+        let used = cpu.saturating_sub(self.last_cpu);
+        self.last_cpu = cpu;
+        self.last_wall = now;
+        // Percent of the window, in hundredths, to compare in integers.
+        let share = used.as_micros().saturating_mul(10_000) / wall.as_micros().max(1);
+        let bar = u128::from(self.on_above) * 100;
+        let next = if self.batching {
+            share * 5 >= bar * 3
+        } else {
+            share > bar
+        };
+        (next != self.batching).then(|| {
+            self.batching = next;
+            next
+        })
+    }
+}
+
+/// The calling thread's CPU time so far.
+pub fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds `busy_ms` of CPU per 100 ms window and returns the decision
+    /// after each.
+    fn run(pace: &mut Pace, t0: Instant, cpu0: Duration, windows: &[u64]) -> Vec<bool> {
+        let (mut now, mut cpu) = (t0, cpu0);
+        windows
+            .iter()
+            .map(|&busy_ms| {
+                now += WINDOW;
+                cpu += Duration::from_millis(busy_ms);
+                pace.look(cpu, now);
+                pace.batching()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_above_the_bar_and_stops_below_half_of_it() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(50, Duration::ZERO, t0);
+        assert!(!pace.batching(), "a worker starts quiet");
+        // 50% is not above the bar; 51% is. Once batching, 30% keeps it
+        // and 29% ends it.
+        assert_eq!(
+            run(
+                &mut pace,
+                t0,
+                Duration::ZERO,
+                &[10, 50, 51, 40, 30, 29, 49, 51]
+            ),
+            [false, false, true, true, true, false, false, true]
+        );
+    }
+
+    #[test]
+    fn looks_closer_than_a_window_decide_nothing() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(50, Duration::ZERO, t0);
+        // 20 ms at full use is not a window: no decision, and the next
+        // look measures from the start.
+        assert_eq!(pace.look(20 * MS, t0 + 20 * MS), None);
+        assert_eq!(pace.look(20 * MS, t0 + WINDOW), None, "20 of 100 ms");
+        assert_eq!(pace.look(80 * MS, t0 + 2 * WINDOW), Some(true));
+        assert_eq!(pace.look(85 * MS, t0 + 3 * WINDOW), Some(false));
+        assert_eq!(pace.look(85 * MS, t0 + 4 * WINDOW), None);
+    }
+
+    #[test]
+    fn zero_batches_always() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(0, Duration::ZERO, t0);
+        assert!(pace.batching());
+        assert_eq!(run(&mut pace, t0, Duration::ZERO, &[0, 100, 0]), [true; 3]);
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_is_no_use() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(50, 500 * MS, t0);
+        // CPU time read lower than before (it cannot, but nothing here may
+        // panic on it) counts as none used.
+        assert_eq!(pace.look(100 * MS, t0 + WINDOW), None);
+        assert!(!pace.batching());
+    }
+
+    #[test]
+    fn the_thread_clock_advances_with_work() {
+        let (before, wall) = (thread_cpu(), Instant::now());
+        let mut x = 0u64;
+        while thread_cpu() < before + MS {
+            x = std::hint::black_box(x.wrapping_add(1));
+            assert!(
+                wall.elapsed() < Duration::from_secs(10),
+                "no CPU time in 10 s"
+            );
+        }
+        assert!(x > 0);
+    }
+}
