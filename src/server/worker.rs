@@ -25,8 +25,9 @@ use crate::server::{ServeError, Shared};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverKind {
     /// io_uring. `batched`: wake-ups batched (`server.wake_batch`) while
-    /// the worker is busy (`pace`); otherwise one per completion round. `multishot`: one receive request
-    /// per connection (`server.multishot_recv`); otherwise one per read.
+    /// the worker is busy (`pace`); otherwise one per completion round.
+    /// `multishot`: one receive request per connection
+    /// (`server.multishot_recv`); otherwise one per read.
     Uring { batched: bool, multishot: bool },
     /// epoll (monoio's legacy driver).
     Epoll,
@@ -170,7 +171,8 @@ fn wake_batch(cfg: &crate::config::ServerConfig) -> monoio::WaitBatch {
 /// (bench/results/together-defer-20261130-1005.md). With wake-up batching
 /// configured, the thread also sleeps until `wake_batch` completions are
 /// ready or `wake_linger_us` has passed with one (Linux 6.12): one wake-up
-/// per batch instead of one per one to three requests. The task-run flag
+/// per batch instead of one per one to three requests, while the worker
+/// is busy (`pace`). The task-run flag
 /// tells the driver when completion work came while the thread worked, so
 /// that it is not held for a batch too. With `server.multishot_recv`, a
 /// connection keeps one receive request for its life (Linux 6.0): 2-3% of
