@@ -181,7 +181,7 @@ pub struct ServerConfig {
     /// batch. 0 turns batching off.
     pub wake_linger_us: u64,
     /// io_uring: a worker batches its wake-ups only while its thread used
-    /// more than this percent of its core over the last 100 ms, and stops
+    /// more than this percent of its core over the last 500 ms, and stops
     /// once it uses less than three fifths of that: a quiet worker answers
     /// at once, a busy one saves the CPU of a wake-up per request. 0
     /// batches always.

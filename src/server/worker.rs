@@ -292,7 +292,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
             monoio::time::sleep(Duration::from_millis(20)).await;
             if let Some(change) = pace
                 .as_mut()
-                .and_then(|p| p.look(pace::thread_cpu(), Instant::now()))
+                .and_then(|p| p.look(Instant::now(), pace::thread_cpu))
             {
                 set_batching(&watcher.metrics, change);
                 watcher.metrics.wake_batch_changes.inc();
