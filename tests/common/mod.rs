@@ -21,42 +21,33 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
+/// The io_uring setting `on_every_driver!` runs a test's servers under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ring {
+    /// As configured by default.
+    Default,
+    /// As configured by default, but batching every wait, as a busy
+    /// worker does (`server.wake_batch_busy_percent = 0`): a test's load
+    /// keeps a worker too quiet to batch by default.
+    BatchAlways,
+    /// Without wake-up batching (`server.wake_batch = 0`): the ring kernels
+    /// before 6.12 get.
+    Unbatched,
+    /// Unbatched, with one receive request per read
+    /// (`server.multishot_recv = false`): the ring kernels before 6.0 get.
+    OneRecvPerRead,
+}
+
 thread_local! {
-    /// Set for the tests `on_every_driver!` runs on io_uring without wake-up
-    /// batching: the ring kernels before 6.12 get.
-    static UNBATCHED: Cell<bool> = const { Cell::new(false) };
-    /// Set for the tests `on_every_driver!` runs on io_uring with one
-    /// receive request per read: the ring kernels before 6.0 get.
-    static ONE_RECV_PER_READ: Cell<bool> = const { Cell::new(false) };
-    /// Set for the tests `on_every_driver!` runs on io_uring as configured
-    /// by default, but batching every wait, as a busy worker does.
-    static BATCH_ALWAYS: Cell<bool> = const { Cell::new(false) };
+    static RING: Cell<Ring> = const { Cell::new(Ring::Default) };
 }
 
-/// Runs `f` with the servers it starts batching every wait where their
-/// ring batches (`server.wake_batch_busy_percent = 0`): a test's load
-/// keeps a worker too quiet to batch by default.
-pub fn batch_always(f: impl FnOnce()) {
-    BATCH_ALWAYS.with(|u| u.set(true));
+/// Runs `f` with the servers it starts on `ring`; tests that share a
+/// thread (`--test-threads 1`) get the default back afterwards.
+pub fn on_ring(ring: Ring, f: impl FnOnce()) {
+    RING.set(ring);
     f();
-    BATCH_ALWAYS.with(|u| u.set(false));
-}
-
-/// Runs `f` with the servers it starts on io_uring unbatched
-/// (`server.wake_batch = 0`); tests that share a thread (`--test-threads
-/// 1`) get the default back afterwards.
-pub fn unbatched(f: impl FnOnce()) {
-    UNBATCHED.with(|u| u.set(true));
-    f();
-    UNBATCHED.with(|u| u.set(false));
-}
-
-/// Runs `f` with the servers it starts on io_uring, unbatched, with one
-/// receive request per read (`server.multishot_recv = false`).
-pub fn one_recv_per_read(f: impl FnOnce()) {
-    ONE_RECV_PER_READ.with(|u| u.set(true));
-    unbatched(f);
-    ONE_RECV_PER_READ.with(|u| u.set(false));
+    RING.set(Ring::Default);
 }
 
 /// Starts a one-worker server on `driver` with `extra` TOML merged over a
@@ -75,14 +66,15 @@ pub fn start_with(driver: Driver, extra: &str, prepare: impl FnOnce(&Path)) -> T
     let config = Config::from_toml_str(&merge_toml(&base, extra), "test").unwrap();
     let mut config = config;
     config.server.driver = driver;
-    let unbatched = UNBATCHED.with(|u| u.get());
+    let ring = RING.get();
+    let unbatched = matches!(ring, Ring::Unbatched | Ring::OneRecvPerRead);
     if unbatched {
         config.server.wake_batch = 0;
     }
-    if ONE_RECV_PER_READ.with(|u| u.get()) {
+    if ring == Ring::OneRecvPerRead {
         config.server.multishot_recv = false;
     }
-    if BATCH_ALWAYS.with(|u| u.get()) {
+    if ring == Ring::BatchAlways {
         config.server.wake_batch_busy_percent = 0;
     }
     let multishot = config.server.multishot_recv;
@@ -310,13 +302,13 @@ pub fn closed(s: &mut TcpStream) -> bool {
 macro_rules! on_every_driver {
     ($($name:ident),* $(,)?) => {
         mod uring { $( #[test] fn $name() {
-            super::common::batch_always(|| super::$name(trackplane::config::Driver::Uring))
+            super::common::on_ring(super::common::Ring::BatchAlways, || super::$name(trackplane::config::Driver::Uring))
         } )* }
         mod uring_unbatched { $( #[test] fn $name() {
-            super::common::unbatched(|| super::$name(trackplane::config::Driver::Uring))
+            super::common::on_ring(super::common::Ring::Unbatched, || super::$name(trackplane::config::Driver::Uring))
         } )* }
         mod uring_one_recv_per_read { $( #[test] fn $name() {
-            super::common::one_recv_per_read(|| super::$name(trackplane::config::Driver::Uring))
+            super::common::on_ring(super::common::Ring::OneRecvPerRead, || super::$name(trackplane::config::Driver::Uring))
         } )* }
         mod epoll { $( #[test] fn $name() { super::$name(trackplane::config::Driver::Epoll) } )* }
     };
