@@ -340,11 +340,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
 /// Turns this thread's wake-up batching on or off, and its gauge with it.
 fn set_batching(metrics: &WorkerMetrics, on: bool) {
     monoio::set_wait_batch_active(on);
-    match (on, metrics.wake_batching.get()) {
-        (true, 0) => metrics.wake_batching.inc(),
-        (false, 1) => metrics.wake_batching.dec(),
-        _ => {}
-    }
+    metrics.wake_batching.set(u64::from(on));
 }
 
 /// Accepts on `listener` until shutdown cancels it. A connection accepted
