@@ -3,7 +3,7 @@
 //! request at a time, and the data path never shares a runtime with it. The
 //! server and the shipper each give it their own routes.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -150,17 +150,46 @@ pub fn spawn(
 /// Admin requests served at once.
 const MAX_BUSY: usize = 32;
 
+/// How long a client has to send its request head, and each answer to be
+/// written.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ends a request whose head did not come in time: 408 once it had begun
+/// (as the data port answers), silence for a connection that never sent a
+/// byte (a browser's pre-connection).
+fn timed_out(stream: &mut TcpStream, received: usize) -> std::io::Result<()> {
+    if received == 0 {
+        return Ok(());
+    }
+    let r = Reply::text("408 Request Timeout", "request head not received in time\n");
+    reply(stream, &r)
+}
+
 fn answer(
     mut stream: TcpStream,
     router: &(dyn Fn(&str) -> Reply + Send + Sync),
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(HEAD_TIMEOUT))?;
+    // The whole head within the timeout, not each read: a client that
+    // sends a byte now and then would otherwise hold one of the
+    // `MAX_BUSY` slots for as long as it likes.
+    let deadline = std::time::Instant::now() + HEAD_TIMEOUT;
     let mut buf = [0u8; 8192];
     let mut len = 0;
     let path = loop {
-        let n = stream.read(&mut buf[len..])?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return timed_out(&mut stream, len);
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut buf[len..]) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return timed_out(&mut stream, len);
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -207,4 +236,67 @@ fn reply(stream: &mut TcpStream, r: &Reply) -> std::io::Result<()> {
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(r.body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{spawn, Reply, HEAD_TIMEOUT};
+    use crate::bell::Bell;
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_gets_408_once_its_time_is_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(Bell::new().unwrap());
+        let admin = spawn(
+            listener,
+            stop.clone(),
+            Box::new(|_| Reply::text("200 OK", "ok\n")),
+        )
+        .unwrap();
+
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let start = Instant::now();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+        // A header byte every 100 ms or so: each read comes well within
+        // the timeout, the head never ends.
+        let mut answer = Vec::new();
+        while start.elapsed() < HEAD_TIMEOUT * 3 {
+            let mut buf = [0u8; 256];
+            match slow.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            let _ = slow.write_all(b"x");
+        }
+        let took = start.elapsed();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+        assert!(took >= HEAD_TIMEOUT && took < HEAD_TIMEOUT * 2, "{took:?}");
+
+        // A client that never sends a byte is closed without an answer.
+        let mut idle = TcpStream::connect(addr).unwrap();
+        idle.set_read_timeout(Some(HEAD_TIMEOUT * 3)).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0);
+
+        // The port still answers.
+        let mut ok = TcpStream::connect(addr).unwrap();
+        ok.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        let mut got = String::new();
+        ok.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "{got:?}");
+
+        stop.ring();
+        admin.join().unwrap();
+    }
 }
