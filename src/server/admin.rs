@@ -199,7 +199,15 @@ fn answer(
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_owned(),
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            _ => {
+            // A head past the buffer or with more headers than it takes.
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                let r = Reply::text(
+                    "431 Request Header Fields Too Large",
+                    "request head over 8 KiB or 32 headers\n",
+                );
+                return reply(&mut stream, &r);
+            }
+            Err(_) => {
                 return reply(
                     &mut stream,
                     &Reply::text("400 Bad Request", "bad request\n"),
@@ -249,7 +257,7 @@ mod tests {
     use crate::bell::Bell;
 
     #[test]
-    fn a_head_sent_a_byte_at_a_time_gets_408_once_its_time_is_up() {
+    fn heads_too_slow_too_large_or_malformed_get_their_status() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(Bell::new().unwrap());
@@ -288,6 +296,28 @@ mod tests {
         idle.set_read_timeout(Some(HEAD_TIMEOUT * 3)).unwrap();
         let mut rest = Vec::new();
         assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0);
+
+        // A head over the buffer, or with more headers than it takes, is
+        // too large; one that is not HTTP is bad.
+        for (raw, status) in [
+            (
+                format!("GET /x HTTP/1.1\r\nA: {}\r\n\r\n", "a".repeat(9000)),
+                "431",
+            ),
+            (
+                format!("GET /x HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(40)),
+                "431",
+            ),
+            ("GET /x HTTP/1.1\r\nbad header\r\n\r\n".to_owned(), "400"),
+        ] {
+            let mut c = TcpStream::connect(addr).unwrap();
+            // The answer may come before the rest of the head is taken.
+            let _ = c.write_all(raw.as_bytes());
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            let got = String::from_utf8_lossy(&got);
+            assert!(got.starts_with(&format!("HTTP/1.1 {status} ")), "{got:?}");
+        }
 
         // The port still answers.
         let mut ok = TcpStream::connect(addr).unwrap();
