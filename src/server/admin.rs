@@ -6,7 +6,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -103,7 +103,7 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let router: std::sync::Arc<dyn Fn(&str) -> Reply + Send + Sync> = std::sync::Arc::from(router);
-    let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("trackplane-admin".into())
         .spawn(move || {
@@ -121,15 +121,18 @@ pub fn spawn(
                     // MAX_BUSY at once): a browser's idle pre-connection
                     // must not hold up the next request.
                     Ok((stream, _)) if busy.load(Ordering::Relaxed) < MAX_BUSY => {
-                        busy.fetch_add(1, Ordering::Relaxed);
-                        let (router, busy) = (router.clone(), busy.clone());
+                        let slot = Slot::take(&busy);
+                        let router = router.clone();
+                        // The slot is given back when the closure is dropped:
+                        // after the answer, in a panic's unwinding, or at
+                        // once if the thread cannot start.
                         let spawned = std::thread::Builder::new()
                             .name("trackplane-admin-req".into())
                             .spawn(move || {
+                                let _slot = slot;
                                 if let Err(e) = answer(stream, &*router) {
                                     tracing::debug!(error = %e, "admin request failed");
                                 }
-                                busy.fetch_sub(1, Ordering::Relaxed);
                             });
                         if spawned.is_err() {
                             tracing::warn!("cannot start an admin request thread");
@@ -149,6 +152,22 @@ pub fn spawn(
 
 /// Admin requests served at once.
 const MAX_BUSY: usize = 32;
+
+/// One of the `MAX_BUSY` places, held while a request is answered.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(busy: &Arc<AtomicUsize>) -> Slot {
+        busy.fetch_add(1, Ordering::Relaxed);
+        Slot(busy.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// How long a client has to send its request head, and each answer to be
 /// written.
@@ -326,6 +345,33 @@ mod tests {
         ok.read_to_string(&mut got).unwrap();
         assert!(got.starts_with("HTTP/1.1 200 OK"), "{got:?}");
 
+        stop.ring();
+        admin.join().unwrap();
+    }
+
+    #[test]
+    fn a_request_whose_answer_panics_gives_its_place_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(Bell::new().unwrap());
+        let router = Box::new(|target: &str| {
+            assert!(target != "/boom", "a router's bug");
+            Reply::text("200 OK", "ok\n")
+        });
+        let admin = spawn(listener, stop.clone(), router).unwrap();
+        let get = |path: &str| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            String::from_utf8_lossy(&got).into_owned()
+        };
+        // More panics than there are places, one after the other.
+        for _ in 0..super::MAX_BUSY + 8 {
+            assert_eq!(get("/boom"), "");
+        }
+        assert!(get("/ok").starts_with("HTTP/1.1 200 OK"));
         stop.ring();
         admin.join().unwrap();
     }
