@@ -311,3 +311,34 @@ proptest! {
         prop_assert_eq!(got, durable);
     }
 }
+
+#[test]
+fn a_rotation_whose_next_segment_cannot_be_made_is_tried_again_without_sealing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut w = StreamWriter::create(dir, 0, "n", 0, cfg(1 << 20, 1 << 30)).unwrap();
+    for seq in 0..3 {
+        w.append(seq, 1, &record(seq, 10)).unwrap();
+    }
+    // A file where the next segment goes: creating it fails (EEXIST).
+    let blocker = dir.join(format::file_name(0, 3, true));
+    std::fs::write(&blocker, b"not a segment").unwrap();
+    assert!(w.rotate().is_err());
+    assert!(dir.join(format::file_name(0, 0, false)).exists(), "sealed");
+    // Records taken meanwhile wait; writing them fails while the next
+    // segment cannot be made, and nothing goes into the sealed one.
+    w.append(3, 1, &record(3, 10)).unwrap();
+    assert!(w.write_block().is_err());
+    assert!(w.rotate().is_err());
+    std::fs::remove_file(&blocker).unwrap();
+    // The retried rotation opens the next segment and writes what waits
+    // there, once.
+    w.rotate().unwrap();
+    assert!(!w.should_rotate());
+    w.append(4, 1, &record(4, 10)).unwrap();
+    w.close().unwrap();
+    let segs: Vec<_> = list(dir).unwrap().into_iter().map(|s| s.base_seq).collect();
+    assert_eq!(segs, [0, 3]);
+    let seqs: Vec<u64> = read_all(dir).into_iter().map(|(_, seq, _)| seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4]);
+}

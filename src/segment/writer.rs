@@ -81,6 +81,12 @@ pub struct StreamWriter {
     compressor: CCtx<'static>,
     out: Vec<u8>,
     unsynced: bool,
+    /// The segment is sealed and the next one not yet open (opening it
+    /// failed): the next block opens it first.
+    sealed: bool,
+    /// A failed write may have left part of a block past `size`, and
+    /// cutting it off failed too: cut before the next write.
+    torn: bool,
 }
 
 fn compressor(level: i32) -> io::Result<CCtx<'static>> {
@@ -188,6 +194,8 @@ impl StreamWriter {
             // one record), so that writing blocks does not grow it later.
             out: Vec::with_capacity(out_bound(cfg.block_max_bytes + 4096)),
             unsynced: false,
+            sealed: false,
+            torn: false,
         })
     }
 
@@ -222,6 +230,11 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Bytes of the block being built.
+    pub fn pending_bytes(&self) -> usize {
+        self.raw.len()
+    }
+
     /// Whether the block being built has reached its size.
     pub fn block_full(&self) -> bool {
         self.raw.len() >= self.cfg.block_max_bytes
@@ -254,6 +267,13 @@ impl StreamWriter {
         if self.count == 0 {
             return Ok(None);
         }
+        if self.sealed {
+            self.open_next()?;
+        }
+        if self.torn {
+            self.file.set_len(self.size)?;
+            self.torn = false;
+        }
         self.out.clear();
         self.out.reserve(out_bound(self.raw.len()));
         let n = compress(&mut self.compressor, &self.raw, &mut self.out, piece, pause)?;
@@ -269,7 +289,13 @@ impl StreamWriter {
         };
         let head = header.encode(&self.out[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + n]);
         self.out[..BLOCK_HEADER_LEN].copy_from_slice(&head);
-        (&*self.file).write_all(&self.out[..BLOCK_HEADER_LEN + n])?;
+        if let Err(e) = (&*self.file).write_all(&self.out[..BLOCK_HEADER_LEN + n]) {
+            // A full disk or a file-size limit may have taken part of the
+            // block: cut it off, so that the next try appends after the
+            // last whole block. The records stay pending for that try.
+            self.torn = self.file.set_len(self.size).is_err();
+            return Err(e);
+        }
         let stats = BlockStats {
             records: u64::from(self.count),
             raw_bytes: self.raw.len() as u64,
@@ -322,25 +348,57 @@ impl StreamWriter {
                 || self.opened.elapsed() >= self.cfg.segment_max_age)
     }
 
-    /// Seals this segment and opens the next one.
+    /// Seals this segment and opens the next one. Either step may fail
+    /// and be tried again: a sealed segment is not sealed twice.
     pub fn rotate(&mut self) -> io::Result<()> {
+        if self.sealed {
+            // Sealed by a rotation that could not open the next segment:
+            // the next block opens it, or it is opened now.
+            return match self.count {
+                0 => self.open_next(),
+                _ => self.write_block().map(drop),
+            };
+        }
         self.write_block()?;
-        seal(&self.file, &self.path, self.blocks == 0, &self.dir)?;
-        let (file, path) = new_segment(&self.dir, self.stream, &self.node, self.next_seq)?;
-        self.file = Arc::new(file);
-        self.path = path;
-        self.base_seq = self.next_seq;
-        self.size = HEADER_LEN as u64;
-        self.blocks = 0;
-        self.opened = Instant::now();
-        Ok(())
+        self.seal()?;
+        self.open_next()
     }
 
     /// Writes what is pending, syncs and seals. A segment without a block
     /// is removed instead of sealed.
     pub fn close(mut self) -> io::Result<()> {
         self.write_block()?;
-        seal(&self.file, &self.path, self.blocks == 0, &self.dir)
+        if self.sealed {
+            return Ok(());
+        }
+        self.seal()
+    }
+
+    fn seal(&mut self) -> io::Result<()> {
+        if self.blocks == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            self.file.sync_data()?;
+            std::fs::rename(&self.path, self.path.with_extension(""))?;
+        }
+        self.sealed = true;
+        sync_dir(&self.dir)
+    }
+
+    /// Opens the segment after a sealed one; its first record is the first
+    /// one not yet written.
+    fn open_next(&mut self) -> io::Result<()> {
+        let base = self.next_seq - u64::from(self.count);
+        let (file, path) = new_segment(&self.dir, self.stream, &self.node, base)?;
+        self.file = Arc::new(file);
+        self.path = path;
+        self.base_seq = base;
+        self.size = HEADER_LEN as u64;
+        self.blocks = 0;
+        self.opened = Instant::now();
+        self.sealed = false;
+        self.torn = false;
+        Ok(())
     }
 
     /// Sequence number the next record must have.
@@ -371,19 +429,14 @@ fn new_segment(dir: &Path, stream: u32, node: &str, base_seq: u64) -> io::Result
         created_ms: unix_ms(),
         node: node.to_owned(),
     };
-    file.write_all(&header.encode())?;
-    file.sync_data()?;
-    sync_dir(dir)?;
-    Ok((file, path))
-}
-
-fn seal(file: &File, path: &Path, empty: bool, dir: &Path) -> io::Result<()> {
-    if empty {
-        std::fs::remove_file(path)?;
-    } else {
-        file.sync_data()?;
-        let sealed = path.with_extension("");
-        std::fs::rename(path, &sealed)?;
+    let written = file
+        .write_all(&header.encode())
+        .and_then(|()| file.sync_data())
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = written {
+        // Not left half made: the next try creates it anew.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
     }
-    sync_dir(dir)
+    Ok((file, path))
 }

@@ -589,8 +589,7 @@ impl Emitter {
         if n == 0 {
             return true;
         }
-        let refusing = self.store.refusing.load(Ordering::Relaxed);
-        let fits = !refusing && self.producer.fits(n, self.scratch.len());
+        let fits = !self.store.refuses() && self.producer.fits(n, self.scratch.len());
         if fits {
             let mut start = 0;
             for &end in &self.pending {

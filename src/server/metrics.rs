@@ -167,7 +167,7 @@ pub fn render(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
         ],
     );
     family(out, "trackplane_events_refused_total", "counter",
-        "Events answered but not recorded: the hand-off ring was full or the disk budget refused them.",
+        "Events answered but not recorded: the hand-off ring was full, or the disk budget or failing segment writes refused them.",
         one(&|w| w.events_refused.get()));
     family(
         out,

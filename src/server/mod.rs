@@ -205,13 +205,26 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 impl Shared {
-    /// Ready: every worker accepts, not shutting down, and the disk budget
-    /// does not refuse events.
+    /// Ready: every worker accepts, not shutting down, and the store does
+    /// not refuse events (at the disk budget, or while its writes fail).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
             && !self.shutdown.load(Ordering::Relaxed)
-            && !self.store_status.refusing.load(Ordering::Relaxed)
+            && !self.store_status.refuses()
     }
+}
+
+/// Makes a file-size limit (RLIMIT_FSIZE) a failed write, which the store
+/// survives (refusing new events until its writes work again), instead of
+/// SIGXFSZ, whose default ends the process with whatever its rings held.
+fn survive_file_size_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, seen) {
+            tracing::warn!(error = %e, "cannot catch SIGXFSZ: a file-size limit would end the process");
+        }
+    });
 }
 
 /// A running server.
@@ -258,6 +271,7 @@ impl Server {
     /// process this one replaces) where they match the configuration.
     pub fn start_with(config: Config, taken: Option<Listeners>) -> Result<Server, ServeError> {
         let took_over = taken.is_some();
+        survive_file_size_limit();
         let config = Arc::new(config);
         let cfg = &config.server;
         let workers = if cfg.workers == 0 {
@@ -547,7 +561,7 @@ impl Server {
         if refused > 0 {
             tracing::warn!(
                 refused,
-                "events answered but not stored while this process ran (ring full or disk budget)"
+                "events answered but not stored while this process ran (ring full, disk budget or failing writes)"
             );
         }
         tracing::info!("trackplane stopped");

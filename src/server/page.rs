@@ -47,6 +47,15 @@ impl MetricsPage {
                 shared.store_status.refusing.load(Ordering::Relaxed),
             )),
         );
+        family(
+            &mut out,
+            "trackplane_store_failing",
+            "gauge",
+            "Whether segment writes fail and new events are refused until one succeeds (1) or not (0).",
+            one(u64::from(
+                shared.store_status.failing.load(Ordering::Relaxed),
+            )),
+        );
         let classes = [
             ("thread=\"store\"", &shared.store_status.class),
             ("thread=\"view\"", &view.class),

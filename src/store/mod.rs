@@ -12,6 +12,11 @@
 //!   block that was written and fdatasync'ed.
 //! - On stop, every record drained is written, synced and its segment
 //!   sealed before `finish` returns.
+//! - A failed write (a full disk, a file-size limit, an I/O error) loses
+//!   nothing drained: the writer cuts off any part of a block it wrote and
+//!   keeps the records pending; `StoreStatus::failing` makes workers refuse
+//!   new events and `/readyz` fail until a write, tried every second,
+//!   succeeds. The thread ends only at a stop.
 
 pub mod lease;
 pub mod metrics;
@@ -28,6 +33,7 @@ use crate::bell::Bell;
 use crate::config::{FullPolicy, StorageConfig};
 use crate::ring::Consumer;
 use crate::sched::{Class, PASS_CHUNK};
+use crate::segment::format::MAX_BLOCK_BYTES;
 use crate::segment::writer::BlockStats;
 use crate::segment::{StreamWriter, WriterConfig};
 pub use metrics::StoreMetrics;
@@ -64,6 +70,9 @@ impl StreamShared {
 pub struct StoreStatus {
     /// Set while segments are at the budget and the policy is to refuse.
     pub refusing: AtomicBool,
+    /// Set while the store cannot write segments (a full disk, an I/O
+    /// error): new events are refused until a write succeeds again.
+    pub failing: AtomicBool,
     /// Whether any event type is `sync` (the store then naps shorter and
     /// stays in the normal class).
     pub sync_types: AtomicBool,
@@ -86,6 +95,13 @@ impl StoreStatus {
             class,
             ..StoreStatus::default()
         }
+    }
+
+    /// Whether new events are refused: at the disk budget, or while
+    /// segment writes fail.
+    #[inline]
+    pub fn refuses(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed) || self.failing.load(Ordering::Relaxed)
     }
 
     /// Called by a worker whose ring is past a quarter: ends the store's
@@ -315,6 +331,17 @@ fn write_block(writer: &mut StreamWriter, class: &Class) -> std::io::Result<Opti
     }
 }
 
+/// How often a store whose writes fail tries them again.
+const RETRY_WRITES: Duration = Duration::from_secs(1);
+
+/// Failed passes between two log lines about them (one a minute).
+const RETRY_LOG: u64 = 60;
+
+/// Keeps the first error of a pass.
+fn note(failed: &mut Option<std::io::Error>, e: std::io::Error) {
+    failed.get_or_insert(e);
+}
+
 /// When the store's timed duties come due, for the length of its nap.
 struct Timers {
     last_flush: Instant,
@@ -375,6 +402,12 @@ impl Ctx {
         let mut wanted: Vec<u64> = Vec::with_capacity(streams.len());
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
+            // While writes fail, workers refuse new events and nothing more
+            // is drained (what was drained stays pending, in memory, until
+            // a write takes it); each pass tries the writes again. At a stop
+            // the rings are drained all the same, for one last try.
+            let failing = self.status.failing.load(Ordering::Relaxed);
+            let mut failed: Option<std::io::Error> = None;
             // Read what workers wait for before draining, so that every
             // record they wait on is drained in this round.
             wanted.clear();
@@ -393,15 +426,22 @@ impl Ctx {
             self.status.class.start_pass(!calm || waited_on);
             self.status.class.settle(calm && !waited_on && !sync_types);
             let mut drained = 0;
-            for s in streams.iter_mut() {
-                drained += self.drain(s)?;
+            if !failing || stopping {
+                for s in streams.iter_mut() {
+                    match self.drain(s) {
+                        Ok(n) => drained += n,
+                        Err(e) => note(&mut failed, e),
+                    }
+                }
             }
             let now = Instant::now();
             let sync_due = sync_due(&streams, &wanted);
-            if stopping || sync_due || now.duration_since(last_flush) >= flush_every {
+            if stopping || sync_due || failing || now.duration_since(last_flush) >= flush_every {
                 for s in streams.iter_mut() {
-                    if let Some(stats) = write_block(&mut s.writer, &self.status.class)? {
-                        self.metrics.block(&stats);
+                    match write_block(&mut s.writer, &self.status.class) {
+                        Ok(Some(stats)) => self.metrics.block(&stats),
+                        Ok(None) => {}
+                        Err(e) => note(&mut failed, e),
                     }
                 }
                 last_flush = now;
@@ -430,12 +470,19 @@ impl Ctx {
                 last_sync = now;
             }
             for s in streams.iter_mut() {
-                rotate_if_due(&mut s.writer, &s.shared, &mut s.requested, &self.metrics)?;
+                if let Err(e) =
+                    rotate_if_due(&mut s.writer, &s.shared, &mut s.requested, &self.metrics)
+                {
+                    note(&mut failed, e);
+                }
             }
             if now.duration_since(last_budget) >= Duration::from_secs(1) {
-                self.enforce_budget(&streams)?;
+                if let Err(e) = self.enforce_budget(&streams) {
+                    note(&mut failed, e);
+                }
                 last_budget = now;
             }
+            self.settle_failure(failed);
             if stopping {
                 drop(sync_tx);
                 let _ = syncer.join();
@@ -452,7 +499,13 @@ impl Ctx {
             // and this thread its system calls. Short naps while a `sync`
             // event type exists (a reload can add one); none while a worker
             // waits for a sync.
-            if !sync_due {
+            if self.status.failing.load(Ordering::Relaxed) {
+                // Workers refuse events meanwhile, so none nudges; a stop
+                // rings, and its flag is read at the next pass.
+                if self.wake.nap(RETRY_WRITES) {
+                    self.wake.clear();
+                }
+            } else if !sync_due {
                 let quiet = drained == 0 && streams.iter().all(|s| s.writer.pending() == 0);
                 let nap = if sync_types {
                     Duration::from_micros(200)
@@ -467,6 +520,31 @@ impl Ctx {
                 };
                 self.nap(&streams, nap);
             }
+        }
+    }
+
+    /// Keeps `StoreStatus::failing` to whether this pass failed, counting
+    /// and logging each failed pass's first error (once when writes start
+    /// failing, then every `RETRY_LOG` passes) and the recovery.
+    fn settle_failure(&self, failed: Option<std::io::Error>) {
+        let was = self.status.failing.load(Ordering::Relaxed);
+        match failed {
+            Some(e) => {
+                let n = self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                if !was || n.is_multiple_of(RETRY_LOG) {
+                    tracing::error!(
+                        dir = %self.dir.display(),
+                        error = %e,
+                        "segment write failed: refusing new events, retrying every second"
+                    );
+                }
+                self.status.failing.store(true, Ordering::Relaxed);
+            }
+            None if was => {
+                tracing::warn!(dir = %self.dir.display(), "segment writes work again: accepting events");
+                self.status.failing.store(false, Ordering::Relaxed);
+            }
+            None => {}
         }
     }
 
@@ -512,15 +590,28 @@ impl Ctx {
         } = s;
         let metrics = &self.metrics;
         let class = &self.status.class;
+        // Records that could not be kept after a write failed.
+        let mut lost = 0u64;
         let n = consumer.drain_pausing(
             PASS_CHUNK,
             |rec| {
-                if result.is_err() || rec.len() < RING_PREFIX {
+                if rec.len() < RING_PREFIX {
                     return;
                 }
                 let seq = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
                 let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
-                result = writer.append(seq, ts, &rec[RING_PREFIX..]);
+                let rec = &rec[RING_PREFIX..];
+                if result.is_err() {
+                    // A write failed in this drain: what it still takes from
+                    // the ring (at most what the ring held) stays pending
+                    // with the rest, within what one block may hold.
+                    let room = writer.pending_bytes() + 4 + rec.len() <= MAX_BLOCK_BYTES;
+                    if !(room && writer.append(seq, ts, rec).is_ok()) {
+                        lost += 1;
+                    }
+                    return;
+                }
+                result = writer.append(seq, ts, rec);
                 if result.is_ok() && writer.block_full() {
                     // A segment ends at its size however much one pass drains.
                     result = write_block(writer, class).and_then(|stats| {
@@ -533,9 +624,12 @@ impl Ctx {
             },
             |backlog| class.breathe(backlog),
         );
-        if let Err(e) = &result {
-            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(segment = %s.writer.path().display(), error = %e, "segment write failed");
+        if lost > 0 {
+            tracing::error!(
+                segment = %s.writer.path().display(),
+                records = lost,
+                "records lost: a segment write failed and they did not fit in the block kept pending"
+            );
         }
         result.map(|()| n)
     }
@@ -574,7 +668,11 @@ impl Ctx {
                 if total < budget * 9 / 10 {
                     break;
                 }
-                std::fs::remove_file(&path)?;
+                match std::fs::remove_file(&path) {
+                    // The shipper deleted it (shipped) since it was listed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r?,
+                }
                 total -= len;
                 self.metrics
                     .segments_dropped

@@ -1,0 +1,112 @@
+//! The store when the kernel refuses its writes, as on a full disk: new
+//! events are refused (pixels still answer, `/readyz` fails), what was
+//! accepted stays pending and is written once writes work again, and the
+//! segments stay whole. The refusal is real: a file-size limit
+//! (RLIMIT_FSIZE) on this process makes the kernel answer the store's
+//! writes with EFBIG, as a full file system answers ENOSPC. The limit is
+//! the whole process's, so this file holds one test.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{metric, start};
+use rustix::process::{setrlimit, Resource, Rlimit};
+use trackplane::config::Driver;
+use trackplane::segment::list;
+
+fn limit_file_size(bytes: Option<u64>) {
+    setrlimit(
+        Resource::Fsize,
+        Rlimit {
+            current: bytes,
+            maximum: None,
+        },
+    )
+    .unwrap();
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn open_segment(data_dir: &Path) -> std::path::PathBuf {
+    list(&data_dir.join("segments"))
+        .unwrap()
+        .into_iter()
+        .find(|s| s.open)
+        .unwrap()
+        .path
+}
+
+#[test]
+fn failed_writes_refuse_new_events_and_lose_none_accepted() {
+    let mut s = start(Driver::Uring, "[storage]\nflush_interval_ms = 20\n");
+    let dir = s.data_dir();
+    let mut sent = 0;
+    let mut pixel = |s: &common::TestServer, tag: &str| {
+        sent += 1;
+        let r = s.get(&format!("/i?adv=demo&pid=sku-1&tag={tag}"));
+        assert_eq!(r.status, 200, "pixels always answer");
+    };
+    for i in 0..50 {
+        pixel(&s, &format!("before-{i}"));
+    }
+    wait_for("the first events on disk", || {
+        metric(&s.metrics(), "trackplane_store_blocks_total") > 0.0
+            && std::fs::metadata(open_segment(&dir)).unwrap().len() > 100
+            && metric(&s.metrics(), "trackplane_ring_used_bytes{stream=\"0\"}") == 0.0
+    });
+
+    // No file may grow more than a few bytes past the open segment's size
+    // now: the next block is written in part, then refused.
+    let size = std::fs::metadata(open_segment(&dir)).unwrap().len();
+    limit_file_size(Some(size + 10));
+    for i in 0..50 {
+        pixel(&s, &format!("during-{i}"));
+    }
+    wait_for("the store to report failing writes", || {
+        metric(&s.metrics(), "trackplane_store_failing") == 1.0
+    });
+    assert_eq!(s.admin_get("/readyz").status, 503);
+    pixel(&s, "refused");
+    let refused = metric(&s.metrics(), "trackplane_events_refused_total");
+    assert!(refused >= 1.0, "{refused}");
+    assert!(metric(&s.metrics(), "trackplane_store_errors_total") >= 1.0);
+    // The part of a block that was written is cut off again.
+    assert_eq!(std::fs::metadata(open_segment(&dir)).unwrap().len(), size);
+
+    limit_file_size(None);
+    wait_for("writes to work again", || {
+        metric(&s.metrics(), "trackplane_store_failing") == 0.0
+    });
+    assert_eq!(s.admin_get("/readyz").status, 200);
+    for i in 0..20 {
+        pixel(&s, &format!("after-{i}"));
+    }
+    let refused = metric(&s.metrics(), "trackplane_events_refused_total") as usize;
+
+    // Every event not refused is on disk once, in whole blocks (`stop`
+    // reads every segment and checks each stream's sequence has no gap).
+    let stored = s.stop();
+    assert_eq!(stored.len(), sent - refused, "refused {refused} of {sent}");
+    let tags: Vec<&str> = stored
+        .iter()
+        .map(|r| r["params"]["tag"].as_str().unwrap())
+        .collect();
+    for i in 0..50 {
+        assert!(tags.contains(&format!("before-{i}").as_str()));
+    }
+    for i in 0..20 {
+        assert!(tags.contains(&format!("after-{i}").as_str()));
+    }
+    assert!(!tags.contains(&"refused"));
+    // Some of the events sent while the limit held were accepted (the
+    // ring took them before the store's write failed) and written later.
+    assert!(tags.iter().any(|t| t.starts_with("during-")), "{tags:?}");
+}
