@@ -12,16 +12,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{metric, start};
-use rustix::process::{setrlimit, Resource, Rlimit};
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use trackplane::config::Driver;
 use trackplane::segment::list;
 
+/// Sets the soft limit, `None` back up to the hard one.
 fn limit_file_size(bytes: Option<u64>) {
+    let hard = getrlimit(Resource::Fsize).maximum;
     setrlimit(
         Resource::Fsize,
         Rlimit {
-            current: bytes,
-            maximum: None,
+            current: bytes.or(hard),
+            maximum: hard,
         },
     )
     .unwrap();
