@@ -331,10 +331,11 @@ fn a_rotation_whose_next_segment_cannot_be_made_is_tried_again_without_sealing_t
     assert!(w.write_block().is_err());
     assert!(w.rotate().is_err());
     std::fs::remove_file(&blocker).unwrap();
-    // The retried rotation opens the next segment and writes what waits
-    // there, once.
+    // The retried rotation opens the next segment; what waits is written
+    // there with the next block (not yet durable, so still pending).
     w.rotate().unwrap();
     assert!(!w.should_rotate());
+    assert_eq!(w.pending(), 1);
     w.append(4, 1, &record(4, 10)).unwrap();
     w.close().unwrap();
     let segs: Vec<_> = list(dir).unwrap().into_iter().map(|s| s.base_seq).collect();

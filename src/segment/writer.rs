@@ -352,12 +352,9 @@ impl StreamWriter {
     /// and be tried again: a sealed segment is not sealed twice.
     pub fn rotate(&mut self) -> io::Result<()> {
         if self.sealed {
-            // Sealed by a rotation that could not open the next segment:
-            // the next block opens it, or it is opened now.
-            return match self.count {
-                0 => self.open_next(),
-                _ => self.write_block().map(drop),
-            };
+            // Sealed by a rotation that could not open the next segment;
+            // what waits stays pending for the next block.
+            return self.open_next();
         }
         self.write_block()?;
         self.seal()?;

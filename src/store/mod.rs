@@ -299,10 +299,13 @@ fn rotate_if_due(
     if writer.should_rotate() {
         writer.rotate()?;
         metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
+        // Everything in the sealed segment is synced; records still
+        // pending (a rotation tried again) are not.
+        let sealed_through = writer.next_seq() - u64::from(writer.pending());
         shared
             .durable_seq
-            .fetch_max(writer.next_seq(), Ordering::AcqRel);
-        *requested = (*requested).max(writer.next_seq());
+            .fetch_max(sealed_through, Ordering::AcqRel);
+        *requested = (*requested).max(sealed_through);
     }
     Ok(())
 }
