@@ -169,6 +169,11 @@ impl Drop for Slot {
     }
 }
 
+/// The largest request head, and the most header fields, an admin request
+/// may have.
+const HEAD_BYTES: usize = 8192;
+const HEAD_FIELDS: usize = 32;
+
 /// How long a client has to send its request head, and each answer to be
 /// written.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -194,7 +199,7 @@ fn answer(
     // sends a byte now and then would otherwise hold one of the
     // `MAX_BUSY` slots for as long as it likes.
     let deadline = std::time::Instant::now() + HEAD_TIMEOUT;
-    let mut buf = [0u8; 8192];
+    let mut buf = [0u8; HEAD_BYTES];
     let mut len = 0;
     let path = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -213,18 +218,19 @@ fn answer(
             return Ok(());
         }
         len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut headers = [httparse::EMPTY_HEADER; HEAD_FIELDS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_owned(),
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             // A head past the buffer or with more headers than it takes.
             Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                let r = Reply::text(
-                    "431 Request Header Fields Too Large",
-                    "request head over 8 KiB or 32 headers\n",
+                let why =
+                    format!("request head over {HEAD_BYTES} bytes or {HEAD_FIELDS} headers\n");
+                return reply(
+                    &mut stream,
+                    &Reply::text("431 Request Header Fields Too Large", why),
                 );
-                return reply(&mut stream, &r);
             }
             Err(_) => {
                 return reply(
