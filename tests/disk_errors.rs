@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{metric, start};
+use common::{metric, records, start};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use trackplane::config::Driver;
 use trackplane::segment::list;
@@ -59,11 +59,9 @@ fn failed_writes_refuse_new_events_and_lose_none_accepted() {
     for i in 0..50 {
         pixel(&s, &format!("before-{i}"));
     }
-    wait_for("the first events on disk", || {
-        metric(&s.metrics(), "trackplane_store_blocks_total") > 0.0
-            && std::fs::metadata(open_segment(&dir)).unwrap().len() > 100
-            && metric(&s.metrics(), "trackplane_ring_used_bytes{stream=\"0\"}") == 0.0
-    });
+    // All of them written: a failure below then comes from an event sent
+    // under the limit.
+    wait_for("the first events on disk", || records(&dir).len() == 50);
 
     // No file may grow more than a few bytes past the open segment's size
     // now: the next block is written in part, then refused.
@@ -77,6 +75,14 @@ fn failed_writes_refuse_new_events_and_lose_none_accepted() {
     });
     assert_eq!(s.admin_get("/readyz").status, 503);
     pixel(&s, "refused");
+    let body = r#"[{"adv":"demo","tag":"refused-batch"}]"#;
+    let raw = format!(
+        "POST /batch HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(s.exchange(raw.as_bytes(), 1).remove(0).status, 503);
+    // Its one event counts as refused too.
+    let batched = 1;
     let refused = metric(&s.metrics(), "trackplane_events_refused_total");
     assert!(refused >= 1.0, "{refused}");
     assert!(metric(&s.metrics(), "trackplane_store_errors_total") >= 1.0);
@@ -96,6 +102,7 @@ fn failed_writes_refuse_new_events_and_lose_none_accepted() {
     // Every event not refused is on disk once, in whole blocks (`stop`
     // reads every segment and checks each stream's sequence has no gap).
     let stored = s.stop();
+    let sent = sent + batched;
     assert_eq!(stored.len(), sent - refused, "refused {refused} of {sent}");
     let tags: Vec<&str> = stored
         .iter()
