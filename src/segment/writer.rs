@@ -6,7 +6,9 @@
 //! - A new segment's header is durable (fdatasync + directory fsync) before
 //!   its first block is written.
 //! - Sealing syncs the file, renames `.seg.open` to `.seg` and syncs the
-//!   directory, so a sealed name always holds complete, durable blocks.
+//!   directory, so a sealed name always holds complete, durable blocks;
+//!   unless an fdatasync failed (`sync_failed`), after which nothing is
+//!   durable for certain.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -87,7 +89,17 @@ pub struct StreamWriter {
     /// A failed write may have left part of a block past `size`, and
     /// cutting it off failed too: cut before the next write.
     torn: bool,
+    /// An fdatasync of this writer's failed: the kernel may have dropped
+    /// what it held of the file, and a later fdatasync that succeeds says
+    /// nothing about it (the error is reported once).
+    sync_failed: bool,
+    /// How files are fdatasync'ed: `File::sync_data`, or a fault in tests.
+    sync_file: SyncFile,
 }
+
+/// An fdatasync. A real disk fails one only when its hardware does, so
+/// tests put a function that fails here (`StreamWriter::sync_with`).
+pub type SyncFile = fn(&File) -> io::Result<()>;
 
 fn compressor(level: i32) -> io::Result<CCtx<'static>> {
     let mut cctx = CCtx::try_create().ok_or_else(|| io::Error::other("zstd context"))?;
@@ -196,6 +208,8 @@ impl StreamWriter {
             unsynced: false,
             sealed: false,
             torn: false,
+            sync_failed: false,
+            sync_file: File::sync_data,
         })
     }
 
@@ -317,9 +331,26 @@ impl StreamWriter {
         if !self.unsynced {
             return Ok(false);
         }
-        self.file.sync_data()?;
+        self.sync_data()?;
         self.unsynced = false;
         Ok(true)
+    }
+
+    /// Whether an fdatasync of this writer's ever failed (see
+    /// `sync_failed`): nothing it wrote may be called durable again.
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed
+    }
+
+    /// Syncs this writer's files with `sync_file` from now on.
+    pub fn sync_with(&mut self, sync_file: SyncFile) {
+        self.sync_file = sync_file;
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let synced = (self.sync_file)(&self.file);
+        self.sync_failed |= synced.is_err();
+        synced
     }
 
     /// Whether blocks were written since the last sync or sync point.
@@ -375,7 +406,7 @@ impl StreamWriter {
         if self.blocks == 0 {
             std::fs::remove_file(&self.path)?;
         } else {
-            self.file.sync_data()?;
+            self.sync_data()?;
             std::fs::rename(&self.path, self.path.with_extension(""))?;
         }
         self.sealed = true;

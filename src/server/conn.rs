@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut as _;
@@ -261,13 +262,15 @@ fn send_now(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> std::io::Result<u
 }
 
 /// Waits until the store has synced `seq` (group commit), or the sync
-/// timeout passes (counted).
+/// timeout passes, or an fdatasync failed and nothing will be synced for
+/// sure any more (both counted).
 async fn wait_durable(worker: &Worker, seq: u64) {
     let stream = &worker.shared.streams[worker.index];
     let deadline =
         Instant::now() + Duration::from_millis(worker.shared.config.storage.sync_timeout_ms);
+    let sync_failed = &worker.shared.store_status.sync_failed;
     while !stream.is_durable(seq) {
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || sync_failed.load(Ordering::Relaxed) {
             worker.metrics.sync_timeouts.inc();
             return;
         }

@@ -84,8 +84,8 @@ pub struct WorkerMetrics {
     /// Connections closed because the client did not take its answers
     /// within `server.send_timeout_ms`.
     pub send_timeouts: Counter,
-    /// Answers to `sync` events sent after `storage.sync_timeout_ms`
-    /// without confirmed durability.
+    /// Answers to `sync` events sent without confirmed durability: after
+    /// `storage.sync_timeout_ms`, or once an fdatasync failed.
     pub sync_timeouts: Counter,
     /// 1 while the worker batches its wake-ups (`pace`), else 0.
     pub wake_batching: Counter,
@@ -227,7 +227,7 @@ pub fn render(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
         out,
         "trackplane_store_sync_timeouts_total",
         "counter",
-        "Answers to sync events sent without confirmed durability after storage.sync_timeout_ms.",
+        "Answers to sync events sent without confirmed durability: after storage.sync_timeout_ms, or once an fdatasync failed.",
         one(&|w| w.sync_timeouts.get()),
     );
     family(

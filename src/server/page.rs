@@ -56,6 +56,15 @@ impl MetricsPage {
                 shared.store_status.failing.load(Ordering::Relaxed),
             )),
         );
+        family(
+            &mut out,
+            "trackplane_store_sync_failed",
+            "gauge",
+            "Whether an fdatasync of a segment failed (1): nothing is confirmed durable and new events are refused until a restart.",
+            one(u64::from(
+                shared.store_status.sync_failed.load(Ordering::Relaxed),
+            )),
+        );
         let classes = [
             ("thread=\"store\"", &shared.store_status.class),
             ("thread=\"view\"", &view.class),

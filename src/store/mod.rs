@@ -17,6 +17,13 @@
 //!   keeps the records pending; `StoreStatus::failing` makes workers refuse
 //!   new events and `/readyz` fail until a write, tried every second,
 //!   succeeds. The thread ends only at a stop.
+//! - A failed fdatasync is not tried again: the kernel may have dropped
+//!   what it held of the file and reports that once, so a later fdatasync
+//!   that succeeds proves nothing. `StoreStatus::sync_failed` is set for
+//!   the rest of the process: no record is called durable again, workers
+//!   refuse new events and `/readyz` fails until a restart, whose recovery
+//!   checks the segments against what the disk holds (as a database does
+//!   after a failed fsync).
 
 pub mod lease;
 pub mod metrics;
@@ -34,7 +41,7 @@ use crate::config::{FullPolicy, StorageConfig};
 use crate::ring::Consumer;
 use crate::sched::{Class, PASS_CHUNK};
 use crate::segment::format::MAX_BLOCK_BYTES;
-use crate::segment::writer::BlockStats;
+use crate::segment::writer::{BlockStats, SyncFile};
 use crate::segment::{StreamWriter, WriterConfig};
 pub use metrics::StoreMetrics;
 
@@ -73,6 +80,9 @@ pub struct StoreStatus {
     /// Set while the store cannot write segments (a full disk, an I/O
     /// error): new events are refused until a write succeeds again.
     pub failing: AtomicBool,
+    /// Set, for good, once an fdatasync of a segment failed: `failing`
+    /// stays set and nothing is called durable any more (module header).
+    pub sync_failed: AtomicBool,
     /// Whether any event type is `sync` (the store then naps shorter and
     /// stays in the normal class).
     pub sync_types: AtomicBool,
@@ -102,6 +112,20 @@ impl StoreStatus {
     #[inline]
     pub fn refuses(&self) -> bool {
         self.refusing.load(Ordering::Relaxed) || self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Records a failed fdatasync (module header): logs it the first time,
+    /// and from now on refuses new events.
+    fn fail_sync(&self, file: &Path, error: &std::io::Error) {
+        self.failing.store(true, Ordering::Relaxed);
+        if !self.sync_failed.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                file = %file.display(),
+                error = %error,
+                "fdatasync failed: what the kernel held of the segment may never reach the disk; \
+                 refusing new events until trackplane is restarted"
+            );
+        }
     }
 
     /// Called by a worker whose ring is past a quarter: ends the store's
@@ -169,36 +193,51 @@ struct SyncJob {
 }
 
 /// The syncer thread: fdatasyncs what the store asks, coalescing queued
-/// requests per stream (group commit), and publishes durable sequences.
+/// requests per stream (group commit), and publishes durable sequences,
+/// until an fdatasync fails (module header).
 fn syncer(
     rx: std::sync::mpsc::Receiver<SyncJob>,
     streams: Vec<Arc<StreamShared>>,
     metrics: Arc<StoreMetrics>,
+    status: Arc<StoreStatus>,
+    sync_file: SyncFile,
 ) {
-    let mut latest: Vec<Option<(Arc<std::fs::File>, u64)>> = vec![None; streams.len()];
+    let mut latest: Vec<Option<SyncJob>> = (0..streams.len()).map(|_| None).collect();
     while let Ok(job) = rx.recv() {
-        latest[job.stream] = Some((job.file, job.through));
+        let i = job.stream;
+        latest[i] = Some(job);
         while let Ok(job) = rx.try_recv() {
-            latest[job.stream] = Some((job.file, job.through));
+            let i = job.stream;
+            latest[i] = Some(job);
         }
         for (i, slot) in latest.iter_mut().enumerate() {
-            let Some((file, through)) = slot.take() else {
+            let Some(job) = slot.take() else {
                 continue;
             };
             let before = streams[i].durable_seq.load(Ordering::Acquire);
             let began = Instant::now();
-            match file.sync_data() {
-                Ok(()) => {
-                    metrics.fsync(began.elapsed(), through.saturating_sub(before));
-                    streams[i].durable_seq.fetch_max(through, Ordering::AcqRel);
+            match sync_file(&job.file) {
+                Ok(()) if !status.sync_failed.load(Ordering::Acquire) => {
+                    metrics.fsync(began.elapsed(), job.through.saturating_sub(before));
+                    streams[i]
+                        .durable_seq
+                        .fetch_max(job.through, Ordering::AcqRel);
                 }
+                Ok(()) => {}
                 Err(e) => {
                     metrics.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(stream = i, error = %e, "fdatasync failed; events stay unconfirmed");
+                    status.fail_sync(&file_name(&job.file), &e);
                 }
             }
         }
     }
+}
+
+/// The name of an open file, for a log line (read back from the kernel
+/// only then, so that a sync job carries none).
+fn file_name(file: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap_or_default()
 }
 
 impl Store {
@@ -210,17 +249,27 @@ impl Store {
         specs: Vec<StreamSpec>,
         status: Arc<StoreStatus>,
     ) -> std::io::Result<Store> {
-        Store::start_napping(data_dir, node, cfg, specs, status, MAX_NAP)
+        Store::start_with(
+            data_dir,
+            node,
+            cfg,
+            specs,
+            status,
+            MAX_NAP,
+            std::fs::File::sync_data,
+        )
     }
 
-    /// `start`, with naps of at most `max_nap`.
-    fn start_napping(
+    /// `start`, with naps of at most `max_nap` and segments fdatasync'ed
+    /// by `sync_file`.
+    fn start_with(
         data_dir: &Path,
         node: &str,
         cfg: &StorageConfig,
         specs: Vec<StreamSpec>,
         status: Arc<StoreStatus>,
         max_nap: Duration,
+        sync_file: SyncFile,
     ) -> std::io::Result<Store> {
         let dir = segments_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
@@ -232,7 +281,8 @@ impl Store {
         };
         let mut streams = Vec::with_capacity(specs.len());
         for spec in specs {
-            let writer = StreamWriter::create(&dir, spec.stream, node, spec.next_seq, wcfg)?;
+            let mut writer = StreamWriter::create(&dir, spec.stream, node, spec.next_seq, wcfg)?;
+            writer.sync_with(sync_file);
             spec.shared
                 .durable_seq
                 .store(spec.next_seq, Ordering::Release);
@@ -260,6 +310,7 @@ impl Store {
             stop: stop.clone(),
             wake: wake.clone(),
             max_nap,
+            sync_file,
             metrics: metrics.clone(),
             status: status.clone(),
         };
@@ -288,6 +339,14 @@ impl Store {
     }
 }
 
+/// Calls every record of a stream below `through` durable, unless an
+/// fdatasync ever failed (module header).
+fn confirm(status: &StoreStatus, shared: &StreamShared, through: u64) {
+    if !status.sync_failed.load(Ordering::Acquire) {
+        shared.durable_seq.fetch_max(through, Ordering::AcqRel);
+    }
+}
+
 /// Seals a stream's segment when it is due (by size or age) and opens the
 /// next one. Sealing syncs it, so everything in it is durable.
 fn rotate_if_due(
@@ -295,16 +354,20 @@ fn rotate_if_due(
     shared: &StreamShared,
     requested: &mut u64,
     metrics: &StoreMetrics,
+    status: &StoreStatus,
 ) -> std::io::Result<()> {
     if writer.should_rotate() {
-        writer.rotate()?;
+        if let Err(e) = writer.rotate() {
+            if writer.sync_failed() {
+                status.fail_sync(writer.path(), &e);
+            }
+            return Err(e);
+        }
         metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
         // Everything in the sealed segment is synced; records still
         // pending (a rotation tried again) are not.
         let sealed_through = writer.next_seq() - u64::from(writer.pending());
-        shared
-            .durable_seq
-            .fetch_max(sealed_through, Ordering::AcqRel);
+        confirm(status, shared, sealed_through);
         *requested = (*requested).max(sealed_through);
     }
     Ok(())
@@ -317,6 +380,8 @@ struct Ctx {
     wake: Arc<Bell>,
     /// `MAX_NAP` but in tests.
     max_nap: Duration,
+    /// `File::sync_data` but in tests.
+    sync_file: SyncFile,
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
 }
@@ -394,10 +459,11 @@ impl Ctx {
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncJob>(64);
         let syncer = {
             let shared: Vec<Arc<StreamShared>> = streams.iter().map(|s| s.shared.clone()).collect();
-            let metrics = self.metrics.clone();
+            let (metrics, status, sync_file) =
+                (self.metrics.clone(), self.status.clone(), self.sync_file);
             std::thread::Builder::new()
                 .name("trackplane-sync".into())
-                .spawn(move || syncer(sync_rx, shared, metrics))?
+                .spawn(move || syncer(sync_rx, shared, metrics, status, sync_file))?
         };
         let mut last_flush = Instant::now();
         let mut last_sync = Instant::now();
@@ -473,9 +539,13 @@ impl Ctx {
                 last_sync = now;
             }
             for s in streams.iter_mut() {
-                if let Err(e) =
-                    rotate_if_due(&mut s.writer, &s.shared, &mut s.requested, &self.metrics)
-                {
+                if let Err(e) = rotate_if_due(
+                    &mut s.writer,
+                    &s.shared,
+                    &mut s.requested,
+                    &self.metrics,
+                    &self.status,
+                ) {
                     note(&mut failed, e);
                 }
             }
@@ -492,7 +562,7 @@ impl Ctx {
                 for s in streams {
                     let next = s.writer.next_seq();
                     s.writer.close()?;
-                    s.shared.durable_seq.fetch_max(next, Ordering::AcqRel);
+                    confirm(&self.status, &s.shared, next);
                     self.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
                 }
                 return Ok(());
@@ -543,7 +613,9 @@ impl Ctx {
                 }
                 self.status.failing.store(true, Ordering::Relaxed);
             }
-            None if was => {
+            // After a failed fdatasync, nothing but a restart ends the
+            // refusal (module header).
+            None if was && !self.status.sync_failed.load(Ordering::Acquire) => {
                 tracing::warn!(dir = %self.dir.display(), "segment writes work again: accepting events");
                 self.status.failing.store(false, Ordering::Relaxed);
             }
@@ -591,8 +663,8 @@ impl Ctx {
             shared,
             requested,
         } = s;
-        let metrics = &self.metrics;
-        let class = &self.status.class;
+        let (metrics, status) = (&self.metrics, &*self.status);
+        let class = &status.class;
         // Records that could not be kept after a write failed.
         let mut lost = 0u64;
         let n = consumer.drain_pausing(
@@ -621,7 +693,7 @@ impl Ctx {
                         if let Some(stats) = stats {
                             metrics.block(&stats);
                         }
-                        rotate_if_due(writer, shared, requested, metrics)
+                        rotate_if_due(writer, shared, requested, metrics, status)
                     });
                 }
             },
@@ -722,13 +794,80 @@ mod tests {
         status: Arc<StoreStatus>,
         max_nap: Duration,
     ) -> Store {
+        start_syncing(
+            data_dir,
+            cfg,
+            consumer,
+            status,
+            max_nap,
+            Arc::default(),
+            std::fs::File::sync_data,
+        )
+    }
+
+    /// `start_napping` of the stream `shared`, whose segments `sync_file`
+    /// fdatasyncs.
+    fn start_syncing(
+        data_dir: &Path,
+        cfg: &StorageConfig,
+        consumer: Consumer,
+        status: Arc<StoreStatus>,
+        max_nap: Duration,
+        shared: Arc<StreamShared>,
+        sync_file: SyncFile,
+    ) -> Store {
         let spec = StreamSpec {
             stream: 0,
             consumer,
             next_seq: 0,
-            shared: Arc::default(),
+            shared,
         };
-        Store::start_napping(data_dir, "t", cfg, vec![spec], status, max_nap).unwrap()
+        Store::start_with(data_dir, "t", cfg, vec![spec], status, max_nap, sync_file).unwrap()
+    }
+
+    /// Pushes records `seqs` of stream 0.
+    fn push(producer: &mut crate::ring::Producer, seqs: std::ops::Range<u64>) {
+        let mut rec = Vec::new();
+        for seq in seqs {
+            rec.clear();
+            rec.extend_from_slice(&seq.to_le_bytes());
+            rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+            rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}"}}"#).as_bytes());
+            producer.push(&rec).unwrap();
+        }
+    }
+
+    /// Waits up to 10 s for `done`.
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < until, "10 s without {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The records of every segment under `data_dir`, sealed or open.
+    fn stored(data_dir: &Path) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for seg in crate::segment::list(&segments_dir(data_dir)).unwrap() {
+            let mut reader = crate::segment::SegmentReader::open(&seg.path).unwrap();
+            while let Some(block) = reader.next_block().unwrap() {
+                seqs.extend(block.records().map(|(seq, _)| seq));
+            }
+        }
+        seqs
+    }
+
+    /// An fdatasync as a failing disk gives it: EIO, once, for whichever
+    /// sync comes first; later ones succeed (what Linux does, having
+    /// reported the error). Each test has its own `N`, so its own first.
+    fn fails_first_sync<const N: usize>(file: &std::fs::File) -> std::io::Result<()> {
+        static FAILED: [AtomicBool; 2] = [const { AtomicBool::new(false) }; 2];
+        if FAILED[N].swap(true, Ordering::SeqCst) {
+            file.sync_data()
+        } else {
+            Err(std::io::Error::from_raw_os_error(libc::EIO))
+        }
     }
 
     /// The storage section of `toml`.
@@ -888,5 +1027,89 @@ mod tests {
             }
         }
         assert_eq!(next, 2000, "every record, in order");
+    }
+
+    /// A failed fdatasync of the syncer's: the records it covered are not
+    /// called durable, then or after a later fdatasync succeeds (which
+    /// would say nothing about them); new events are refused from then on,
+    /// and what was drained is still written at the stop.
+    #[test]
+    fn after_a_failed_fdatasync_nothing_is_called_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = storage("[storage]\nflush_interval_ms = 5\n");
+        let (mut producer, consumer) = crate::ring::ring(1 << 16);
+        let status = Arc::new(StoreStatus::default());
+        let shared = Arc::new(StreamShared::default());
+        let store = start_syncing(
+            dir.path(),
+            &cfg,
+            consumer,
+            status.clone(),
+            Duration::from_millis(10),
+            shared.clone(),
+            fails_first_sync::<0>,
+        );
+        push(&mut producer, 0..10);
+        shared.want_sync(9);
+        wait_for("a failed sync", || {
+            status.sync_failed.load(Ordering::Acquire)
+        });
+        assert!(status.refuses(), "new events are refused");
+        assert_eq!(store.metrics.errors.load(Ordering::Relaxed), 1);
+        // Records accepted before the refusal showed still reach the file,
+        // and a stop syncs and seals it: that fdatasync succeeds.
+        push(&mut producer, 10..20);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            status.failing.load(Ordering::Relaxed),
+            "still refusing after passes"
+        );
+        drop(producer);
+        store.finish().unwrap();
+        assert_eq!(
+            shared.durable_seq.load(Ordering::Acquire),
+            0,
+            "nothing called durable"
+        );
+        assert_eq!(stored(dir.path()), (0..20).collect::<Vec<_>>());
+    }
+
+    /// A rotation whose seal fails to fdatasync is tried again and seals
+    /// the segment; but what it holds is not called durable.
+    #[test]
+    fn a_seal_that_failed_to_sync_confirms_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = storage(
+            "[storage]\nflush_interval_ms = 5\nsync_interval_ms = 60000\n\
+             block_max_bytes = 1024\nsegment_max_bytes = 4096\n",
+        );
+        let (mut producer, consumer) = crate::ring::ring(1 << 20);
+        let status = Arc::new(StoreStatus::default());
+        let shared = Arc::new(StreamShared::default());
+        push(&mut producer, 0..2000);
+        let store = start_syncing(
+            dir.path(),
+            &cfg,
+            consumer,
+            status.clone(),
+            Duration::from_millis(10),
+            shared.clone(),
+            fails_first_sync::<1>,
+        );
+        wait_for("a failed seal", || {
+            status.sync_failed.load(Ordering::Acquire)
+        });
+        wait_for("a sealed segment", || {
+            store.metrics.segments_sealed.load(Ordering::Relaxed) > 0
+        });
+        assert!(status.refuses(), "new events are refused");
+        drop(producer);
+        store.finish().unwrap();
+        assert_eq!(
+            shared.durable_seq.load(Ordering::Acquire),
+            0,
+            "nothing called durable"
+        );
+        assert_eq!(stored(dir.path()), (0..2000).collect::<Vec<_>>());
     }
 }
