@@ -313,9 +313,15 @@ impl Class {
                 self.state.store(NORMAL, Ordering::Release);
                 true
             }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                // The thread has exited (only by a panic, which logged
+                // itself): nothing to lift, now or at any later call.
+                self.state.store(NORMAL, Ordering::Release);
+                false
+            }
             Err(e) => {
-                // Cannot happen once the probe passed, short of the thread
-                // having exited; stay IDLE so the next lift tries again.
+                // Cannot happen once the probe passed; stay IDLE so the
+                // next lift tries again.
                 tracing::warn!(tid, error = %e, "cannot lift a background thread to the normal class");
                 self.state.store(IDLE, Ordering::Release);
                 false
@@ -472,6 +478,22 @@ mod tests {
         assert_eq!(class.idle_passes.load(Ordering::Relaxed), 4);
         drop(go_tx);
         t.join().unwrap();
+    }
+
+    /// A thread that ended idle (by a panic, in the store or view) is not
+    /// lifted again at every worker's call, each failing and logging.
+    #[test]
+    fn a_thread_that_ended_idle_is_not_lifted_again() {
+        if skipped() {
+            return;
+        }
+        let class = std::sync::Arc::new(Class::holding(true, 0));
+        let c = class.clone();
+        std::thread::spawn(move || c.settle(true)).join().unwrap();
+        assert!(class.is_idle());
+        class.lift();
+        assert!(!class.is_idle(), "left idle: every lift would try again");
+        assert_eq!(class.lifts.load(Ordering::Relaxed), 0, "nothing was lifted");
     }
 
     #[test]
