@@ -24,6 +24,8 @@
 //!   refuse new events and `/readyz` fails until a restart, whose recovery
 //!   checks the segments against what the disk holds (as a database does
 //!   after a failed fsync).
+//! - A store or sync thread that ends by a panic leaves new events refused
+//!   for good (`Watch`), as a failed fdatasync does.
 
 pub mod lease;
 pub mod metrics;
@@ -233,6 +235,31 @@ fn syncer(
     }
 }
 
+/// Held by the store's threads: one that ends by a panic leaves new events
+/// refused for good (and, the syncer, nothing called durable again), where
+/// they would otherwise fill the rings, or wait on syncs, unseen.
+struct Watch {
+    status: Arc<StoreStatus>,
+    thread: &'static str,
+    /// The syncer's: what it was syncing may or may not be on disk.
+    syncer: bool,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                thread = self.thread,
+                "a store thread ended by a panic: refusing new events until trackplane is restarted"
+            );
+            if self.syncer {
+                self.status.sync_failed.store(true, Ordering::Release);
+            }
+            self.status.failing.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The name of an open file, for a log line (read back from the kernel
 /// only then, so that a sync job carries none).
 fn file_name(file: &std::fs::File) -> PathBuf {
@@ -316,7 +343,14 @@ impl Store {
         };
         let thread = std::thread::Builder::new()
             .name("trackplane-store".into())
-            .spawn(move || ctx.run(streams))?;
+            .spawn(move || {
+                let _watch = Watch {
+                    status: ctx.status.clone(),
+                    thread: "store",
+                    syncer: false,
+                };
+                ctx.run(streams)
+            })?;
         Ok(Store {
             stop,
             wake,
@@ -463,7 +497,14 @@ impl Ctx {
                 (self.metrics.clone(), self.status.clone(), self.sync_file);
             std::thread::Builder::new()
                 .name("trackplane-sync".into())
-                .spawn(move || syncer(sync_rx, shared, metrics, status, sync_file))?
+                .spawn(move || {
+                    let _watch = Watch {
+                        status: status.clone(),
+                        thread: "sync",
+                        syncer: true,
+                    };
+                    syncer(sync_rx, shared, metrics, status, sync_file)
+                })?
         };
         let mut last_flush = Instant::now();
         let mut last_sync = Instant::now();
@@ -1111,5 +1152,42 @@ mod tests {
             "nothing called durable"
         );
         assert_eq!(stored(dir.path()), (0..2000).collect::<Vec<_>>());
+    }
+
+    /// A syncer that ends by a panic leaves new events refused and nothing
+    /// called durable, where the store used to keep accepting events whose
+    /// syncs nobody ran.
+    #[test]
+    fn a_syncer_that_panics_leaves_new_events_refused() {
+        fn panics_first(file: &std::fs::File) -> std::io::Result<()> {
+            static PANICKED: AtomicBool = AtomicBool::new(false);
+            if PANICKED.swap(true, Ordering::SeqCst) {
+                file.sync_data()
+            } else {
+                panic!("a sync that panics, as the test asks")
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = storage("[storage]\nflush_interval_ms = 5\n");
+        let (mut producer, consumer) = crate::ring::ring(1 << 16);
+        let status = Arc::new(StoreStatus::default());
+        let shared = Arc::new(StreamShared::default());
+        let store = start_syncing(
+            dir.path(),
+            &cfg,
+            consumer,
+            status.clone(),
+            Duration::from_millis(10),
+            shared.clone(),
+            panics_first,
+        );
+        push(&mut producer, 0..10);
+        shared.want_sync(9);
+        wait_for("refusal", || status.refuses());
+        assert!(status.sync_failed.load(Ordering::Acquire));
+        drop(producer);
+        store.finish().unwrap();
+        assert_eq!(shared.durable_seq.load(Ordering::Acquire), 0);
+        assert_eq!(stored(dir.path()), (0..10).collect::<Vec<_>>());
     }
 }
