@@ -31,9 +31,9 @@ fn client(
     while !stop.load(Ordering::Relaxed) {
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let req = if sync {
-            format!("GET /e?adv=demo&ev=purchase&order_id=o{id}&n={id} HTTP/1.1\r\n\r\n")
+            format!("GET /e?adv=demo&ev=purchase&order_id=o{id}&n={id} HTTP/1.1\r\nHost: t\r\n\r\n")
         } else {
-            format!("GET /i?adv=demo&n={id} HTTP/1.1\r\n\r\n")
+            format!("GET /i?adv=demo&n={id} HTTP/1.1\r\nHost: t\r\n\r\n")
         };
         if s.write_all(req.as_bytes()).is_err() {
             return;

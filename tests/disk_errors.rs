@@ -77,7 +77,7 @@ fn failed_writes_refuse_new_events_and_lose_none_accepted() {
     pixel(&s, "refused");
     let body = r#"[{"adv":"demo","tag":"refused-batch"}]"#;
     let raw = format!(
-        "POST /batch HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     assert_eq!(s.exchange(raw.as_bytes(), 1).remove(0).status, 503);

@@ -140,7 +140,7 @@ fn records_keep_the_order_requests_came_in(d: Driver) {
 }
 
 fn post_batch(s: &common::TestServer, body: &str) -> common::Response {
-    let raw = format!("POST /batch HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let raw = format!("POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     s.exchange(raw.as_bytes(), 1).remove(0)
 }
 
@@ -181,7 +181,7 @@ fn batch_answers_per_item(d: Driver) {
 fn batch_accepts_chunked_bodies(d: Driver) {
     let mut s = start_with(d, SHOP, |dir| with_catalog(dir, "p1\n"));
     let body = r#"[{"adv":"shop","ev":"view_item","pid":"p1"},{"adv":"shop","ev":"view_item","pid":"zz"}]"#;
-    let mut raw = b"POST /batch HTTP/1.1\r\nContent-Type: application/json\r\n\
+    let mut raw = b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
 Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
         .to_vec();
     for (i, chunk) in body.as_bytes().chunks(7).enumerate() {
@@ -190,7 +190,7 @@ Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
         raw.extend_from_slice(chunk);
         raw.extend_from_slice(b"\r\n");
     }
-    raw.extend_from_slice(b"0\r\nX-Trailer: 1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
+    raw.extend_from_slice(b"0\r\nX-Trailer: 1\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     let mut c = s.connect();
     let head_len = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     c.write_all(&raw[..head_len]).unwrap();
@@ -247,7 +247,8 @@ fn do_not_track_policies(d: Driver) {
             d,
             &format!("[privacy]\ndnt = \"{policy}\"\nip = \"truncate\"\n"),
         );
-        let raw = b"GET /i?adv=demo&uid=user-7 HTTP/1.1\r\nUser-Agent: ua\r\nDNT: 1\r\n\r\n";
+        let raw =
+            b"GET /i?adv=demo&uid=user-7 HTTP/1.1\r\nHost: t\r\nUser-Agent: ua\r\nDNT: 1\r\n\r\n";
         assert_eq!(s.exchange(raw, 1)[0].status, 200, "{policy}");
         let records = s.stop();
         assert_eq!(records.len(), want_records, "{policy}");
@@ -278,7 +279,7 @@ fn catalog_hot_reload_under_load(d: Driver) {
             let mut c = std::net::TcpStream::connect(addr).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let req =
-                b"GET /i?adv=shop&pid=p2 HTTP/1.1\r\n\r\nGET /i?adv=shop&pid=p2 HTTP/1.1\r\n\r\n";
+                b"GET /i?adv=shop&pid=p2 HTTP/1.1\r\nHost: t\r\n\r\nGET /i?adv=shop&pid=p2 HTTP/1.1\r\nHost: t\r\n\r\n";
             let deadline = Instant::now() + Duration::from_secs(20);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 c.write_all(req).unwrap();

@@ -49,8 +49,10 @@ fn pixel_answers_the_exact_gif(d: Driver) {
 fn head_answers_without_body(d: Driver) {
     let s = start(d, "");
     let mut c = s.connect();
-    c.write_all(b"HEAD /i?adv=demo HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n")
-        .unwrap();
+    c.write_all(
+        b"HEAD /i?adv=demo HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
     // The HEAD answer announces 43 bytes but sends none; the next answer
     // follows directly.
     let mut all = Vec::new();
@@ -72,14 +74,29 @@ fn routes_and_methods(d: Driver) {
     assert_eq!(s.get("/e?adv=demo").status, 204);
     assert_eq!(s.get("/nope").status, 404);
     assert_eq!(s.get("/i/extra").status, 404);
-    let r = s.exchange(b"DELETE /i HTTP/1.1\r\n\r\n", 1).remove(0);
+    let r = s
+        .exchange(b"DELETE /i HTTP/1.1\r\nHost: t\r\n\r\n", 1)
+        .remove(0);
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
-    let r = s.exchange(b"GET /batch HTTP/1.1\r\n\r\n", 1).remove(0);
+    let r = s
+        .exchange(b"GET /batch HTTP/1.1\r\nHost: t\r\n\r\n", 1)
+        .remove(0);
     assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
     let r = s
-        .exchange(b"POST /i HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1)
+        .exchange(
+            b"POST /i HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+            1,
+        )
         .remove(0);
     assert_eq!(r.status, 405);
+    // A target in absolute form is its path and query (RFC 9112 §3.2.2);
+    // HTTP/1.0 may leave out Host.
+    let r = s
+        .exchange(b"GET http://x/e?adv=demo HTTP/1.1\r\nHost: t\r\n\r\n", 1)
+        .remove(0);
+    assert_eq!(r.status, 204);
+    let r = s.exchange(b"GET /e?adv=demo HTTP/1.0\r\n\r\n", 1).remove(0);
+    assert_eq!(r.status, 204);
 }
 
 /// Enough requests in one write that their answers are sent in several
@@ -123,7 +140,7 @@ fn pipelined_requests_are_answered_in_order(d: Driver) {
 
 fn requests_split_across_reads(d: Driver) {
     let s = start(d, "");
-    let raw = b"GET /i?adv=demo&x=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: split\r\n\r\nGET /e?adv=demo HTTP/1.1\r\n\r\n";
+    let raw = b"GET /i?adv=demo&x=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: split\r\n\r\nGET /e?adv=demo HTTP/1.1\r\nHost: t\r\n\r\n";
     let mut c = s.connect();
     for chunk in raw.chunks(7) {
         c.write_all(chunk).unwrap();
@@ -138,11 +155,12 @@ fn keep_alive_rules(d: Driver) {
     // HTTP/1.1: open until asked to close.
     let mut c = s.connect();
     for _ in 0..3 {
-        c.write_all(b"GET /i?adv=demo HTTP/1.1\r\n\r\n").unwrap();
+        c.write_all(b"GET /i?adv=demo HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
         let r = read_responses(&mut c, 1).remove(0);
         assert_eq!(r.header("connection"), Some("keep-alive"));
     }
-    c.write_all(b"GET /i?adv=demo HTTP/1.1\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET /i?adv=demo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     assert_eq!(
         read_responses(&mut c, 1)[0].header("connection"),
@@ -175,11 +193,20 @@ fn limits_answer_with_their_status(d: Driver) {
         d,
         "[server]\nmax_request_line_bytes = 1024\nmax_header_bytes = 2048\nmax_headers = 8\nmax_body_bytes = 256\nmax_params = 4\n",
     );
-    let long_uri = format!("GET /i?adv=demo&x={} HTTP/1.1\r\n\r\n", "a".repeat(2000));
-    let huge_uri = format!("GET /i?x={} HTTP/1.1\r\n\r\n", "a".repeat(100 * 1024));
+    let long_uri = format!(
+        "GET /i?adv=demo&x={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(2000)
+    );
+    let huge_uri = format!(
+        "GET /i?x={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
     let many: String = (0..9).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let many_headers = format!("GET /i HTTP/1.1\r\n{many}\r\n");
-    let big_header = format!("GET /i HTTP/1.1\r\nX-Big: {}\r\n\r\n", "b".repeat(2100));
+    let many_headers = format!("GET /i HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+    let big_header = format!(
+        "GET /i HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(2100)
+    );
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("long uri", long_uri.into_bytes(), 414),
         ("100 KB uri", huge_uri.into_bytes(), 414),
@@ -187,28 +214,28 @@ fn limits_answer_with_their_status(d: Driver) {
         ("header bytes", big_header.into_bytes(), 431),
         (
             "body",
-            b"POST /batch HTTP/1.1\r\nContent-Length: 257\r\n\r\n".to_vec(),
+            b"POST /batch HTTP/1.1\r\nHost: t\r\nContent-Length: 257\r\n\r\n".to_vec(),
             413,
         ),
         (
             "gzip coding",
-            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
+            b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
             501,
         ),
         (
             "chunked and length",
-            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+            b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
                 .to_vec(),
             400,
         ),
         (
             "chunked over the body limit",
-            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n101\r\n".to_vec(),
+            b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n101\r\n".to_vec(),
             413,
         ),
         (
             "bad chunk size",
-            b"POST /batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
             400,
         ),
         ("garbage line", b"HELLO\r\n\r\n".to_vec(), 400),
@@ -216,27 +243,33 @@ fn limits_answer_with_their_status(d: Driver) {
         ("bad version", b"GET /i HTTP/9.9\r\n\r\n".to_vec(), 400),
         (
             "NUL in target",
-            b"GET /i?adv=de\0mo HTTP/1.1\r\n\r\n".to_vec(),
+            b"GET /i?adv=de\0mo HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
             400,
         ),
         (
             "NUL in header",
-            b"GET /i HTTP/1.1\r\nX: a\0b\r\n\r\n".to_vec(),
+            b"GET /i HTTP/1.1\r\nHost: t\r\nX: a\0b\r\n\r\n".to_vec(),
             400,
         ),
         (
             "space in target",
-            b"GET /i?a=b c HTTP/1.1\r\n\r\n".to_vec(),
+            b"GET /i?a=b c HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("no host", b"GET /i HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (
+            "two hosts",
+            b"GET /i HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n".to_vec(),
             400,
         ),
         (
-            "absolute form",
-            b"GET http://x/i HTTP/1.1\r\n\r\n".to_vec(),
+            "asterisk form",
+            b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
             400,
         ),
         (
             "bad length",
-            b"POST /e HTTP/1.1\r\nContent-Length: x\r\n\r\n".to_vec(),
+            b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n".to_vec(),
             400,
         ),
         (
@@ -265,15 +298,19 @@ fn bad_clients_do_not_disturb_others(d: Driver) {
     let mut good = s.connect();
     let bad_inputs: Vec<Vec<u8>> = vec![
         b"\0\0\0\0\r\n\r\n".to_vec(),
-        format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(100 * 1024)).into_bytes(),
-        b"GET /i?%%%% HTTP/1.1\r\n\r\n".to_vec(),
+        format!(
+            "GET /{} HTTP/1.1\r\nHost: t\r\n\r\n",
+            "x".repeat(100 * 1024)
+        )
+        .into_bytes(),
+        b"GET /i?%%%% HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
         vec![0xff; 4096],
     ];
     for (i, bad) in bad_inputs.iter().enumerate() {
         let mut b = s.connect();
         let _ = b.write_all(bad);
         // The well-behaved client on the same worker is answered meanwhile.
-        good.write_all(format!("GET /i?adv=demo&n={i} HTTP/1.1\r\n\r\n").as_bytes())
+        good.write_all(format!("GET /i?adv=demo&n={i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .unwrap();
         assert_eq!(read_responses(&mut good, 1)[0].status, 200);
         assert!(
@@ -289,7 +326,7 @@ fn slow_header_gets_408_and_idle_connection_closes(d: Driver) {
         "[server]\nheader_timeout_ms = 300\nidle_timeout_ms = 400\n",
     );
     let mut slow = s.connect();
-    slow.write_all(b"GET /i?adv=demo HTTP/1.1\r\nX-Slow: ")
+    slow.write_all(b"GET /i?adv=demo HTTP/1.1\r\nHost: t\r\nX-Slow: ")
         .unwrap();
     let began = std::time::Instant::now();
     // Another client is served while the slow one dawdles.
@@ -301,7 +338,7 @@ fn slow_header_gets_408_and_idle_connection_closes(d: Driver) {
     // Dripping one byte at a time does not extend the header deadline.
     let mut drip = s.connect();
     let began = std::time::Instant::now();
-    drip.write_all(b"GET /i HTTP/1.1\r\n").unwrap();
+    drip.write_all(b"GET /i HTTP/1.1\r\nHost: t\r\n").unwrap();
     let mut got_408 = false;
     for _ in 0..40 {
         if drip.write_all(b"X").is_err() {
@@ -320,7 +357,8 @@ fn slow_header_gets_408_and_idle_connection_closes(d: Driver) {
     assert!(got_408, "a dripping header must time out");
     // An idle keep-alive connection is closed without an answer.
     let mut idle = s.connect();
-    idle.write_all(b"GET /i?adv=demo HTTP/1.1\r\n\r\n").unwrap();
+    idle.write_all(b"GET /i?adv=demo HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(read_responses(&mut idle, 1)[0].status, 200);
     let began = std::time::Instant::now();
     assert!(closed(&mut idle));
@@ -331,12 +369,14 @@ fn connection_cap_per_worker(d: Driver) {
     let s = start(d, "[server]\nmax_connections_per_worker = 2\n");
     let mut a = s.connect();
     let mut b = s.connect();
-    a.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
-    b.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    a.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    b.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     read_responses(&mut a, 1);
     read_responses(&mut b, 1);
     let mut c = s.connect();
-    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\n\r\n");
+    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(closed(&mut c), "third connection must be refused");
     drop(a);
     std::thread::sleep(Duration::from_millis(100));
@@ -359,7 +399,7 @@ fn a_client_that_never_reads_is_let_go(d: Driver) {
     let mut w = hog.try_clone().unwrap();
     w.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let writer = std::thread::spawn(move || {
-        let requests = b"GET /healthz HTTP/1.1\r\n\r\n".repeat(1000);
+        let requests = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
         let began = std::time::Instant::now();
         while began.elapsed() < Duration::from_secs(30) {
             match w.write_all(&requests) {
@@ -418,7 +458,7 @@ fn click_redirects_only_where_allowed(d: Driver) {
 fn post_beacon_with_form_body_and_expect_continue(d: Driver) {
     let mut s = start(d, "");
     let body = "adv=demo&ev=purchase&order_id=o1&value=12.50&currency=EUR&pid=a";
-    let raw = format!("POST /e HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", body.len());
+    let raw = format!("POST /e HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", body.len());
     let mut c = s.connect();
     c.write_all(raw.as_bytes()).unwrap();
     let mut b = [0u8; 64];
@@ -428,7 +468,7 @@ fn post_beacon_with_form_body_and_expect_continue(d: Driver) {
     assert_eq!(read_responses(&mut c, 1)[0].status, 204);
     let json = r#"{"adv":"demo","ev":"add_to_cart","pid":["a","b"],"value":3.5,"currency":"USD"}"#;
     let raw = format!(
-        "POST /e HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        "POST /e HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
         json.len()
     );
     c.write_all(raw.as_bytes()).unwrap();

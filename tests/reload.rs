@@ -13,7 +13,7 @@ use std::time::Duration;
 fn pixel(addr: SocketAddr, query: &str) -> u16 {
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(format!("GET /i?{query} HTTP/1.1\r\n\r\n").as_bytes())
+    c.write_all(format!("GET /i?{query} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
         .unwrap();
     common::read_responses(&mut c, 1)[0].status
 }

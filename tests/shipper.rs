@@ -270,7 +270,7 @@ fn kill_9_the_shipper_ten_times_loses_nothing() {
                 };
                 std::io::Write::write_all(
                     &mut c,
-                    format!("GET {t} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
+                    format!("GET {t} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
                 )
                 .unwrap();
                 let _ = std::io::Read::read_to_end(&mut c, &mut Vec::new());

@@ -31,7 +31,7 @@ fn sigterm_loses_nothing_answered(driver: &str) {
                     for _ in 0..50 {
                         let id = c * 1_000_000 + n;
                         n += 1;
-                        let req = format!("GET /i?adv=demo&n={id} HTTP/1.1\r\n\r\n");
+                        let req = format!("GET /i?adv=demo&n={id} HTTP/1.1\r\nHost: t\r\n\r\n");
                         if s.write_all(req.as_bytes()).is_err() {
                             continue 'outer;
                         }

@@ -103,7 +103,7 @@ fn budget_refuses_new_events_but_pixels_answer(d: Driver) {
     );
     let body = r#"[{"adv":"demo"}]"#;
     let raw = format!(
-        "POST /batch HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /batch HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let r = s.exchange(raw.as_bytes(), 1).remove(0);
@@ -207,7 +207,11 @@ fn start_recovers_a_torn_segment_and_continues_the_sequence(d: Driver) {
     );
     let addr = server.data_addr;
     let mut c = std::net::TcpStream::connect(addr).unwrap();
-    std::io::Write::write_all(&mut c, b"GET /i?adv=demo&n=after HTTP/1.1\r\n\r\n").unwrap();
+    std::io::Write::write_all(
+        &mut c,
+        b"GET /i?adv=demo&n=after HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
     common::read_responses(&mut c, 1);
     server.shutdown();
     server.wait().unwrap();

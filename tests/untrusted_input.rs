@@ -139,7 +139,7 @@ fn a_live_server_survives_random_requests() {
                 .unwrap();
             let _ = c.write_all(&head);
             let batch = format!(
-                "\r\n\r\nPOST /batch HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                "\r\n\r\nPOST /batch HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             );
             let _ = c.write_all(batch.as_bytes());

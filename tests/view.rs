@@ -74,8 +74,10 @@ fn audit_api_counts_types_issues_params_and_products() {
 fn subscribe(s: &common::TestServer, target: &str) -> BufReader<TcpStream> {
     let mut c = TcpStream::connect(s.admin).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(format!("GET {target} HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
-        .unwrap();
+    c.write_all(
+        format!("GET {target} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let mut r = BufReader::new(c);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
@@ -142,7 +144,7 @@ fn a_slow_viewer_never_slows_ingestion() {
     let mut c = s.connect();
     let started = Instant::now();
     let batch: String = (0..50)
-        .map(|i| format!("GET /i?adv=shop&pid=p1&i={i}&pad={pad} HTTP/1.1\r\n\r\n"))
+        .map(|i| format!("GET /i?adv=shop&pid=p1&i={i}&pad={pad} HTTP/1.1\r\nHost: t\r\n\r\n"))
         .collect();
     for _ in 0..200 {
         c.write_all(batch.as_bytes()).unwrap();

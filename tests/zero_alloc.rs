@@ -156,9 +156,9 @@ fn steady_state_allocations(driver: Driver, extra: &str) -> (u64, u64) {
         std::fs::write(dir.join("catalogs/shop.txt"), "p\n").unwrap();
     });
     let requests: [&[u8]; 3] = [
-        b"GET /i?adv=demo&ev=purchase&order_id=o-1&value=9.99&currency=EUR&pid=a,b,c&uid=u1 HTTP/1.1\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nReferer: https://shop.com/p/1\r\n\r\n",
-        b"GET /e?adv=shop&ev=view_item&pid=p%2C1 HTTP/1.1\r\nUser-Agent: test\r\n\r\n",
-        b"GET /c?adv=shop&url=https%3A%2F%2Fshop.com%2Fx HTTP/1.1\r\n\r\n",
+        b"GET /i?adv=demo&ev=purchase&order_id=o-1&value=9.99&currency=EUR&pid=a,b,c&uid=u1 HTTP/1.1\r\nHost: t\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nReferer: https://shop.com/p/1\r\n\r\n",
+        b"GET /e?adv=shop&ev=view_item&pid=p%2C1 HTTP/1.1\r\nHost: t\r\nUser-Agent: test\r\n\r\n",
+        b"GET /c?adv=shop&url=https%3A%2F%2Fshop.com%2Fx HTTP/1.1\r\nHost: t\r\n\r\n",
     ];
     let lens: Vec<usize> = requests.iter().map(|r| answer_len(&s, r)).collect();
     let mut conns: Vec<std::net::TcpStream> = (0..4).map(|_| s.connect()).collect();

@@ -157,10 +157,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
         Some("POST") => Method::Post,
         _ => Method::Other,
     };
-    let target = req.path.ok_or(HeadError::Malformed)?.as_bytes();
-    if target.first() != Some(&b'/') {
-        return Err(HeadError::Malformed);
-    }
+    let target = origin_form(req.path.ok_or(HeadError::Malformed)?.as_bytes())?;
     let (path, query) = match memchr(b'?', target) {
         Some(q) => (&target[..q], &target[q + 1..]),
         None => (target, &target[target.len()..]),
@@ -183,10 +180,12 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
     };
     let mut seen_length = false;
     let mut seen_coding = false;
+    let mut hosts = 0u32;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
         match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
             3 if name.eq_ignore_ascii_case(b"dnt") => head.do_not_track |= value == b"1",
             7 if name.eq_ignore_ascii_case(b"sec-gpc") => head.do_not_track |= value == b"1",
             6 if name.eq_ignore_ascii_case(b"expect") => {
@@ -234,10 +233,44 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
     if head.chunked && (seen_length || minor_version == 0) {
         return Err(HeadError::Malformed);
     }
+    // An HTTP/1.1 request names its host once, an HTTP/1.0 one at most
+    // once (RFC 9112 §3.2), as nginx also requires.
+    if hosts > 1 || (hosts == 0 && minor_version == 1) {
+        return Err(HeadError::Malformed);
+    }
     if head.content_length > limits.max_body_bytes {
         return Err(HeadError::BodyTooLarge);
     }
     Ok(Some(head))
+}
+
+/// The path and query of a request target: the target itself in origin
+/// form (`/i?adv=a`), or what follows the authority in absolute form
+/// (`http://host/i?adv=a`), which a server must accept too (RFC 9112
+/// §3.2.2); the host it names is not used. Anything else (`*`, authority
+/// form) is no request this server answers.
+fn origin_form(target: &[u8]) -> Result<&[u8], HeadError> {
+    if target.first() == Some(&b'/') {
+        return Ok(target);
+    }
+    let scheme = match target.iter().position(|&b| b == b':') {
+        Some(n @ (4 | 5)) => &target[..n],
+        _ => return Err(HeadError::Malformed),
+    };
+    let rest = &target[scheme.len()..];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https"))
+        || !rest.starts_with(b"://")
+    {
+        return Err(HeadError::Malformed);
+    }
+    let after = &rest[3..];
+    // The authority ends at the path or, with no path, at the query.
+    match after.iter().position(|&b| b == b'/' || b == b'?') {
+        Some(0) => Err(HeadError::Malformed),
+        Some(n) => Ok(&after[n..]),
+        None if after.is_empty() => Err(HeadError::Malformed),
+        None => Ok(&after[after.len()..]),
+    }
 }
 
 fn parse_length(v: &[u8]) -> Option<usize> {
@@ -280,7 +313,7 @@ mod tests {
 
     #[test]
     fn complete_get_with_query_and_headers() {
-        let buf = b"GET /i?adv=a&ev=x HTTP/1.1\r\nUser-Agent: ua/1\r\nReferer: http://r/\r\nDNT: 1\r\n\r\nrest";
+        let buf = b"GET /i?adv=a&ev=x HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/1\r\nReferer: http://r/\r\nDNT: 1\r\n\r\nrest";
         let h = parse(buf).unwrap().unwrap();
         assert_eq!(h.method, Method::Get);
         assert_eq!(h.path.of(buf), b"/i");
@@ -310,7 +343,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(h.keep_alive);
-        let h = parse(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n")
+        let h = parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, close\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(!h.keep_alive);
@@ -318,7 +351,7 @@ mod tests {
 
     #[test]
     fn limits_map_to_their_errors() {
-        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100));
+        let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100));
         assert_eq!(parse(long.as_bytes()).unwrap_err(), HeadError::UriTooLong);
         assert_eq!(
             parse(&long.as_bytes()[..80]).unwrap_err(),
@@ -335,14 +368,14 @@ mod tests {
             parse(big.as_bytes()).unwrap_err(),
             HeadError::HeadersTooLarge
         );
-        let body = b"POST /e HTTP/1.1\r\nContent-Length: 101\r\n\r\n";
+        let body = b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n";
         assert_eq!(parse(body).unwrap_err(), HeadError::BodyTooLarge);
-        let chunked = b"POST /e HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        let chunked = b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n";
         assert!(parse(chunked).unwrap().unwrap().chunked);
         for (bad, why) in [
             (&b"POST /e HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..], HeadError::NotImplemented),
             (b"POST /e HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::NotImplemented),
-            (b"POST /e HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", HeadError::Malformed),
+            (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", HeadError::Malformed),
             (b"POST /e HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::Malformed),
         ] {
             assert_eq!(parse(bad).unwrap_err(), why);
@@ -352,21 +385,61 @@ mod tests {
     #[test]
     fn malformed_heads_are_rejected() {
         for bad in [
-            &b"GET /\0 HTTP/1.1\r\n\r\n"[..],
-            b"GET / HTTP/2.0\r\n\r\n",
-            b"GET http://x/ HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            &b"GET /\0 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+            // Host: none in HTTP/1.1, two in either version.
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n",
+            // Targets other than origin and absolute form.
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET x:80 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET http:/x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET http:///i HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET http:// HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             assert_eq!(parse(bad).unwrap_err(), HeadError::Malformed, "{bad:?}");
         }
     }
 
+    /// Absolute-form targets are answered as their path and query (RFC
+    /// 9112 §3.2.2); an HTTP/1.0 request may leave out Host.
+    #[test]
+    fn absolute_targets_and_hostless_http_1_0() {
+        for (req, path, query) in [
+            (
+                &b"GET http://x/i?adv=a HTTP/1.1\r\nHost: y\r\n\r\n"[..],
+                &b"/i"[..],
+                &b"adv=a"[..],
+            ),
+            (
+                b"GET HTTPS://x:443/c HTTP/1.1\r\nHost: y\r\n\r\n",
+                b"/c",
+                b"",
+            ),
+            (
+                b"GET http://x?adv=a HTTP/1.1\r\nHost: y\r\n\r\n",
+                b"",
+                b"adv=a",
+            ),
+            (b"GET http://x HTTP/1.1\r\nHost: y\r\n\r\n", b"", b""),
+            (b"GET /i?adv=a HTTP/1.0\r\n\r\n", b"/i", b"adv=a"),
+        ] {
+            let h = parse(req).unwrap().unwrap();
+            assert_eq!((h.path.of(req), h.query.of(req)), (path, query), "{req:?}");
+        }
+    }
+
     #[test]
     fn other_methods_parse_and_are_marked() {
-        let h = parse(b"DELETE /i HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let h = parse(b"DELETE /i HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.method, Method::Other);
     }
 }
