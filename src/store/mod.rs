@@ -341,6 +341,7 @@ impl Store {
             metrics: metrics.clone(),
             status: status.clone(),
         };
+        let syncer = ctx.start_syncer(&streams)?;
         let thread = std::thread::Builder::new()
             .name("trackplane-store".into())
             .spawn(move || {
@@ -349,7 +350,7 @@ impl Store {
                     thread: "store",
                     syncer: false,
                 };
-                ctx.run(streams)
+                ctx.run(streams, syncer)
             })?;
         Ok(Store {
             stop,
@@ -405,6 +406,12 @@ fn rotate_if_due(
         *requested = (*requested).max(sealed_through);
     }
     Ok(())
+}
+
+/// The syncer thread and its queue.
+struct Syncer {
+    tx: std::sync::mpsc::SyncSender<SyncJob>,
+    thread: JoinHandle<()>,
 }
 
 struct Ctx {
@@ -485,27 +492,35 @@ fn sync_due(streams: &[Stream], wanted: &[u64]) -> bool {
 }
 
 impl Ctx {
-    fn run(self, mut streams: Vec<Stream>) -> std::io::Result<()> {
+    /// Starts the syncer: fdatasync runs on its own thread, so a slow disk
+    /// stalls durability, never the writing of blocks (and so never the
+    /// flush window). Started before the store's thread, so that a failure
+    /// to start it fails the start instead of ending the store unseen.
+    fn start_syncer(&self, streams: &[Stream]) -> std::io::Result<Syncer> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SyncJob>(64);
+        let shared: Vec<Arc<StreamShared>> = streams.iter().map(|s| s.shared.clone()).collect();
+        let (metrics, status, sync_file) =
+            (self.metrics.clone(), self.status.clone(), self.sync_file);
+        let thread = std::thread::Builder::new()
+            .name("trackplane-sync".into())
+            .spawn(move || {
+                let _watch = Watch {
+                    status: status.clone(),
+                    thread: "sync",
+                    syncer: true,
+                };
+                syncer(rx, shared, metrics, status, sync_file)
+            })?;
+        Ok(Syncer { tx, thread })
+    }
+
+    fn run(self, mut streams: Vec<Stream>, syncer: Syncer) -> std::io::Result<()> {
         let flush_every = Duration::from_millis(self.cfg.flush_interval_ms);
         let sync_every = Duration::from_millis(self.cfg.sync_interval_ms);
-        // fdatasync runs on its own thread: a slow disk stalls durability,
-        // never the writing of blocks (and so never the flush window).
-        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<SyncJob>(64);
-        let syncer = {
-            let shared: Vec<Arc<StreamShared>> = streams.iter().map(|s| s.shared.clone()).collect();
-            let (metrics, status, sync_file) =
-                (self.metrics.clone(), self.status.clone(), self.sync_file);
-            std::thread::Builder::new()
-                .name("trackplane-sync".into())
-                .spawn(move || {
-                    let _watch = Watch {
-                        status: status.clone(),
-                        thread: "sync",
-                        syncer: true,
-                    };
-                    syncer(sync_rx, shared, metrics, status, sync_file)
-                })?
-        };
+        let Syncer {
+            tx: sync_tx,
+            thread: syncer,
+        } = syncer;
         let mut last_flush = Instant::now();
         let mut last_sync = Instant::now();
         let mut last_budget = Instant::now() - Duration::from_secs(10);
