@@ -20,10 +20,9 @@
 //! - A failed fdatasync is not tried again: the kernel may have dropped
 //!   what it held of the file and reports that once, so a later fdatasync
 //!   that succeeds proves nothing. `StoreStatus::sync_failed` is set for
-//!   the rest of the process: no record is called durable again, workers
-//!   refuse new events and `/readyz` fails until a restart, whose recovery
-//!   checks the segments against what the disk holds (as a database does
-//!   after a failed fsync).
+//!   the rest of the process: no record is called durable again, and
+//!   workers refuse new events and `/readyz` fails until a restart (as
+//!   PostgreSQL and Kafka stop trusting a disk after a failed fsync).
 //! - A store or sync thread that ends by a panic leaves new events refused
 //!   for good (`Watch`), as a failed fdatasync does.
 
