@@ -29,15 +29,18 @@ pub const MIN_WAKE_LINGER_US: u64 = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not the error's `source`: it is in this message already, and
+        /// `{:#}` would print it twice.
+        error: std::io::Error,
     },
     /// The file is not TOML.
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
-    /// A key is unknown or has a value of the wrong type.
+    /// A key is unknown, has a value of the wrong type, or one that makes
+    /// no sense (an `Invalid` once its origin is known).
     #[error("{origin}: key `{key}`: {message}")]
     Key {
         origin: String,
@@ -47,6 +50,20 @@ pub enum ConfigError {
     /// A key has a well-typed value that makes no sense.
     #[error("key `{key}`: {message}")]
     Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// An `Invalid` error as found in `origin` (a file, the command line).
+    fn at(self, origin: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid { key, message } => ConfigError::Key {
+                origin: origin.to_owned(),
+                key,
+                message,
+            },
+            other => other,
+        }
+    }
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -380,9 +397,9 @@ impl Config {
 
     /// Loads a file merged over the embedded default, and validates it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_toml_str(&text, &path.display().to_string())
     }
@@ -405,7 +422,7 @@ impl Config {
                     message: e.into_inner().to_string().trim_end().to_owned(),
                 }
             })?;
-        config.validate()?;
+        config.validate().map_err(|e| e.at(origin))?;
         Ok(config)
     }
 
@@ -433,6 +450,7 @@ impl Config {
             self.shipper.admin_listen = a;
         }
         self.validate()
+            .map_err(|e| e.at("with the command line's overrides"))
     }
 
     /// Checks what types alone can't: names, ranges, references between keys.

@@ -157,3 +157,20 @@ fn overrides_apply_and_validate() {
     assert_eq!(c.server.workers, 2);
     assert_eq!(c.catalog_dir(), PathBuf::from("/tmp/x/catalogs"));
 }
+
+/// Every error names where it was found: a value out of range names the
+/// file as a wrong type does, and an unreadable file's error is said once
+/// however the chain is printed.
+#[test]
+fn errors_name_their_file_once() {
+    let e = err("[storage]\nzstd_level = 0\n");
+    assert!(
+        e.starts_with("test.toml: key `storage.zstd_level`: "),
+        "{e}"
+    );
+    let missing = std::path::Path::new("/nonexistent/trackplane.toml");
+    let e = anyhow::Error::from(Config::load(missing).unwrap_err());
+    let text = format!("{e:#}");
+    assert!(text.starts_with("/nonexistent/trackplane.toml: "), "{text}");
+    assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+}
