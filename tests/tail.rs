@@ -111,16 +111,29 @@ fn verify_finds_a_flipped_bit_and_names_file_and_offset() {
         .lines()
         .find(|l| l.contains("CORRUPT"))
         .unwrap_or_else(|| panic!("{out}"));
+    let path = seg.path.display().to_string();
     assert!(
-        line.contains(&seg.path.display().to_string())
-            && line.contains("offset ")
-            && line.contains("CRC"),
+        line.matches(&path).count() == 1 && line.contains("offset ") && line.contains("CRC"),
         "{line}"
     );
     // Printing reports the damage on stderr, prints the rest, and fails.
     let (ok, _, err) = tail(&[d, "--from-beginning"]);
     assert!(!ok);
     assert!(err.contains("offset"), "{err}");
+    // A file that cannot be read is said to be that, not corrupt.
+    let odd = seg.path.with_file_name("0009-00000000000000000000.seg");
+    std::fs::create_dir(&odd).unwrap();
+    let (ok, out, _) = tail(&[d, "--verify"]);
+    assert!(!ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("0009-"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("UNREADABLE") && line.contains("directory"),
+        "{line}"
+    );
+    assert!(out.contains("CORRUPTION FOUND in 1, 1 UNREADABLE"), "{out}");
 }
 
 #[test]

@@ -226,7 +226,7 @@ impl Stats {
 
 /// Checks every block of every segment; one summary line per file.
 fn verify(dir: &Path, out: &mut impl Write) -> io::Result<bool> {
-    let mut intact = true;
+    let (mut corrupt, mut unreadable) = (0u64, 0u64);
     let (mut files, mut blocks_total, mut records_total) = (0u64, 0u64, 0u64);
     for seg in segment::list(dir)? {
         files += 1;
@@ -248,24 +248,34 @@ fn verify(dir: &Path, out: &mut impl Write) -> io::Result<bool> {
                 "{}: ok{state}: {blocks} blocks, {records} records",
                 seg.path.display()
             )?,
-            Err(e) => {
-                intact = false;
+            // The line names the file once; the error names it too.
+            Err(ReadError::Corrupt { offset, error, .. }) => {
+                corrupt += 1;
                 writeln!(
                     out,
-                    "{}: CORRUPT{state} after {blocks} good blocks: {e}",
+                    "{}: CORRUPT{state} after {blocks} good blocks: offset {offset}: {error}",
+                    seg.path.display()
+                )?;
+            }
+            Err(ReadError::Io { source, .. }) => {
+                unreadable += 1;
+                writeln!(
+                    out,
+                    "{}: UNREADABLE{state} after {blocks} good blocks: {source}",
                     seg.path.display()
                 )?;
             }
         }
     }
+    let verdict = match (corrupt, unreadable) {
+        (0, 0) => "all intact".to_owned(),
+        (c, 0) => format!("CORRUPTION FOUND in {c}"),
+        (0, u) => format!("{u} UNREADABLE"),
+        (c, u) => format!("CORRUPTION FOUND in {c}, {u} UNREADABLE"),
+    };
     writeln!(
         out,
-        "{files} segments, {blocks_total} blocks, {records_total} records: {}",
-        if intact {
-            "all intact"
-        } else {
-            "CORRUPTION FOUND"
-        }
+        "{files} segments, {blocks_total} blocks, {records_total} records: {verdict}"
     )?;
-    Ok(intact)
+    Ok(corrupt == 0 && unreadable == 0)
 }
