@@ -12,3 +12,39 @@ pub fn init() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+/// An error and its causes on one line, as `{:#}` prints them, but each
+/// cause only when the text before does not already say it: most of this
+/// crate's errors put their cause in their own message (so that a log line
+/// of the error alone is whole) and also give it as their `source`.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(98);
+        let bound = crate::server::ServeError::Bind {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: io,
+        };
+        let e = anyhow::Error::from(bound);
+        let text = super::one_line(&e);
+        assert_eq!(text.matches("os error 98").count(), 1, "{text}");
+        assert!(text.starts_with("cannot listen on 127.0.0.1:1: "), "{text}");
+        // A cause that is not in the message is still given.
+        let wrapped =
+            anyhow::Error::from(std::io::Error::other("disk gone")).context("while sealing");
+        assert_eq!(super::one_line(&wrapped), "while sealing: disk gone");
+    }
+}

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("trackplane-shipper: {e:#}");
+            eprintln!("trackplane-shipper: {}", trackplane::logging::one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -144,7 +144,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("trackplane: {e:#}");
+            eprintln!("trackplane: {}", trackplane::logging::one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -260,7 +260,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
+                        tracing::error!(error = %trackplane::logging::one_line(&e), "reload rejected; the running configuration stays")
                     }
                 }
                 notifier.notify("READY=1");
