@@ -2,7 +2,9 @@
 //! tuned batching) whose delivery reports are collected for the shipper's
 //! loop, and the mapping of records to messages.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -41,11 +43,49 @@ pub struct Delivery {
 pub struct Reports {
     /// Reports not yet taken by the loop.
     pub pending: Mutex<Vec<Delivery>>,
+    quiet: Quiet,
 }
 
 impl ClientContext for Reports {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka client error");
+        if let Some(left_out) = self.quiet.admit(error.to_string(), Instant::now()) {
+            tracing::warn!(%error, reason, left_out, "kafka client error");
+        }
+    }
+}
+
+/// How often one kind of client error is logged at most.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Client errors, logged once a minute each at most: through a Kafka
+/// outage librdkafka reports every failed connection (about fifty lines a
+/// second against one unreachable broker), and `broker_up` and the lag
+/// metrics already say that the outage goes on.
+#[derive(Default)]
+struct Quiet {
+    /// By error: when it was last logged, and how often it came since.
+    seen: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Quiet {
+    /// Whether to log `error` now; if so, how many of it were left out
+    /// since it was last logged.
+    fn admit(&self, error: String, now: Instant) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get_mut(&error) {
+            Some((last, left_out)) if now.duration_since(*last) < ERROR_LOG_EVERY => {
+                *left_out += 1;
+                None
+            }
+            Some((last, left_out)) => {
+                *last = now;
+                Some(std::mem::take(left_out))
+            }
+            None => {
+                seen.insert(error, (now, 0));
+                Some(0)
+            }
+        }
     }
 }
 
@@ -127,5 +167,22 @@ mod tests {
             assert_eq!(unpack(opaque(s, q)), (s, q));
             assert_ne!(opaque(s, q), WATERMARK);
         }
+    }
+
+    /// Each kind of error is logged when first seen, then once a minute
+    /// with how many were left out; kinds do not hold each other back.
+    #[test]
+    fn client_errors_are_logged_once_a_minute_each() {
+        let q = Quiet::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(q.admit("down".into(), at(0)), Some(0));
+        assert_eq!(q.admit("refused".into(), at(1)), Some(0));
+        for ms in (20..60_000).step_by(20) {
+            assert_eq!(q.admit("down".into(), at(ms)), None);
+        }
+        assert_eq!(q.admit("down".into(), at(60_000)), Some(2999));
+        assert_eq!(q.admit("refused".into(), at(60_001)), Some(0));
+        assert_eq!(q.admit("down".into(), at(60_020)), None);
     }
 }
