@@ -75,7 +75,7 @@ struct TailArgs {
     /// Print counts by type, advertiser and issue instead of records.
     #[arg(long)]
     stats: bool,
-    /// Check every CRC; one line per file; exit 1 on corruption.
+    /// Check every CRC; one line per file; exit 1 on corruption or an unreadable file.
     #[arg(long)]
     verify: bool,
 }
