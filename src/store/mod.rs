@@ -1084,88 +1084,99 @@ mod tests {
         assert_eq!(next, 2000, "every record, in order");
     }
 
+    /// A store of one stream with `before` records already in its ring,
+    /// whose segments `sync_file` fdatasyncs.
+    struct Faulty {
+        dir: tempfile::TempDir,
+        producer: crate::ring::Producer,
+        status: Arc<StoreStatus>,
+        shared: Arc<StreamShared>,
+        store: Store,
+    }
+
+    impl Faulty {
+        fn start(toml: &str, before: std::ops::Range<u64>, sync_file: SyncFile) -> Faulty {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut producer, consumer) = crate::ring::ring(1 << 20);
+            push(&mut producer, before);
+            let (status, shared) = (
+                Arc::<StoreStatus>::default(),
+                Arc::<StreamShared>::default(),
+            );
+            let store = start_syncing(
+                dir.path(),
+                &storage(toml),
+                consumer,
+                status.clone(),
+                Duration::from_millis(10),
+                shared.clone(),
+                sync_file,
+            );
+            Faulty {
+                dir,
+                producer,
+                status,
+                shared,
+                store,
+            }
+        }
+
+        /// Stops the store; checks that nothing was called durable and
+        /// that the segments hold records `0..n`.
+        fn finish_with(self, n: u64) {
+            drop(self.producer);
+            self.store.finish().unwrap();
+            let durable = self.shared.durable_seq.load(Ordering::Acquire);
+            assert_eq!(durable, 0, "nothing called durable");
+            assert_eq!(stored(self.dir.path()), (0..n).collect::<Vec<_>>());
+        }
+    }
+
     /// A failed fdatasync of the syncer's: the records it covered are not
     /// called durable, then or after a later fdatasync succeeds (which
     /// would say nothing about them); new events are refused from then on,
     /// and what was drained is still written at the stop.
     #[test]
     fn after_a_failed_fdatasync_nothing_is_called_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = storage("[storage]\nflush_interval_ms = 5\n");
-        let (mut producer, consumer) = crate::ring::ring(1 << 16);
-        let status = Arc::new(StoreStatus::default());
-        let shared = Arc::new(StreamShared::default());
-        let store = start_syncing(
-            dir.path(),
-            &cfg,
-            consumer,
-            status.clone(),
-            Duration::from_millis(10),
-            shared.clone(),
+        let mut f = Faulty::start(
+            "[storage]\nflush_interval_ms = 5\n",
+            0..10,
             fails_first_sync::<0>,
         );
-        push(&mut producer, 0..10);
-        shared.want_sync(9);
+        f.shared.want_sync(9);
         wait_for("a failed sync", || {
-            status.sync_failed.load(Ordering::Acquire)
+            f.status.sync_failed.load(Ordering::Acquire)
         });
-        assert!(status.refuses(), "new events are refused");
-        assert_eq!(store.metrics.errors.load(Ordering::Relaxed), 1);
+        assert!(f.status.refuses(), "new events are refused");
+        assert_eq!(f.store.metrics.errors.load(Ordering::Relaxed), 1);
         // Records accepted before the refusal showed still reach the file,
         // and a stop syncs and seals it: that fdatasync succeeds.
-        push(&mut producer, 10..20);
+        push(&mut f.producer, 10..20);
         std::thread::sleep(Duration::from_millis(50));
         assert!(
-            status.failing.load(Ordering::Relaxed),
+            f.status.failing.load(Ordering::Relaxed),
             "still refusing after passes"
         );
-        drop(producer);
-        store.finish().unwrap();
-        assert_eq!(
-            shared.durable_seq.load(Ordering::Acquire),
-            0,
-            "nothing called durable"
-        );
-        assert_eq!(stored(dir.path()), (0..20).collect::<Vec<_>>());
+        f.finish_with(20);
     }
 
     /// A rotation whose seal fails to fdatasync is tried again and seals
     /// the segment; but what it holds is not called durable.
     #[test]
     fn a_seal_that_failed_to_sync_confirms_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = storage(
+        let f = Faulty::start(
             "[storage]\nflush_interval_ms = 5\nsync_interval_ms = 60000\n\
              block_max_bytes = 1024\nsegment_max_bytes = 4096\n",
-        );
-        let (mut producer, consumer) = crate::ring::ring(1 << 20);
-        let status = Arc::new(StoreStatus::default());
-        let shared = Arc::new(StreamShared::default());
-        push(&mut producer, 0..2000);
-        let store = start_syncing(
-            dir.path(),
-            &cfg,
-            consumer,
-            status.clone(),
-            Duration::from_millis(10),
-            shared.clone(),
+            0..2000,
             fails_first_sync::<1>,
         );
         wait_for("a failed seal", || {
-            status.sync_failed.load(Ordering::Acquire)
+            f.status.sync_failed.load(Ordering::Acquire)
         });
-        wait_for("a sealed segment", || {
-            store.metrics.segments_sealed.load(Ordering::Relaxed) > 0
-        });
-        assert!(status.refuses(), "new events are refused");
-        drop(producer);
-        store.finish().unwrap();
-        assert_eq!(
-            shared.durable_seq.load(Ordering::Acquire),
-            0,
-            "nothing called durable"
-        );
-        assert_eq!(stored(dir.path()), (0..2000).collect::<Vec<_>>());
+        let sealed = || f.store.metrics.segments_sealed.load(Ordering::Relaxed) > 0;
+        wait_for("a sealed segment", sealed);
+        assert!(f.status.refuses(), "new events are refused");
+        f.finish_with(2000);
     }
 
     /// A syncer that ends by a panic leaves new events refused and nothing
@@ -1181,27 +1192,10 @@ mod tests {
                 panic!("a sync that panics, as the test asks")
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = storage("[storage]\nflush_interval_ms = 5\n");
-        let (mut producer, consumer) = crate::ring::ring(1 << 16);
-        let status = Arc::new(StoreStatus::default());
-        let shared = Arc::new(StreamShared::default());
-        let store = start_syncing(
-            dir.path(),
-            &cfg,
-            consumer,
-            status.clone(),
-            Duration::from_millis(10),
-            shared.clone(),
-            panics_first,
-        );
-        push(&mut producer, 0..10);
-        shared.want_sync(9);
-        wait_for("refusal", || status.refuses());
-        assert!(status.sync_failed.load(Ordering::Acquire));
-        drop(producer);
-        store.finish().unwrap();
-        assert_eq!(shared.durable_seq.load(Ordering::Acquire), 0);
-        assert_eq!(stored(dir.path()), (0..10).collect::<Vec<_>>());
+        let f = Faulty::start("[storage]\nflush_interval_ms = 5\n", 0..10, panics_first);
+        f.shared.want_sync(9);
+        wait_for("refusal", || f.status.refuses());
+        assert!(f.status.sync_failed.load(Ordering::Acquire));
+        f.finish_with(10);
     }
 }
