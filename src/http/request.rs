@@ -253,23 +253,24 @@ fn origin_form(target: &[u8]) -> Result<&[u8], HeadError> {
     if target.first() == Some(&b'/') {
         return Ok(target);
     }
-    let scheme = match target.iter().position(|&b| b == b':') {
-        Some(n @ (4 | 5)) => &target[..n],
-        _ => return Err(HeadError::Malformed),
-    };
-    let rest = &target[scheme.len()..];
-    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https"))
-        || !rest.starts_with(b"://")
+    let after = [&b"http://"[..], b"https://"]
+        .iter()
+        .find(|scheme| {
+            target
+                .get(..scheme.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(scheme))
+        })
+        .map(|scheme| &target[scheme.len()..])
+        .ok_or(HeadError::Malformed)?;
+    // The authority, never empty, ends at the path or, with no path, at
+    // the query.
+    match after
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(after.len())
     {
-        return Err(HeadError::Malformed);
-    }
-    let after = &rest[3..];
-    // The authority ends at the path or, with no path, at the query.
-    match after.iter().position(|&b| b == b'/' || b == b'?') {
-        Some(0) => Err(HeadError::Malformed),
-        Some(n) => Ok(&after[n..]),
-        None if after.is_empty() => Err(HeadError::Malformed),
-        None => Ok(&after[after.len()..]),
+        0 => Err(HeadError::Malformed),
+        n => Ok(&after[n..]),
     }
 }
 
