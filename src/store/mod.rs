@@ -218,13 +218,11 @@ fn syncer(
             let before = streams[i].durable_seq.load(Ordering::Acquire);
             let began = Instant::now();
             match sync_file(&job.file) {
-                Ok(()) if !status.sync_failed.load(Ordering::Acquire) => {
-                    metrics.fsync(began.elapsed(), job.through.saturating_sub(before));
-                    streams[i]
-                        .durable_seq
-                        .fetch_max(job.through, Ordering::AcqRel);
+                Ok(()) => {
+                    if confirm(&status, &streams[i], job.through) {
+                        metrics.fsync(began.elapsed(), job.through.saturating_sub(before));
+                    }
                 }
-                Ok(()) => {}
                 Err(e) => {
                     metrics.errors.fetch_add(1, Ordering::Relaxed);
                     status.fail_sync(&file_name(&job.file), &e);
@@ -239,7 +237,6 @@ fn syncer(
 /// they would otherwise fill the rings, or wait on syncs, unseen.
 struct Watch {
     status: Arc<StoreStatus>,
-    thread: &'static str,
     /// The syncer's: what it was syncing may or may not be on disk.
     syncer: bool,
 }
@@ -248,7 +245,7 @@ impl Drop for Watch {
     fn drop(&mut self) {
         if std::thread::panicking() {
             tracing::error!(
-                thread = self.thread,
+                thread = if self.syncer { "sync" } else { "store" },
                 "a store thread ended by a panic: refusing new events until trackplane is restarted"
             );
             if self.syncer {
@@ -346,7 +343,6 @@ impl Store {
             .spawn(move || {
                 let _watch = Watch {
                     status: ctx.status.clone(),
-                    thread: "store",
                     syncer: false,
                 };
                 ctx.run(streams, syncer)
@@ -374,11 +370,13 @@ impl Store {
 }
 
 /// Calls every record of a stream below `through` durable, unless an
-/// fdatasync ever failed (module header).
-fn confirm(status: &StoreStatus, shared: &StreamShared, through: u64) {
-    if !status.sync_failed.load(Ordering::Acquire) {
+/// fdatasync ever failed (module header); whether it did.
+fn confirm(status: &StoreStatus, shared: &StreamShared, through: u64) -> bool {
+    let trusted = !status.sync_failed.load(Ordering::Acquire);
+    if trusted {
         shared.durable_seq.fetch_max(through, Ordering::AcqRel);
     }
+    trusted
 }
 
 /// Seals a stream's segment when it is due (by size or age) and opens the
@@ -505,7 +503,6 @@ impl Ctx {
             .spawn(move || {
                 let _watch = Watch {
                     status: status.clone(),
-                    thread: "sync",
                     syncer: true,
                 };
                 syncer(rx, shared, metrics, status, sync_file)
