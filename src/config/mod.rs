@@ -29,12 +29,10 @@ pub const MIN_WAKE_LINGER_US: u64 = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {error}")]
+    #[error("{path}: {source}")]
     Read {
         path: PathBuf,
-        /// Not the error's `source`: it is in this message already, and
-        /// `{:#}` would print it twice.
-        error: std::io::Error,
+        source: std::io::Error,
     },
     /// The file is not TOML.
     #[error("{path}: {message}")]
@@ -397,9 +395,9 @@ impl Config {
 
     /// Loads a file merged over the embedded default, and validates it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            error,
+            source,
         })?;
         Self::from_toml_str(&text, &path.display().to_string())
     }

@@ -160,7 +160,7 @@ fn overrides_apply_and_validate() {
 
 /// Every error names where it was found: a value out of range names the
 /// file as a wrong type does, and an unreadable file's error is said once
-/// however the chain is printed.
+/// as the binaries print it.
 #[test]
 fn errors_name_their_file_once() {
     let e = err("[storage]\nzstd_level = 0\n");
@@ -170,7 +170,7 @@ fn errors_name_their_file_once() {
     );
     let missing = std::path::Path::new("/nonexistent/trackplane.toml");
     let e = anyhow::Error::from(Config::load(missing).unwrap_err());
-    let text = format!("{e:#}");
+    let text = crate::logging::one_line(&e);
     assert!(text.starts_with("/nonexistent/trackplane.toml: "), "{text}");
     assert_eq!(text.matches("os error 2").count(), 1, "{text}");
 }
