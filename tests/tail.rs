@@ -23,6 +23,13 @@ fn tail(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The first line of `out` that holds `what`; fails the test without one.
+fn line_with<'a>(out: &'a str, what: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?} in:\n{out}"))
+}
+
 fn lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -107,10 +114,7 @@ fn verify_finds_a_flipped_bit_and_names_file_and_offset() {
     std::fs::write(&seg.path, &bytes).unwrap();
     let (ok, out, _) = tail(&[d, "--verify"]);
     assert!(!ok, "corruption must fail the exit status");
-    let line = out
-        .lines()
-        .find(|l| l.contains("CORRUPT"))
-        .unwrap_or_else(|| panic!("{out}"));
+    let line = line_with(&out, "CORRUPT");
     let path = seg.path.display().to_string();
     assert!(
         line.matches(&path).count() == 1 && line.contains("offset ") && line.contains("CRC"),
@@ -125,10 +129,7 @@ fn verify_finds_a_flipped_bit_and_names_file_and_offset() {
     std::fs::create_dir(&odd).unwrap();
     let (ok, out, _) = tail(&[d, "--verify"]);
     assert!(!ok, "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.contains("0009-"))
-        .unwrap_or_else(|| panic!("{out}"));
+    let line = line_with(&out, "0009-");
     assert!(
         line.contains("UNREADABLE") && line.contains("directory"),
         "{line}"
