@@ -130,6 +130,12 @@ fn route_admin(target: &str, shared: &Arc<Shared>, page: &MetricsPage) -> admin:
         "/readyz" if shared.is_ready() => return admin::Reply::text("200 OK", "ready\n"),
         "/readyz" => return admin::Reply::text("503 Service Unavailable", "not ready\n"),
         "/" => return admin::Reply::html(crate::view::PAGE),
+        _ if path.starts_with("/api/") && shared.view.stopped() => {
+            return admin::Reply::text(
+                "503 Service Unavailable",
+                "the live view stopped: its thread ended by a panic (see the log); restart trackplane to bring it back\n",
+            )
+        }
         "/api/advertisers" => return admin::Reply::json(shared.view.advertisers_json()),
         _ => {}
     }

@@ -163,6 +163,13 @@ impl MetricsPage {
         );
         family(
             &mut out,
+            "trackplane_view_stopped",
+            "gauge",
+            "1 once the live view's thread ended by a panic; the view answers 503 until a restart.",
+            one(u64::from(view.stopped())),
+        );
+        family(
+            &mut out,
             "trackplane_view_viewers",
             "gauge",
             "Live view streams open.",

@@ -212,6 +212,10 @@ pub struct View {
     pub streamed: AtomicU64,
     /// Names, products and recent events not kept: the budget was spent.
     pub over_budget: AtomicU64,
+    /// Set when the view thread ended by a panic: nothing is counted after
+    /// it, so the view answers that it stopped rather than show old counts
+    /// as live ones. Ingestion goes on (a full view ring drops copies).
+    stopped: AtomicBool,
 }
 
 impl Default for View {
@@ -373,7 +377,13 @@ impl View {
             untracked: AtomicU64::new(0),
             streamed: AtomicU64::new(0),
             over_budget: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the view thread ended by a panic (see `stopped`).
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// Locks the view for a run of `Batch::add`; admin readers wait until
@@ -509,12 +519,43 @@ const NAP_QUIET: Duration = Duration::from_millis(250);
 /// Starts the thread that drains the workers' view rings into `view`.
 pub fn spawn(
     view: Arc<View>,
+    rings: Vec<Consumer>,
+    stop: Arc<Bell>,
+) -> std::io::Result<JoinHandle<()>> {
+    spawn_folding(view, rings, stop, |batch, rec| batch.add(rec))
+}
+
+/// Marks the view stopped if its thread ends by a panic, and ends the
+/// viewers' streams, which would otherwise wait for events that never come.
+struct Watch(Arc<View>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the live view's thread ended by a panic: the view answers 503 until trackplane is restarted; ingestion goes on"
+            );
+            self.0.stopped.store(true, Ordering::Release);
+            self.0
+                .subscribers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+    }
+}
+
+/// `spawn`, with what folds a record in given (a test makes it panic).
+fn spawn_folding(
+    view: Arc<View>,
     mut rings: Vec<Consumer>,
     stop: Arc<Bell>,
+    mut fold: impl FnMut(&mut Batch<'_>, &[u8]) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("trackplane-view".into())
         .spawn(move || {
+            let _watch = Watch(view.clone());
             let mut last_forget = std::time::Instant::now();
             while !stop.is_rung() {
                 if last_forget.elapsed() >= Duration::from_secs(60) {
@@ -533,7 +574,7 @@ pub fn spawn(
                     let mut batch = view.batch();
                     drained += ring.drain_pausing(
                         PASS_CHUNK,
-                        |rec| batch.add(rec),
+                        |rec| fold(&mut batch, rec),
                         |backlog| view.class.breathe(backlog),
                     );
                 }
@@ -606,6 +647,37 @@ mod tests {
     fn rec(adv: &str, ty: &str, issues: &str) -> Vec<u8> {
         let status = if issues.is_empty() { "ok" } else { "invalid" };
         format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"{ty}","advertiser":"{adv}","status":"{status}","issues":[{issues}],"params":{{}}}}"#, unix_ms()).into_bytes()
+    }
+
+    #[test]
+    fn a_view_thread_that_panics_says_the_view_stopped_and_ends_its_streams() {
+        let view = Arc::new(View::default());
+        let sub = view.subscribe("shop", false).unwrap();
+        let (mut tx, rx) = crate::ring::ring(1 << 12);
+        let stop = Arc::new(Bell::new().unwrap());
+        let thread =
+            spawn_folding(view.clone(), vec![rx], stop, |_, _| panic!("injected")).unwrap();
+        tx.push(&rec("shop", "view_item", "")).unwrap();
+        assert!(thread.join().is_err());
+        assert!(view.stopped());
+        // The viewer's stream ends instead of waiting for events for good.
+        assert!(matches!(
+            sub.rx.recv_timeout(Duration::from_secs(10)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        ));
+        assert_eq!(view.subscribers(), 0);
+    }
+
+    #[test]
+    fn a_view_thread_that_stops_does_not_say_the_view_stopped() {
+        let view = Arc::new(View::default());
+        let (mut tx, rx) = crate::ring::ring(1 << 12);
+        let stop = Arc::new(Bell::new().unwrap());
+        let thread = spawn(view.clone(), vec![rx], stop.clone()).unwrap();
+        tx.push(&rec("shop", "view_item", "")).unwrap();
+        stop.ring();
+        thread.join().unwrap();
+        assert!(!view.stopped());
     }
 
     #[test]
