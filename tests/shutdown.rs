@@ -190,3 +190,50 @@ fn stopping_logs_how_many_answered_events_were_not_stored() {
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains(&format!("refused={refused}")), "{line}");
 }
+
+/// A stop whose last writes fail too (the disk never came back) exits with
+/// an error, and still says first how many answered events were refused.
+#[test]
+fn a_stop_that_cannot_write_still_logs_how_many_events_were_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = common::process::serve(&data, &["--workers", "1"], &[]);
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut pixel = || {
+        write!(s, "GET /i?adv=demo HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(read_one(&mut s), Some(200), "pixels always answer");
+    };
+    pixel();
+    let open = trackplane::segment::list(&data.join("segments"))
+        .unwrap()
+        .into_iter()
+        .find(|f| f.open)
+        .unwrap()
+        .path;
+    // The kernel refuses the server's writes past a few bytes more than
+    // the open segment holds now (EFBIG, as a full disk gives ENOSPC).
+    let size = std::fs::metadata(&open).unwrap().len();
+    let pid = rustix::process::Pid::from_raw(server.child.id() as i32).unwrap();
+    let fsize = rustix::process::Rlimit {
+        current: Some(size + 10),
+        maximum: None,
+    };
+    rustix::process::prlimit(Some(pid), rustix::process::Resource::Fsize, fsize).unwrap();
+    let refused = |server: &common::process::Served| {
+        common::metric(&server.metrics(), "trackplane_events_refused_total")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refused(&server) < 1.0 {
+        assert!(Instant::now() < deadline, "failing writes never refused");
+        pixel();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = refused(&server);
+    let from = server.log_len();
+    server.signal("-TERM");
+    assert!(!server.wait_exit(Duration::from_secs(20)).success());
+    let line = server.wait_log("not stored", from);
+    assert!(line.contains(&format!("refused={refused}")), "{line}");
+    server.wait_log("cannot write segments", from);
+}

@@ -554,10 +554,6 @@ impl Server {
         for h in self.helpers {
             panicked |= h.join().is_err();
         }
-        stored?;
-        if panicked {
-            return Err(ServeError::Thread("a thread panicked".into()));
-        }
         let refused: u64 = self
             .page
             .workers
@@ -569,6 +565,10 @@ impl Server {
                 refused,
                 "events answered but not stored while this process ran (ring full, disk budget or failing writes)"
             );
+        }
+        stored?;
+        if panicked {
+            return Err(ServeError::Thread("a thread panicked".into()));
         }
         tracing::info!("trackplane stopped");
         Ok(())
