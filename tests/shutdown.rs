@@ -192,17 +192,20 @@ fn stopping_logs_how_many_answered_events_were_not_stored() {
 }
 
 /// A stop whose last writes fail too (the disk never came back) exits with
-/// an error, and still says first how many answered events were refused.
+/// an error and accounts for every answered event: on disk, refused (said
+/// first, as at any stop) or lost at the stop (said, with how many).
 #[test]
-fn a_stop_that_cannot_write_still_logs_how_many_events_were_not_stored() {
+fn a_stop_that_cannot_write_says_what_it_refused_and_what_it_lost() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = common::process::serve(&data, &["--workers", "1"], &[]);
     let mut s = std::net::TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = 0;
     let mut pixel = || {
         write!(s, "GET /i?adv=demo HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         assert_eq!(read_one(&mut s), Some(200), "pixels always answer");
+        sent += 1;
     };
     pixel();
     let open = trackplane::segment::list(&data.join("segments"))
@@ -229,11 +232,25 @@ fn a_stop_that_cannot_write_still_logs_how_many_events_were_not_stored() {
         pixel();
         std::thread::sleep(Duration::from_millis(20));
     }
-    let refused = refused(&server);
+    let refused = refused(&server) as usize;
     let from = server.log_len();
     server.signal("-TERM");
     assert!(!server.wait_exit(Duration::from_secs(20)).success());
     let line = server.wait_log("not stored", from);
     assert!(line.contains(&format!("refused={refused}")), "{line}");
+    let line = server.wait_log("records lost", from);
+    let lost: usize = line
+        .split("records=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {line}"));
+    assert!(lost >= 1, "{line}");
     server.wait_log("cannot write segments", from);
+    let stored = common::records(&data).len();
+    assert_eq!(
+        stored + refused + lost,
+        sent,
+        "stored {stored}, refused {refused}, lost {lost}"
+    );
 }

@@ -611,13 +611,7 @@ impl Ctx {
             if stopping {
                 drop(sync_tx);
                 let _ = syncer.join();
-                for s in streams {
-                    let next = s.writer.next_seq();
-                    s.writer.close()?;
-                    confirm(&self.status, &s.shared, next);
-                    self.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
-                }
-                return Ok(());
+                return self.close(streams);
             }
             // Nap between passes, busy or not: this thread shares the
             // workers' cores, and every pass costs them context switches
@@ -646,6 +640,35 @@ impl Ctx {
                 self.nap(&streams, nap);
             }
         }
+    }
+
+    /// Writes what is pending and seals every stream's segment, at the
+    /// stop. A stream whose writes still fail loses what it held in memory
+    /// (said in the log, with how many); the others are sealed all the
+    /// same, and the first error is returned.
+    fn close(&self, streams: Vec<Stream>) -> std::io::Result<()> {
+        let mut failed = None;
+        for mut s in streams {
+            if let Err(e) = s.writer.write_block() {
+                tracing::error!(
+                    segment = %s.writer.path().display(),
+                    records = s.writer.pending(),
+                    error = %e,
+                    "records lost: the stop's last segment write failed"
+                );
+                note(&mut failed, e);
+                continue;
+            }
+            let next = s.writer.next_seq();
+            match s.writer.close() {
+                Ok(()) => {
+                    confirm(&self.status, &s.shared, next);
+                    self.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => note(&mut failed, e),
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Keeps `StoreStatus::failing` to whether this pass failed, counting
