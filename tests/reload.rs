@@ -43,19 +43,24 @@ fn sighup_reloads_rules_and_catalogs_and_rejects_bad_files() {
     let base =
         "node_id = \"t1\"\n[catalogs]\nreload_interval_ms = 60000\n[server]\naudit_batch = 16\n";
     std::fs::write(&config, format!("{base}[advertisers.demo]\n")).unwrap();
+    std::os::unix::fs::symlink(data.join("nowhere"), data.join("catalogs/early.txt")).unwrap();
     let mut server = common::process::serve(
         &data,
         &["--workers", "1", "--config", config.to_str().unwrap()],
         &[],
     );
     let addr = server.addr;
+    let early = server.wait_log("catalog file unreadable", 0);
+    assert!(early.contains("catalogs/early.txt"), "{early}");
 
     // Before: shop is unknown.
     assert_eq!(pixel(addr, "adv=shop&pid=p1&n=before"), 200);
 
     // A new advertiser and its catalog, picked up at once by SIGHUP (the
-    // catalog poll interval is a minute).
+    // catalog poll interval is a minute). A catalog that cannot be read
+    // beside it is named in the log and keeps nothing else from loading.
     std::fs::write(data.join("catalogs/shop.txt"), "p1\n").unwrap();
+    std::os::unix::fs::symlink(data.join("nowhere"), data.join("catalogs/broken.txt")).unwrap();
     let mark = server.log_len();
     reload(
         &server,
@@ -63,7 +68,16 @@ fn sighup_reloads_rules_and_catalogs_and_rejects_bad_files() {
         &format!("{base}[advertisers.shop]\nredirect_hosts = [\"shop.com\"]\n"),
         "configuration reloaded",
     );
-    server.wait_log("catalogs reloaded", mark);
+    let loaded = server.wait_log("catalogs reloaded", mark);
+    assert!(loaded.contains("shop"), "{loaded}");
+    // Said once: the file already named at the start is not named again.
+    let unreadable = server.wait_log("catalog file unreadable", mark);
+    assert!(unreadable.contains("catalogs/broken.txt"), "{unreadable}");
+    let said = server.log.lock().unwrap()[mark..]
+        .iter()
+        .filter(|l| l.contains("early.txt"))
+        .count();
+    assert_eq!(said, 0);
     assert_eq!(pixel(addr, "adv=shop&pid=p1&n=after"), 200);
 
     // An invalid file: rejected, reason logged, the running rules stay.

@@ -11,7 +11,7 @@
 //! The catalog set is read by workers through an `ArcSwap` and replaced
 //! whole by the reloader thread; workers never wait for a reload.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -175,14 +175,23 @@ pub fn parse_catalog(text: &[u8]) -> ProductSet {
 }
 
 /// Watches a catalog directory and rebuilds what changed. Files are
-/// `<advertiser>.txt`; names starting with `.` are ignored so that a writer
-/// can prepare `.shop.txt.tmp` and rename it into place atomically.
+/// `<advertiser>.txt`, or symbolic links to them (a feed kept elsewhere);
+/// names starting with `.` are ignored so that a writer can prepare
+/// `.shop.txt.tmp` and rename it into place atomically. A file that cannot
+/// be read is reported and skipped: its advertiser keeps the catalog it
+/// had, and every other file still loads.
 #[derive(Debug)]
 pub struct CatalogDir {
     dir: PathBuf,
-    seen: HashMap<String, (SystemTime, u64)>,
+    /// Each loaded file's modification time and size when it was read.
+    seen: HashMap<String, Stamp>,
+    /// Each unreadable file's stamp when it was reported (`None`: not even
+    /// its metadata), so that it is reported again only once it changes.
+    unreadable: HashMap<String, Option<Stamp>>,
     current: Catalogs,
 }
+
+type Stamp = (SystemTime, u64);
 
 /// What one scan of the directory changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -191,6 +200,15 @@ pub struct ScanReport {
     pub loaded: Vec<String>,
     /// Advertisers whose catalog file disappeared.
     pub removed: Vec<String>,
+    /// Catalog files newly found unreadable, each with why.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl ScanReport {
+    /// Whether the catalogs changed (not only new unreadable files).
+    pub fn changed(&self) -> bool {
+        !self.loaded.is_empty() || !self.removed.is_empty()
+    }
 }
 
 impl CatalogDir {
@@ -199,6 +217,7 @@ impl CatalogDir {
         CatalogDir {
             dir: dir.to_owned(),
             seen: HashMap::new(),
+            unreadable: HashMap::new(),
             current: Catalogs::default(),
         }
     }
@@ -214,16 +233,16 @@ impl CatalogDir {
     }
 
     /// Re-reads files whose size or mtime changed. A missing directory is an
-    /// empty one. Returns `None` when nothing changed.
+    /// empty one. Returns `None` when there is nothing to report.
     pub fn scan(&mut self) -> std::io::Result<Option<ScanReport>> {
         let mut report = ScanReport::default();
-        let mut present = Vec::new();
+        let mut present = HashSet::new();
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => Some(e),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let mut next = self.current.clone();
+        let mut next: Option<Catalogs> = None;
         for entry in entries.into_iter().flatten() {
             let entry = entry?;
             let name = entry.file_name();
@@ -234,38 +253,73 @@ impl CatalogDir {
             if name.starts_with('.') || !crate::config::valid_name(advertiser) {
                 continue;
             }
-            let meta = entry.metadata()?;
-            if !meta.is_file() {
-                continue;
-            }
+            let path = entry.path();
+            // Follows a symbolic link. A file that cannot be read counts
+            // as present: its advertiser keeps what it had.
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => meta,
+                Ok(_) => continue,
+                Err(e) => {
+                    present.insert(advertiser.to_owned());
+                    self.report_unreadable(advertiser, None, path, &e, &mut report);
+                    continue;
+                }
+            };
+            present.insert(advertiser.to_owned());
             let stamp = (meta.modified()?, meta.len());
-            present.push(advertiser.to_owned());
             if self.seen.get(advertiser) == Some(&stamp) {
                 continue;
             }
-            let text = std::fs::read(entry.path())?;
-            next = next.with(advertiser, parse_catalog(&text));
-            self.seen.insert(advertiser.to_owned(), stamp);
-            report.loaded.push(advertiser.to_owned());
+            match std::fs::read(&path) {
+                Ok(text) => {
+                    let set = parse_catalog(&text);
+                    let catalogs = next.take().unwrap_or_else(|| self.current.clone());
+                    next = Some(catalogs.with(advertiser, set));
+                    self.seen.insert(advertiser.to_owned(), stamp);
+                    self.unreadable.remove(advertiser);
+                    report.loaded.push(advertiser.to_owned());
+                }
+                Err(e) => self.report_unreadable(advertiser, Some(stamp), path, &e, &mut report),
+            }
         }
+        self.unreadable.retain(|a, _| present.contains(a));
         let gone: Vec<String> = self
             .seen
             .keys()
-            .filter(|a| !present.contains(a))
+            .filter(|a| !present.contains(*a))
             .cloned()
             .collect();
         for advertiser in gone {
             self.seen.remove(&advertiser);
-            next.by_advertiser.remove(advertiser.as_bytes());
+            next.get_or_insert_with(|| self.current.clone())
+                .by_advertiser
+                .remove(advertiser.as_bytes());
             report.removed.push(advertiser);
         }
-        if report.loaded.is_empty() && report.removed.is_empty() {
+        if let Some(next) = next {
+            self.current = next;
+        }
+        if !report.changed() && report.unreadable.is_empty() {
             return Ok(None);
         }
         report.loaded.sort();
         report.removed.sort();
-        self.current = next;
         Ok(Some(report))
+    }
+
+    /// Adds an unreadable file to `report` unless it was reported as it is.
+    fn report_unreadable(
+        &mut self,
+        advertiser: &str,
+        stamp: Option<Stamp>,
+        path: PathBuf,
+        e: &std::io::Error,
+        report: &mut ScanReport,
+    ) {
+        if self.unreadable.get(advertiser) != Some(&stamp) {
+            self.unreadable.insert(advertiser.to_owned(), stamp);
+            report.unreadable.push((path, e.to_string()));
+        }
     }
 }
 
@@ -363,6 +417,65 @@ mod tests {
         std::fs::remove_file(dir.join("shop.txt")).unwrap();
         assert_eq!(cd.scan().unwrap().unwrap().removed, ["shop"]);
         assert!(cd.catalogs().get(b"shop").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_catalog_may_be_a_symbolic_link() {
+        let dir = tempdir();
+        let feeds = dir.with_extension("feeds");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&feeds).unwrap();
+        std::fs::write(feeds.join("shop.txt"), "a\n").unwrap();
+        std::os::unix::fs::symlink(feeds.join("shop.txt"), dir.join("shop.txt")).unwrap();
+        let mut cd = CatalogDir::new(&dir);
+        assert_eq!(cd.scan().unwrap().unwrap().loaded, ["shop"]);
+        assert!(cd.catalogs().get(b"shop").unwrap().contains(b"a"));
+        // A change of the file linked to is a change of the catalog.
+        std::fs::write(feeds.join("shop.txt"), "a\nb\n").unwrap();
+        assert_eq!(cd.scan().unwrap().unwrap().loaded, ["shop"]);
+        assert!(cd.catalogs().get(b"shop").unwrap().contains(b"b"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&feeds).unwrap();
+    }
+
+    /// A file the scan cannot read is said once, not at every scan; its
+    /// advertiser keeps what it had, and the other files load all the same.
+    #[test]
+    fn an_unreadable_catalog_is_reported_once_and_blocks_no_other() {
+        let dir = tempdir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("shop.txt"), "a\n").unwrap();
+        let mut cd = CatalogDir::new(&dir);
+        cd.scan().unwrap();
+        // A link to nothing (its metadata fails) and a file whose read
+        // fails (the kernel answers EIO for memory not mapped at 0).
+        std::fs::remove_file(dir.join("shop.txt")).unwrap();
+        std::os::unix::fs::symlink(dir.join("missing"), dir.join("shop.txt")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/mem", dir.join("mem.txt")).unwrap();
+        std::fs::write(dir.join("other.txt"), "x\n").unwrap();
+        let r = cd.scan().unwrap().unwrap();
+        assert_eq!(r.loaded, ["other"]);
+        assert!(r.removed.is_empty());
+        let mut bad: Vec<_> = r
+            .unreadable
+            .iter()
+            .map(|(p, e)| (p.file_name().unwrap().to_owned(), e.clone()))
+            .collect();
+        bad.sort();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(bad[0].0, "mem.txt");
+        assert!(bad[0].1.contains("os error 5"), "{bad:?}");
+        assert_eq!(bad[1].0, "shop.txt");
+        assert!(bad[1].1.contains("os error 2"), "{bad:?}");
+        assert!(cd.catalogs().get(b"shop").unwrap().contains(b"a"));
+        assert!(cd.catalogs().get(b"other").unwrap().contains(b"x"));
+        assert_eq!(cd.scan().unwrap(), None, "reported once");
+        // Mended, it loads.
+        std::fs::remove_file(dir.join("shop.txt")).unwrap();
+        std::fs::write(dir.join("shop.txt"), "b\n").unwrap();
+        assert_eq!(cd.scan().unwrap().unwrap().loaded, ["shop"]);
+        assert!(cd.catalogs().get(b"shop").unwrap().contains(b"b"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -19,7 +19,7 @@ use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::config::{Config, Durability, EventTypeConfig, ParamSpec};
 use crate::http::Params;
-pub use catalog::{CatalogDir, Catalogs, ProductSet};
+pub use catalog::{CatalogDir, Catalogs, ProductSet, ScanReport};
 pub use issue::{Issue, IssueCode, Issues};
 use redirect::RedirectPolicy;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::audit::CatalogDir;
+use crate::audit::{CatalogDir, ScanReport};
 use crate::bell;
 use crate::server::{notify, Shared};
 
@@ -80,14 +80,34 @@ pub fn spawn_reloader(shared: Arc<Shared>, mut dir: CatalogDir) -> std::io::Resu
                 dir = CatalogDir::new(&want);
             }
             match dir.scan() {
-                Ok(None) if moved => shared.catalogs.store(Arc::new(dir.catalogs().clone())),
-                Ok(Some(report)) => {
-                    shared.catalogs.store(Arc::new(dir.catalogs().clone()));
-                    tracing::info!(loaded = ?report.loaded, removed = ?report.removed, "catalogs reloaded");
+                Ok(report) => {
+                    let report = report.unwrap_or_default();
+                    log_unreadable(&report);
+                    if report.changed() || moved {
+                        shared.catalogs.store(Arc::new(dir.catalogs().clone()));
+                    }
+                    if report.changed() {
+                        tracing::info!(loaded = ?report.loaded, removed = ?report.removed, "catalogs reloaded");
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "catalog scan failed; keeping the current catalogs"),
+                Err(e) => tracing::warn!(
+                    dir = %dir.path().display(),
+                    error = %e,
+                    "catalog scan failed; keeping the current catalogs"
+                ),
             }
         }
     })
+}
+
+/// Names each catalog file a scan could not read (once per change of the
+/// file: the scan reports it only then).
+pub fn log_unreadable(report: &ScanReport) {
+    for (file, error) in &report.unreadable {
+        tracing::warn!(
+            file = %file.display(),
+            %error,
+            "catalog file unreadable; its advertiser keeps the catalog it had"
+        );
+    }
 }

@@ -314,8 +314,12 @@ impl Server {
         };
 
         let mut catalog_dir = CatalogDir::new(&config.catalog_dir());
-        if let Err(e) = catalog_dir.scan() {
-            tracing::warn!(dir = %config.catalog_dir().display(), error = %e, "cannot read catalogs; starting without");
+        match catalog_dir.scan() {
+            Ok(Some(report)) => background::log_unreadable(&report),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(dir = %config.catalog_dir().display(), error = %e, "cannot read catalogs; starting without")
+            }
         }
         let rules = Rules::new(config.clone());
         // Whether the store naps short for `sync` events; a reload updates it.
