@@ -254,18 +254,21 @@ impl CatalogDir {
                 continue;
             }
             let path = entry.path();
-            // Follows a symbolic link. A file that cannot be read counts
-            // as present: its advertiser keeps what it had.
-            let meta = match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => meta,
-                Ok(_) => continue,
+            // Follows a symbolic link.
+            let meta = std::fs::metadata(&path);
+            if meta.as_ref().is_ok_and(|m| !m.is_file()) {
+                continue;
+            }
+            // A file that cannot be read counts as present: its advertiser
+            // keeps what it had.
+            present.insert(advertiser.to_owned());
+            let meta = match meta {
+                Ok(meta) => meta,
                 Err(e) => {
-                    present.insert(advertiser.to_owned());
                     self.report_unreadable(advertiser, None, path, &e, &mut report);
                     continue;
                 }
             };
-            present.insert(advertiser.to_owned());
             let stamp = (meta.modified()?, meta.len());
             if self.seen.get(advertiser) == Some(&stamp) {
                 continue;
