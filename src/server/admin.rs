@@ -201,7 +201,7 @@ fn answer(
     let deadline = std::time::Instant::now() + HEAD_TIMEOUT;
     let mut buf = [0u8; HEAD_BYTES];
     let mut len = 0;
-    let path = loop {
+    let (path, want) = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return timed_out(&mut stream, len);
@@ -221,7 +221,19 @@ fn answer(
         let mut headers = [httparse::EMPTY_HEADER; HEAD_FIELDS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_owned(),
+            Ok(httparse::Status::Complete(_)) => {
+                let want = match req.method {
+                    Some("GET") => Want::Body,
+                    Some("HEAD") => Want::Head,
+                    // Every route only reads: a client that means to change
+                    // something is told it cannot, not answered as a read.
+                    _ => {
+                        let r = Reply::text("405 Method Not Allowed", "GET or HEAD only\n");
+                        return write_reply(&mut stream, &r, Want::Body, "Allow: GET, HEAD\r\n");
+                    }
+                };
+                break (req.path.unwrap_or("/").to_owned(), want);
+            }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             // A head past the buffer or with more headers than it takes.
             Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
@@ -242,7 +254,9 @@ fn answer(
     };
     let r = router(&path);
     match r.stream {
-        None => reply(&mut stream, &r),
+        None => write_reply(&mut stream, &r, want, ""),
+        // The head of a stream: no stream starts.
+        Some(_) if want == Want::Head => write_reply(&mut stream, &r, want, ""),
         Some(body) => {
             let head = format!(
                 "HTTP/1.1 {}\r\nContent-Type: {}\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n",
@@ -260,15 +274,36 @@ fn answer(
     }
 }
 
+/// What a request asked for: the answer, or (HEAD) only its head.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Body,
+    Head,
+}
+
 fn reply(stream: &mut TcpStream, r: &Reply) -> std::io::Result<()> {
+    write_reply(stream, r, Want::Body, "")
+}
+
+/// Writes `r` with `headers` (whole lines) added; for a HEAD, the head
+/// alone, with the length the body would have.
+fn write_reply(
+    stream: &mut TcpStream,
+    r: &Reply,
+    want: Want,
+    headers: &str,
+) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
         r.status,
         r.content_type,
         r.body.len()
     );
     stream.write_all(head.as_bytes())?;
-    stream.write_all(r.body.as_bytes())
+    if want == Want::Body {
+        stream.write_all(r.body.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -351,6 +386,47 @@ mod tests {
         ok.read_to_string(&mut got).unwrap();
         assert!(got.starts_with("HTTP/1.1 200 OK"), "{got:?}");
 
+        stop.ring();
+        admin.join().unwrap();
+    }
+
+    /// Every route only reads: GET answers, HEAD answers the head alone,
+    /// anything else is 405 with the methods that work.
+    #[test]
+    fn get_and_head_answer_other_methods_get_405() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(Bell::new().unwrap());
+        let admin = spawn(
+            listener,
+            stop.clone(),
+            Box::new(|_| Reply::text("200 OK", "ok\n")),
+        )
+        .unwrap();
+        let ask = |method: &str| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(format!("{method} /healthz HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut got = String::new();
+            c.read_to_string(&mut got).unwrap();
+            got
+        };
+        let get = ask("GET");
+        assert!(
+            get.starts_with("HTTP/1.1 200 OK\r\n") && get.ends_with("\r\n\r\nok\n"),
+            "{get:?}"
+        );
+        let head = ask("HEAD");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
+        assert!(
+            head.contains("Content-Length: 3\r\n") && head.ends_with("\r\n\r\n"),
+            "{head:?}"
+        );
+        for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
+            let got = ask(method);
+            assert!(got.starts_with("HTTP/1.1 405 "), "{method}: {got:?}");
+            assert!(got.contains("Allow: GET, HEAD\r\n"), "{method}: {got:?}");
+        }
         stop.ring();
         admin.join().unwrap();
     }
