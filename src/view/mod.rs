@@ -420,12 +420,14 @@ impl View {
         self.batch().add(rec);
     }
 
-    /// A new viewer of one advertiser's events; `None` at the viewer limit.
-    /// The queue starts with the advertiser's recent events.
+    /// A new viewer of one advertiser's events; `None` at the viewer limit
+    /// or once the view stopped. The queue starts with the advertiser's
+    /// recent events.
     pub fn subscribe(&self, advertiser: &str, invalid_only: bool) -> Option<Subscription> {
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subs.retain(|s| s.open.load(Ordering::Acquire));
-        if subs.len() >= MAX_SUBSCRIBERS {
+        // Read under the lock its thread's `Watch` clears the viewers under.
+        if self.stopped() || subs.len() >= MAX_SUBSCRIBERS {
             return None;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(SUBSCRIBER_QUEUE);
@@ -666,6 +668,7 @@ mod tests {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
         ));
         assert_eq!(view.subscribers(), 0);
+        assert!(view.subscribe("shop", false).is_none());
     }
 
     #[test]
