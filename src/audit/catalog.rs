@@ -249,7 +249,8 @@ impl CatalogDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let mut next: Option<Catalogs> = None;
+        // The sets read in this scan, in `report.loaded`'s order.
+        let mut sets = Vec::new();
         for entry in entries.into_iter().flatten() {
             let entry = entry?;
             let name = entry.file_name();
@@ -284,11 +285,10 @@ impl CatalogDir {
                 .and_then(|f| read_catalog(std::io::BufReader::with_capacity(1 << 16, f)));
             match read {
                 Ok(set) => {
-                    let catalogs = next.take().unwrap_or_else(|| self.current.clone());
-                    next = Some(catalogs.with(advertiser, set));
                     self.seen.insert(advertiser.to_owned(), stamp);
                     self.unreadable.remove(advertiser);
                     report.loaded.push(advertiser.to_owned());
+                    sets.push(set);
                 }
                 Err(e) => self.report_unreadable(advertiser, Some(stamp), path, &e, &mut report),
             }
@@ -302,12 +302,18 @@ impl CatalogDir {
             .collect();
         for advertiser in gone {
             self.seen.remove(&advertiser);
-            next.get_or_insert_with(|| self.current.clone())
-                .by_advertiser
-                .remove(advertiser.as_bytes());
             report.removed.push(advertiser);
         }
-        if let Some(next) = next {
+        // A new snapshot (a copy of every advertiser's entry) only when
+        // something changed.
+        if report.changed() {
+            let mut next = self.current.clone();
+            for (advertiser, set) in report.loaded.iter().zip(sets) {
+                next = next.with(advertiser, set);
+            }
+            for advertiser in &report.removed {
+                next.by_advertiser.remove(advertiser.as_bytes());
+            }
             self.current = next;
         }
         if !report.changed() && report.unreadable.is_empty() {
