@@ -313,20 +313,35 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use super::{spawn, Reply, HEAD_TIMEOUT};
+    use super::{spawn, Reply, Router, HEAD_TIMEOUT};
     use crate::bell::Bell;
+
+    /// An admin port on loopback answering through `router`.
+    struct Port {
+        addr: std::net::SocketAddr,
+        stop: Arc<Bell>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Port {
+        fn start(router: Router) -> Port {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = Arc::new(Bell::new().unwrap());
+            let thread = spawn(listener, stop.clone(), router).unwrap();
+            Port { addr, stop, thread }
+        }
+
+        fn stop(self) {
+            self.stop.ring();
+            self.thread.join().unwrap();
+        }
+    }
 
     #[test]
     fn heads_too_slow_too_large_or_malformed_get_their_status() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(Bell::new().unwrap());
-        let admin = spawn(
-            listener,
-            stop.clone(),
-            Box::new(|_| Reply::text("200 OK", "ok\n")),
-        )
-        .unwrap();
+        let port = Port::start(Box::new(|_| Reply::text("200 OK", "ok\n")));
+        let addr = port.addr;
 
         let mut slow = TcpStream::connect(addr).unwrap();
         slow.set_read_timeout(Some(Duration::from_millis(100)))
@@ -386,23 +401,15 @@ mod tests {
         ok.read_to_string(&mut got).unwrap();
         assert!(got.starts_with("HTTP/1.1 200 OK"), "{got:?}");
 
-        stop.ring();
-        admin.join().unwrap();
+        port.stop();
     }
 
     /// Every route only reads: GET answers, HEAD answers the head alone,
     /// anything else is 405 with the methods that work.
     #[test]
     fn get_and_head_answer_other_methods_get_405() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(Bell::new().unwrap());
-        let admin = spawn(
-            listener,
-            stop.clone(),
-            Box::new(|_| Reply::text("200 OK", "ok\n")),
-        )
-        .unwrap();
+        let port = Port::start(Box::new(|_| Reply::text("200 OK", "ok\n")));
+        let addr = port.addr;
         let ask = |method: &str| {
             let mut c = TcpStream::connect(addr).unwrap();
             c.write_all(format!("{method} /healthz HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
@@ -427,20 +434,16 @@ mod tests {
             assert!(got.starts_with("HTTP/1.1 405 "), "{method}: {got:?}");
             assert!(got.contains("Allow: GET, HEAD\r\n"), "{method}: {got:?}");
         }
-        stop.ring();
-        admin.join().unwrap();
+        port.stop();
     }
 
     #[test]
     fn a_request_whose_answer_panics_gives_its_place_back() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(Bell::new().unwrap());
-        let router = Box::new(|target: &str| {
+        let port = Port::start(Box::new(|target: &str| {
             assert!(target != "/boom", "a router's bug");
             Reply::text("200 OK", "ok\n")
-        });
-        let admin = spawn(listener, stop.clone(), router).unwrap();
+        }));
+        let addr = port.addr;
         let get = |path: &str| {
             let mut c = TcpStream::connect(addr).unwrap();
             c.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
@@ -454,7 +457,6 @@ mod tests {
             assert_eq!(get("/boom"), "");
         }
         assert!(get("/ok").starts_with("HTTP/1.1 200 OK"));
-        stop.ring();
-        admin.join().unwrap();
+        port.stop();
     }
 }
