@@ -188,12 +188,7 @@ fn restart_under_load(driver: &str) {
     let signalled = Instant::now();
     old.signal("-USR2");
     let line = old.wait_log("new_pid=", from);
-    let new_pid: u32 = line
-        .split("new_pid=")
-        .nth(1)
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let new_pid: u32 = common::process::log_field(&line, "new_pid");
     let _reaper = Reaper(new_pid);
     let status = old.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "old process exit status {status:?}");

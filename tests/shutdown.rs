@@ -152,6 +152,10 @@ fn tells_systemd_ready_watchdog_and_stopping() {
     assert!(server.wait_exit(Duration::from_secs(20)).success());
 }
 
+fn events_refused(server: &common::process::Served) -> f64 {
+    common::metric(&server.metrics(), "trackplane_events_refused_total")
+}
+
 /// A process that answered events it could not store says so, with how
 /// many, when it stops: here the disk budget refuses them.
 #[test]
@@ -169,20 +173,17 @@ fn stopping_logs_how_many_answered_events_were_not_stored() {
         &["--workers", "1", "--config", config.to_str().unwrap()],
         &[],
     );
-    let refused = |server: &common::process::Served| {
-        common::metric(&server.metrics(), "trackplane_events_refused_total")
-    };
     let mut s = std::net::TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let pad = "x".repeat(300);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while refused(&server) < 3.0 {
+    while events_refused(&server) < 3.0 {
         assert!(Instant::now() < deadline, "the budget never refused");
         write!(s, "GET /i?adv=demo&pad={pad} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         assert_eq!(read_one(&mut s), Some(200), "pixels always answer");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let refused = refused(&server);
+    let refused = events_refused(&server);
     let from = server.log_len();
     server.signal("-TERM");
     assert!(server.wait_exit(Duration::from_secs(20)).success());
@@ -223,28 +224,20 @@ fn a_stop_that_cannot_write_says_what_it_refused_and_what_it_lost() {
         maximum: None,
     };
     rustix::process::prlimit(Some(pid), rustix::process::Resource::Fsize, fsize).unwrap();
-    let refused = |server: &common::process::Served| {
-        common::metric(&server.metrics(), "trackplane_events_refused_total")
-    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while refused(&server) < 1.0 {
+    while events_refused(&server) < 1.0 {
         assert!(Instant::now() < deadline, "failing writes never refused");
         pixel();
         std::thread::sleep(Duration::from_millis(20));
     }
-    let refused = refused(&server) as usize;
+    let refused = events_refused(&server) as usize;
     let from = server.log_len();
     server.signal("-TERM");
     assert!(!server.wait_exit(Duration::from_secs(20)).success());
     let line = server.wait_log("not stored", from);
     assert!(line.contains(&format!("refused={refused}")), "{line}");
     let line = server.wait_log("records lost", from);
-    let lost: usize = line
-        .split("records=")
-        .nth(1)
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no count: {line}"));
+    let lost: usize = common::process::log_field(&line, "records");
     assert!(lost >= 1, "{line}");
     server.wait_log("cannot write segments", from);
     let stored = common::records(&data).len();

@@ -84,6 +84,15 @@ pub fn serve_via(command: &[&str], data_dir: &Path, args: &[&str], env: &[(&str,
     }
 }
 
+/// The value of `key=value` in a log line, parsed.
+pub fn log_field<T: std::str::FromStr>(line: &str, key: &str) -> T {
+    line.split(&format!("{key}="))
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
 impl Served {
     /// Waits for a log line containing `needle` among the lines after
     /// the first `from`.
