@@ -82,6 +82,12 @@
 //!   (`SETTLING`) does nothing and is tried again by the next pressed push.
 //! - The thread is in the idle class exactly while `state` is `IDLE`, or
 //!   `SETTLING`/`LIFTING` during the one system call that changes it.
+//! - The thread's kernel id names it while `state` is `IDLE` or `LIFTING`:
+//!   the thread calls [`Class::end`] as it ends (by a panic too, from the
+//!   store's and the view's `Watch`), which waits out a lift in flight and
+//!   leaves `ENDED`, from which nothing changes a class. Without it a lift
+//!   after the thread's end would re-class whichever thread the kernel
+//!   gave its id to next.
 //! - Within a pass, `backlog` only goes from false to true; only the next
 //!   `start_pass` clears it, so a pass that met a backlog never breathes
 //!   again.
@@ -95,6 +101,7 @@ const NORMAL: u8 = 0;
 const SETTLING: u8 = 1;
 const IDLE: u8 = 2;
 const LIFTING: u8 = 3;
+const ENDED: u8 = 4;
 
 /// One background thread's class and the means to lift it.
 #[derive(Debug)]
@@ -297,6 +304,34 @@ impl Class {
         }
     }
 
+    /// Called by the thread itself as it ends, however it ends: waits for
+    /// a lift in flight (whose system call names this thread's id, still
+    /// its own until it returns), then leaves the class ended, so that no
+    /// later call acts on the id, which the kernel may give to another
+    /// thread.
+    pub fn end(&self) {
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            if state == LIFTING {
+                // A few microseconds; the lifter may need this core.
+                yield_now();
+                continue;
+            }
+            if self
+                .state
+                .compare_exchange(state, ENDED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Whether the thread has ended (see [`Class::end`]).
+    pub fn ended(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ENDED
+    }
+
     /// Idle to normal; whether this call did it.
     #[cold]
     fn to_normal(&self) -> bool {
@@ -312,12 +347,6 @@ impl Class {
             Ok(()) => {
                 self.state.store(NORMAL, Ordering::Release);
                 true
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                // The thread has exited (only by a panic, which logged
-                // itself): nothing to lift, now or at any later call.
-                self.state.store(NORMAL, Ordering::Release);
-                false
             }
             Err(e) => {
                 // Cannot happen once the probe passed; stay IDLE so the
@@ -481,7 +510,7 @@ mod tests {
     }
 
     /// A thread that ended idle (by a panic, in the store or view) is not
-    /// lifted again at every worker's call, each failing and logging.
+    /// lifted after its end: its id may name another thread by then.
     #[test]
     fn a_thread_that_ended_idle_is_not_lifted_again() {
         if skipped() {
@@ -489,11 +518,33 @@ mod tests {
         }
         let class = std::sync::Arc::new(Class::holding(true, 0));
         let c = class.clone();
-        std::thread::spawn(move || c.settle(true)).join().unwrap();
-        assert!(class.is_idle());
+        std::thread::spawn(move || {
+            c.settle(true);
+            c.end();
+        })
+        .join()
+        .unwrap();
+        assert!(class.ended());
         class.lift();
-        assert!(!class.is_idle(), "left idle: every lift would try again");
+        class.lift_if_starved(0);
+        class.rest();
+        assert!(class.ended(), "nothing changes an ended class");
         assert_eq!(class.lifts.load(Ordering::Relaxed), 0, "nothing was lifted");
+    }
+
+    /// `end` waits while a lift's system call names the thread.
+    #[test]
+    fn an_end_waits_for_a_lift_in_flight() {
+        let class = std::sync::Arc::new(Class::holding(false, 0));
+        class.state.store(LIFTING, Ordering::Release);
+        let c = class.clone();
+        let ending = std::thread::spawn(move || c.end());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!ending.is_finished(), "ended while a lift was in flight");
+        assert!(!class.ended());
+        class.state.store(NORMAL, Ordering::Release);
+        ending.join().unwrap();
+        assert!(class.ended());
     }
 
     #[test]

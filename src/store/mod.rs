@@ -234,7 +234,8 @@ fn syncer(
 
 /// Held by the store's threads: one that ends by a panic leaves new events
 /// refused for good (and, the syncer, nothing called durable again), where
-/// they would otherwise fill the rings, or wait on syncs, unseen.
+/// they would otherwise fill the rings, or wait on syncs, unseen. The store
+/// thread's ends its scheduling class however it ends (`sched::Class::end`).
 struct Watch {
     status: Arc<StoreStatus>,
     /// The syncer's: what it was syncing may or may not be on disk.
@@ -243,6 +244,9 @@ struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        if !self.syncer {
+            self.status.class.end();
+        }
         if std::thread::panicking() {
             tracing::error!(
                 thread = if self.syncer { "sync" } else { "store" },
@@ -1146,6 +1150,10 @@ mod tests {
         fn finish_with(self, n: u64) {
             drop(self.producer);
             self.store.finish().unwrap();
+            assert!(
+                self.status.class.ended(),
+                "the store thread ended its class"
+            );
             let durable = self.shared.durable_seq.load(Ordering::Acquire);
             assert_eq!(durable, 0, "nothing called durable");
             assert_eq!(stored(self.dir.path()), (0..n).collect::<Vec<_>>());

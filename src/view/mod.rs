@@ -529,10 +529,12 @@ pub fn spawn(
 
 /// Marks the view stopped if its thread ends by a panic, and ends the
 /// viewers' streams, which would otherwise wait for events that never come.
+/// Ends the thread's scheduling class however it ends (`sched::Class::end`).
 struct Watch(Arc<View>);
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        self.0.class.end();
         if std::thread::panicking() {
             tracing::error!(
                 "the live view's thread ended by a panic: the view answers 503 until trackplane is restarted; ingestion goes on"
@@ -662,6 +664,7 @@ mod tests {
         tx.push(&rec("shop", "view_item", "")).unwrap();
         assert!(thread.join().is_err());
         assert!(view.stopped());
+        assert!(view.class.ended(), "no lift may name the thread's id again");
         // The viewer's stream ends instead of waiting for events for good.
         assert!(matches!(
             sub.rx.recv_timeout(Duration::from_secs(10)),
@@ -681,6 +684,7 @@ mod tests {
         stop.ring();
         thread.join().unwrap();
         assert!(!view.stopped());
+        assert!(view.class.ended());
     }
 
     #[test]
