@@ -20,6 +20,7 @@ on_every_driver!(
     keep_alive_rules,
     limits_answer_with_their_status,
     bad_clients_do_not_disturb_others,
+    a_client_still_sending_past_a_limit_reads_its_status,
     slow_header_gets_408_and_idle_connection_closes,
     connection_cap_per_worker,
     a_client_that_never_reads_is_let_go,
@@ -318,6 +319,86 @@ fn bad_clients_do_not_disturb_others(d: Driver) {
             "bad input {i} left its connection open"
         );
     }
+}
+
+/// Sends `head` then `tail_bytes` more from its own thread, as a client
+/// that writes its whole request before it reads does; reads the one
+/// answer meanwhile. Returns its status (`None` when a reset took it) and
+/// whether every byte was sent (a reset fails the write).
+fn send_all_then_read(
+    s: &common::TestServer,
+    head: &[u8],
+    tail_bytes: usize,
+) -> (Option<u16>, bool) {
+    let mut c = s.connect();
+    let mut w = c.try_clone().unwrap();
+    let head = head.to_vec();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut sent = 0;
+        w.write_all(&head)?;
+        while sent < tail_bytes {
+            w.write_all(&chunk)?;
+            sent += chunk.len();
+        }
+        std::io::Result::Ok(())
+    });
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match std::io::Read::read(&mut c, &mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let status = std::str::from_utf8(&got)
+        .ok()
+        .and_then(|t| t.strip_prefix("HTTP/1.1 "))
+        .and_then(|t| t.get(..3))
+        .and_then(|t| t.parse().ok());
+    let sent = writer.join().unwrap().is_ok();
+    if sent {
+        // The answer is followed by an end of file.
+        assert!(closed(&mut c), "connection left open");
+    }
+    (status, sent)
+}
+
+/// A client that sends far past a limit before it reads (32 MB of target,
+/// or of a body over the limit) gets the status, not a reset: the server
+/// reads and drops what follows its answer for `lingering_close_ms`
+/// (RFC 9112 §9.6). With 0 it closes at once, and the client's writes fail.
+fn a_client_still_sending_past_a_limit_reads_its_status(d: Driver) {
+    const MORE: usize = 32 << 20;
+    let s = start(d, "[server]\nmax_body_bytes = 256\n");
+    let long_target = b"GET /i?adv=demo&x=";
+    let big_body = format!("POST /batch HTTP/1.1\r\nHost: t\r\nContent-Length: {MORE}\r\n\r\n");
+    assert_eq!(send_all_then_read(&s, long_target, MORE), (Some(414), true));
+    assert_eq!(
+        send_all_then_read(&s, big_body.as_bytes(), MORE),
+        (Some(413), true)
+    );
+    assert_eq!(s.get("/healthz").status, 200);
+
+    // A client that stops sending but keeps the connection is let go when
+    // the lingering time is up.
+    let s = start(d, "[server]\nlingering_close_ms = 300\n");
+    let mut c = s.connect();
+    c.write_all(b"GET /i?adv=demo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /i")
+        .unwrap();
+    assert_eq!(read_responses(&mut c, 1)[0].status, 200);
+    let open = || common::metric(&s.metrics(), "trackplane_connections_open");
+    let began = std::time::Instant::now();
+    while open() > 0.0 {
+        assert!(began.elapsed() < Duration::from_secs(5), "never let go");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(closed(&mut c));
+
+    let s = start(d, "[server]\nlingering_close_ms = 0\n");
+    let (_, sent) = send_all_then_read(&s, long_target, MORE);
+    assert!(!sent, "closed at once, the connection is reset");
 }
 
 fn slow_header_gets_408_and_idle_connection_closes(d: Driver) {

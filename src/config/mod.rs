@@ -184,6 +184,11 @@ pub struct ServerConfig {
     /// `send_timeout`): a client that never reads holds no connection for
     /// good.
     pub send_timeout_ms: u64,
+    /// A connection closed after an answer while the client may still be
+    /// sending reads and drops what it sends for up to this long, so that
+    /// the client reads the answer, not a reset (nginx's
+    /// `lingering_close`). 0 closes at once.
+    pub lingering_close_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout_ms: u64,
     /// Bytes of each worker's hand-off ring to the event log.

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut as _;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
@@ -41,6 +41,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     let header_timeout = Duration::from_millis(cfg.header_timeout_ms);
     let body_timeout = Duration::from_millis(cfg.body_timeout_ms);
     let send_timeout = Duration::from_millis(cfg.send_timeout_ms);
+    let lingering = Duration::from_millis(cfg.lingering_close_ms);
     let mut rbuf: Vec<u8> = Vec::with_capacity(INITIAL_READ);
     let mut wbuf: Vec<u8> = Vec::with_capacity(INITIAL_WRITE);
     let mut busy = Busy::new(&worker);
@@ -159,6 +160,12 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             }
         }
         if close {
+            // Bytes past the last answered request: the client may still
+            // be sending (the rest of an oversized head or a refused body).
+            if pos < rbuf.len() && !lingering.is_zero() {
+                busy.set(false);
+                linger(&mut stream, &mut multi, rbuf, Instant::now() + lingering).await;
+            }
             break;
         }
         rbuf.drain(..pos);
@@ -258,6 +265,44 @@ fn send_now(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> std::io::Result<u
         Ok(n) => Ok(n),
         Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(0),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Ends a connection closed after an answer while the client may still be
+/// sending, as nginx's `lingering_close` does: closing with the client's
+/// bytes unread would send a reset, and the client, still writing, could
+/// lose the answer with it (RFC 9112 §9.6). So the answer is followed by
+/// an end of file, and what the client sends meanwhile is read and dropped
+/// until it closes or `until` passes.
+async fn linger(
+    stream: &mut TcpStream,
+    multi: &mut Option<monoio::MultiRecv>,
+    mut buf: Vec<u8>,
+    until: Instant,
+) {
+    // SHUT_WR: the answer, then the end of file.
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    buf.reserve(INITIAL_READ);
+    loop {
+        buf.clear();
+        let got = match multi {
+            Some(multi) => monoio::time::timeout_at(until, multi.recv(&mut buf)).await,
+            None => {
+                let cap = buf.capacity();
+                let read = stream.read(buf.slice_mut(0..cap));
+                // On a timeout the buffer went with the read: done anyway.
+                let Ok((res, slice)) = monoio::time::timeout_at(until, read).await else {
+                    return;
+                };
+                buf = slice.into_inner();
+                Ok(res)
+            }
+        };
+        if !matches!(got, Ok(Ok(n)) if n > 0) {
+            return;
+        }
     }
 }
 
