@@ -303,7 +303,31 @@ fn write_reply(
     if want == Want::Body {
         stream.write_all(r.body.as_bytes())?;
     }
+    linger(stream);
     Ok(())
+}
+
+/// Ends a connection after its answer, the client perhaps still sending (a
+/// body no route reads, the rest of a head past the limit): closing with
+/// its bytes unread would reset the connection, and a client still writing
+/// could lose the answer with it. So the answer is followed by an end of
+/// file, and what comes is read and dropped until the client closes or
+/// `HEAD_TIMEOUT` passes (the data port's `lingering_close_ms`).
+fn linger(stream: &mut TcpStream) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + HEAD_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        if !matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +458,27 @@ mod tests {
             assert!(got.starts_with("HTTP/1.1 405 "), "{method}: {got:?}");
             assert!(got.contains("Allow: GET, HEAD\r\n"), "{method}: {got:?}");
         }
+
+        // A client that sends its whole body before reading gets the 405,
+        // not a reset: the port reads and drops the body after answering.
+        let mut c = TcpStream::connect(addr).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let body = 16 << 20;
+        let writer = std::thread::spawn(move || {
+            w.write_all(
+                format!("POST /healthz HTTP/1.1\r\nContent-Length: {body}\r\n\r\n").as_bytes(),
+            )?;
+            w.write_all(&vec![b'a'; body])
+        });
+        let mut got = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.read_to_end(&mut got).unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 405 "), "{got:?}");
+        writer
+            .join()
+            .unwrap()
+            .expect("the body was taken, not reset");
         port.stop();
     }
 
