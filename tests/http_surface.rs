@@ -371,7 +371,11 @@ fn send_all_then_read(
 /// (RFC 9112 §9.6). With 0 it closes at once, and the client's writes fail.
 fn a_client_still_sending_past_a_limit_reads_its_status(d: Driver) {
     const MORE: usize = 32 << 20;
-    let s = start(d, "[server]\nmax_body_bytes = 256\n");
+    // Time to take 32 MB on a loaded machine, the deadline not under test.
+    let s = start(
+        d,
+        "[server]\nmax_body_bytes = 256\nlingering_close_ms = 30000\n",
+    );
     let long_target = b"GET /i?adv=demo&x=";
     let big_body = format!("POST /batch HTTP/1.1\r\nHost: t\r\nContent-Length: {MORE}\r\n\r\n");
     assert_eq!(send_all_then_read(&s, long_target, MORE), (Some(414), true));

@@ -318,7 +318,7 @@ fn linger(stream: &mut TcpStream) {
         return;
     }
     let deadline = std::time::Instant::now() + HEAD_TIMEOUT;
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; 16 * 1024];
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
