@@ -286,7 +286,7 @@ fn reply(stream: &mut TcpStream, r: &Reply) -> std::io::Result<()> {
 }
 
 /// Writes `r` with `headers` (whole lines) added; for a HEAD, the head
-/// alone, with the length the body would have.
+/// alone, with the length the body would have. Then lingers (`linger`).
 fn write_reply(
     stream: &mut TcpStream,
     r: &Reply,

@@ -206,25 +206,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             started + header_timeout
         };
         let len = rbuf.len();
-        let read = match &mut multi {
-            Some(multi) => monoio::time::timeout_at(deadline, multi.recv(&mut rbuf)).await,
-            None => {
-                let cap = rbuf.capacity();
-                let read = stream.read(rbuf.slice_mut(len..cap));
-                match monoio::time::timeout_at(deadline, read).await {
-                    Ok((res, slice)) => {
-                        rbuf = slice.into_inner();
-                        Ok(res)
-                    }
-                    Err(elapsed) => {
-                        // The buffer went with the read; the connection ends.
-                        rbuf = Vec::new();
-                        Err(elapsed)
-                    }
-                }
-            }
-        };
-        let Ok(res) = read else {
+        let Ok(res) = read_more(&mut stream, &mut multi, &mut rbuf, deadline).await else {
             if len > 0 {
                 worker.handler.borrow_mut().timeout(&mut wbuf);
                 // The deadline just passed: it stands for now.
@@ -284,24 +266,32 @@ async fn linger(
     if stream.shutdown().await.is_err() {
         return;
     }
-    buf.reserve(INITIAL_READ);
     loop {
         buf.clear();
-        let got = match multi {
-            Some(multi) => monoio::time::timeout_at(until, multi.recv(&mut buf)).await,
-            None => {
-                let cap = buf.capacity();
-                let read = stream.read(buf.slice_mut(0..cap));
-                // On a timeout the buffer went with the read: done anyway.
-                let Ok((res, slice)) = monoio::time::timeout_at(until, read).await else {
-                    return;
-                };
-                buf = slice.into_inner();
-                Ok(res)
-            }
-        };
-        if !matches!(got, Ok(Ok(n)) if n > 0) {
+        buf.reserve(INITIAL_READ);
+        if !matches!(read_more(stream, multi, &mut buf, until).await, Ok(Ok(n)) if n > 0) {
             return;
+        }
+    }
+}
+
+/// Reads what comes next onto the end of `buf`, by `deadline`: into its
+/// spare capacity, or the connection's multishot receive's bytes. After a
+/// timeout `buf` is empty: it went with the read, and the connection ends.
+async fn read_more(
+    stream: &mut TcpStream,
+    multi: &mut Option<monoio::MultiRecv>,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<std::io::Result<usize>, monoio::time::error::Elapsed> {
+    match multi {
+        Some(multi) => monoio::time::timeout_at(deadline, multi.recv(buf)).await,
+        None => {
+            let (len, cap) = (buf.len(), buf.capacity());
+            let read = stream.read(std::mem::take(buf).slice_mut(len..cap));
+            let (res, slice) = monoio::time::timeout_at(deadline, read).await?;
+            *buf = slice.into_inner();
+            Ok(res)
         }
     }
 }
