@@ -23,6 +23,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::cell::UnsafeCell;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -221,39 +222,52 @@ impl Consumer {
     /// Like [`Consumer::drain`], reading at most `max` records.
     pub fn drain_at_most(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
         let tail = self.shared.tail.load(Ordering::Acquire);
-        self.drain_to(tail, max, &mut f)
+        self.drain_to(tail, max, &mut |rec: &[u8]| {
+            f(rec);
+            ControlFlow::Continue(())
+        })
+        .0
     }
 
     /// Like [`Consumer::drain`] (what was published when it began, no
     /// more, so a producer that keeps up cannot make it endless), calling
     /// `pause` after every `every` records while more wait, with whether
     /// more than a quarter of the ring still waits ([`Consumer::past_quarter`]).
-    /// Space goes back to the producer before each pause.
+    /// Space goes back to the producer before each pause. A record `f`
+    /// answers `Break` to is not taken: it and every later one stay in the
+    /// ring, and the drain ends there.
     pub fn drain_pausing(
         &mut self,
         every: usize,
-        mut f: impl FnMut(&[u8]),
+        mut f: impl FnMut(&[u8]) -> ControlFlow<()>,
         mut pause: impl FnMut(bool),
     ) -> usize {
         let tail = self.shared.tail.load(Ordering::Acquire);
         let mut n = 0;
         loop {
-            let got = self.drain_to(tail, every.max(1), &mut f);
+            let (got, flow) = self.drain_to(tail, every.max(1), &mut f);
             n += got;
-            if self.head >= tail {
+            if self.head >= tail || flow.is_break() {
                 return n;
             }
             pause(self.past_quarter());
         }
     }
 
-    /// Reads at most `max` records of those published up to `tail`.
-    fn drain_to(&mut self, tail: usize, max: usize, f: &mut impl FnMut(&[u8])) -> usize {
+    /// Reads at most `max` records of those published up to `tail`, up to
+    /// the first one `f` answers `Break` to, which stays unread.
+    fn drain_to(
+        &mut self,
+        tail: usize,
+        max: usize,
+        f: &mut impl FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> (usize, ControlFlow<()>) {
         self.cached_tail = tail;
         let cap = self.shared.capacity();
         let base = self.shared.base();
         let mut n = 0;
         let mut published = self.head;
+        let mut flow = ControlFlow::Continue(());
         while self.head < self.cached_tail && n < max {
             let idx = self.head & (cap - 1);
             // SAFETY: [head, cached_tail) was published by the producer
@@ -270,7 +284,10 @@ impl Consumer {
             // the buffer and published them before tail; they are ours
             // until the Release store of head below.
             let record = unsafe { std::slice::from_raw_parts(base.add(idx + 4), len) };
-            f(record);
+            flow = f(record);
+            if flow.is_break() {
+                break;
+            }
             self.head += padded(len);
             n += 1;
             // A long pass hands space back as it goes, so that the
@@ -281,7 +298,7 @@ impl Consumer {
             }
         }
         self.shared.head.store(self.head, Ordering::Release);
-        n
+        (n, flow)
     }
 
     /// Bytes waiting to be drained.
@@ -366,7 +383,10 @@ mod tests {
         let mut used_at_pauses = Vec::new();
         let n = c.drain_pausing(
             4,
-            |rec| seen.push(rec[0]),
+            |rec| {
+                seen.push(rec[0]);
+                ControlFlow::Continue(())
+            },
             |pressed| {
                 used_at_pauses.push((gauge.used_bytes(), pressed));
                 // Published during the drain: left for the next one.
@@ -380,12 +400,55 @@ mod tests {
         // all of it below a quarter of the ring.
         assert_eq!(used_at_pauses, [(6 * 24, false), (3 * 24, false)]);
         let mut rest = Vec::new();
-        assert_eq!(c.drain_pausing(4, |rec| rest.push(rec[0]), |_| {}), 2);
+        assert_eq!(c.drain_pausing(4, |rec| keep(&mut rest, rec), |_| {}), 2);
         assert_eq!(rest, [99, 99]);
         assert_eq!(
-            c.drain_pausing(4, |_| {}, |_| panic!("nothing to pause for")),
+            c.drain_pausing(
+                4,
+                |_| ControlFlow::Continue(()),
+                |_| panic!("nothing to pause for")
+            ),
             0
         );
+    }
+
+    fn keep(seen: &mut Vec<u8>, rec: &[u8]) -> ControlFlow<()> {
+        seen.push(rec[0]);
+        ControlFlow::Continue(())
+    }
+
+    /// A record the consumer cannot take yet (its store's write failed)
+    /// stays in the ring with every one after it, for the next drain.
+    #[test]
+    fn a_record_refused_by_break_stays_for_the_next_drain() {
+        let (mut p, mut c) = ring(1024);
+        for i in 0..10u8 {
+            p.push(&[i; 20]).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut pauses = 0;
+        let n = c.drain_pausing(
+            4,
+            |rec| {
+                if rec[0] == 6 {
+                    return ControlFlow::Break(());
+                }
+                keep(&mut seen, rec)
+            },
+            |_| pauses += 1,
+        );
+        assert_eq!(n, 6);
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(pauses, 1, "after 4 records; none after the break");
+        assert_eq!(c.backlog(), 4 * 24, "records 6 to 9 still wait");
+        assert_eq!(
+            p.free_bytes(),
+            1024 - 4 * 24,
+            "the 6 taken were handed back"
+        );
+        let mut rest = Vec::new();
+        assert_eq!(c.drain_pausing(4, |rec| keep(&mut rest, rec), |_| {}), 4);
+        assert_eq!(rest, [6, 7, 8, 9]);
     }
 
     /// Pauses say whether more than a quarter of the ring still waits: a
@@ -398,7 +461,11 @@ mod tests {
             p.push(&[i; 20]).unwrap();
         }
         let mut pressed_at = Vec::new();
-        c.drain_pausing(4, |_| {}, |pressed| pressed_at.push(pressed));
+        c.drain_pausing(
+            4,
+            |_| ControlFlow::Continue(()),
+            |pressed| pressed_at.push(pressed),
+        );
         // Waiting at each pause: 384, 288, 192, 96 bytes.
         assert_eq!(pressed_at, [true, true, false, false]);
     }

@@ -13,10 +13,11 @@
 //! - On stop, every record drained is written, synced and its segment
 //!   sealed before `finish` returns.
 //! - A failed write (a full disk, a file-size limit, an I/O error) loses
-//!   nothing drained: the writer cuts off any part of a block it wrote and
-//!   keeps the records pending; `StoreStatus::failing` makes workers refuse
-//!   new events and `/readyz` fail until a write, tried every second,
-//!   succeeds. The thread ends only at a stop.
+//!   nothing: the writer cuts off any part of a block it wrote and keeps
+//!   the records pending, the rest stays in the ring (a drain stops at the
+//!   failure), and `StoreStatus::failing` makes workers refuse new events
+//!   and `/readyz` fail until a write, tried every second, succeeds. The
+//!   thread ends only at a stop.
 //! - A failed fdatasync is not tried again: the kernel may have dropped
 //!   what it held of the file and reports that once, so a later fdatasync
 //!   that succeeds proves nothing. `StoreStatus::sync_failed` is set for
@@ -29,6 +30,7 @@
 pub mod lease;
 pub mod metrics;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -41,7 +43,6 @@ use crate::bell::Bell;
 use crate::config::{FullPolicy, StorageConfig};
 use crate::ring::Consumer;
 use crate::sched::{Class, PASS_CHUNK};
-use crate::segment::format::MAX_BLOCK_BYTES;
 use crate::segment::writer::{BlockStats, SyncFile};
 use crate::segment::{StreamWriter, WriterConfig};
 pub use metrics::StoreMetrics;
@@ -647,16 +648,22 @@ impl Ctx {
     }
 
     /// Writes what is pending and seals every stream's segment, at the
-    /// stop. A stream whose writes still fail loses what it held in memory
-    /// (said in the log, with how many); the others are sealed all the
-    /// same, and the first error is returned.
+    /// stop. A stream whose writes still fail loses what it held in memory,
+    /// pending or left in its ring (said in the log, with how many); the
+    /// others are sealed all the same, and the first error is returned.
     fn close(&self, streams: Vec<Stream>) -> std::io::Result<()> {
         let mut failed = None;
         for mut s in streams {
-            if let Err(e) = s.writer.write_block() {
+            // A write that failed in the last pass left the rest of the
+            // ring undrained: one more try takes it.
+            let last = self
+                .drain(&mut s)
+                .and_then(|_| s.writer.write_block().map(drop));
+            if let Err(e) = last {
+                let left = s.consumer.drain(|_| {});
                 tracing::error!(
                     segment = %s.writer.path().display(),
-                    records = s.writer.pending(),
+                    records = u64::from(s.writer.pending()) + left as u64,
                     error = %e,
                     "records lost: the stop's last segment write failed"
                 );
@@ -744,29 +751,28 @@ impl Ctx {
         } = s;
         let (metrics, status) = (&self.metrics, &*self.status);
         let class = &status.class;
-        // Records that could not be kept after a write failed.
-        let mut lost = 0u64;
+        // Records the segment format cannot hold (none the workers encode).
+        let mut unstorable = 0u64;
         let n = consumer.drain_pausing(
             PASS_CHUNK,
             |rec| {
+                // After a failed write the rest stays in the ring, where
+                // nothing is lost, until a write works again (module
+                // header); the block that failed stays pending.
+                if result.is_err() {
+                    return ControlFlow::Break(());
+                }
                 if rec.len() < RING_PREFIX {
-                    return;
+                    return ControlFlow::Continue(());
                 }
                 let seq = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
                 let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
-                let rec = &rec[RING_PREFIX..];
-                if result.is_err() {
-                    // A write failed in this drain: what it still takes from
-                    // the ring (at most what the ring held) stays pending
-                    // with the rest, within what one block may hold.
-                    let room = writer.pending_bytes() + 4 + rec.len() <= MAX_BLOCK_BYTES;
-                    if !(room && writer.append(seq, ts, rec).is_ok()) {
-                        lost += 1;
-                    }
-                    return;
+                if let Err(e) = writer.append(seq, ts, &rec[RING_PREFIX..]) {
+                    unstorable += 1;
+                    tracing::error!(segment = %writer.path().display(), seq, error = %e, "record not stored");
+                    return ControlFlow::Continue(());
                 }
-                result = writer.append(seq, ts, rec);
-                if result.is_ok() && writer.block_full() {
+                if writer.block_full() {
                     // A segment ends at its size however much one pass drains.
                     result = write_block(writer, class).and_then(|stats| {
                         if let Some(stats) = stats {
@@ -775,15 +781,12 @@ impl Ctx {
                         rotate_if_due(writer, shared, requested, metrics, status)
                     });
                 }
+                ControlFlow::Continue(())
             },
             |backlog| class.breathe(backlog),
         );
-        if lost > 0 {
-            tracing::error!(
-                segment = %s.writer.path().display(),
-                records = lost,
-                "records lost: a segment write failed and they did not fit in the block kept pending"
-            );
+        if unstorable > 0 {
+            metrics.errors.fetch_add(1, Ordering::Relaxed);
         }
         result.map(|()| n)
     }

@@ -29,6 +29,7 @@ pub mod window;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -578,7 +579,10 @@ fn spawn_folding(
                     let mut batch = view.batch();
                     drained += ring.drain_pausing(
                         PASS_CHUNK,
-                        |rec| fold(&mut batch, rec),
+                        |rec| {
+                            fold(&mut batch, rec);
+                            ControlFlow::Continue(())
+                        },
                         |backlog| view.class.breathe(backlog),
                     );
                 }
