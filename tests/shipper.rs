@@ -1,8 +1,9 @@
 //! The shipper against a real Kafka-protocol broker (tansu on loopback):
 //! every event arrives exactly once after dedupe by id with its bytes
 //! unchanged, through kill -9 of the shipper and a broker outage;
-//! watermarks reach every partition and never go back; retention deletes
-//! only shipped segments.
+//! watermarks reach every partition, never go back, and never pass an
+//! event a server still holds while its segment writes fail; retention
+//! deletes only shipped segments.
 
 mod common;
 
@@ -240,6 +241,106 @@ fn every_event_arrives_once_unchanged_with_watermarks_everywhere() {
             assert!(p.next_seq > 0);
         }
     }
+}
+
+/// A pixel to a server running as its own process: its answer's status.
+fn pixel(addr: std::net::SocketAddr, n: &str) -> u16 {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!("GET /i?adv=demo&n={n} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    std::io::Write::write_all(&mut c, req.as_bytes()).unwrap();
+    common::read_responses(&mut c, 1)[0].status
+}
+
+/// Sets the soft file-size limit of process `pid` (`None`: no limit).
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    use rustix::process::{prlimit, Pid, Resource, Rlimit};
+    let pid = Pid::from_raw(pid as i32);
+    prlimit(
+        pid,
+        Resource::Fsize,
+        Rlimit {
+            current: bytes,
+            maximum: None,
+        },
+    )
+    .unwrap();
+}
+
+/// While its server cannot write segments (here a file-size limit on the
+/// server's process, as a full disk), an idle stream's watermark stops
+/// below the events the server accepted and holds in memory. They reach
+/// Kafka once writes work again, with the time they were received, and
+/// no watermark before them in their partition is past that time: a
+/// consumer would have dropped them as late.
+#[test]
+fn watermarks_wait_for_events_a_server_holds_while_its_writes_fail() {
+    let broker = broker_with_topics(None);
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::process::serve(dir.path(), &["--workers", "1"], &[]);
+    let shipper = ship(config(dir.path(), &broker.bootstrap(), ""));
+    for i in 0..10 {
+        assert_eq!(pixel(server.addr, &format!("before-{i}")), 200);
+    }
+    wait_for("the first acks", Duration::from_secs(30), || {
+        shipper.metrics.acked.load(Ordering::Relaxed) >= 10
+    });
+    let open = list(&dir.path().join("segments"))
+        .unwrap()
+        .into_iter()
+        .find(|s| s.open)
+        .unwrap();
+    let size = std::fs::metadata(&open.path).unwrap().len();
+    limit_file_size(server.child.id(), Some(size + 10));
+    for i in 0..5 {
+        assert_eq!(pixel(server.addr, &format!("held-{i}")), 200);
+    }
+    wait_for(
+        "the server's writes to fail",
+        Duration::from_secs(10),
+        || common::metric(&server.metrics(), "trackplane_store_failing") == 1.0,
+    );
+    // Watermarks every 200 ms: by the wall clock alone they would pass the
+    // held events after the flush window and a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    limit_file_size(server.child.id(), None);
+    wait_for("the held events' acks", Duration::from_secs(30), || {
+        shipper.metrics.acked.load(Ordering::Relaxed) >= 15
+    });
+    std::thread::sleep(Duration::from_millis(600)); // watermarks after them
+    let want = on_disk(dir.path());
+    assert_eq!(want.len(), 15);
+    let (events, watermarks) = read_back(&broker.bootstrap(), &want, Duration::from_secs(30));
+    assert_eq!(check_delivery(&events, &want), 0);
+    let mut all: Vec<&common::kafka::Msg> = events.iter().chain(&watermarks).collect();
+    all.sort_by_key(|m| (m.topic.clone(), m.partition, m.offset));
+    // Per partition, in offset order: the highest watermark so far of
+    // each stream, and every event at or past it.
+    let mut highest: HashMap<(String, i32, u64), u64> = HashMap::new();
+    let mut held_seen = 0;
+    for m in all {
+        let v: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
+        if m.is_watermark() {
+            let key = (m.topic.clone(), m.partition, v["stream"].as_u64().unwrap());
+            let wm = v["event_time_ms"].as_u64().unwrap();
+            let e = highest.entry(key).or_default();
+            *e = (*e).max(wm);
+            continue;
+        }
+        let id = v["id"].as_str().unwrap();
+        let stream: u64 = id.rsplit('-').nth(1).unwrap().parse().unwrap();
+        let ts = v["ts_ms"].as_u64().unwrap();
+        let wm = highest
+            .get(&(m.topic.clone(), m.partition, stream))
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            ts >= wm,
+            "{id} (received at {ts}) arrived after a watermark of {wm}, {} ms past it",
+            wm - ts
+        );
+        held_seen += usize::from(v["params"]["n"].as_str().unwrap().starts_with("held-"));
+    }
+    assert_eq!(held_seen, 5);
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! every record reaches its segment, in order, once writes work again. The
 //! refusal is real: a file-size limit (RLIMIT_FSIZE) makes the kernel
 //! answer the store's writes with EFBIG, as a full file system answers
-//! ENOSPC. The limit is the whole process's, so this file holds one test.
+//! ENOSPC. Meanwhile the stream's lease says how far it is written, so
+//! that the shipper's watermark waits for what is held. The limit is the
+//! whole process's, so this file holds one test.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use trackplane::config::Config;
 use trackplane::ring::ring;
 use trackplane::sched::Class;
 use trackplane::segment::{list, SegmentReader};
+use trackplane::store::lease::{written_through, HeldLocks, StreamLeases};
 use trackplane::store::{segments_dir, Store, StoreStatus, StreamShared, StreamSpec};
 
 /// Sets the soft limit, `None` back up to the hard one.
@@ -42,6 +45,9 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// far larger than the file-size limit.
 const RECORD_BYTES: usize = 1024;
 
+/// When every record was received.
+const RECEIVED_MS: u64 = 1_700_000_000_000;
+
 /// 72 MiB of records: more than the 64 MiB that one block may hold at all
 /// (`segment::format::MAX_BLOCK_BYTES`), which is what a store that kept
 /// draining after a failed write used to gather, losing the rest.
@@ -68,7 +74,7 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
     for seq in 0..RECORDS {
         rec.clear();
         rec.extend_from_slice(&seq.to_le_bytes());
-        rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+        rec.extend_from_slice(&RECEIVED_MS.to_le_bytes());
         rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}","noise":""#).as_bytes());
         while rec.len() < 16 + RECORD_BYTES - 2 - 8 {
             // xorshift64: letters no block compresses to a few KiB.
@@ -81,6 +87,9 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
         producer.push(&rec).unwrap();
     }
 
+    // The server's lease on the stream, as the shipper looks at it.
+    let _lease = StreamLeases::acquire(dir.path(), 1).unwrap();
+    let marked = || written_through(dir.path(), 0, &HeldLocks::read());
     // Room for the segment's header, not for one block.
     limit_file_size(Some(4096));
     let status = Arc::new(StoreStatus::new(false, Class::new(false)));
@@ -103,11 +112,20 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
     );
     assert!(store.metrics.errors.load(Ordering::Relaxed) >= 1);
     assert_eq!(store.metrics.records.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        marked(),
+        Some(RECEIVED_MS),
+        "the lease says nothing received since is written"
+    );
 
     limit_file_size(None);
     wait_for("the ring to be drained", || waiting.used_bytes() == 0);
     wait_for("writes to work again", || {
         !status.failing.load(Ordering::Relaxed)
+    });
+    let resumed_ms = trackplane::clock::unix_ms();
+    wait_for("the lease to say everything is written", || {
+        marked().is_some_and(|t| t >= resumed_ms)
     });
     store.finish().unwrap();
 

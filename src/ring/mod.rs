@@ -301,6 +301,31 @@ impl Consumer {
         (n, flow)
     }
 
+    /// The oldest record not yet drained, left in the ring.
+    pub fn peek(&mut self) -> Option<&[u8]> {
+        let tail = self.shared.tail.load(Ordering::Acquire);
+        let cap = self.shared.capacity();
+        let base = self.shared.base();
+        while self.head < tail {
+            let idx = self.head & (cap - 1);
+            // SAFETY: as in `drain_to`: [head, tail) was published by the
+            // producer (Acquire load above) and is untouched until head
+            // moves past it; idx + 4 <= cap.
+            let len =
+                u32::from_le_bytes(unsafe { base.add(idx).cast::<[u8; 4]>().read_unaligned() });
+            if len == WRAP {
+                // Nothing to read before the start: skipped as a drain
+                // skips it (the space goes back with the next drain's head).
+                self.head += cap - idx;
+                continue;
+            }
+            // SAFETY: as in `drain_to`; the record stays ours while the
+            // borrow of self lasts, since only a drain moves head past it.
+            return Some(unsafe { std::slice::from_raw_parts(base.add(idx + 4), len as usize) });
+        }
+        None
+    }
+
     /// Bytes waiting to be drained.
     pub fn backlog(&self) -> usize {
         self.shared.tail.load(Ordering::Acquire) - self.head
@@ -415,6 +440,25 @@ mod tests {
     fn keep(seen: &mut Vec<u8>, rec: &[u8]) -> ControlFlow<()> {
         seen.push(rec[0]);
         ControlFlow::Continue(())
+    }
+
+    #[test]
+    fn peek_shows_the_oldest_record_and_leaves_it() {
+        let (mut p, mut c) = ring(1024);
+        assert_eq!(c.peek(), None);
+        for i in 0..4u8 {
+            p.push(&[i; 200]).unwrap();
+        }
+        assert_eq!(c.peek().map(|r| r[0]), Some(0));
+        assert_eq!(c.drain_at_most(4, |_| {}), 4);
+        // 816 bytes used so far: this one wraps to the start, past the
+        // marker peek must skip.
+        p.push(&[4; 250]).unwrap();
+        assert_eq!(c.peek().map(|r| (r[0], r.len())), Some((4, 250)));
+        assert_eq!(c.peek().map(|r| r[0]), Some(4), "still there");
+        assert_eq!(drain_all(&mut c), vec![vec![4; 250]]);
+        assert_eq!(c.peek(), None);
+        assert_eq!(p.free_bytes(), 1024);
     }
 
     /// A record the consumer cannot take yet (its store's write failed)

@@ -259,6 +259,12 @@ impl StreamWriter {
         self.count
     }
 
+    /// The earliest event time among the records waiting in the block
+    /// being built.
+    pub fn pending_min_ts(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.min_ts)
+    }
+
     /// Compresses (in one go) and writes the block being built, if any.
     pub fn write_block(&mut self) -> io::Result<Option<BlockStats>> {
         self.write_block_in(usize::MAX, &mut || {})

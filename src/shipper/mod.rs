@@ -197,6 +197,11 @@ impl Shipper {
             (Instant::now(), Instant::now(), Instant::now());
         loop {
             let stopping = stop.load(Ordering::Acquire);
+            // How far each server has written is read before this round
+            // reads the segments: a stream found caught up below has then
+            // been read past everything written before the mark.
+            let marks = (Instant::now().duration_since(last_watermark) >= watermark_every)
+                .then(|| self.lease_marks());
             let mut produced = 0;
             if !stopping {
                 let ids: Vec<u32> = self.streams.keys().copied().collect();
@@ -215,8 +220,8 @@ impl Shipper {
                 self.checkpoint_all();
                 last_checkpoint = now;
             }
-            if now.duration_since(last_watermark) >= watermark_every {
-                self.watermarks();
+            if let Some(marks) = marks {
+                self.watermarks(&marks);
                 last_watermark = now;
             }
             if now.duration_since(last_housekeeping) >= Duration::from_secs(1) {
@@ -405,23 +410,52 @@ impl Shipper {
         }
     }
 
-    /// The event time below which everything of `st` is acknowledged.
-    fn watermark_of(st: &StreamState, flush_ms: u64) -> u64 {
+    /// The event time below which everything of `st` is acknowledged, at
+    /// `now_ms`, with `written_through` from the stream's lease while a
+    /// live server holds it (`store::lease`).
+    fn watermark_of(
+        st: &StreamState,
+        flush_ms: u64,
+        now_ms: u64,
+        written_through: Option<u64>,
+    ) -> u64 {
         let wm = match st.blocks.front() {
             // The first block not fully acknowledged bounds it.
             Some(b) => b.min_ts.saturating_sub(1),
             // Nothing unacknowledged was read: if the stream is caught up,
-            // anything it will still write is younger than the flush window.
+            // anything it will still write is younger than the flush
+            // window, and than what its server still holds in memory (a
+            // segment write failing).
             None if st.caught_up && st.in_flight == 0 => {
-                unix_ms().saturating_sub(flush_ms + 1000).max(st.acked_ts)
+                let idle = now_ms.saturating_sub(flush_ms + 1000);
+                let held = written_through.map_or(u64::MAX, |t| t.saturating_sub(1));
+                idle.min(held).max(st.acked_ts)
             }
             None => st.acked_ts,
         };
         wm.max(st.last_watermark)
     }
 
-    /// Sends each stream's watermark to every partition of every topic.
-    fn watermarks(&mut self) {
+    /// The time (Unix ms) and, per stream, how far a live server holding
+    /// it has written (`store::lease`), for the next watermarks.
+    fn lease_marks(&self) -> (u64, BTreeMap<u32, Option<u64>>) {
+        let locks = crate::store::lease::HeldLocks::read();
+        let now_ms = unix_ms();
+        let marks = self
+            .streams
+            .keys()
+            .map(|&stream| {
+                let mark =
+                    crate::store::lease::written_through(&self.config.data_dir, stream, &locks);
+                (stream, mark)
+            })
+            .collect();
+        (now_ms, marks)
+    }
+
+    /// Sends each stream's watermark to every partition of every topic,
+    /// from `lease_marks` taken before the segments were last read.
+    fn watermarks(&mut self, (now_ms, marks): &(u64, BTreeMap<u32, Option<u64>>)) {
         let mut topics: Vec<String> = vec![self.config.shipper.default_topic.clone()];
         topics.extend(self.config.shipper.topics.values().cloned());
         topics.sort();
@@ -456,7 +490,11 @@ impl Shipper {
             .store(u64::from(connected), Ordering::Relaxed);
         let flush_ms = self.config.storage.flush_interval_ms;
         for (&stream, st) in self.streams.iter_mut() {
-            let wm = Self::watermark_of(st, flush_ms);
+            // A stream found after the marks were taken waits for the next.
+            let Some(&written) = marks.get(&stream) else {
+                continue;
+            };
+            let wm = Self::watermark_of(st, flush_ms, *now_ms, written);
             st.last_watermark = wm;
             let body = format!(
                 "{{\"watermark\":true,\"node\":\"{}\",\"stream\":{stream},\"event_time_ms\":{wm}}}",
@@ -580,7 +618,10 @@ fn rewind(st: &mut StreamState, metrics: &ShipperMetrics) {
     backoff(st);
 }
 
+/// Holds a stream back after a failure; until it reads to the end again it
+/// is not caught up (its watermark then waits at what is acknowledged).
 fn backoff(st: &mut StreamState) {
+    st.caught_up = false;
     st.retry_at = Some(Instant::now() + st.backoff);
     st.backoff = (st.backoff * 2).min(Duration::from_secs(30));
 }
@@ -735,5 +776,50 @@ mod dead_letter_tests {
         );
         assert_eq!(lines[1]["record"], "not json \"quoted\"");
         assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 2);
+    }
+}
+
+#[cfg(test)]
+mod watermark_tests {
+    use super::*;
+
+    /// A stream read to its end with every record acknowledged, the last
+    /// one received at `acked_ts`.
+    fn caught_up(acked_ts: u64) -> StreamState {
+        StreamState {
+            follower: Follower::new(std::path::Path::new("/nonexistent"), 0, 0, None),
+            current: None,
+            window: AckWindow::new(0),
+            blocks: VecDeque::new(),
+            in_flight: 0,
+            acked_ts,
+            checkpointed: 0,
+            read_through: 0,
+            caught_up: true,
+            retry_at: None,
+            backoff: Duration::from_millis(100),
+            last_watermark: 0,
+        }
+    }
+
+    /// An idle stream's watermark follows the clock, less the flush window
+    /// and a second, but never passes a record its live server still holds
+    /// in memory (a segment write failing): that record is written later
+    /// with the time it was received.
+    #[test]
+    fn an_idle_streams_watermark_waits_for_what_its_server_still_holds() {
+        let now = 1_800_000_000_000;
+        let mut st = caught_up(now - 120_000);
+        let wm = |st: &StreamState, held| Shipper::watermark_of(st, 100, now, held);
+        // No live server holds the stream: nothing can be held for it.
+        assert_eq!(wm(&st, None), now - 1100);
+        // Its server has written all but the flush window.
+        assert_eq!(wm(&st, Some(now - 80)), now - 1100);
+        // Its server holds a record received a minute ago.
+        assert_eq!(wm(&st, Some(now - 60_000)), now - 60_001);
+        // Never below what is acknowledged, nor what was already sent.
+        assert_eq!(wm(&st, Some(now - 600_000)), now - 120_000);
+        st.last_watermark = now - 1100;
+        assert_eq!(wm(&st, Some(now - 60_000)), now - 1100);
     }
 }

@@ -184,6 +184,35 @@ struct Stream {
     shared: Arc<StreamShared>,
     /// Highest sequence (exclusive) handed to the syncer.
     requested: u64,
+    /// The stream's lease file, when it has one, and the time last marked
+    /// on it (`lease::mark`).
+    lease: Option<(std::fs::File, u64)>,
+}
+
+impl Stream {
+    /// Marks the lease with the receive time before which every record of
+    /// the stream is written: the oldest one still in memory (pending, or
+    /// first in the ring), or else when the pass began.
+    fn mark_lease(&mut self, pass_began_ms: u64) {
+        let Some((file, marked)) = &mut self.lease else {
+            return;
+        };
+        let in_ring = self
+            .consumer
+            .peek()
+            .and_then(|rec| rec.get(8..RING_PREFIX))
+            .and_then(|ts| ts.try_into().ok())
+            .map(u64::from_le_bytes);
+        let through = [self.writer.pending_min_ts(), in_ring]
+            .into_iter()
+            .flatten()
+            .fold(pass_began_ms, u64::min);
+        // A failure leaves the old mark, which is only ever older: the
+        // shipper's watermark waits longer.
+        if through != *marked && lease::mark(file, through).is_ok() {
+            *marked = through;
+        }
+    }
 }
 
 /// An fdatasync for the syncer: once `file` is synced, every record of
@@ -314,11 +343,18 @@ impl Store {
             spec.shared
                 .durable_seq
                 .store(spec.next_seq, Ordering::Release);
+            // Held by the server for this stream; absent in a bare store.
+            let lease = std::fs::OpenOptions::new()
+                .write(true)
+                .open(lease::path(data_dir, spec.stream))
+                .ok()
+                .map(|file| (file, 0));
             streams.push(Stream {
                 consumer: spec.consumer,
                 writer,
                 shared: spec.shared,
                 requested: spec.next_seq,
+                lease,
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -527,6 +563,7 @@ impl Ctx {
         let mut last_budget = Instant::now() - Duration::from_secs(10);
         let mut wanted: Vec<u64> = Vec::with_capacity(streams.len());
         loop {
+            let began_ms = crate::clock::unix_ms();
             let stopping = self.stop.load(Ordering::Acquire);
             // While writes fail, workers refuse new events and nothing more
             // is drained (what was drained stays pending, in memory, until
@@ -613,6 +650,9 @@ impl Ctx {
                 last_budget = now;
             }
             self.settle_failure(failed);
+            for s in streams.iter_mut() {
+                s.mark_lease(began_ms);
+            }
             if stopping {
                 drop(sync_tx);
                 let _ = syncer.join();
@@ -748,6 +788,7 @@ impl Ctx {
             writer,
             shared,
             requested,
+            ..
         } = s;
         let (metrics, status) = (&self.metrics, &*self.status);
         let class = &status.class;
