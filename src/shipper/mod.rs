@@ -822,4 +822,15 @@ mod watermark_tests {
         st.last_watermark = now - 1100;
         assert_eq!(wm(&st, Some(now - 60_000)), now - 1100);
     }
+
+    /// After a delivery failure the stream is read again from its last
+    /// acknowledged record: until it is read to the end once more, its
+    /// watermark waits at what is acknowledged.
+    #[test]
+    fn a_rewound_stream_is_not_read_to_its_end() {
+        let now = 1_800_000_000_000;
+        let mut st = caught_up(now - 120_000);
+        rewind(&mut st, &ShipperMetrics::default());
+        assert_eq!(Shipper::watermark_of(&st, 100, now, None), now - 120_000);
+    }
 }
