@@ -1,6 +1,13 @@
 //! Log setup shared by both binaries: `tracing` to stderr, filtered by
 //! `RUST_LOG` (default `info`), colors only on a terminal (journald gets
 //! plain lines). Logs carry sentences and fields, never personal data.
+//!
+//! A log line that cannot be written (stderr a file on a full disk, a pipe
+//! whose reader went away) is dropped: the process goes on serving and
+//! keeping events. tracing-subscriber's own report of such a failure
+//! prints to stderr with `eprintln!`, which panics when that fails too, so
+//! it is off; a panic in the store's thread, or in one already unwinding,
+//! would end the process with the events it held.
 
 /// Installs the subscriber; call once at the start of a binary.
 pub fn init() {
@@ -10,6 +17,7 @@ pub fn init() {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .init();
 }
 
