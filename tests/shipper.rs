@@ -343,6 +343,72 @@ fn watermarks_wait_for_events_a_server_holds_while_its_writes_fail() {
     assert_eq!(held_seen, 5);
 }
 
+/// Records gone from disk before they were shipped (sealed segments that
+/// the server's `drop_oldest` policy deleted through a long Kafka outage,
+/// or a file that recovery quarantined) leave a gap in a stream's
+/// sequence. The shipper goes on past it: its checkpoint and watermark
+/// move beyond the gap instead of waiting for records that never come.
+#[test]
+fn a_gap_in_a_streams_sequence_is_passed_over() {
+    let broker = broker_with_topics(None);
+    let mut s = common::start(
+        Driver::Epoll,
+        "[server]\nworkers = 1\n[storage]\nflush_interval_ms = 5\nblock_max_bytes = 1024\nsegment_max_bytes = 2048\n",
+    );
+    send_events(&s, 0, 300);
+    s.stop();
+    let segments = list(&s.dir.path().join("segments")).unwrap();
+    assert!(segments.len() >= 4, "{segments:?}");
+    let gone = &segments[1];
+    std::fs::remove_file(&gone.path).unwrap();
+    let want = on_disk(s.dir.path());
+    let newest_event = want
+        .values()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(r).unwrap()["ts_ms"]
+                .as_u64()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    assert!(want.len() < 300);
+    let shipper = ship(config(s.dir.path(), &broker.bootstrap(), ""));
+    wait_for("acks", Duration::from_secs(30), || {
+        shipper.metrics.acked.load(Ordering::Relaxed) >= want.len() as u64
+    });
+    wait_for(
+        "the checkpoint past the gap",
+        Duration::from_secs(10),
+        || {
+            trackplane::shipper::checkpoint::load(s.dir.path(), 0)
+                .unwrap()
+                .is_some_and(|p| p.next_seq == 300)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(600)); // watermarks after it
+    let (events, watermarks) = read_back(&broker.bootstrap(), &want, Duration::from_secs(30));
+    assert_eq!(check_delivery(&events, &want), 0);
+    let highest = watermarks
+        .iter()
+        .map(|w| {
+            serde_json::from_slice::<serde_json::Value>(&w.value).unwrap()["event_time_ms"]
+                .as_u64()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        highest >= newest_event,
+        "the watermark stayed below the gap"
+    );
+    assert_eq!(
+        shipper.metrics.missing.load(Ordering::Relaxed),
+        300 - want.len() as u64,
+        "the deleted segment's records are counted as missing"
+    );
+    drop(shipper);
+}
+
 #[test]
 fn kill_9_the_shipper_ten_times_loses_nothing() {
     let broker = broker_with_topics(None);

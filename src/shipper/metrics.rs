@@ -35,6 +35,9 @@ pub struct ShipperMetrics {
     pub dead_letters: AtomicU64,
     /// Segment read errors.
     pub read_errors: AtomicU64,
+    /// Records of a stream's sequence found missing from disk (deleted or
+    /// quarantined before they were shipped) and passed over.
+    pub missing: AtomicU64,
     /// Watermark messages sent.
     pub watermarks: AtomicU64,
     /// Watermark messages not delivered.
@@ -84,6 +87,11 @@ impl ShipperMetrics {
                 "trackplane_shipper_read_errors_total",
                 "Segment read errors.",
                 g(&self.read_errors),
+            ),
+            (
+                "trackplane_shipper_records_missing_total",
+                "Records missing from a stream's segments (deleted or quarantined before they were shipped), passed over.",
+                g(&self.missing),
             ),
             (
                 "trackplane_shipper_watermarks_total",

@@ -19,6 +19,10 @@
 //!   beyond that, records stay on disk until there is room.
 //! - A message Kafka can never take (too large, not authorized) goes to the
 //!   dead-letter file with a metric; it never stops the stream.
+//! - Records missing from a stream's segments (deleted by the server's
+//!   `drop_oldest` policy or quarantined before they were shipped) are
+//!   passed over, logged and counted, once every record before them is
+//!   acknowledged; they never hold back the checkpoint or the watermark.
 
 pub mod checkpoint;
 pub mod kafka;
@@ -65,6 +69,9 @@ struct StreamState {
     follower: Follower,
     /// The block being produced and the index of its next record.
     current: Option<(Located, usize)>,
+    /// A block read past a gap in the sequence, waiting until everything
+    /// before the gap is acknowledged.
+    past_gap: Option<Located>,
     window: AckWindow,
     blocks: VecDeque<BlockInfo>,
     in_flight: usize,
@@ -173,6 +180,7 @@ impl Shipper {
                         (from.block_offset > 0).then_some((from.segment_base, from.block_offset)),
                     ),
                     current: None,
+                    past_gap: None,
                     window: AckWindow::new(from.next_seq),
                     blocks: VecDeque::new(),
                     in_flight: 0,
@@ -253,9 +261,33 @@ impl Shipper {
         let mut produced = 0;
         while st.in_flight < max {
             if st.current.is_none() {
-                match st.follower.next_block() {
+                let next = match st.past_gap.take() {
+                    Some(loc) => Ok(Some(loc)),
+                    None => st.follower.next_block(),
+                };
+                match next {
                     Ok(Some(loc)) => {
                         let h = loc.block.header;
+                        if h.first_seq > st.read_through {
+                            // Records between are not on disk and never will
+                            // be: once everything before them is
+                            // acknowledged, the stream goes on after them.
+                            if st.in_flight > 0 || st.window.acked_through() < st.read_through {
+                                st.past_gap = Some(loc);
+                                st.caught_up = false;
+                                break;
+                            }
+                            let missing = h.first_seq - st.read_through;
+                            self.metrics.missing.fetch_add(missing, Ordering::Relaxed);
+                            tracing::warn!(
+                                stream,
+                                from = st.read_through,
+                                to = h.first_seq,
+                                "records missing from the segments (deleted or quarantined before they were shipped); going on after them"
+                            );
+                            st.window = AckWindow::new(h.first_seq);
+                            st.read_through = h.first_seq;
+                        }
                         st.blocks.push_back(BlockInfo {
                             end_seq: h.end_seq(),
                             segment_base: loc.segment_base,
@@ -613,6 +645,7 @@ fn rewind(st: &mut StreamState, metrics: &ShipperMetrics) {
     st.follower.rewind(from);
     st.window.reset();
     st.current = None;
+    st.past_gap = None;
     st.blocks.clear();
     st.read_through = from;
     backoff(st);
@@ -789,6 +822,7 @@ mod watermark_tests {
         StreamState {
             follower: Follower::new(std::path::Path::new("/nonexistent"), 0, 0, None),
             current: None,
+            past_gap: None,
             window: AckWindow::new(0),
             blocks: VecDeque::new(),
             in_flight: 0,
