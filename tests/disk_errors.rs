@@ -9,33 +9,11 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{metric, records, start};
-use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+use common::{limit_file_size, metric, records, start, wait_for};
 use trackplane::config::Driver;
 use trackplane::segment::list;
-
-/// Sets the soft limit, `None` back up to the hard one.
-fn limit_file_size(bytes: Option<u64>) {
-    let hard = getrlimit(Resource::Fsize).maximum;
-    setrlimit(
-        Resource::Fsize,
-        Rlimit {
-            current: bytes.or(hard),
-            maximum: hard,
-        },
-    )
-    .unwrap();
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn open_segment(data_dir: &Path) -> std::path::PathBuf {
     list(&data_dir.join("segments"))
@@ -61,18 +39,22 @@ fn failed_writes_refuse_new_events_and_lose_none_accepted() {
     }
     // All of them written: a failure below then comes from an event sent
     // under the limit.
-    wait_for("the first events on disk", || records(&dir).len() == 50);
+    wait_for("the first events on disk", Duration::from_secs(10), || {
+        records(&dir).len() == 50
+    });
 
     // No file may grow more than a few bytes past the open segment's size
     // now: the next block is written in part, then refused.
     let size = std::fs::metadata(open_segment(&dir)).unwrap().len();
-    limit_file_size(Some(size + 10));
+    limit_file_size(None, Some(size + 10));
     for i in 0..50 {
         pixel(&s, &format!("during-{i}"));
     }
-    wait_for("the store to report failing writes", || {
-        metric(&s.metrics(), "trackplane_store_failing") == 1.0
-    });
+    wait_for(
+        "the store to report failing writes",
+        Duration::from_secs(10),
+        || metric(&s.metrics(), "trackplane_store_failing") == 1.0,
+    );
     assert_eq!(s.admin_get("/readyz").status, 503);
     pixel(&s, "refused");
     let body = r#"[{"adv":"demo","tag":"refused-batch"}]"#;
@@ -89,8 +71,8 @@ fn failed_writes_refuse_new_events_and_lose_none_accepted() {
     // The part of a block that was written is cut off again.
     assert_eq!(std::fs::metadata(open_segment(&dir)).unwrap().len(), size);
 
-    limit_file_size(None);
-    wait_for("writes to work again", || {
+    limit_file_size(None, None);
+    wait_for("writes to work again", Duration::from_secs(10), || {
         metric(&s.metrics(), "trackplane_store_failing") == 0.0
     });
     assert_eq!(s.admin_get("/readyz").status, 200);

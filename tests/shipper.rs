@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::kafka::{consume, free_port, Broker, Msg, Proxy};
+use common::{limit_file_size, wait_for};
 use trackplane::config::{Config, Driver};
 use trackplane::segment::{list, SegmentReader};
 use trackplane::shipper::{Shipper, ShipperMetrics};
@@ -76,6 +77,23 @@ fn on_disk(data_dir: &Path) -> BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// The receive time of the newest of `records`.
+fn newest(records: &BTreeMap<String, Vec<u8>>) -> u64 {
+    records
+        .values()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(r).unwrap()["ts_ms"]
+                .as_u64()
+                .unwrap()
+        })
+        .max()
+        .unwrap()
+}
+
+/// Storage that writes many small segments.
+const SMALL_SEGMENTS: &str =
+    "[storage]\nflush_interval_ms = 5\nblock_max_bytes = 1024\nsegment_max_bytes = 2048\n";
 
 fn id_of(m: &Msg) -> String {
     let v: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
@@ -171,14 +189,6 @@ fn broker_with_topics(advertise: Option<u16>) -> Broker {
     b
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn every_event_arrives_once_unchanged_with_watermarks_everywhere() {
     let broker = broker_with_topics(None);
@@ -213,15 +223,7 @@ fn every_event_arrives_once_unchanged_with_watermarks_everywhere() {
             );
         }
     }
-    let newest_event: u64 = want
-        .values()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(r).unwrap()["ts_ms"]
-                .as_u64()
-                .unwrap()
-        })
-        .max()
-        .unwrap();
+    let newest_event = newest(&want);
     for (key, mut marks) in per {
         marks.sort();
         assert!(
@@ -251,21 +253,6 @@ fn pixel(addr: std::net::SocketAddr, n: &str) -> u16 {
     common::read_responses(&mut c, 1)[0].status
 }
 
-/// Sets the soft file-size limit of process `pid` (`None`: no limit).
-fn limit_file_size(pid: u32, bytes: Option<u64>) {
-    use rustix::process::{prlimit, Pid, Resource, Rlimit};
-    let pid = Pid::from_raw(pid as i32);
-    prlimit(
-        pid,
-        Resource::Fsize,
-        Rlimit {
-            current: bytes,
-            maximum: None,
-        },
-    )
-    .unwrap();
-}
-
 /// While its server cannot write segments (here a file-size limit on the
 /// server's process, as a full disk), an idle stream's watermark stops
 /// below the events the server accepted and holds in memory. They reach
@@ -290,7 +277,7 @@ fn watermarks_wait_for_events_a_server_holds_while_its_writes_fail() {
         .find(|s| s.open)
         .unwrap();
     let size = std::fs::metadata(&open.path).unwrap().len();
-    limit_file_size(server.child.id(), Some(size + 10));
+    limit_file_size(Some(server.child.id()), Some(size + 10));
     for i in 0..5 {
         assert_eq!(pixel(server.addr, &format!("held-{i}")), 200);
     }
@@ -302,7 +289,7 @@ fn watermarks_wait_for_events_a_server_holds_while_its_writes_fail() {
     // Watermarks every 200 ms: by the wall clock alone they would pass the
     // held events after the flush window and a second.
     std::thread::sleep(Duration::from_millis(2500));
-    limit_file_size(server.child.id(), None);
+    limit_file_size(Some(server.child.id()), None);
     wait_for("the held events' acks", Duration::from_secs(30), || {
         shipper.metrics.acked.load(Ordering::Relaxed) >= 15
     });
@@ -353,7 +340,7 @@ fn a_gap_in_a_streams_sequence_is_passed_over() {
     let broker = broker_with_topics(None);
     let mut s = common::start(
         Driver::Epoll,
-        "[server]\nworkers = 1\n[storage]\nflush_interval_ms = 5\nblock_max_bytes = 1024\nsegment_max_bytes = 2048\n",
+        &format!("[server]\nworkers = 1\n{SMALL_SEGMENTS}"),
     );
     send_events(&s, 0, 300);
     s.stop();
@@ -362,15 +349,7 @@ fn a_gap_in_a_streams_sequence_is_passed_over() {
     let gone = &segments[1];
     std::fs::remove_file(&gone.path).unwrap();
     let want = on_disk(s.dir.path());
-    let newest_event = want
-        .values()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(r).unwrap()["ts_ms"]
-                .as_u64()
-                .unwrap()
-        })
-        .max()
-        .unwrap();
+    let newest_event = newest(&want);
     assert!(want.len() < 300);
     let shipper = ship(config(s.dir.path(), &broker.bootstrap(), ""));
     wait_for("acks", Duration::from_secs(30), || {
@@ -519,10 +498,7 @@ fn a_broker_outage_delays_but_loses_nothing() {
 #[test]
 fn retention_deletes_only_shipped_segments() {
     let broker = broker_with_topics(None);
-    let mut s = common::start(
-        Driver::Epoll,
-        "[storage]\nflush_interval_ms = 5\nblock_max_bytes = 1024\nsegment_max_bytes = 2048\n",
-    );
+    let mut s = common::start(Driver::Epoll, SMALL_SEGMENTS);
     send_events(&s, 0, 600);
     s.stop();
     let before = list(&s.dir.path().join("segments")).unwrap();

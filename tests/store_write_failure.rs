@@ -8,38 +8,19 @@
 //! that the shipper's watermark waits for what is held. The limit is the
 //! whole process's, so this file holds one test.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+use common::{limit_file_size, wait_for};
 use trackplane::config::Config;
 use trackplane::ring::ring;
 use trackplane::sched::Class;
 use trackplane::segment::{list, SegmentReader};
 use trackplane::store::lease::{written_through, HeldLocks, StreamLeases};
 use trackplane::store::{segments_dir, Store, StoreStatus, StreamShared, StreamSpec};
-
-/// Sets the soft limit, `None` back up to the hard one.
-fn limit_file_size(bytes: Option<u64>) {
-    let hard = getrlimit(Resource::Fsize).maximum;
-    setrlimit(
-        Resource::Fsize,
-        Rlimit {
-            current: bytes.or(hard),
-            maximum: hard,
-        },
-    )
-    .unwrap();
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Records of 1 KiB that zstd cannot shrink much, so that every block is
 /// far larger than the file-size limit.
@@ -91,7 +72,7 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
     let _lease = StreamLeases::acquire(dir.path(), 1).unwrap();
     let marked = || written_through(dir.path(), 0, &HeldLocks::read());
     // Room for the segment's header, not for one block.
-    limit_file_size(Some(4096));
+    limit_file_size(None, Some(4096));
     let status = Arc::new(StoreStatus::new(false, Class::new(false)));
     let spec = StreamSpec {
         stream: 0,
@@ -100,9 +81,11 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
         shared: Arc::new(StreamShared::default()),
     };
     let store = Store::start(dir.path(), "t", &cfg, vec![spec], status.clone()).unwrap();
-    wait_for("the store to report failing writes", || {
-        status.failing.load(Ordering::Relaxed)
-    });
+    wait_for(
+        "the store to report failing writes",
+        Duration::from_secs(60),
+        || status.failing.load(Ordering::Relaxed),
+    );
     // Past its first retry (every second): none may take more either.
     std::thread::sleep(Duration::from_millis(1500));
     let left = waiting.used_bytes();
@@ -118,15 +101,19 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
         "the lease says nothing received since is written"
     );
 
-    limit_file_size(None);
-    wait_for("the ring to be drained", || waiting.used_bytes() == 0);
-    wait_for("writes to work again", || {
+    limit_file_size(None, None);
+    wait_for("the ring to be drained", Duration::from_secs(60), || {
+        waiting.used_bytes() == 0
+    });
+    wait_for("writes to work again", Duration::from_secs(60), || {
         !status.failing.load(Ordering::Relaxed)
     });
     let resumed_ms = trackplane::clock::unix_ms();
-    wait_for("the lease to say everything is written", || {
-        marked().is_some_and(|t| t >= resumed_ms)
-    });
+    wait_for(
+        "the lease to say everything is written",
+        Duration::from_secs(60),
+        || marked().is_some_and(|t| t >= resumed_ms),
+    );
     store.finish().unwrap();
 
     let mut seqs = Vec::new();

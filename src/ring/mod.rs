@@ -3,8 +3,9 @@
 //! (no allocation, no lock, no syscall); one consumer thread drains it.
 //!
 //! This is the only module with `unsafe`. The model is rtrb: head and tail on
-//! their own cache lines, each side caching the other's position so that it
-//! touches the shared line only when its cached view says "full" or "empty".
+//! their own cache lines; the producer caches the consumer's position and
+//! touches the shared line only when its cached view says "full", and the
+//! consumer reads the producer's once per drain.
 //!
 //! # Invariants
 //! - `tail` is written only by the producer, `head` only by the consumer;
@@ -77,7 +78,6 @@ pub struct Producer {
 pub struct Consumer {
     shared: Arc<Shared>,
     head: usize,
-    cached_tail: usize,
 }
 
 /// A read-only view of a ring's fill level, for metrics.
@@ -117,11 +117,7 @@ pub fn ring(capacity: usize) -> (Producer, Consumer) {
             tail: 0,
             cached_head: 0,
         },
-        Consumer {
-            shared,
-            head: 0,
-            cached_tail: 0,
-        },
+        Consumer { shared, head: 0 },
     )
 }
 
@@ -262,28 +258,14 @@ impl Consumer {
         max: usize,
         f: &mut impl FnMut(&[u8]) -> ControlFlow<()>,
     ) -> (usize, ControlFlow<()>) {
-        self.cached_tail = tail;
-        let cap = self.shared.capacity();
-        let base = self.shared.base();
         let mut n = 0;
         let mut published = self.head;
         let mut flow = ControlFlow::Continue(());
-        while self.head < self.cached_tail && n < max {
-            let idx = self.head & (cap - 1);
-            // SAFETY: [head, cached_tail) was published by the producer
-            // (Acquire load above) and stays untouched until head moves past
-            // it; idx + 4 <= cap since positions are multiples of 4.
-            let len =
-                u32::from_le_bytes(unsafe { base.add(idx).cast::<[u8; 4]>().read_unaligned() });
-            if len == WRAP {
-                self.head += cap - idx;
-                continue;
-            }
-            let len = len as usize;
-            // SAFETY: the producer wrote len bytes after the header within
-            // the buffer and published them before tail; they are ours
-            // until the Release store of head below.
-            let record = unsafe { std::slice::from_raw_parts(base.add(idx + 4), len) };
+        while n < max {
+            let Some(record) = self.first_before(tail) else {
+                break;
+            };
+            let len = record.len();
             flow = f(record);
             if flow.is_break() {
                 break;
@@ -304,23 +286,31 @@ impl Consumer {
     /// The oldest record not yet drained, left in the ring.
     pub fn peek(&mut self) -> Option<&[u8]> {
         let tail = self.shared.tail.load(Ordering::Acquire);
+        self.first_before(tail)
+    }
+
+    /// The record at `head`, if one was published before `tail` (which the
+    /// caller Acquire-loaded), left in the ring. A wrap marker on the way
+    /// is passed: nothing lies between it and the end of the buffer, and
+    /// its space goes back with the next store of head.
+    fn first_before(&mut self, tail: usize) -> Option<&[u8]> {
         let cap = self.shared.capacity();
         let base = self.shared.base();
         while self.head < tail {
             let idx = self.head & (cap - 1);
-            // SAFETY: as in `drain_to`: [head, tail) was published by the
-            // producer (Acquire load above) and is untouched until head
-            // moves past it; idx + 4 <= cap.
+            // SAFETY: [head, tail) was published by the producer and stays
+            // untouched until head moves past it; idx + 4 <= cap since
+            // positions are multiples of 4.
             let len =
                 u32::from_le_bytes(unsafe { base.add(idx).cast::<[u8; 4]>().read_unaligned() });
             if len == WRAP {
-                // Nothing to read before the start: skipped as a drain
-                // skips it (the space goes back with the next drain's head).
                 self.head += cap - idx;
                 continue;
             }
-            // SAFETY: as in `drain_to`; the record stays ours while the
-            // borrow of self lasts, since only a drain moves head past it.
+            // SAFETY: the producer wrote len bytes after the header within
+            // the buffer and published them before tail; they stay ours
+            // while self is borrowed, since only a drain moves head past
+            // them (with the Release store that hands them back).
             return Some(unsafe { std::slice::from_raw_parts(base.add(idx + 4), len as usize) });
         }
         None

@@ -327,3 +327,31 @@ impl TestServer {
         String::from_utf8_lossy(&self.admin_get("/metrics").body).into_owned()
     }
 }
+
+/// Waits up to `limit` for `done`, looking every 20 ms.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sets the soft file-size limit (RLIMIT_FSIZE) of process `pid`, or of
+/// this one; `None` bytes lifts it back to the hard limit. The kernel then
+/// answers writes past it with EFBIG, as a full file system answers
+/// ENOSPC: a real refusal on demand.
+pub fn limit_file_size(pid: Option<u32>, bytes: Option<u64>) {
+    use rustix::process::{getrlimit, prlimit, Pid, Resource, Rlimit};
+    let hard = getrlimit(Resource::Fsize).maximum;
+    let pid = pid.and_then(|p| Pid::from_raw(p as i32));
+    prlimit(
+        pid,
+        Resource::Fsize,
+        Rlimit {
+            current: bytes.or(hard),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+}
