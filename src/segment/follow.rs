@@ -60,6 +60,14 @@ impl Follower {
         self.reader = None;
     }
 
+    /// Whether the segment being read is sealed (renamed since it was
+    /// opened included): nothing in it changes any more.
+    pub fn segment_sealed(&self) -> bool {
+        self.reader
+            .as_ref()
+            .is_some_and(|r| r.is_sealed() || r.path().with_extension("").exists())
+    }
+
     /// The next block with records at or after the start point, or `None`
     /// when nothing more is written yet.
     pub fn next_block(&mut self) -> Result<Option<Located>, ReadError> {

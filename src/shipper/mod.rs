@@ -20,9 +20,10 @@
 //! - A message Kafka can never take (too large, not authorized) goes to the
 //!   dead-letter file with a metric; it never stops the stream.
 //! - Records missing from a stream's segments (deleted by the server's
-//!   `drop_oldest` policy or quarantined before they were shipped) are
-//!   passed over, logged and counted, once every record before them is
-//!   acknowledged; they never hold back the checkpoint or the watermark.
+//!   `drop_oldest` policy or quarantined before they were shipped, or past
+//!   a corrupt block of a sealed segment) are passed over, logged and
+//!   counted, once every record before them is acknowledged; they never
+//!   hold back the checkpoint or the watermark.
 
 pub mod checkpoint;
 pub mod kafka;
@@ -306,6 +307,15 @@ impl Shipper {
                     }
                     Err(e) => {
                         self.metrics.read_errors.fetch_add(1, Ordering::Relaxed);
+                        // A sealed segment never changes: what it holds past
+                        // a corrupt block is a gap (counted below) that no
+                        // retry fills. Anything else may pass (an open
+                        // segment being cut back, an I/O error).
+                        if e.offset().is_some() && st.follower.segment_sealed() {
+                            tracing::error!(stream, error = %e, "corrupt block in a sealed segment; going on with the next segment");
+                            st.follower.skip_segment();
+                            continue;
+                        }
                         tracing::error!(stream, error = %e, "cannot read segment; retrying with backoff");
                         backoff(st);
                         break;
