@@ -150,6 +150,15 @@ impl SegmentReader {
         self.offset = offset.max(HEADER_LEN as u64);
     }
 
+    /// Makes everything written to the segment so far durable, with
+    /// `sync_file` on this reader's descriptor (Linux fdatasyncs a file
+    /// opened read-only); returns the length that covers.
+    pub fn sync(&self, sync_file: super::writer::SyncFile) -> io::Result<u64> {
+        let len = self.file.metadata()?.len();
+        sync_file(&self.file)?;
+        Ok(len)
+    }
+
     /// Whether the reader treats the file as final.
     pub fn is_sealed(&self) -> bool {
         self.sealed

@@ -15,6 +15,9 @@
 //! # Invariants
 //! - At least once: a record is behind the checkpoint only after Kafka
 //!   acknowledged it and every record before it.
+//! - Only records on disk are produced: a block of an open segment waits
+//!   for an fdatasync that covers it (`segment::follow`), so a power
+//!   failure cannot make the server hand a shipped record's id out again.
 //! - Memory is bounded by `max_in_flight` per stream and librdkafka's queue;
 //!   beyond that, records stay on disk until there is room.
 //! - A message Kafka can never take (too large, not authorized) goes to the
@@ -179,7 +182,8 @@ impl Shipper {
                         stream,
                         from.next_seq,
                         (from.block_offset > 0).then_some((from.segment_base, from.block_offset)),
-                    ),
+                    )
+                    .durable(std::fs::File::sync_data),
                     current: None,
                     past_gap: None,
                     window: AckWindow::new(from.next_seq),
