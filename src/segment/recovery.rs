@@ -8,7 +8,7 @@
 //!   and never stops the start.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -137,18 +137,20 @@ fn recover_open(data_dir: &Path, seg: &SegmentFile, rec: &mut Recovery) -> io::R
     let good = reader.offset();
     let len = std::fs::metadata(&seg.path)?.len();
     drop(reader);
-    // Synced before it is sealed, cut or not: a sealed segment is durable
-    // (the shipper ships it without syncing it), and the crashed process
-    // may have left blocks only in the page cache.
-    let file = OpenOptions::new().write(true).open(&seg.path)?;
     if good < len {
+        let file = OpenOptions::new().write(true).open(&seg.path)?;
         file.set_len(good)?;
+        file.sync_data()?;
         let why = cut_reason.unwrap_or_else(|| "torn block at the end".to_owned());
         tracing::warn!(segment = %seg.path.display(), offset = good, cut_bytes = len - good, reason = %why, "cut torn or corrupt tail of open segment");
         rec.cut.push((seg.path.clone(), good, why));
+    } else {
+        // Synced before it is sealed, uncut too: a sealed segment is
+        // durable (the shipper ships it without syncing it), and the
+        // crashed process may have left blocks only in the page cache.
+        // Linux fdatasyncs a file opened to read, as it was just read.
+        File::open(&seg.path)?.sync_data()?;
     }
-    file.sync_data()?;
-    drop(file);
     if blocks == 0 {
         // Nothing was ever completely written: there is nothing to keep.
         std::fs::remove_file(&seg.path)?;
