@@ -103,6 +103,15 @@ pub struct Shipper {
     pub metrics: Arc<ShipperMetrics>,
 }
 
+/// What the streams' leases said before a round read the segments
+/// (`store::lease`).
+struct LeaseMarks {
+    /// When they were read, Unix ms.
+    now_ms: u64,
+    /// Per stream: how far its live server has written, if one holds it.
+    written: BTreeMap<u32, Option<u64>>,
+}
+
 /// The fields of a record the shipper routes by.
 #[derive(serde::Deserialize)]
 struct Head<'a> {
@@ -482,12 +491,11 @@ impl Shipper {
         wm.max(st.last_watermark)
     }
 
-    /// The time (Unix ms) and, per stream, how far a live server holding
-    /// it has written (`store::lease`), for the next watermarks.
-    fn lease_marks(&self) -> (u64, BTreeMap<u32, Option<u64>>) {
+    /// How far the live servers holding each stream have written, for the
+    /// next watermarks.
+    fn lease_marks(&self) -> LeaseMarks {
         let locks = crate::store::lease::HeldLocks::read();
-        let now_ms = unix_ms();
-        let marks = self
+        let written = self
             .streams
             .keys()
             .map(|&stream| {
@@ -496,12 +504,15 @@ impl Shipper {
                 (stream, mark)
             })
             .collect();
-        (now_ms, marks)
+        LeaseMarks {
+            now_ms: unix_ms(),
+            written,
+        }
     }
 
     /// Sends each stream's watermark to every partition of every topic,
-    /// from `lease_marks` taken before the segments were last read.
-    fn watermarks(&mut self, (now_ms, marks): &(u64, BTreeMap<u32, Option<u64>>)) {
+    /// from `marks` taken before the segments were last read.
+    fn watermarks(&mut self, marks: &LeaseMarks) {
         let mut topics: Vec<String> = vec![self.config.shipper.default_topic.clone()];
         topics.extend(self.config.shipper.topics.values().cloned());
         topics.sort();
@@ -537,10 +548,10 @@ impl Shipper {
         let flush_ms = self.config.storage.flush_interval_ms;
         for (&stream, st) in self.streams.iter_mut() {
             // A stream found after the marks were taken waits for the next.
-            let Some(&written) = marks.get(&stream) else {
+            let Some(&written) = marks.written.get(&stream) else {
                 continue;
             };
-            let wm = Self::watermark_of(st, flush_ms, *now_ms, written);
+            let wm = Self::watermark_of(st, flush_ms, marks.now_ms, written);
             st.last_watermark = wm;
             let body = format!(
                 "{{\"watermark\":true,\"node\":\"{}\",\"stream\":{stream},\"event_time_ms\":{wm}}}",
