@@ -2,8 +2,9 @@
 //! every event arrives exactly once after dedupe by id with its bytes
 //! unchanged, through kill -9 of the shipper and a broker outage;
 //! watermarks reach every partition, never go back, and never pass an
-//! event a server still holds while its segment writes fail; retention
-//! deletes only shipped segments.
+//! event a server still holds while its segment writes fail; a record
+//! Kafka refuses is kept in the dead-letter file; retention deletes only
+//! shipped segments.
 
 mod common;
 
@@ -353,6 +354,80 @@ fn a_corrupt_sealed_segment_is_passed_over() {
         bytes[128 + 48 + 8] ^= 0x40;
         std::fs::write(path, bytes).unwrap();
     });
+}
+
+/// A record Kafka will never take (here larger than the producer's
+/// `message.max.bytes`) goes to the dead-letter file, but counts as handled
+/// only once that file holds it. While the file cannot be written (a link
+/// to /dev/full, where every write fails with ENOSPC, as on a full disk)
+/// the stream waits at the record, its checkpoint below it; the shipper
+/// used to pass it, and its only copy went with its segment at retention.
+#[test]
+fn a_refused_record_waits_for_the_dead_letter_file() {
+    let broker = broker_with_topics(None);
+    let mut s = common::start(Driver::Epoll, "[server]\nworkers = 1\n");
+    send_events(&s, 0, 10);
+    let pad = "x".repeat(3000);
+    assert_eq!(s.get(&format!("/i?adv=demo&n=big&pad={pad}")).status, 200);
+    send_events(&s, 11, 10);
+    s.stop();
+    let mut want = on_disk(s.dir.path());
+    assert_eq!(want.len(), 21);
+    let big = want
+        .iter()
+        .find(|(_, r)| r.len() > 3000)
+        .map(|(id, _)| id.clone())
+        .unwrap();
+    assert!(big.ends_with("-10"), "{big}");
+    want.remove(&big);
+
+    let dead = s.dir.path().join("shipper/dead-letter.jsonl");
+    std::fs::create_dir_all(dead.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &dead).unwrap();
+    let mut c = config(s.dir.path(), &broker.bootstrap(), "");
+    c.shipper
+        .kafka
+        .insert("message.max.bytes".into(), "2000".into());
+    let shipper = ship(c);
+    let m = shipper.metrics.clone();
+    wait_for("failed dead-letter writes", Duration::from_secs(30), || {
+        m.dead_letter_errors.load(Ordering::Relaxed) >= 2
+    });
+    let checkpoint = || {
+        trackplane::shipper::checkpoint::load(s.dir.path(), 0)
+            .unwrap()
+            .map(|p| p.next_seq)
+    };
+    wait_for(
+        "the checkpoint at the record",
+        Duration::from_secs(10),
+        || checkpoint() == Some(10),
+    );
+    assert_eq!(m.dead_letters.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        m.acked.load(Ordering::Relaxed),
+        10,
+        "nothing after it shipped"
+    );
+
+    std::fs::remove_file(&dead).unwrap();
+    wait_for(
+        "the checkpoint past the record",
+        Duration::from_secs(60),
+        || checkpoint() == Some(21),
+    );
+    assert_eq!(m.dead_letters.load(Ordering::Relaxed), 1);
+    let text = std::fs::read_to_string(&dead).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["record"]["id"].as_str(), Some(big.as_str()));
+    assert_eq!(lines[0]["seq"].as_u64(), Some(10));
+    let (events, _) = read_back(&broker.bootstrap(), &want, Duration::from_secs(30));
+    assert_eq!(check_delivery(&events, &want), 0);
+    drop(shipper);
 }
 
 /// Ships a stream of many small segments whose second `spoil` makes

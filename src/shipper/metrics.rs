@@ -33,6 +33,8 @@ pub struct ShipperMetrics {
     pub retries: AtomicU64,
     /// Records written to the dead-letter file.
     pub dead_letters: AtomicU64,
+    /// Failed writes to the dead-letter file (each retried).
+    pub dead_letter_errors: AtomicU64,
     /// Segment read errors.
     pub read_errors: AtomicU64,
     /// Records of a stream's sequence found missing from disk (deleted or
@@ -82,6 +84,11 @@ impl ShipperMetrics {
                 "trackplane_shipper_dead_letters_total",
                 "Records Kafka will never accept, written to the dead-letter file.",
                 g(&self.dead_letters),
+            ),
+            (
+                "trackplane_shipper_dead_letter_errors_total",
+                "Failed writes to the dead-letter file; the stream waits at the record and tries again.",
+                g(&self.dead_letter_errors),
             ),
             (
                 "trackplane_shipper_read_errors_total",

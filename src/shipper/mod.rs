@@ -21,7 +21,9 @@
 //! - Memory is bounded by `max_in_flight` per stream and librdkafka's queue;
 //!   beyond that, records stay on disk until there is room.
 //! - A message Kafka can never take (too large, not authorized) goes to the
-//!   dead-letter file with a metric; it never stops the stream.
+//!   dead-letter file with a metric; it never stops the stream for long. It
+//!   counts as handled only once that file holds it on disk: while the file
+//!   cannot be written, the stream waits at the record.
 //! - Records missing from a stream's segments (deleted by the server's
 //!   `drop_oldest` policy or quarantined before they were shipped, or past
 //!   a corrupt block of a sealed segment) are passed over, logged and
@@ -35,7 +37,7 @@ pub mod metrics;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -373,7 +375,15 @@ impl Shipper {
                 }
                 Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => break,
                 Err((e, _)) if kafka::is_poison(&e) => {
-                    self.dead_letters.write(&self.metrics, stream, seq, &e, rec);
+                    if self
+                        .dead_letters
+                        .write(&self.metrics, stream, seq, &e, rec)
+                        .is_err()
+                    {
+                        // Produced again after the backoff, from this record.
+                        backoff(st);
+                        break;
+                    }
                     *idx += 1;
                     advance(st, seq);
                 }
@@ -423,9 +433,15 @@ impl Shipper {
                     advance(st, seq);
                 }
                 Some((e, payload)) if kafka::is_poison(&e) => {
-                    self.dead_letters
-                        .write(&self.metrics, stream, seq, &e, &payload);
-                    advance(st, seq);
+                    match self
+                        .dead_letters
+                        .write(&self.metrics, stream, seq, &e, &payload)
+                    {
+                        Ok(()) => advance(st, seq),
+                        // Sent again from here, and dead-lettered again.
+                        Err(_) if st.retry_at.is_none() => rewind(st, &self.metrics),
+                        Err(_) => {}
+                    }
                 }
                 Some((e, _)) => {
                     self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
@@ -685,7 +701,11 @@ fn backoff(st: &mut StreamState) {
 }
 
 /// The dead-letter file: records Kafka will never accept, one JSON line
-/// each (`{"stream":..,"seq":..,"error":..,"record":..}`), fsynced.
+/// each (`{"stream":..,"seq":..,"error":..,"record":..}`), fsynced before
+/// the record counts as handled. A line that could not be written whole is
+/// cut off again, and a file whose last line was torn (a crash in the
+/// middle of a write) gets a line break before the next, so every line
+/// stays one record.
 struct DeadLetters {
     path: PathBuf,
     file: Option<File>,
@@ -699,7 +719,10 @@ impl DeadLetters {
         }
     }
 
-    /// Writes one record with its error and counts it.
+    /// Writes one record with its error, durably, and counts it. On an
+    /// error the record is not in the file: the caller holds its stream at
+    /// the record and tries again later, so a full disk delays the stream
+    /// instead of losing the record once retention deletes its segment.
     fn write(
         &mut self,
         metrics: &ShipperMetrics,
@@ -707,24 +730,8 @@ impl DeadLetters {
         seq: u64,
         error: &KafkaError,
         record: &[u8],
-    ) {
+    ) -> std::io::Result<()> {
         use crate::record::json::{write_str, write_u64};
-        metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(stream, seq, %error, "message Kafka will never accept; written to the dead-letter file");
-        if self.file.is_none() {
-            if let Some(dir) = self.path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .ok();
-        }
-        let Some(f) = self.file.as_mut() else {
-            tracing::error!(path = %self.path.display(), "cannot open the dead-letter file");
-            return;
-        };
         let mut line = b"{\"stream\":".to_vec();
         write_u64(&mut line, u64::from(stream));
         line.extend_from_slice(b",\"seq\":");
@@ -739,9 +746,54 @@ impl DeadLetters {
             write_str(&mut line, record);
         }
         line.extend_from_slice(b"}\n");
-        if f.write_all(&line).and_then(|()| f.sync_data()).is_err() {
-            tracing::error!(path = %self.path.display(), "cannot write the dead-letter file");
+        match self.append(&line) {
+            Ok(()) => {
+                metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(stream, seq, %error, "message Kafka will never accept; written to the dead-letter file");
+                Ok(())
+            }
+            Err(e) => {
+                metrics.dead_letter_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(stream, seq, %error, path = %self.path.display(), io_error = %e,
+                    "message Kafka will never accept, and the dead-letter file cannot take it; holding the stream there and trying again");
+                Err(e)
+            }
         }
+    }
+
+    /// Appends one whole line and syncs it, or leaves the file as it was
+    /// (as far as cutting it back can) and closes it.
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = match self.file.as_mut() {
+            Some(f) => f,
+            None => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                std::fs::create_dir_all(dir)?;
+                let f = OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(&self.path)?;
+                // The file's name, as durable as its lines.
+                File::open(dir)?.sync_all()?;
+                self.file.insert(f)
+            }
+        };
+        let len = f.metadata()?.len();
+        let mut last = [b'\n'];
+        if len > 0 {
+            f.read_exact_at(&mut last, len - 1)?;
+        }
+        let torn = last[0] != b'\n';
+        let written = (if torn { f.write_all(b"\n") } else { Ok(()) })
+            .and_then(|()| f.write_all(line))
+            .and_then(|()| f.sync_data());
+        if written.is_err() {
+            let _ = f.set_len(len);
+            self.file = None;
+        }
+        written
     }
 }
 
@@ -814,8 +866,10 @@ mod dead_letter_tests {
         let metrics = ShipperMetrics::default();
         let mut dl = DeadLetters::new(&config);
         let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-        dl.write(&metrics, 2, 41, &e, br#"{"id":"n-2-41"}"#);
-        dl.write(&metrics, 2, 42, &e, b"not json \"quoted\"");
+        dl.write(&metrics, 2, 41, &e, br#"{"id":"n-2-41"}"#)
+            .unwrap();
+        dl.write(&metrics, 2, 42, &e, b"not json \"quoted\"")
+            .unwrap();
         let text = std::fs::read_to_string(dir.path().join("shipper/dead-letter.jsonl")).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -834,6 +888,56 @@ mod dead_letter_tests {
         );
         assert_eq!(lines[1]["record"], "not json \"quoted\"");
         assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 2);
+    }
+
+    /// A write the disk refuses (/dev/full: ENOSPC) is an error and not
+    /// counted as written; the same record is written once it can be.
+    #[test]
+    fn a_refused_write_is_an_error_and_can_be_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            Config::from_toml_str(&format!("data_dir = \"{}\"\n", dir.path().display()), "t")
+                .unwrap();
+        let path = dir.path().join("shipper/dead-letter.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let metrics = ShipperMetrics::default();
+        let mut dl = DeadLetters::new(&config);
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(dl.write(&metrics, 0, 7, &e, b"{}").is_err());
+        assert!(dl.write(&metrics, 0, 7, &e, b"{}").is_err());
+        assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.dead_letter_errors.load(Ordering::Relaxed), 2);
+        std::fs::remove_file(&path).unwrap();
+        dl.write(&metrics, 0, 7, &e, b"{}").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 1);
+    }
+
+    /// A line torn by a crash in the middle of its write is ended before
+    /// the next one, so that one parses.
+    #[test]
+    fn a_torn_last_line_is_ended_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            Config::from_toml_str(&format!("data_dir = \"{}\"\n", dir.path().display()), "t")
+                .unwrap();
+        let path = dir.path().join("shipper/dead-letter.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"{\"stream\":0,\"seq\":6,\"err").unwrap();
+        let metrics = ShipperMetrics::default();
+        let mut dl = DeadLetters::new(&config);
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        dl.write(&metrics, 0, 7, &e, br#"{"id":"n-0-7"}"#).unwrap();
+        dl.write(&metrics, 0, 8, &e, br#"{"id":"n-0-8"}"#).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for (line, id) in lines[1..].iter().zip(["n-0-7", "n-0-8"]) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["record"]["id"], id);
+        }
     }
 }
 
