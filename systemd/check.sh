@@ -2,6 +2,7 @@
 # Checks the systemd units and the installer (part of scripts/test):
 # - both units pass `systemd-analyze verify`;
 # - `systemd-analyze security --offline=yes` rates each at most 2.0;
+# - the shipper's unit leaves /proc/locks visible;
 # - install into a scratch root puts every file in place, keeps an
 #   operator's config on reinstall, and uninstall removes it all again;
 # - the .deb (cargo deb) carries exactly the files install.sh installs.
@@ -37,6 +38,12 @@ for unit in trackplane trackplane-shipper; do
   echo "$unit.service: exposure $score"
   awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || { echo "check.sh: $unit.service exposure $score is above 2.0"; exit 1; }
 done
+
+# The shipper's watermarks read /proc/locks (store::lease); ProcSubset=pid
+# would hide it, and they would pass events a failing server still holds.
+if grep -q '^ProcSubset=pid' systemd/trackplane-shipper.service; then
+  echo "check.sh: trackplane-shipper.service hides /proc/locks (ProcSubset=pid)"; exit 1
+fi
 
 echo "# edited by the operator" >> "$root/etc/trackplane/trackplane.toml"
 DESTDIR="$root" systemd/install.sh

@@ -72,9 +72,13 @@ pub struct HeldLocks {
 impl HeldLocks {
     /// The flocks held now; none when `/proc/locks` cannot be read.
     pub fn read() -> HeldLocks {
-        std::fs::read_to_string("/proc/locks")
-            .map(|text| HeldLocks::parse(&text))
-            .unwrap_or_default()
+        HeldLocks::try_read().unwrap_or_default()
+    }
+
+    /// The flocks held now, or why `/proc/locks` cannot be read (hidden
+    /// by a unit's `ProcSubset=pid`, for one).
+    pub fn try_read() -> io::Result<HeldLocks> {
+        std::fs::read_to_string("/proc/locks").map(|text| HeldLocks::parse(&text))
     }
 
     /// Parses `/proc/locks`: `1: FLOCK  ADVISORY  WRITE 4242 fe:00:1234 0
