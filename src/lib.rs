@@ -14,8 +14,8 @@
 //! - `ring`: the lock-free hand-off from a worker to storage (the one
 //!   module allowed `unsafe`, besides `server::handover`'s single
 //!   `close_range` call, `server::conn`'s borrow of a socket for one
-//!   send(2) and `sched`'s scheduler calls; the crate denies it everywhere
-//!   else)
+//!   send(2), `sched`'s scheduler calls and `shipper::kafka`'s fault
+//!   injection for tests; the crate denies it everywhere else)
 //! - `segment`: the on-disk format, writer, reader and crash recovery
 //! - `sched`: the store and view threads in the idle scheduling class while
 //!   calm, lifted back when their rings fill

@@ -3,8 +3,8 @@
 //! unchanged, through kill -9 of the shipper and a broker outage;
 //! watermarks reach every partition, never go back, and never pass an
 //! event a server still holds while its segment writes fail; a record
-//! Kafka refuses is kept in the dead-letter file; retention deletes only
-//! shipped segments.
+//! Kafka refuses is kept in the dead-letter file; a producer that failed
+//! for good is replaced; retention deletes only shipped segments.
 
 mod common;
 
@@ -43,7 +43,10 @@ struct Running {
 }
 
 fn ship(config: Config) -> Running {
-    let mut shipper = Shipper::new(config).unwrap();
+    run(Shipper::new(config).unwrap())
+}
+
+fn run(mut shipper: Shipper) -> Running {
     let metrics = shipper.metrics.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -425,6 +428,32 @@ fn a_refused_record_waits_for_the_dead_letter_file() {
     assert_eq!(lines.len(), 1, "{text}");
     assert_eq!(lines[0]["record"]["id"].as_str(), Some(big.as_str()));
     assert_eq!(lines[0]["seq"].as_u64(), Some(10));
+    let (events, _) = read_back(&broker.bootstrap(), &want, Duration::from_secs(30));
+    assert_eq!(check_delivery(&events, &want), 0);
+    drop(shipper);
+}
+
+/// An idempotent producer fails for good when it can no longer keep its
+/// ordering promise (a broker lost messages it had acknowledged), and
+/// every message fails from then on. The shipper starts a new producer
+/// and goes on from the last contiguous acknowledgement; it used to retry
+/// for ever, shipping nothing until someone restarted it.
+#[test]
+fn a_producer_that_fails_for_good_is_replaced() {
+    let broker = broker_with_topics(None);
+    let mut s = common::start(Driver::Epoll, "[server]\nworkers = 1\n");
+    send_events(&s, 0, 50);
+    s.stop();
+    let want = on_disk(s.dir.path());
+    assert_eq!(want.len(), 50);
+    let shipper = Shipper::new(config(s.dir.path(), &broker.bootstrap(), "")).unwrap();
+    shipper.fail_producer_for_tests();
+    let shipper = run(shipper);
+    let m = shipper.metrics.clone();
+    wait_for("acks", Duration::from_secs(30), || {
+        m.acked.load(Ordering::Relaxed) >= 50
+    });
+    assert_eq!(m.producer_restarts.load(Ordering::Relaxed), 1);
     let (events, _) = read_back(&broker.bootstrap(), &want, Duration::from_secs(30));
     assert_eq!(check_delivery(&events, &want), 0);
     drop(shipper);

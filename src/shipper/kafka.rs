@@ -3,6 +3,7 @@
 //! loop, and the mapping of records to messages.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,11 +44,15 @@ pub struct Delivery {
 pub struct Reports {
     /// Reports not yet taken by the loop.
     pub pending: Mutex<Vec<Delivery>>,
+    /// A client error came since the loop last looked: one may be fatal
+    /// (the event does not say; `Client::fatal_error` does).
+    pub errors: AtomicBool,
     quiet: Quiet,
 }
 
 impl ClientContext for Reports {
     fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.store(true, Ordering::Release);
         if let Some(left_out) = self.quiet.admit(error.to_string(), Instant::now()) {
             tracing::warn!(%error, reason, left_out, "kafka client error");
         }
@@ -138,6 +143,24 @@ pub fn producer(config: &Config) -> Result<Producer, KafkaError> {
         c.set(k, v);
     }
     c.create_with_context(Reports::default())
+}
+
+/// Raises a fatal error in `producer` (`rd_kafka_test_fatal_error`,
+/// librdkafka's fault injection for tests of this handling): from then on
+/// it fails every message, as after a real one.
+#[allow(unsafe_code)]
+pub fn fail_for_tests(producer: &Producer) {
+    use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+    use rdkafka::producer::Producer as _;
+    // SAFETY: the handle is the live producer's; the reason is a C string
+    // that outlives the call, which copies it.
+    unsafe {
+        rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            c"injected by a test".as_ptr(),
+        );
+    }
 }
 
 /// Whether an error means this message can never be delivered (it goes to

@@ -31,6 +31,8 @@ pub struct ShipperMetrics {
     pub delivery_errors: AtomicU64,
     /// Rewinds to the last acknowledged record.
     pub retries: AtomicU64,
+    /// Producers replaced after a fatal error.
+    pub producer_restarts: AtomicU64,
     /// Records written to the dead-letter file.
     pub dead_letters: AtomicU64,
     /// Failed writes to the dead-letter file (each retried).
@@ -79,6 +81,11 @@ impl ShipperMetrics {
                 "trackplane_shipper_retries_total",
                 "Rewinds to the last acknowledged record.",
                 g(&self.retries),
+            ),
+            (
+                "trackplane_shipper_producer_restarts_total",
+                "Kafka producers replaced after a fatal error (an idempotent producer that can no longer keep its ordering).",
+                g(&self.producer_restarts),
             ),
             (
                 "trackplane_shipper_dead_letters_total",

@@ -24,6 +24,9 @@
 //!   dead-letter file with a metric; it never stops the stream for long. It
 //!   counts as handled only once that file holds it on disk: while the file
 //!   cannot be written, the stream waits at the record.
+//! - A producer that fails for good (an idempotent producer's fatal error)
+//!   is replaced, and every stream goes on from its last contiguous
+//!   acknowledgement.
 //! - Records missing from a stream's segments (deleted by the server's
 //!   `drop_oldest` policy or quarantined before they were shipped, or past
 //!   a corrupt block of a sealed segment) are passed over, logged and
@@ -242,6 +245,11 @@ impl Shipper {
                 Duration::from_millis(20)
             });
             self.take_deliveries();
+            if self.producer.context().errors.swap(false, Ordering::AcqRel) {
+                if let Some(why) = self.producer.client().fatal_error() {
+                    self.replace_producer(why);
+                }
+            }
             let now = Instant::now();
             if stopping || now.duration_since(last_checkpoint) >= checkpoint_every {
                 self.checkpoint_all();
@@ -264,6 +272,50 @@ impl Shipper {
                 return;
             }
         }
+    }
+
+    /// Starts a new producer in place of one that raised a fatal error (an
+    /// idempotent producer does when it can no longer keep its ordering
+    /// promise, e.g. a broker lost acknowledged messages). The old one
+    /// fails every message from then on, so without this the shipper
+    /// would retry for ever; the new one gets a new producer id, and
+    /// every stream goes on from its last contiguous acknowledgement.
+    fn replace_producer(&mut self, (code, reason): (RDKafkaErrorCode, String)) {
+        tracing::error!(
+            ?code,
+            reason,
+            "the Kafka producer failed for good; starting a new one"
+        );
+        let producer = match kafka::producer(&self.config) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a new Kafka producer; trying again");
+                self.producer
+                    .context()
+                    .errors
+                    .store(true, Ordering::Release);
+                return;
+            }
+        };
+        // Dropping the old one purges what it still holds (and reports it
+        // to its own context, which goes with it): those are sent again.
+        drop(std::mem::replace(&mut self.producer, producer));
+        self.metrics
+            .producer_restarts
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("a new Kafka producer replaced the one that failed for good");
+        for st in self.streams.values_mut() {
+            st.in_flight = 0;
+            rewind(st, &self.metrics);
+        }
+    }
+
+    /// Makes the producer fail for good, as an idempotent producer does
+    /// when a broker lost messages it had acknowledged. No broker does that
+    /// on demand, so tests use librdkafka's own fault injection.
+    #[doc(hidden)]
+    pub fn fail_producer_for_tests(&self) {
+        kafka::fail_for_tests(&self.producer);
     }
 
     /// Produces from one stream until its in-flight limit, the producer's
