@@ -605,21 +605,40 @@ fn a_broker_outage_delays_but_loses_nothing() {
     let proxy = Proxy::start(proxy_port, broker.port);
     let mut s = common::start(Driver::Epoll, "");
     let shipper = ship(config(s.dir.path(), &proxy.addr().to_string(), ""));
+    let m = shipper.metrics.clone();
+    let up = || m.broker_up.load(Ordering::Relaxed);
     send_events(&s, 0, 100);
     wait_for("first acks", Duration::from_secs(30), || {
-        shipper.metrics.acked.load(Ordering::Relaxed) >= 100
+        m.acked.load(Ordering::Relaxed) >= 100
     });
+    assert_eq!(up(), 1);
     proxy.down();
     send_events(&s, 100, 150);
+    wait_for("broker_up 0", Duration::from_secs(10), || up() == 0);
+    let sent = m.watermarks.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        shipper.metrics.acked.load(Ordering::Relaxed),
+        m.acked.load(Ordering::Relaxed),
         100,
         "nothing is acknowledged while the broker is unreachable"
     );
+    assert_eq!(up(), 0, "the broker stays down");
+    // Every 200 ms a round to 6 partitions per stream would queue 15
+    // rounds in 3 s; one round waits, and the rest are not sent.
+    let round = 6 * m.streams.lock().unwrap().len() as u64;
+    let queued = m.watermarks.load(Ordering::Relaxed) - sent;
+    assert!(
+        queued <= round,
+        "{queued} watermarks queued through the outage, a round is {round}"
+    );
     proxy.up();
     wait_for("catch-up", Duration::from_secs(60), || {
-        shipper.metrics.acked.load(Ordering::Relaxed) >= 250
+        m.acked.load(Ordering::Relaxed) >= 250
+    });
+    wait_for("broker_up 1", Duration::from_secs(10), || up() == 1);
+    let sent = m.watermarks.load(Ordering::Relaxed);
+    wait_for("watermarks again", Duration::from_secs(10), || {
+        m.watermarks.load(Ordering::Relaxed) > sent
     });
     s.stop();
     let want = on_disk(s.dir.path());

@@ -73,7 +73,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "/metrics" => Reply::metrics(metrics.render()),
         // Alive: the process answers.
         "/healthz" => Reply::text("200 OK", "ok\n"),
-        // Ready: the brokers answered the last metadata request.
+        // Ready: Kafka answers (`broker_up`).
         "/readyz" if metrics.broker_up.load(Ordering::Relaxed) == 1 => {
             Reply::text("200 OK", "ready\n")
         }

@@ -47,12 +47,18 @@ pub struct Reports {
     /// A client error came since the loop last looked: one may be fatal
     /// (the event does not say; `Client::fatal_error` does).
     pub errors: AtomicBool,
+    /// librdkafka lost its connection to every broker since the loop last
+    /// looked; a delivery since says they are back.
+    pub all_brokers_down: AtomicBool,
     quiet: Quiet,
 }
 
 impl ClientContext for Reports {
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors.store(true, Ordering::Release);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_brokers_down.store(true, Ordering::Release);
+        }
         if let Some(left_out) = self.quiet.admit(error.to_string(), Instant::now()) {
             tracing::warn!(%error, reason, left_out, "kafka client error");
         }

@@ -50,7 +50,8 @@ pub struct ShipperMetrics {
     pub checkpoints: AtomicU64,
     /// Shipped segments deleted.
     pub segments_deleted: AtomicU64,
-    /// 1 when the last metadata request to the brokers succeeded.
+    /// 1 while Kafka answers (a delivery or metadata since librdkafka last
+    /// lost every broker).
     pub broker_up: AtomicU64,
     /// Per stream.
     pub streams: Mutex<BTreeMap<u32, StreamGauges>>,
@@ -133,7 +134,7 @@ impl ShipperMetrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
-        let _ = writeln!(out, "# HELP trackplane_shipper_broker_up Whether the last metadata request to the brokers succeeded.\n# TYPE trackplane_shipper_broker_up gauge\ntrackplane_shipper_broker_up {}", g(&self.broker_up));
+        let _ = writeln!(out, "# HELP trackplane_shipper_broker_up 1 while Kafka answers: set by a delivery or a metadata answer, cleared when librdkafka loses every broker or a metadata request fails.\n# TYPE trackplane_shipper_broker_up gauge\ntrackplane_shipper_broker_up {}", g(&self.broker_up));
         let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
         type Field = fn(&StreamGauges) -> f64;
         let gauges: [(&str, &str, Field); 5] = [

@@ -104,6 +104,11 @@ pub struct Shipper {
     dead_letters: DeadLetters,
     /// Delivery reports being applied (kept to reuse its memory).
     reports: Vec<kafka::Delivery>,
+    /// Watermark messages sent and not yet reported on. While any are, no
+    /// new round is sent: through a Kafka outage, rounds would pile up in
+    /// the producer's queue (every partition, every interval, for hours)
+    /// where the next round supersedes them anyway.
+    watermarks_in_flight: usize,
     /// Counters and gauges for the admin port.
     pub metrics: Arc<ShipperMetrics>,
 }
@@ -150,6 +155,7 @@ impl Shipper {
             partitions: BTreeMap::new(),
             dead_letters: DeadLetters::new(&config),
             reports: Vec::new(),
+            watermarks_in_flight: 0,
             metrics: Arc::new(ShipperMetrics::default()),
             config: Arc::new(config),
         };
@@ -300,6 +306,7 @@ impl Shipper {
         // Dropping the old one purges what it still holds (and reports it
         // to its own context, which goes with it): those are sent again.
         drop(std::mem::replace(&mut self.producer, producer));
+        self.watermarks_in_flight = 0;
         self.metrics
             .producer_restarts
             .fetch_add(1, Ordering::Relaxed);
@@ -467,8 +474,20 @@ impl Shipper {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
+        if self
+            .producer
+            .context()
+            .all_brokers_down
+            .swap(false, Ordering::AcqRel)
+        {
+            self.metrics.broker_up.store(0, Ordering::Relaxed);
+        }
         for d in reports.drain(..) {
+            if d.failure.is_none() {
+                self.metrics.broker_up.store(1, Ordering::Relaxed);
+            }
             if d.opaque == WATERMARK {
+                self.watermarks_in_flight = self.watermarks_in_flight.saturating_sub(1);
                 if let Some((e, _)) = d.failure {
                     self.metrics
                         .watermark_errors
@@ -588,7 +607,6 @@ impl Shipper {
         topics.extend(self.config.shipper.topics.values().cloned());
         topics.sort();
         topics.dedup();
-        let mut connected = true;
         for topic in &topics {
             if !self.partitions.contains_key(topic) {
                 match self
@@ -605,17 +623,18 @@ impl Shipper {
                         if !parts.is_empty() {
                             self.partitions.insert(topic.clone(), parts);
                         }
+                        self.metrics.broker_up.store(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        connected = false;
+                        self.metrics.broker_up.store(0, Ordering::Relaxed);
                         tracing::debug!(topic, error = %e, "no metadata for watermarks yet");
                     }
                 }
             }
         }
-        self.metrics
-            .broker_up
-            .store(u64::from(connected), Ordering::Relaxed);
+        if self.watermarks_in_flight > 0 {
+            return;
+        }
         let flush_ms = self.config.storage.flush_interval_ms;
         for (&stream, st) in self.streams.iter_mut() {
             // A stream found after the marks were taken waits for the next.
@@ -645,6 +664,7 @@ impl Shipper {
                         .payload(&body)
                         .headers(headers);
                     if self.producer.send(rec).is_ok() {
+                        self.watermarks_in_flight += 1;
                         self.metrics.watermarks.fetch_add(1, Ordering::Relaxed);
                     }
                 }
