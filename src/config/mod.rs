@@ -479,6 +479,20 @@ impl Config {
                 ));
             }
         }
+        // librdkafka checks a property's name and value as it is set,
+        // before any client exists: so check-config catches what the
+        // shipper would refuse at start.
+        for (k, v) in &sh.kafka {
+            let mut one = rdkafka::ClientConfig::new();
+            one.set(k, v);
+            if let Err(e) = one.create_native_config() {
+                let why = match e {
+                    rdkafka::error::KafkaError::ClientConfig(_, why, _, _) => why,
+                    e => e.to_string(),
+                };
+                return Err(invalid(format!("shipper.kafka.\"{k}\""), why));
+            }
+        }
         if !(1..=5).contains(&sh.max_requests_in_flight) {
             return Err(invalid(
                 "shipper.max_requests_in_flight",

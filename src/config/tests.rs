@@ -145,6 +145,25 @@ fn invalid_values_name_their_key() {
     }
 }
 
+/// librdkafka properties are checked as the shipper would set them, so
+/// `check-config` refuses what the shipper would refuse at start: an
+/// unknown property and a value it cannot take, each named.
+#[test]
+fn kafka_properties_are_checked_by_name() {
+    let e = err("[shipper.kafka]\n\"bogus.key\" = \"1\"\n");
+    assert!(
+        e.contains("`shipper.kafka.\"bogus.key\"`") && e.contains("No such configuration property"),
+        "{e}"
+    );
+    let e = err("[shipper.kafka]\n\"linger.ms\" = \"soon\"\n");
+    assert!(
+        e.contains("`shipper.kafka.\"linger.ms\"`") && e.contains("Invalid value"),
+        "{e}"
+    );
+    let ok = "[shipper.kafka]\n\"linger.ms\" = \"20\"\n\"security.protocol\" = \"plaintext\"\n";
+    assert!(Config::from_toml_str(ok, "t").is_ok());
+}
+
 #[test]
 fn overrides_apply_and_validate() {
     let mut c = Config::embedded();
