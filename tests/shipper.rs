@@ -249,12 +249,20 @@ fn every_event_arrives_once_unchanged_with_watermarks_everywhere() {
     }
 }
 
-/// A pixel to a server running as its own process: its answer's status.
-fn pixel(addr: std::net::SocketAddr, n: &str) -> u16 {
+/// Pixels to a server running as its own process, pipelined in one write
+/// on one connection (so that they reach its worker together): their
+/// answers' statuses.
+fn pixels(addr: std::net::SocketAddr, names: &[String]) -> Vec<u16> {
     let mut c = std::net::TcpStream::connect(addr).unwrap();
-    let req = format!("GET /i?adv=demo&n={n} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    std::io::Write::write_all(&mut c, req.as_bytes()).unwrap();
-    common::read_responses(&mut c, 1)[0].status
+    let reqs: String = names
+        .iter()
+        .map(|n| format!("GET /i?adv=demo&n={n} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
+    std::io::Write::write_all(&mut c, reqs.as_bytes()).unwrap();
+    common::read_responses(&mut c, names.len())
+        .iter()
+        .map(|r| r.status)
+        .collect()
 }
 
 /// While its server cannot write segments (here a file-size limit on the
@@ -269,9 +277,8 @@ fn watermarks_wait_for_events_a_server_holds_while_its_writes_fail() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::process::serve(dir.path(), &["--workers", "1"], &[]);
     let shipper = ship(config(dir.path(), &broker.bootstrap(), ""));
-    for i in 0..10 {
-        assert_eq!(pixel(server.addr, &format!("before-{i}")), 200);
-    }
+    let before: Vec<String> = (0..10).map(|i| format!("before-{i}")).collect();
+    assert_eq!(pixels(server.addr, &before), [200; 10]);
     wait_for("the first acks", Duration::from_secs(30), || {
         shipper.metrics.acked.load(Ordering::Relaxed) >= 10
     });
@@ -282,13 +289,20 @@ fn watermarks_wait_for_events_a_server_holds_while_its_writes_fail() {
         .unwrap();
     let size = std::fs::metadata(&open.path).unwrap().len();
     limit_file_size(Some(server.child.id()), Some(size + 10));
-    for i in 0..5 {
-        assert_eq!(pixel(server.addr, &format!("held-{i}")), 200);
-    }
+    // Taken in one go: once a write fails (at the next flush, 50 ms on),
+    // new events are refused, so pixels sent one by one on a loaded
+    // machine could straddle it (and did, in CI).
+    let held: Vec<String> = (0..5).map(|i| format!("held-{i}")).collect();
+    assert_eq!(pixels(server.addr, &held), [200; 5]);
     wait_for(
         "the server's writes to fail",
         Duration::from_secs(10),
         || common::metric(&server.metrics(), "trackplane_store_failing") == 1.0,
+    );
+    assert_eq!(
+        common::metric(&server.metrics(), "trackplane_events_refused_total"),
+        0.0,
+        "a held pixel came after the write failed, and was refused"
     );
     // Watermarks every 200 ms: by the wall clock alone they would pass the
     // held events after the flush window and a second.
