@@ -89,6 +89,11 @@ struct StreamState {
     read_through: u64,
     caught_up: bool,
     retry_at: Option<Instant>,
+    /// A rewind waits out its backoff: it will send again everything from
+    /// the last contiguous acknowledgement, so a failure reported meanwhile
+    /// needs no rewind of its own. (A backoff after a read error is no
+    /// rewind: a failure reported during one must still rewind.)
+    rewinding: bool,
     backoff: Duration,
     last_watermark: u64,
 }
@@ -217,6 +222,7 @@ impl Shipper {
                     read_through: from.next_seq,
                     caught_up: false,
                     retry_at: None,
+                    rewinding: false,
                     backoff: Duration::from_millis(100),
                     last_watermark: from.acked_ts_ms,
                 },
@@ -336,6 +342,7 @@ impl Shipper {
             return 0;
         }
         st.retry_at = None;
+        st.rewinding = false;
         let mut produced = 0;
         while st.in_flight < max {
             if st.current.is_none() {
@@ -513,16 +520,15 @@ impl Shipper {
                     {
                         Ok(()) => advance(st, seq),
                         // Sent again from here, and dead-lettered again.
-                        Err(_) if st.retry_at.is_none() => rewind(st, &self.metrics),
-                        Err(_) => {}
+                        Err(_) => resend_from_acked(st, &self.metrics),
                     }
                 }
                 Some((e, _)) => {
                     self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
-                    if st.retry_at.is_none() {
+                    if !st.rewinding {
                         tracing::warn!(stream, seq, error = %e, "delivery failed; resending from the last acknowledged record");
-                        rewind(st, &self.metrics);
                     }
+                    resend_from_acked(st, &self.metrics);
                 }
             }
         }
@@ -753,6 +759,14 @@ fn advance(st: &mut StreamState, seq: u64) {
     }
 }
 
+/// After a record's delivery failed: rewinds, unless a rewind that will
+/// send it again already waits.
+fn resend_from_acked(st: &mut StreamState, metrics: &ShipperMetrics) {
+    if !st.rewinding {
+        rewind(st, metrics);
+    }
+}
+
 /// Starts the stream again at its last contiguous acknowledgement, after a
 /// growing backoff.
 fn rewind(st: &mut StreamState, metrics: &ShipperMetrics) {
@@ -765,6 +779,7 @@ fn rewind(st: &mut StreamState, metrics: &ShipperMetrics) {
     st.blocks.clear();
     st.read_through = from;
     backoff(st);
+    st.rewinding = true;
 }
 
 /// Holds a stream back after a failure; until it reads to the end again it
@@ -932,20 +947,27 @@ mod scan_tests {
 mod dead_letter_tests {
     use super::*;
 
-    #[test]
-    fn poison_is_written_as_one_json_line_each_and_counted() {
+    /// A dead-letter file (not created yet) under a new data directory,
+    /// kept while the first lives; its path; an error to file records under.
+    fn dead_letters() -> (tempfile::TempDir, DeadLetters, PathBuf, KafkaError) {
         let dir = tempfile::tempdir().unwrap();
         let config =
             Config::from_toml_str(&format!("data_dir = \"{}\"\n", dir.path().display()), "t")
                 .unwrap();
-        let metrics = ShipperMetrics::default();
-        let mut dl = DeadLetters::new(&config);
+        let path = dir.path().join("shipper/dead-letter.jsonl");
         let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        (dir, DeadLetters::new(&config), path, e)
+    }
+
+    #[test]
+    fn poison_is_written_as_one_json_line_each_and_counted() {
+        let (_dir, mut dl, path, e) = dead_letters();
+        let metrics = ShipperMetrics::default();
         dl.write(&metrics, 2, 41, &e, br#"{"id":"n-2-41"}"#)
             .unwrap();
         dl.write(&metrics, 2, 42, &e, b"not json \"quoted\"")
             .unwrap();
-        let text = std::fs::read_to_string(dir.path().join("shipper/dead-letter.jsonl")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -969,16 +991,10 @@ mod dead_letter_tests {
     /// counted as written; the same record is written once it can be.
     #[test]
     fn a_refused_write_is_an_error_and_can_be_tried_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let config =
-            Config::from_toml_str(&format!("data_dir = \"{}\"\n", dir.path().display()), "t")
-                .unwrap();
-        let path = dir.path().join("shipper/dead-letter.jsonl");
+        let (_dir, mut dl, path, e) = dead_letters();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink("/dev/full", &path).unwrap();
         let metrics = ShipperMetrics::default();
-        let mut dl = DeadLetters::new(&config);
-        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         assert!(dl.write(&metrics, 0, 7, &e, b"{}").is_err());
         assert!(dl.write(&metrics, 0, 7, &e, b"{}").is_err());
         assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 0);
@@ -994,16 +1010,10 @@ mod dead_letter_tests {
     /// the next one, so that one parses.
     #[test]
     fn a_torn_last_line_is_ended_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let config =
-            Config::from_toml_str(&format!("data_dir = \"{}\"\n", dir.path().display()), "t")
-                .unwrap();
-        let path = dir.path().join("shipper/dead-letter.jsonl");
+        let (_dir, mut dl, path, e) = dead_letters();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"{\"stream\":0,\"seq\":6,\"err").unwrap();
         let metrics = ShipperMetrics::default();
-        let mut dl = DeadLetters::new(&config);
-        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         dl.write(&metrics, 0, 7, &e, br#"{"id":"n-0-7"}"#).unwrap();
         dl.write(&metrics, 0, 8, &e, br#"{"id":"n-0-8"}"#).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -1035,9 +1045,30 @@ mod watermark_tests {
             read_through: 0,
             caught_up: true,
             retry_at: None,
+            rewinding: false,
             backoff: Duration::from_millis(100),
             last_watermark: 0,
         }
+    }
+
+    /// A delivery failure reported while a stream waits out a read error's
+    /// backoff still rewinds it: the failed record is sent again. It used
+    /// not to (the check was "no backoff pending"), which left a hole in
+    /// the acknowledgements that held the checkpoint below it for good.
+    /// A failure reported while a rewind waits adds no second rewind.
+    #[test]
+    fn a_failure_during_a_read_backoff_still_rewinds() {
+        let metrics = ShipperMetrics::default();
+        let mut st = caught_up(0);
+        st.window = AckWindow::new(5);
+        st.read_through = 9;
+        backoff(&mut st);
+        resend_from_acked(&mut st, &metrics);
+        assert_eq!(metrics.retries.load(Ordering::Relaxed), 1);
+        assert!(st.rewinding);
+        assert_eq!(st.read_through, 5, "read again from the failed record");
+        resend_from_acked(&mut st, &metrics);
+        assert_eq!(metrics.retries.load(Ordering::Relaxed), 1);
     }
 
     /// An idle stream's watermark follows the clock, less the flush window
