@@ -854,37 +854,42 @@ impl DeadLetters {
     /// Appends one whole line and syncs it, or leaves the file as it was
     /// (as far as cutting it back can) and closes it.
     fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let f = match self.file.as_mut() {
             Some(f) => f,
-            None => {
-                let dir = self.path.parent().unwrap_or(Path::new("."));
-                std::fs::create_dir_all(dir)?;
-                let f = OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .append(true)
-                    .open(&self.path)?;
-                // The file's name, as durable as its lines.
-                File::open(dir)?.sync_all()?;
-                self.file.insert(f)
-            }
+            None => self.file.insert(open_for_lines(&self.path)?),
         };
         let len = f.metadata()?.len();
-        let mut last = [b'\n'];
-        if len > 0 {
-            f.read_exact_at(&mut last, len - 1)?;
-        }
-        let torn = last[0] != b'\n';
-        let written = (if torn { f.write_all(b"\n") } else { Ok(()) })
-            .and_then(|()| f.write_all(line))
-            .and_then(|()| f.sync_data());
+        let written = f.write_all(line).and_then(|()| f.sync_data());
         if written.is_err() {
             let _ = f.set_len(len);
             self.file = None;
         }
         written
     }
+}
+
+/// Opens a file of lines to append to, creating it (its name made
+/// durable) or ending a last line that a crash tore, so that the next line
+/// starts on its own.
+fn open_for_lines(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::FileExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    crate::segment::writer::sync_dir(dir)?;
+    let len = f.metadata()?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        f.read_exact_at(&mut last, len - 1)?;
+    }
+    if last[0] != b'\n' {
+        f.write_all(b"\n")?;
+    }
+    Ok(f)
 }
 
 #[cfg(test)]
