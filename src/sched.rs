@@ -54,8 +54,10 @@
 //! class after each would undo the idle class there. With a loop pinned
 //! to the server's one core, 1,000 answered events of about 500 bytes
 //! reached segments 0.06-1.8 s after the last answer without this (over
-//! 1.2 s in two runs of six), 0.09-0.14 s with it in eight
-//! (`tests/background_class.rs`).
+//! 1.2 s in two runs of six; later 0.07-0.93 s, over 0.1 s in five of
+//! six), 0.09-0.17 s with it in thirteen (`tests/background_class.rs`).
+//! Now and then the kernel gives the idle-class pass its moment within a
+//! flush interval, and nothing needs lifting.
 //!
 //! After a lift, the thread's passes stay in the normal class for a second
 //! (`NORMAL_AFTER_LIFT_MS`): on a saturated core it would otherwise go

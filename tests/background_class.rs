@@ -281,16 +281,18 @@ fn on_a_core_other_work_keeps_busy_idle_passes_still_store_what_was_answered() {
         std::thread::sleep(Duration::from_millis(20));
     };
     drop(hog);
-    eprintln!("written to segments {took:?} after the last answer");
-    // How it got there: no ring came near a quarter, so only a starved
-    // pass can have been lifted. (Without the lift the time above ranged
-    // from 55 ms to 1.8 s in six runs: a starved pass's fate.)
+    let lifted = common::metric(&served.metrics(), lifts) - lifts_before;
+    eprintln!("written to segments {took:?} after the last answer; {lifted} lifts");
+    // How it got there. No ring came near a quarter, so a pass that left
+    // what was answered unstored for two flush intervals (50 ms each) was
+    // starved, and only a lift can have ended that: without the lift the
+    // time above ranged from 55 ms to 1.8 s in six runs. A pass the kernel
+    // happened to give its moment sooner needed none.
     assert!(
-        common::metric(&served.metrics(), lifts) > lifts_before,
-        "no idle-class pass of the store was lifted while other work held its core"
+        lifted > 0.0 || took < Duration::from_millis(100),
+        "answered events waited {took:?} for a starved idle-class pass of the store, and none was lifted"
     );
-    // The flush interval is 50 ms; the bound leaves room for a loaded
-    // machine.
+    // The bound leaves room for a loaded machine.
     assert!(
         took < Duration::from_secs(4),
         "answered events reached segments only {took:?} later"
