@@ -473,6 +473,54 @@ fn a_producer_that_fails_for_good_is_replaced() {
     drop(shipper);
 }
 
+/// The same failure in the middle of shipping, right after the shipper
+/// produced: 200 records acknowledged, up to 30 produced and not yet, the
+/// rest still to read. The new producer
+/// goes on from the last contiguous acknowledgement: nothing is lost, and
+/// at most what was in flight arrives twice (the old producer's id, which
+/// let the broker drop a resend, went with it).
+#[test]
+fn a_producer_that_fails_mid_flight_is_replaced_and_loses_nothing() {
+    let broker = broker_with_topics(None);
+    let mut s = common::start(Driver::Epoll, "[server]\nworkers = 1\n");
+    send_events(&s, 0, 600);
+    s.stop();
+    let want = on_disk(s.dir.path());
+    assert_eq!(want.len(), 600);
+    let mut shipper = Shipper::new(config(
+        s.dir.path(),
+        &broker.bootstrap(),
+        "max_in_flight = 30\n",
+    ))
+    .unwrap();
+    shipper.fail_producer_once_acked_for_tests(200);
+    let shipper = run(shipper);
+    let m = shipper.metrics.clone();
+    wait_for("the new producer", Duration::from_secs(30), || {
+        m.producer_restarts.load(Ordering::Relaxed) == 1
+    });
+    wait_for("the checkpoint at the end", Duration::from_secs(30), || {
+        trackplane::shipper::checkpoint::load(s.dir.path(), 0)
+            .unwrap()
+            .is_some_and(|p| p.next_seq == 600)
+    });
+    let (events, _) = read_back(&broker.bootstrap(), &want, Duration::from_secs(30));
+    let duplicates = check_delivery(&events, &want);
+    eprintln!(
+        "{duplicates} arrived twice; {} acknowledgements, {} rewinds, {} delivery errors",
+        m.acked.load(Ordering::Relaxed),
+        m.retries.load(Ordering::Relaxed),
+        m.delivery_errors.load(Ordering::Relaxed)
+    );
+    assert!(
+        m.delivery_errors.load(Ordering::Relaxed) > 0,
+        "the failure met no record in flight"
+    );
+    assert!(duplicates <= 30, "{duplicates} records arrived twice");
+    assert_eq!(m.producer_restarts.load(Ordering::Relaxed), 1);
+    drop(shipper);
+}
+
 /// Ships a stream of many small segments whose second `spoil` makes
 /// unreadable from its first block: every other record arrives, the
 /// spoiled segment's are counted as missing, and the checkpoint and the

@@ -116,6 +116,9 @@ pub struct Shipper {
     watermarks_in_flight: usize,
     /// Counters and gauges for the admin port.
     pub metrics: Arc<ShipperMetrics>,
+    /// Tests only: make the producer fail for good once this many records
+    /// are acknowledged (`fail_producer_once_acked_for_tests`).
+    fail_once_acked: Option<u64>,
 }
 
 /// What the streams' leases said before a round read the segments
@@ -163,6 +166,7 @@ impl Shipper {
             watermarks_in_flight: 0,
             metrics: Arc::new(ShipperMetrics::default()),
             config: Arc::new(config),
+            fail_once_acked: None,
         };
         if let Err(e) = crate::store::lease::HeldLocks::try_read() {
             tracing::warn!(error = %e, "cannot read /proc/locks: a caught-up stream's watermark follows the clock alone, and may pass events its server holds while segment writes fail");
@@ -251,6 +255,14 @@ impl Shipper {
                     produced += self.fill(stream);
                 }
             }
+            // Right after producing: with records in flight.
+            if self
+                .fail_once_acked
+                .is_some_and(|n| self.metrics.acked.load(Ordering::Relaxed) >= n)
+            {
+                self.fail_once_acked = None;
+                kafka::fail_for_tests(&self.producer);
+            }
             self.producer.poll(if produced > 0 {
                 Duration::ZERO
             } else {
@@ -329,6 +341,13 @@ impl Shipper {
     #[doc(hidden)]
     pub fn fail_producer_for_tests(&self) {
         kafka::fail_for_tests(&self.producer);
+    }
+
+    /// `fail_producer_for_tests` from within `run`, once `acked` records
+    /// are acknowledged: with others produced and not yet acknowledged.
+    #[doc(hidden)]
+    pub fn fail_producer_once_acked_for_tests(&mut self, acked: u64) {
+        self.fail_once_acked = Some(acked);
     }
 
     /// Produces from one stream until its in-flight limit, the producer's
