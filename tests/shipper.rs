@@ -186,6 +186,17 @@ fn send_events(s: &common::TestServer, from: usize, n: usize) {
     }
 }
 
+/// A stopped server's data dir with `n` events written by `workers`
+/// workers, and every record on it.
+fn written(workers: usize, n: usize) -> (common::TestServer, BTreeMap<String, Vec<u8>>) {
+    let mut s = common::start(Driver::Epoll, &format!("[server]\nworkers = {workers}\n"));
+    send_events(&s, 0, n);
+    s.stop();
+    let want = on_disk(s.dir.path());
+    assert_eq!(want.len(), n);
+    (s, want)
+}
+
 fn broker_with_topics(advertise: Option<u16>) -> Broker {
     let b = Broker::start_advertising(advertise);
     b.create_topic("trackplane.events", 3);
@@ -196,11 +207,7 @@ fn broker_with_topics(advertise: Option<u16>) -> Broker {
 #[test]
 fn every_event_arrives_once_unchanged_with_watermarks_everywhere() {
     let broker = broker_with_topics(None);
-    let mut s = common::start(Driver::Epoll, "[server]\nworkers = 2\n");
-    send_events(&s, 0, 300);
-    s.stop();
-    let want = on_disk(s.dir.path());
-    assert_eq!(want.len(), 300);
+    let (s, want) = written(2, 300);
     let shipper = ship(config(s.dir.path(), &broker.bootstrap(), ""));
     wait_for("acks", Duration::from_secs(30), || {
         shipper.metrics.acked.load(Ordering::Relaxed) >= 300
@@ -455,11 +462,7 @@ fn a_refused_record_waits_for_the_dead_letter_file() {
 #[test]
 fn a_producer_that_fails_for_good_is_replaced() {
     let broker = broker_with_topics(None);
-    let mut s = common::start(Driver::Epoll, "[server]\nworkers = 1\n");
-    send_events(&s, 0, 50);
-    s.stop();
-    let want = on_disk(s.dir.path());
-    assert_eq!(want.len(), 50);
+    let (s, want) = written(1, 50);
     let shipper = Shipper::new(config(s.dir.path(), &broker.bootstrap(), "")).unwrap();
     shipper.fail_producer_for_tests();
     let shipper = run(shipper);
@@ -482,11 +485,7 @@ fn a_producer_that_fails_for_good_is_replaced() {
 #[test]
 fn a_producer_that_fails_mid_flight_is_replaced_and_loses_nothing() {
     let broker = broker_with_topics(None);
-    let mut s = common::start(Driver::Epoll, "[server]\nworkers = 1\n");
-    send_events(&s, 0, 600);
-    s.stop();
-    let want = on_disk(s.dir.path());
-    assert_eq!(want.len(), 600);
+    let (s, want) = written(1, 600);
     let mut shipper = Shipper::new(config(
         s.dir.path(),
         &broker.bootstrap(),
