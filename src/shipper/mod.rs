@@ -149,6 +149,11 @@ fn route_of(rec: &[u8]) -> Option<(std::borrow::Cow<'_, str>, std::borrow::Cow<'
     Some((head.event_type, head.advertiser))
 }
 
+/// How long a watermark round waits for a topic's partitions (`watermarks`).
+/// A broker that is up answers in milliseconds; one still being connected
+/// to answers a later round.
+const METADATA_WAIT: Duration = Duration::from_millis(250);
+
 impl Shipper {
     /// A shipper for `config`, resuming every stream at its checkpoint.
     pub fn new(config: Config) -> Result<Shipper, KafkaError> {
@@ -632,28 +637,29 @@ impl Shipper {
         topics.extend(self.config.shipper.topics.values().cloned());
         topics.sort();
         topics.dedup();
-        for topic in &topics {
-            if !self.partitions.contains_key(topic) {
-                match self
-                    .producer
-                    .client()
-                    .fetch_metadata(Some(topic), Duration::from_secs(2))
-                {
-                    Ok(md) => {
-                        let parts: Vec<i32> = md
-                            .topics()
-                            .iter()
-                            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                            .collect();
-                        if !parts.is_empty() {
-                            self.partitions.insert(topic.clone(), parts);
-                        }
-                        self.metrics.broker_up.store(1, Ordering::Relaxed);
+        // One unknown topic a round, waiting briefly: the wait holds up the
+        // whole loop (deliveries, checkpoints, a restart, a stop), and with
+        // every broker down it lasts its full length.
+        if let Some(topic) = topics.iter().find(|t| !self.partitions.contains_key(*t)) {
+            match self
+                .producer
+                .client()
+                .fetch_metadata(Some(topic), METADATA_WAIT)
+            {
+                Ok(md) => {
+                    let parts: Vec<i32> = md
+                        .topics()
+                        .iter()
+                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                        .collect();
+                    if !parts.is_empty() {
+                        self.partitions.insert(topic.clone(), parts);
                     }
-                    Err(e) => {
-                        self.metrics.broker_up.store(0, Ordering::Relaxed);
-                        tracing::debug!(topic, error = %e, "no metadata for watermarks yet");
-                    }
+                    self.metrics.broker_up.store(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics.broker_up.store(0, Ordering::Relaxed);
+                    tracing::debug!(topic, error = %e, "no metadata for watermarks yet");
                 }
             }
         }
