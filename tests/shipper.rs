@@ -476,6 +476,47 @@ fn a_producer_that_fails_for_good_is_replaced() {
     drop(shipper);
 }
 
+/// A producer that failed for good and cannot be started again at once
+/// (here its TLS CA file is gone, as in a botched rotation) is tried again
+/// after 1 s, then 2, 4..., not at every pass of the loop, and starts once
+/// it can. No broker is needed: creating a producer reads the CA file.
+#[test]
+fn a_producer_that_cannot_be_restarted_is_tried_again_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-ca.pem");
+    std::fs::copy(&fixture, &ca).unwrap();
+    let mut cfg = config(dir.path(), &format!("127.0.0.1:{}", free_port()), "");
+    cfg.shipper
+        .kafka
+        .insert("security.protocol".into(), "ssl".into());
+    cfg.shipper
+        .kafka
+        .insert("ssl.ca.location".into(), ca.display().to_string());
+    let shipper = Shipper::new(cfg).unwrap();
+    std::fs::remove_file(&ca).unwrap();
+    shipper.fail_producer_for_tests();
+    let shipper = run(shipper);
+    let m = shipper.metrics.clone();
+    let failed = || m.producer_restart_errors.load(Ordering::Relaxed);
+    wait_for("a failed restart", Duration::from_secs(10), || {
+        failed() >= 1
+    });
+    // Tries at 0 and 1 s, the next at 3 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let tries = failed();
+    assert!(
+        (1..=2).contains(&tries),
+        "{tries} tries to start a producer in 2.5 s"
+    );
+    assert_eq!(m.producer_restarts.load(Ordering::Relaxed), 0);
+    std::fs::copy(&fixture, &ca).unwrap();
+    wait_for("the new producer", Duration::from_secs(10), || {
+        m.producer_restarts.load(Ordering::Relaxed) == 1
+    });
+    drop(shipper);
+}
+
 /// With no broker answering, the wait for a topic's partitions (for
 /// watermarks) does not hold the loop up: a stop is prompt. It took 4-8 s
 /// when each round waited 2 s for each of the two topics.

@@ -33,6 +33,9 @@ pub struct ShipperMetrics {
     pub retries: AtomicU64,
     /// Producers replaced after a fatal error.
     pub producer_restarts: AtomicU64,
+    /// Failed tries to start a producer in place of one that failed for
+    /// good (each tried again with backoff).
+    pub producer_restart_errors: AtomicU64,
     /// Records written to the dead-letter file.
     pub dead_letters: AtomicU64,
     /// Failed writes to the dead-letter file (each retried).
@@ -87,6 +90,11 @@ impl ShipperMetrics {
                 "trackplane_shipper_producer_restarts_total",
                 "Kafka producers replaced after a fatal error (an idempotent producer that can no longer keep its ordering).",
                 g(&self.producer_restarts),
+            ),
+            (
+                "trackplane_shipper_producer_restart_errors_total",
+                "Failed tries to start a Kafka producer in place of one that failed for good (each tried again after 1 s, doubling up to 30 s).",
+                g(&self.producer_restart_errors),
             ),
             (
                 "trackplane_shipper_dead_letters_total",

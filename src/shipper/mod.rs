@@ -116,10 +116,23 @@ pub struct Shipper {
     watermarks_in_flight: usize,
     /// Counters and gauges for the admin port.
     pub metrics: Arc<ShipperMetrics>,
+    /// When to try again to start a producer in place of one that failed
+    /// for good, after a try failed (`None`: no try is pending).
+    restart_at: Option<Instant>,
+    /// How long the next failed try waits: 1 s, doubling up to 30 s.
+    restart_backoff: Duration,
     /// Tests only: make the producer fail for good once this many records
     /// are acknowledged (`fail_producer_once_acked_for_tests`).
     fail_once_acked: Option<u64>,
 }
+
+/// How long a watermark round waits for a topic's partitions (`watermarks`).
+/// A broker that is up answers in milliseconds; one still being connected
+/// to answers a later round.
+const METADATA_WAIT: Duration = Duration::from_millis(250);
+
+/// The first wait before trying again to start a producer.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 /// What the streams' leases said before a round read the segments
 /// (`store::lease`).
@@ -149,11 +162,6 @@ fn route_of(rec: &[u8]) -> Option<(std::borrow::Cow<'_, str>, std::borrow::Cow<'
     Some((head.event_type, head.advertiser))
 }
 
-/// How long a watermark round waits for a topic's partitions (`watermarks`).
-/// A broker that is up answers in milliseconds; one still being connected
-/// to answers a later round.
-const METADATA_WAIT: Duration = Duration::from_millis(250);
-
 impl Shipper {
     /// A shipper for `config`, resuming every stream at its checkpoint.
     pub fn new(config: Config) -> Result<Shipper, KafkaError> {
@@ -171,6 +179,8 @@ impl Shipper {
             watermarks_in_flight: 0,
             metrics: Arc::new(ShipperMetrics::default()),
             config: Arc::new(config),
+            restart_at: None,
+            restart_backoff: RESTART_BACKOFF,
             fail_once_acked: None,
         };
         if let Err(e) = crate::store::lease::HeldLocks::try_read() {
@@ -274,7 +284,9 @@ impl Shipper {
                 Duration::from_millis(20)
             });
             self.take_deliveries();
-            if self.producer.context().errors.swap(false, Ordering::AcqRel) {
+            // After an error, or when a failed restart is due again.
+            let errored = self.producer.context().errors.swap(false, Ordering::AcqRel);
+            if self.restart_at.map_or(errored, |t| Instant::now() >= t) {
                 if let Some(why) = self.producer.client().fatal_error() {
                     self.replace_producer(why);
                 }
@@ -309,23 +321,31 @@ impl Shipper {
     /// fails every message from then on, so without this the shipper
     /// would retry for ever; the new one gets a new producer id, and
     /// every stream goes on from its last contiguous acknowledgement.
+    /// A producer that cannot be created (a TLS file gone, say) is tried
+    /// again after 1 s, doubling up to 30 s.
     fn replace_producer(&mut self, (code, reason): (RDKafkaErrorCode, String)) {
-        tracing::error!(
-            ?code,
-            reason,
-            "the Kafka producer failed for good; starting a new one"
-        );
+        if self.restart_at.is_none() {
+            tracing::error!(
+                ?code,
+                reason,
+                "the Kafka producer failed for good; starting a new one"
+            );
+        }
         let producer = match kafka::producer(&self.config) {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "cannot create a new Kafka producer; trying again");
-                self.producer
-                    .context()
-                    .errors
-                    .store(true, Ordering::Release);
+                self.metrics
+                    .producer_restart_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let wait = self.restart_backoff;
+                tracing::error!(error = %e, retry_in = ?wait, "cannot create a new Kafka producer");
+                self.restart_at = Some(Instant::now() + wait);
+                self.restart_backoff = (wait * 2).min(Duration::from_secs(30));
                 return;
             }
         };
+        self.restart_at = None;
+        self.restart_backoff = RESTART_BACKOFF;
         // Dropping the old one purges what it still holds (and reports it
         // to its own context, which goes with it): those are sent again.
         drop(std::mem::replace(&mut self.producer, producer));
