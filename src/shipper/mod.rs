@@ -131,6 +131,9 @@ pub struct Shipper {
 /// to answers a later round.
 const METADATA_WAIT: Duration = Duration::from_millis(250);
 
+/// A stream's first wait after a failure, doubling up to 30 s.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
 /// The first wait before trying again to start a producer.
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -242,7 +245,7 @@ impl Shipper {
                     caught_up: false,
                     retry_at: None,
                     rewinding: false,
-                    backoff: Duration::from_millis(100),
+                    backoff: FIRST_BACKOFF,
                     last_watermark: from.acked_ts_ms,
                 },
             );
@@ -355,8 +358,7 @@ impl Shipper {
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!("a new Kafka producer replaced the one that failed for good");
         for st in self.streams.values_mut() {
-            st.in_flight = 0;
-            rewind(st, &self.metrics);
+            restart(st, &self.metrics);
         }
     }
 
@@ -800,7 +802,7 @@ fn advance(st: &mut StreamState, seq: u64) {
                 st.acked_ts = st.acked_ts.max(b.max_ts);
             }
         }
-        st.backoff = Duration::from_millis(100);
+        st.backoff = FIRST_BACKOFF;
     }
 }
 
@@ -810,6 +812,16 @@ fn resend_from_acked(st: &mut StreamState, metrics: &ShipperMetrics) {
     if !st.rewinding {
         rewind(st, metrics);
     }
+}
+
+/// Starts the stream again at its last contiguous acknowledgement with a
+/// new producer: what the old one held is gone, and the failures that
+/// grew the stream's backoff were the old one's, so it produces at once.
+fn restart(st: &mut StreamState, metrics: &ShipperMetrics) {
+    st.in_flight = 0;
+    rewind(st, metrics);
+    st.retry_at = None;
+    st.backoff = FIRST_BACKOFF;
 }
 
 /// Starts the stream again at its last contiguous acknowledgement, after a
@@ -1096,7 +1108,7 @@ mod watermark_tests {
             caught_up: true,
             retry_at: None,
             rewinding: false,
-            backoff: Duration::from_millis(100),
+            backoff: FIRST_BACKOFF,
             last_watermark: 0,
         }
     }
@@ -1119,6 +1131,31 @@ mod watermark_tests {
         assert_eq!(st.read_through, 5, "read again from the failed record");
         resend_from_acked(&mut st, &metrics);
         assert_eq!(metrics.retries.load(Ordering::Relaxed), 1);
+    }
+
+    /// A new producer starts a stream at its last contiguous
+    /// acknowledgement at once: the backoff that the old producer's
+    /// failures grew (to 30 s, with a producer that could not be replaced
+    /// for minutes) is not waited out again.
+    #[test]
+    fn a_new_producer_starts_a_stream_at_once() {
+        let metrics = ShipperMetrics::default();
+        let mut st = caught_up(0);
+        st.window = AckWindow::new(5);
+        st.read_through = 9;
+        st.in_flight = 4;
+        for _ in 0..12 {
+            resend_from_acked(&mut st, &metrics);
+            st.rewinding = false;
+        }
+        assert_eq!(st.backoff, Duration::from_secs(30));
+        restart(&mut st, &metrics);
+        assert_eq!(
+            st.read_through, 5,
+            "read again from the first unacknowledged"
+        );
+        assert_eq!((st.in_flight, st.retry_at), (0, None));
+        assert_eq!(st.backoff, FIRST_BACKOFF);
     }
 
     /// An idle stream's watermark follows the clock, less the flush window
