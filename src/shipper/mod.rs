@@ -290,8 +290,9 @@ impl Shipper {
             // After an error, or when a failed restart is due again.
             let errored = self.producer.context().errors.swap(false, Ordering::AcqRel);
             if self.restart_at.map_or(errored, |t| Instant::now() >= t) {
-                if let Some(why) = self.producer.client().fatal_error() {
-                    self.replace_producer(why);
+                match self.producer.client().fatal_error() {
+                    Some(why) => self.replace_producer(why),
+                    None => self.restart_at = None,
                 }
             }
             let now = Instant::now();
