@@ -121,6 +121,9 @@ pub struct Shipper {
     restart_at: Option<Instant>,
     /// How long the next failed try waits: 1 s, doubling up to 30 s.
     restart_backoff: Duration,
+    /// Which unknown topic the next watermark round asks about (they take
+    /// turns: one that does not exist must not hide the others).
+    metadata_turn: usize,
     /// Tests only: make the producer fail for good once this many records
     /// are acknowledged (`fail_producer_once_acked_for_tests`).
     fail_once_acked: Option<u64>,
@@ -184,6 +187,7 @@ impl Shipper {
             config: Arc::new(config),
             restart_at: None,
             restart_backoff: RESTART_BACKOFF,
+            metadata_turn: 0,
             fail_once_acked: None,
         };
         if let Err(e) = crate::store::lease::HeldLocks::try_read() {
@@ -660,10 +664,10 @@ impl Shipper {
         topics.extend(self.config.shipper.topics.values().cloned());
         topics.sort();
         topics.dedup();
-        // One unknown topic a round, waiting briefly: the wait holds up the
-        // whole loop (deliveries, checkpoints, a restart, a stop), and with
-        // every broker down it lasts its full length.
-        if let Some(topic) = topics.iter().find(|t| !self.partitions.contains_key(*t)) {
+        // One unknown topic a round, in turns, waiting briefly: the wait
+        // holds up the whole loop (deliveries, checkpoints, a restart, a
+        // stop), and with every broker down it lasts its full length.
+        if let Some(topic) = next_unknown(&topics, &self.partitions, &mut self.metadata_turn) {
             match self
                 .producer
                 .client()
@@ -805,6 +809,22 @@ fn advance(st: &mut StreamState, seq: u64) {
         }
         st.backoff = FIRST_BACKOFF;
     }
+}
+
+/// The topic whose partitions the next watermark round asks for: the
+/// unknown ones in turns, so that one that does not exist (never known)
+/// does not keep the others from being asked.
+fn next_unknown<'a>(
+    topics: &'a [String],
+    known: &BTreeMap<String, Vec<i32>>,
+    turn: &mut usize,
+) -> Option<&'a String> {
+    let unknown: Vec<&String> = topics.iter().filter(|t| !known.contains_key(*t)).collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    *turn = turn.wrapping_add(1);
+    Some(unknown[*turn % unknown.len()])
 }
 
 /// After a record's delivery failed: rewinds, unless a rewind that will
@@ -1157,6 +1177,36 @@ mod watermark_tests {
         );
         assert_eq!((st.in_flight, st.retry_at), (0, None));
         assert_eq!(st.backoff, FIRST_BACKOFF);
+    }
+
+    /// Unknown topics take turns: one that never becomes known (it does
+    /// not exist) does not keep the next from being asked, whichever
+    /// comes first. (The test broker creates any topic asked about, so
+    /// this cannot be shown against it.)
+    #[test]
+    fn unknown_topics_take_turns() {
+        let topics: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut known = BTreeMap::new();
+        let mut turn = 0;
+        let mut asked = Vec::new();
+        for _ in 0..6 {
+            let t = next_unknown(&topics, &known, &mut turn).unwrap().clone();
+            // "a" does not exist; the others answer when asked.
+            if t != "a" {
+                known.insert(t.clone(), vec![0]);
+            }
+            asked.push(t);
+        }
+        assert!(
+            known.contains_key("b") && known.contains_key("c"),
+            "{asked:?}"
+        );
+        assert_eq!(
+            next_unknown(&topics, &known, &mut turn).map(String::as_str),
+            Some("a")
+        );
+        known.insert("a".into(), vec![0]);
+        assert_eq!(next_unknown(&topics, &known, &mut turn), None);
     }
 
     /// An idle stream's watermark follows the clock, less the flush window
