@@ -348,7 +348,7 @@ impl Shipper {
                 let wait = self.restart_backoff;
                 tracing::error!(error = %e, retry_in = ?wait, "cannot create a new Kafka producer");
                 self.restart_at = Some(Instant::now() + wait);
-                self.restart_backoff = (wait * 2).min(Duration::from_secs(30));
+                self.restart_backoff = doubled(wait);
                 return;
             }
         };
@@ -837,17 +837,28 @@ fn resend_from_acked(st: &mut StreamState, metrics: &ShipperMetrics) {
 
 /// Starts the stream again at its last contiguous acknowledgement with a
 /// new producer: what the old one held is gone, and the failures that
-/// grew the stream's backoff were the old one's, so it produces at once.
+/// grew the stream's backoff (or left a wait pending) were the old one's,
+/// so it produces at once.
 fn restart(st: &mut StreamState, metrics: &ShipperMetrics) {
     st.in_flight = 0;
-    rewind(st, metrics);
+    read_again_from_acked(st, metrics);
+    st.caught_up = false;
     st.retry_at = None;
+    st.rewinding = false;
     st.backoff = FIRST_BACKOFF;
 }
 
 /// Starts the stream again at its last contiguous acknowledgement, after a
 /// growing backoff.
 fn rewind(st: &mut StreamState, metrics: &ShipperMetrics) {
+    read_again_from_acked(st, metrics);
+    backoff(st);
+    st.rewinding = true;
+}
+
+/// What a rewind and a restart share: counted as a retry, the stream is
+/// read again from its last contiguous acknowledgement.
+fn read_again_from_acked(st: &mut StreamState, metrics: &ShipperMetrics) {
     metrics.retries.fetch_add(1, Ordering::Relaxed);
     let from = st.window.acked_through();
     st.follower.rewind(from);
@@ -856,8 +867,6 @@ fn rewind(st: &mut StreamState, metrics: &ShipperMetrics) {
     st.past_gap = None;
     st.blocks.clear();
     st.read_through = from;
-    backoff(st);
-    st.rewinding = true;
 }
 
 /// Holds a stream back after a failure; until it reads to the end again it
@@ -865,7 +874,12 @@ fn rewind(st: &mut StreamState, metrics: &ShipperMetrics) {
 fn backoff(st: &mut StreamState) {
     st.caught_up = false;
     st.retry_at = Some(Instant::now() + st.backoff);
-    st.backoff = (st.backoff * 2).min(Duration::from_secs(30));
+    st.backoff = doubled(st.backoff);
+}
+
+/// The wait after one of `wait` failed again: twice as long, up to 30 s.
+fn doubled(wait: Duration) -> Duration {
+    (wait * 2).min(Duration::from_secs(30))
 }
 
 /// The dead-letter file: records Kafka will never accept, one JSON line
