@@ -5,6 +5,13 @@
 //! commit) while the store keeps writing. Workers never wait for either
 //! except, by choice, for `sync` events.
 //!
+//! # Layout
+//! - `status`: what workers and the store share (durable sequences, refusal)
+//! - `syncer`: the fdatasync thread, group commit
+//! - `budget`: the disk budget and its policies
+//! - `lease`: stream leases, and how far a live server has written
+//! - `metrics`: the store's counters
+//!
 //! # Invariants
 //! - Ring record = `seq: u64 LE`, `ts_ms: u64 LE`, then the record bytes;
 //!   a stream's sequence numbers arrive consecutively.
@@ -27,125 +34,32 @@
 //! - A store or sync thread that ends by a panic leaves new events refused
 //!   for good (`Watch`), as a failed fdatasync does.
 
+mod budget;
 pub mod lease;
 pub mod metrics;
+mod status;
+mod syncer;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::CachePadded;
-
 use crate::bell::Bell;
-use crate::config::{FullPolicy, StorageConfig};
+use crate::config::StorageConfig;
 use crate::ring::Consumer;
 use crate::sched::{Class, PASS_CHUNK};
 use crate::segment::writer::{BlockStats, SyncFile};
 use crate::segment::{StreamWriter, WriterConfig};
 pub use metrics::StoreMetrics;
+use status::{confirm, Watch};
+pub use status::{StoreStatus, StreamShared};
+use syncer::{SyncJob, Syncer};
 
 /// Bytes before each record in a ring: sequence and event time.
 pub const RING_PREFIX: usize = 16;
-
-/// What a worker and the store share about one stream.
-#[derive(Debug, Default)]
-pub struct StreamShared {
-    /// One past the last sequence number known durable.
-    pub durable_seq: CachePadded<AtomicU64>,
-    /// The highest sequence number a worker waits to see durable, plus one
-    /// (0: nobody waits).
-    pub sync_wanted: CachePadded<AtomicU64>,
-}
-
-impl StreamShared {
-    /// Asks the store to make everything up to `seq` durable soon.
-    #[inline]
-    pub fn want_sync(&self, seq: u64) {
-        self.sync_wanted.fetch_max(seq + 1, Ordering::AcqRel);
-    }
-
-    /// Whether `seq` is durable.
-    #[inline]
-    pub fn is_durable(&self, seq: u64) -> bool {
-        self.durable_seq.load(Ordering::Acquire) > seq
-    }
-}
-
-/// State every worker checks: whether the disk budget refuses new events.
-#[derive(Debug, Default)]
-pub struct StoreStatus {
-    /// Set while segments are at the budget and the policy is to refuse.
-    pub refusing: AtomicBool,
-    /// Set while the store cannot write segments (a full disk, an I/O
-    /// error): new events are refused until a write succeeds again.
-    pub failing: AtomicBool,
-    /// Set, for good, once an fdatasync of a segment failed: `failing`
-    /// stays set and nothing is called durable any more (module header).
-    pub sync_failed: AtomicBool,
-    /// Whether any event type is `sync` (the store then naps shorter and
-    /// stays in the normal class).
-    pub sync_types: AtomicBool,
-    /// The store thread's scheduling class; workers lift it mid-pass when
-    /// their ring fills past a quarter.
-    pub class: crate::sched::Class,
-    /// Whether the store naps (or is about to): a worker whose ring fills
-    /// past a quarter then rings `bell`.
-    napping: AtomicBool,
-    /// The store's bell, from its start.
-    bell: OnceLock<Arc<Bell>>,
-}
-
-impl StoreStatus {
-    /// A status for a store whose event types include `sync` ones or not,
-    /// in `class`.
-    pub fn new(sync_types: bool, class: crate::sched::Class) -> StoreStatus {
-        StoreStatus {
-            sync_types: AtomicBool::new(sync_types),
-            class,
-            ..StoreStatus::default()
-        }
-    }
-
-    /// Whether new events are refused: at the disk budget, or while
-    /// segment writes fail.
-    #[inline]
-    pub fn refuses(&self) -> bool {
-        self.refusing.load(Ordering::Relaxed) || self.failing.load(Ordering::Relaxed)
-    }
-
-    /// Records a failed fdatasync (module header): logs it the first time,
-    /// and from now on refuses new events.
-    fn fail_sync(&self, file: &Path, error: &std::io::Error) {
-        self.failing.store(true, Ordering::Relaxed);
-        if !self.sync_failed.swap(true, Ordering::AcqRel) {
-            tracing::error!(
-                file = %file.display(),
-                error = %error,
-                "fdatasync failed: what the kernel held of the segment may never reach the disk; \
-                 refusing new events until trackplane is restarted"
-            );
-        }
-    }
-
-    /// Called by a worker whose ring is past a quarter: ends the store's
-    /// nap. The store naps until its next flush is due, which at a high
-    /// rate, or with a small ring, is longer than a ring takes to fill; a
-    /// nap cut short costs one write(2) here, at most once per nap.
-    #[inline]
-    pub fn nudge(&self) {
-        // Pairs with the fence in the store's `nap`: either the store sees
-        // the records just pushed, or this sees it napping.
-        fence(Ordering::SeqCst);
-        if self.napping.load(Ordering::Relaxed) && self.napping.swap(false, Ordering::Relaxed) {
-            if let Some(bell) = self.bell.get() {
-                bell.ring();
-            }
-        }
-    }
-}
 
 /// The segments directory under a data directory.
 pub fn segments_dir(data_dir: &Path) -> PathBuf {
@@ -213,88 +127,6 @@ impl Stream {
             *marked = through;
         }
     }
-}
-
-/// An fdatasync for the syncer: once `file` is synced, every record of
-/// `stream` below `through` is durable.
-struct SyncJob {
-    stream: usize,
-    file: Arc<std::fs::File>,
-    through: u64,
-}
-
-/// The syncer thread: fdatasyncs what the store asks, coalescing queued
-/// requests per stream (group commit), and publishes durable sequences,
-/// until an fdatasync fails (module header).
-fn syncer(
-    rx: std::sync::mpsc::Receiver<SyncJob>,
-    streams: Vec<Arc<StreamShared>>,
-    metrics: Arc<StoreMetrics>,
-    status: Arc<StoreStatus>,
-    sync_file: SyncFile,
-) {
-    let mut latest: Vec<Option<SyncJob>> = (0..streams.len()).map(|_| None).collect();
-    while let Ok(job) = rx.recv() {
-        let i = job.stream;
-        latest[i] = Some(job);
-        while let Ok(job) = rx.try_recv() {
-            let i = job.stream;
-            latest[i] = Some(job);
-        }
-        for (i, slot) in latest.iter_mut().enumerate() {
-            let Some(job) = slot.take() else {
-                continue;
-            };
-            let before = streams[i].durable_seq.load(Ordering::Acquire);
-            let began = Instant::now();
-            match sync_file(&job.file) {
-                Ok(()) => {
-                    if confirm(&status, &streams[i], job.through) {
-                        metrics.fsync(began.elapsed(), job.through.saturating_sub(before));
-                    }
-                }
-                Err(e) => {
-                    metrics.errors.fetch_add(1, Ordering::Relaxed);
-                    status.fail_sync(&file_name(&job.file), &e);
-                }
-            }
-        }
-    }
-}
-
-/// Held by the store's threads: one that ends by a panic leaves new events
-/// refused for good (and, the syncer, nothing called durable again), where
-/// they would otherwise fill the rings, or wait on syncs, unseen. The store
-/// thread's ends its scheduling class however it ends (`sched::Class::end`).
-struct Watch {
-    status: Arc<StoreStatus>,
-    /// The syncer's: what it was syncing may or may not be on disk.
-    syncer: bool,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if !self.syncer {
-            self.status.class.end();
-        }
-        if std::thread::panicking() {
-            tracing::error!(
-                thread = if self.syncer { "sync" } else { "store" },
-                "a store thread ended by a panic: refusing new events until trackplane is restarted"
-            );
-            if self.syncer {
-                self.status.sync_failed.store(true, Ordering::Release);
-            }
-            self.status.failing.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The name of an open file, for a log line (read back from the kernel
-/// only then, so that a sync job carries none).
-fn file_name(file: &std::fs::File) -> PathBuf {
-    use std::os::fd::AsRawFd;
-    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap_or_default()
 }
 
 impl Store {
@@ -410,16 +242,6 @@ impl Store {
     }
 }
 
-/// Calls every record of a stream below `through` durable, unless an
-/// fdatasync ever failed (module header); whether it did.
-fn confirm(status: &StoreStatus, shared: &StreamShared, through: u64) -> bool {
-    let trusted = !status.sync_failed.load(Ordering::Acquire);
-    if trusted {
-        shared.durable_seq.fetch_max(through, Ordering::AcqRel);
-    }
-    trusted
-}
-
 /// Seals a stream's segment when it is due (by size or age) and opens the
 /// next one. Sealing syncs it, so everything in it is durable.
 fn rotate_if_due(
@@ -444,12 +266,6 @@ fn rotate_if_due(
         *requested = (*requested).max(sealed_through);
     }
     Ok(())
-}
-
-/// The syncer thread and its queue.
-struct Syncer {
-    tx: std::sync::mpsc::SyncSender<SyncJob>,
-    thread: JoinHandle<()>,
 }
 
 struct Ctx {
@@ -530,27 +346,6 @@ fn sync_due(streams: &[Stream], wanted: &[u64]) -> bool {
 }
 
 impl Ctx {
-    /// Starts the syncer: fdatasync runs on its own thread, so a slow disk
-    /// stalls durability, never the writing of blocks (and so never the
-    /// flush window). Started before the store's thread, so that a failure
-    /// to start it fails the start instead of ending the store unseen.
-    fn start_syncer(&self, streams: &[Stream]) -> std::io::Result<Syncer> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<SyncJob>(64);
-        let shared: Vec<Arc<StreamShared>> = streams.iter().map(|s| s.shared.clone()).collect();
-        let (metrics, status, sync_file) =
-            (self.metrics.clone(), self.status.clone(), self.sync_file);
-        let thread = std::thread::Builder::new()
-            .name("trackplane-sync".into())
-            .spawn(move || {
-                let _watch = Watch {
-                    status: status.clone(),
-                    syncer: true,
-                };
-                syncer(rx, shared, metrics, status, sync_file)
-            })?;
-        Ok(Syncer { tx, thread })
-    }
-
     fn run(self, mut streams: Vec<Stream>, syncer: Syncer) -> std::io::Result<()> {
         let flush_every = Duration::from_millis(self.cfg.flush_interval_ms);
         let sync_every = Duration::from_millis(self.cfg.sync_interval_ms);
@@ -831,443 +626,7 @@ impl Ctx {
         }
         result.map(|()| n)
     }
-
-    /// Measures the segments directory; at the budget either refuses new
-    /// events or deletes the oldest sealed segments, as configured. Without
-    /// a budget nothing is measured (the steady state allocates nothing).
-    fn enforce_budget(&self, streams: &[Stream]) -> std::io::Result<()> {
-        if self.cfg.disk_budget_bytes == 0 {
-            return Ok(());
-        }
-        let segments = crate::segment::list(&self.dir)?;
-        let mut sizes: Vec<(u64, PathBuf, bool)> = Vec::with_capacity(segments.len());
-        for seg in segments {
-            if let Ok(meta) = std::fs::metadata(&seg.path) {
-                sizes.push((meta.len(), seg.path, seg.open));
-            }
-        }
-        let mut total: u64 = sizes.iter().map(|(len, _, _)| len).sum();
-        self.metrics.segment_bytes.store(total, Ordering::Relaxed);
-        let budget = self.cfg.disk_budget_bytes;
-        if budget == 0 {
-            return Ok(());
-        }
-        if total >= budget && self.cfg.full_policy == FullPolicy::DropOldest {
-            // Oldest first: by creation order, approximated by mtime.
-            let mut sealed: Vec<(std::time::SystemTime, u64, PathBuf)> = sizes
-                .iter()
-                .filter(|(_, _, open)| !open)
-                .filter_map(|(len, p, _)| {
-                    Some((std::fs::metadata(p).ok()?.modified().ok()?, *len, p.clone()))
-                })
-                .collect();
-            sealed.sort();
-            for (_, len, path) in sealed {
-                if total < budget * 9 / 10 {
-                    break;
-                }
-                match std::fs::remove_file(&path) {
-                    // The shipper deleted it (shipped) since it was listed.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    r => r?,
-                }
-                total -= len;
-                self.metrics
-                    .segments_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(segment = %path.display(), "disk budget reached: deleted oldest segment (policy drop_oldest)");
-            }
-            self.metrics.segment_bytes.store(total, Ordering::Relaxed);
-        }
-        let refuse = total >= budget && self.cfg.full_policy == FullPolicy::Refuse;
-        if refuse != self.status.refusing.swap(refuse, Ordering::AcqRel) {
-            if refuse {
-                tracing::error!(
-                    bytes = total,
-                    budget,
-                    streams = streams.len(),
-                    "disk budget reached: refusing new events"
-                );
-            } else {
-                tracing::info!(
-                    bytes = total,
-                    budget,
-                    "below the disk budget again: accepting events"
-                );
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A store of one stream, 0, draining `consumer`.
-    fn start_one(data_dir: &Path, cfg: &StorageConfig, consumer: Consumer) -> Store {
-        start_napping(data_dir, cfg, consumer, Arc::default(), MAX_NAP)
-    }
-
-    /// `start_one` with `status`, napping at most `max_nap`.
-    fn start_napping(
-        data_dir: &Path,
-        cfg: &StorageConfig,
-        consumer: Consumer,
-        status: Arc<StoreStatus>,
-        max_nap: Duration,
-    ) -> Store {
-        start_syncing(
-            data_dir,
-            cfg,
-            consumer,
-            status,
-            max_nap,
-            Arc::default(),
-            std::fs::File::sync_data,
-        )
-    }
-
-    /// `start_napping` of the stream `shared`, whose segments `sync_file`
-    /// fdatasyncs.
-    fn start_syncing(
-        data_dir: &Path,
-        cfg: &StorageConfig,
-        consumer: Consumer,
-        status: Arc<StoreStatus>,
-        max_nap: Duration,
-        shared: Arc<StreamShared>,
-        sync_file: SyncFile,
-    ) -> Store {
-        let spec = StreamSpec {
-            stream: 0,
-            consumer,
-            next_seq: 0,
-            shared,
-        };
-        Store::start_with(data_dir, "t", cfg, vec![spec], status, max_nap, sync_file).unwrap()
-    }
-
-    /// Pushes records `seqs` of stream 0.
-    fn push(producer: &mut crate::ring::Producer, seqs: std::ops::Range<u64>) {
-        let mut rec = Vec::new();
-        for seq in seqs {
-            rec.clear();
-            rec.extend_from_slice(&seq.to_le_bytes());
-            rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
-            rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}"}}"#).as_bytes());
-            producer.push(&rec).unwrap();
-        }
-    }
-
-    /// Waits up to 10 s for `done`.
-    fn wait_for(what: &str, done: impl Fn() -> bool) {
-        let until = Instant::now() + Duration::from_secs(10);
-        while !done() {
-            assert!(Instant::now() < until, "10 s without {what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// The records of every segment under `data_dir`, sealed or open.
-    fn stored(data_dir: &Path) -> Vec<u64> {
-        let mut seqs = Vec::new();
-        for seg in crate::segment::list(&segments_dir(data_dir)).unwrap() {
-            let mut reader = crate::segment::SegmentReader::open(&seg.path).unwrap();
-            while let Some(block) = reader.next_block().unwrap() {
-                seqs.extend(block.records().map(|(seq, _)| seq));
-            }
-        }
-        seqs
-    }
-
-    /// An fdatasync as a failing disk gives it: EIO, once, for whichever
-    /// sync comes first; later ones succeed (what Linux does, having
-    /// reported the error). Each test has its own `N`, so its own first.
-    fn fails_first_sync<const N: usize>(file: &std::fs::File) -> std::io::Result<()> {
-        static FAILED: [AtomicBool; 2] = [const { AtomicBool::new(false) }; 2];
-        if FAILED[N].swap(true, Ordering::SeqCst) {
-            file.sync_data()
-        } else {
-            Err(std::io::Error::from_raw_os_error(libc::EIO))
-        }
-    }
-
-    /// The storage section of `toml`.
-    fn storage(toml: &str) -> StorageConfig {
-        crate::config::Config::from_toml_str(toml, "test")
-            .unwrap()
-            .storage
-    }
-
-    /// On a core its producer keeps busy, the store still keeps up: a pass
-    /// that meets a backlog runs through instead of yielding the core back
-    /// every few records (which gave it a few records per scheduler slice
-    /// and, saturated, a full ring).
-    #[test]
-    fn the_store_keeps_up_on_a_core_its_producer_keeps_busy() {
-        let refused = std::thread::spawn(|| {
-            // The store's threads inherit this thread's core.
-            if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.first().copied()) {
-                core_affinity::set_for_current(core);
-            }
-            let dir = tempfile::tempdir().unwrap();
-            let cfg = storage("");
-            let (mut producer, consumer) = crate::ring::ring(1 << 20);
-            let store = start_one(dir.path(), &cfg, consumer);
-            let mut rec = Vec::new();
-            let (mut seq, mut refused) = (0u64, 0u64);
-            let end = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < end {
-                // A request's worth of work, then its record.
-                let work = Instant::now() + Duration::from_micros(20);
-                while Instant::now() < work {
-                    std::hint::spin_loop();
-                }
-                rec.clear();
-                rec.extend_from_slice(&seq.to_le_bytes());
-                rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
-                rec.extend_from_slice(
-                    format!(r#"{{"id":"t-0-{seq}","pad":"{:0>200}"}}"#, seq).as_bytes(),
-                );
-                match producer.push(&rec) {
-                    Ok(()) => seq += 1,
-                    Err(_) => refused += 1,
-                }
-            }
-            drop(producer);
-            store.finish().unwrap();
-            eprintln!("{seq} records stored, {refused} refused");
-            refused
-        })
-        .join()
-        .unwrap();
-        assert_eq!(refused, 0, "a full ring refused records");
-    }
-
-    #[test]
-    fn the_store_naps_until_its_next_flush_or_sync_is_due() {
-        let ms = Duration::from_millis;
-        let now = Instant::now();
-        let timers = Timers {
-            last_flush: now - ms(20),
-            flush_every: ms(50),
-            last_sync: now - ms(100),
-            sync_every: ms(1000),
-        };
-        assert_eq!(timers.nap(now, false), ms(30), "until the flush is due");
-        assert_eq!(timers.nap(now, true), ms(50), "quiet: a whole interval");
-        let sync_first = Timers {
-            last_sync: now - ms(990),
-            ..timers
-        };
-        assert_eq!(sync_first.nap(now, false), ms(10), "until the sync is due");
-        let late = Timers {
-            last_flush: now - ms(80),
-            ..timers
-        };
-        assert_eq!(late.nap(now, false), ms(1), "overdue: a short nap");
-    }
-
-    /// A worker whose ring fills past a quarter ends the store's nap: the
-    /// store naps until its next flush is due (here a minute away), which
-    /// a ring can take less to fill.
-    #[test]
-    fn a_ring_past_a_quarter_ends_the_stores_nap() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = storage("[storage]\nflush_interval_ms = 60000\nsync_interval_ms = 60000\n");
-        let (mut producer, consumer) = crate::ring::ring(1 << 16);
-        let status = Arc::new(StoreStatus::default());
-        let nap = Duration::from_secs(60);
-        let store = start_napping(dir.path(), &cfg, consumer, status.clone(), nap);
-        // Its first pass finds nothing; then it naps.
-        let until = Instant::now() + Duration::from_secs(10);
-        while !status.napping.load(Ordering::Relaxed) {
-            assert!(Instant::now() < until, "the store never napped");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let mut rec = Vec::new();
-        let mut seq = 0u64;
-        while !producer.past_quarter() {
-            rec.clear();
-            rec.extend_from_slice(&seq.to_le_bytes());
-            rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
-            rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}"}}"#).as_bytes());
-            producer.push(&rec).unwrap();
-            seq += 1;
-        }
-        status.nudge();
-        let until = Instant::now() + Duration::from_secs(10);
-        while producer.free_bytes() < producer.capacity() {
-            assert!(
-                Instant::now() < until,
-                "the ring was not drained 10 s after the nudge, with {} bytes free",
-                producer.free_bytes()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        drop(producer);
-        store.finish().unwrap();
-    }
-
-    /// A pass that drains far more than a segment holds still ends each
-    /// segment at its size, not at the end of the pass.
-    #[test]
-    fn a_long_pass_still_rotates_by_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = storage("[storage]\nblock_max_bytes = 1024\nsegment_max_bytes = 4096\n");
-        let (mut producer, consumer) = crate::ring::ring(1 << 20);
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rec = Vec::new();
-        for seq in 0..2000u64 {
-            // Poorly compressible, so that the records fill many segments.
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            rec.clear();
-            rec.extend_from_slice(&seq.to_le_bytes());
-            rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
-            rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}","v":"{x:016x}"}}"#).as_bytes());
-            producer.push(&rec).unwrap();
-        }
-        let store = start_one(dir.path(), &cfg, consumer);
-        store.finish().unwrap();
-        let segments = crate::segment::list(&segments_dir(dir.path())).unwrap();
-        assert!(segments.len() >= 8, "{} segments", segments.len());
-        for seg in &segments {
-            let len = std::fs::metadata(&seg.path).unwrap().len();
-            // At most one block past the size.
-            assert!(len < 4096 + 2048, "{}: {len} bytes", seg.path.display());
-        }
-        let mut next = 0;
-        for seg in &segments {
-            let mut reader = crate::segment::SegmentReader::open(&seg.path).unwrap();
-            while let Some(block) = reader.next_block().unwrap() {
-                for (seq, _) in block.records() {
-                    assert_eq!(seq, next);
-                    next += 1;
-                }
-            }
-        }
-        assert_eq!(next, 2000, "every record, in order");
-    }
-
-    /// A store of one stream with `before` records already in its ring,
-    /// whose segments `sync_file` fdatasyncs.
-    struct Faulty {
-        dir: tempfile::TempDir,
-        producer: crate::ring::Producer,
-        status: Arc<StoreStatus>,
-        shared: Arc<StreamShared>,
-        store: Store,
-    }
-
-    impl Faulty {
-        fn start(toml: &str, before: std::ops::Range<u64>, sync_file: SyncFile) -> Faulty {
-            let dir = tempfile::tempdir().unwrap();
-            let (mut producer, consumer) = crate::ring::ring(1 << 20);
-            push(&mut producer, before);
-            let (status, shared) = (
-                Arc::<StoreStatus>::default(),
-                Arc::<StreamShared>::default(),
-            );
-            let store = start_syncing(
-                dir.path(),
-                &storage(toml),
-                consumer,
-                status.clone(),
-                Duration::from_millis(10),
-                shared.clone(),
-                sync_file,
-            );
-            Faulty {
-                dir,
-                producer,
-                status,
-                shared,
-                store,
-            }
-        }
-
-        /// Stops the store; checks that nothing was called durable and
-        /// that the segments hold records `0..n`.
-        fn finish_with(self, n: u64) {
-            drop(self.producer);
-            self.store.finish().unwrap();
-            assert!(
-                self.status.class.ended(),
-                "the store thread ended its class"
-            );
-            let durable = self.shared.durable_seq.load(Ordering::Acquire);
-            assert_eq!(durable, 0, "nothing called durable");
-            assert_eq!(stored(self.dir.path()), (0..n).collect::<Vec<_>>());
-        }
-    }
-
-    /// A failed fdatasync of the syncer's: the records it covered are not
-    /// called durable, then or after a later fdatasync succeeds (which
-    /// would say nothing about them); new events are refused from then on,
-    /// and what was drained is still written at the stop.
-    #[test]
-    fn after_a_failed_fdatasync_nothing_is_called_durable() {
-        let mut f = Faulty::start(
-            "[storage]\nflush_interval_ms = 5\n",
-            0..10,
-            fails_first_sync::<0>,
-        );
-        f.shared.want_sync(9);
-        wait_for("a failed sync", || {
-            f.status.sync_failed.load(Ordering::Acquire)
-        });
-        assert!(f.status.refuses(), "new events are refused");
-        assert_eq!(f.store.metrics.errors.load(Ordering::Relaxed), 1);
-        // Records accepted before the refusal showed still reach the file,
-        // and a stop syncs and seals it: that fdatasync succeeds.
-        push(&mut f.producer, 10..20);
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            f.status.failing.load(Ordering::Relaxed),
-            "still refusing after passes"
-        );
-        f.finish_with(20);
-    }
-
-    /// A rotation whose seal fails to fdatasync is tried again and seals
-    /// the segment; but what it holds is not called durable.
-    #[test]
-    fn a_seal_that_failed_to_sync_confirms_nothing() {
-        let f = Faulty::start(
-            "[storage]\nflush_interval_ms = 5\nsync_interval_ms = 60000\n\
-             block_max_bytes = 1024\nsegment_max_bytes = 4096\n",
-            0..2000,
-            fails_first_sync::<1>,
-        );
-        wait_for("a failed seal", || {
-            f.status.sync_failed.load(Ordering::Acquire)
-        });
-        let sealed = || f.store.metrics.segments_sealed.load(Ordering::Relaxed) > 0;
-        wait_for("a sealed segment", sealed);
-        assert!(f.status.refuses(), "new events are refused");
-        f.finish_with(2000);
-    }
-
-    /// A syncer that ends by a panic leaves new events refused and nothing
-    /// called durable, where the store used to keep accepting events whose
-    /// syncs nobody ran.
-    #[test]
-    fn a_syncer_that_panics_leaves_new_events_refused() {
-        fn panics_first(file: &std::fs::File) -> std::io::Result<()> {
-            static PANICKED: AtomicBool = AtomicBool::new(false);
-            if PANICKED.swap(true, Ordering::SeqCst) {
-                file.sync_data()
-            } else {
-                panic!("a sync that panics, as the test asks")
-            }
-        }
-        let f = Faulty::start("[storage]\nflush_interval_ms = 5\n", 0..10, panics_first);
-        f.shared.want_sync(9);
-        wait_for("refusal", || f.status.refuses());
-        assert!(f.status.sync_failed.load(Ordering::Acquire));
-        f.finish_with(10);
-    }
-}
+mod tests;

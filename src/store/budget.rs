@@ -1,0 +1,78 @@
+//! The disk budget: the segments directory is measured once a second, and
+//! at the budget the store either refuses new events or deletes the oldest
+//! sealed segments (`storage.full_policy`).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use super::{Ctx, Stream};
+use crate::config::FullPolicy;
+
+impl Ctx {
+    /// Measures the segments directory; at the budget either refuses new
+    /// events or deletes the oldest sealed segments, as configured. Without
+    /// a budget nothing is measured (the steady state allocates nothing).
+    pub(super) fn enforce_budget(&self, streams: &[Stream]) -> std::io::Result<()> {
+        if self.cfg.disk_budget_bytes == 0 {
+            return Ok(());
+        }
+        let segments = crate::segment::list(&self.dir)?;
+        let mut sizes: Vec<(u64, PathBuf, bool)> = Vec::with_capacity(segments.len());
+        for seg in segments {
+            if let Ok(meta) = std::fs::metadata(&seg.path) {
+                sizes.push((meta.len(), seg.path, seg.open));
+            }
+        }
+        let mut total: u64 = sizes.iter().map(|(len, _, _)| len).sum();
+        self.metrics.segment_bytes.store(total, Ordering::Relaxed);
+        let budget = self.cfg.disk_budget_bytes;
+        if budget == 0 {
+            return Ok(());
+        }
+        if total >= budget && self.cfg.full_policy == FullPolicy::DropOldest {
+            // Oldest first: by creation order, approximated by mtime.
+            let mut sealed: Vec<(std::time::SystemTime, u64, PathBuf)> = sizes
+                .iter()
+                .filter(|(_, _, open)| !open)
+                .filter_map(|(len, p, _)| {
+                    Some((std::fs::metadata(p).ok()?.modified().ok()?, *len, p.clone()))
+                })
+                .collect();
+            sealed.sort();
+            for (_, len, path) in sealed {
+                if total < budget * 9 / 10 {
+                    break;
+                }
+                match std::fs::remove_file(&path) {
+                    // The shipper deleted it (shipped) since it was listed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r?,
+                }
+                total -= len;
+                self.metrics
+                    .segments_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(segment = %path.display(), "disk budget reached: deleted oldest segment (policy drop_oldest)");
+            }
+            self.metrics.segment_bytes.store(total, Ordering::Relaxed);
+        }
+        let refuse = total >= budget && self.cfg.full_policy == FullPolicy::Refuse;
+        if refuse != self.status.refusing.swap(refuse, Ordering::AcqRel) {
+            if refuse {
+                tracing::error!(
+                    bytes = total,
+                    budget,
+                    streams = streams.len(),
+                    "disk budget reached: refusing new events"
+                );
+            } else {
+                tracing::info!(
+                    bytes = total,
+                    budget,
+                    "below the disk budget again: accepting events"
+                );
+            }
+        }
+        Ok(())
+    }
+}
