@@ -26,9 +26,6 @@ impl Ctx {
         let mut total: u64 = sizes.iter().map(|(len, _, _)| len).sum();
         self.metrics.segment_bytes.store(total, Ordering::Relaxed);
         let budget = self.cfg.disk_budget_bytes;
-        if budget == 0 {
-            return Ok(());
-        }
         if total >= budget && self.cfg.full_policy == FullPolicy::DropOldest {
             // Oldest first: by creation order, approximated by mtime.
             let mut sealed: Vec<(std::time::SystemTime, u64, PathBuf)> = sizes
