@@ -407,10 +407,12 @@ impl Config {
         merge(&mut merged, user, Depth::Top);
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+                // The message alone: the error's display adds the key
+                // again ("in `server.workers`"), which `key` already is.
                 ConfigError::Key {
                     origin: origin.to_owned(),
                     key: e.path().to_string(),
-                    message: e.into_inner().to_string().trim_end().to_owned(),
+                    message: e.inner().message().trim_end().to_owned(),
                 }
             })?;
         config.validate().map_err(|e| e.at(origin))?;

@@ -193,3 +193,17 @@ fn errors_name_their_file_once() {
     assert!(text.starts_with("/nonexistent/trackplane.toml: "), "{text}");
     assert_eq!(text.matches("os error 2").count(), 1, "{text}");
 }
+
+/// A value of the wrong type is one line naming its key once: the TOML
+/// library's own "in `key`" line repeated what the error already said.
+#[test]
+fn a_wrong_type_names_its_key_once() {
+    let e = err("[server]\nworkers = \"two\"\n");
+    assert_eq!(
+        e,
+        "test.toml: key `server.workers`: invalid type: string \"two\", expected usize"
+    );
+    let e = err("[server]\nlisten = \"127.0.0.1:99999\"\n");
+    assert_eq!(e.matches("server.listen").count(), 1, "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
