@@ -21,29 +21,27 @@
 //!
 //! # Layout
 //! - `window`: minute and hour counts
+//! - `thread`: the thread that drains the workers' rings into the view
 //! - `recent`: the last events kept for a page that just opened
 //! - `page.html`: the page served at `/` of the admin port
 
 pub mod recent;
+mod thread;
 pub mod window;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::bell::Bell;
 use crate::clock::unix_ms;
 use crate::record::peek;
-use crate::ring::Consumer;
-use crate::sched::PASS_CHUNK;
 use recent::Recent;
+pub use thread::spawn;
 use window::{Kind, Window};
 
 /// The page served at `/`.
@@ -512,107 +510,6 @@ impl View {
     }
 }
 
-/// The view thread's nap between passes, its nap after a pass that found
-/// a ring busy, and after one that found nothing (a quiet node's first
-/// event shows a quarter of a second later at most).
-const NAP: Duration = Duration::from_millis(50);
-const NAP_BUSY: Duration = Duration::from_millis(10);
-const NAP_QUIET: Duration = Duration::from_millis(250);
-
-/// Starts the thread that drains the workers' view rings into `view`.
-pub fn spawn(
-    view: Arc<View>,
-    rings: Vec<Consumer>,
-    stop: Arc<Bell>,
-) -> std::io::Result<JoinHandle<()>> {
-    spawn_folding(view, rings, stop, |batch, rec| batch.add(rec))
-}
-
-/// Marks the view stopped if its thread ends by a panic, and ends the
-/// viewers' streams, which would otherwise wait for events that never come.
-/// Ends the thread's scheduling class however it ends (`sched::Class::end`).
-struct Watch(Arc<View>);
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.0.class.end();
-        if std::thread::panicking() {
-            tracing::error!(
-                "the live view's thread ended by a panic: the view answers 503 until trackplane is restarted; ingestion goes on"
-            );
-            self.0.stopped.store(true, Ordering::Release);
-            self.0
-                .subscribers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
-        }
-    }
-}
-
-/// `spawn`, with what folds a record in given (a test makes it panic).
-fn spawn_folding(
-    view: Arc<View>,
-    mut rings: Vec<Consumer>,
-    stop: Arc<Bell>,
-    mut fold: impl FnMut(&mut Batch<'_>, &[u8]) + Send + 'static,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("trackplane-view".into())
-        .spawn(move || {
-            let _watch = Watch(view.clone());
-            let mut last_forget = std::time::Instant::now();
-            while !stop.is_rung() {
-                if last_forget.elapsed() >= Duration::from_secs(60) {
-                    view.forget_idle(unix_ms());
-                    last_forget = std::time::Instant::now();
-                }
-                // Passes run in the idle class, and breathe, while no ring
-                // is past a quarter, where a worker lifts the thread; it
-                // sleeps in the normal class (see `sched`).
-                let calm = !rings.iter().any(Consumer::past_quarter);
-                let busy = rings.iter().any(|r| r.backlog() > r.capacity() / 16);
-                view.class.start_pass(!calm);
-                view.class.settle(calm);
-                let mut drained = 0;
-                for ring in &mut rings {
-                    let mut batch = view.batch();
-                    drained += ring.drain_pausing(
-                        PASS_CHUNK,
-                        |rec| {
-                            fold(&mut batch, rec);
-                            ControlFlow::Continue(())
-                        },
-                        |backlog| view.class.breathe(backlog),
-                    );
-                }
-                // Nap between passes, busy or not: this thread shares the
-                // workers' cores, and each pass costs them a context switch
-                // and some of their cache. 50 ms rather than 10: about
-                // 1.5% less CPU per request at 20k/s unbatched, no
-                // difference batched
-                // (bench/results/together-viewnap-20261130-1035.md). A
-                // pass that found more than a sixteenth of a ring waiting
-                // naps 10 ms, so that at high rates the rings stay short
-                // of the quarter where a worker lifts this thread; one that
-                // found nothing naps 250 ms. No nap while a ring fills past
-                // a quarter.
-                if !rings.iter().any(Consumer::past_quarter) {
-                    view.class.rest();
-                    let nap = if busy {
-                        NAP_BUSY
-                    } else if drained == 0 {
-                        NAP_QUIET
-                    } else {
-                        NAP
-                    };
-                    // Cut short when the server stops.
-                    let _ = stop.nap(nap);
-                }
-            }
-        })
-}
-
 /// Writes a viewer's events to `out` as Server-Sent Events until the viewer
 /// goes away or `stopped` says so; a comment line every 15 s keeps proxies
 /// from closing an idle stream.
@@ -650,7 +547,9 @@ pub fn serve_events(
 
 #[cfg(test)]
 mod tests {
+    use super::thread::spawn_folding;
     use super::*;
+    use crate::bell::Bell;
 
     fn rec(adv: &str, ty: &str, issues: &str) -> Vec<u8> {
         let status = if issues.is_empty() { "ok" } else { "invalid" };
