@@ -97,29 +97,36 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        if s.wake_batch > 4096 {
-            return Err(invalid(
+        let bounded: [(&str, u64, u64, &str); 4] = [
+            (
                 "server.wake_batch",
+                s.wake_batch.into(),
+                4096,
                 "must be at most 4096 (a worker's ring holds 4096 completions)",
-            ));
-        }
-        if s.audit_batch > 1024 {
-            return Err(invalid(
+            ),
+            (
                 "server.audit_batch",
+                s.audit_batch.into(),
+                1024,
                 "must be at most 1024 (each waiting event keeps its parameters)",
-            ));
-        }
-        if s.wake_batch_busy_percent > 100 {
-            return Err(invalid(
+            ),
+            (
                 "server.wake_batch_busy_percent",
+                s.wake_batch_busy_percent.into(),
+                100,
                 "must be at most 100 (a share of one core)",
-            ));
-        }
-        if s.wake_linger_us > 10_000 {
-            return Err(invalid(
+            ),
+            (
                 "server.wake_linger_us",
+                s.wake_linger_us,
+                10_000,
                 "must be at most 10000 (10 ms): every request may wait this long",
-            ));
+            ),
+        ];
+        for (key, value, max, message) in bounded {
+            if value > max {
+                return Err(invalid(key, message));
+            }
         }
         // Measured on the reference VM (bench/results/linger-*.md): a
         // 1-10 µs linger cost 1.4-2.8x the CPU of no batching (at 1 µs
