@@ -169,20 +169,10 @@ impl Shipper {
             }
             let from = match checkpoint::load(&self.config.data_dir, stream) {
                 Ok(Some(p)) => p,
-                Ok(None) => Position {
-                    next_seq: 0,
-                    segment_base: 0,
-                    block_offset: 0,
-                    acked_ts_ms: 0,
-                },
+                Ok(None) => Position::default(),
                 Err(e) => {
                     tracing::error!(stream, error = %e, "unreadable checkpoint; starting the stream from its first segment");
-                    Position {
-                        next_seq: 0,
-                        segment_base: 0,
-                        block_offset: 0,
-                        acked_ts_ms: 0,
-                    }
+                    Position::default()
                 }
             };
             tracing::info!(stream, next_seq = from.next_seq, "shipping stream");

@@ -166,10 +166,8 @@ pub(super) mod tests {
     /// one received at `acked_ts`.
     pub(in crate::shipper) fn caught_up(acked_ts: u64) -> StreamState {
         let from = Position {
-            next_seq: 0,
-            segment_base: 0,
-            block_offset: 0,
             acked_ts_ms: acked_ts,
+            ..Position::default()
         };
         let follower = Follower::new(std::path::Path::new("/nonexistent"), 0, 0, None);
         let mut st = StreamState::new(follower, &from);
