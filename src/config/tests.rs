@@ -177,6 +177,24 @@ fn overrides_apply_and_validate() {
     assert_eq!(c.catalog_dir(), PathBuf::from("/tmp/x/catalogs"));
 }
 
+/// An empty data directory is refused, from the file and from the command
+/// line alike, rather than taken as whatever directory the process has.
+#[test]
+fn an_empty_data_dir_is_refused() {
+    let e = err("data_dir = \"\"\n");
+    assert!(e.contains("key `data_dir`: must name a directory"), "{e}");
+    let mut c = Config::embedded();
+    let o = Overrides {
+        data_dir: Some("".into()),
+        ..Default::default()
+    };
+    let e = c.apply(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("`data_dir`") && e.contains("command line"),
+        "{e}"
+    );
+}
+
 /// Every error names where it was found: a value out of range names the
 /// file as a wrong type does, and an unreadable file's error is said once
 /// as the binaries print it.

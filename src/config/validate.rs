@@ -196,6 +196,14 @@ impl Config {
                 "must be a power of two of at least 65536",
             ));
         }
+        // An empty path would mean whatever directory the process was
+        // started in, which under systemd is `/`.
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "data_dir",
+                "must name a directory (\".\" for the current one)",
+            ));
+        }
         if !self.node_id.is_empty() && !valid_name(&self.node_id) {
             return Err(invalid(
                 "node_id",
