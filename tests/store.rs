@@ -156,6 +156,13 @@ fn budget_drop_oldest_keeps_the_directory_bounded(d: Driver) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The oldest went: the stream's first segment, not the newest ones.
+    let left = list(&s.dir.path().join("segments")).unwrap();
+    assert!(
+        left.iter().all(|f| f.base_seq > 0),
+        "the first segment outlived newer ones: {left:?}"
+    );
+    assert!(left.iter().any(|f| f.open), "the open segment was deleted");
 }
 
 fn start_recovers_a_torn_segment_and_continues_the_sequence(d: Driver) {

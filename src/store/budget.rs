@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use super::{Ctx, Stream};
 use crate::config::FullPolicy;
@@ -17,22 +18,24 @@ impl Ctx {
             return Ok(());
         }
         let segments = crate::segment::list(&self.dir)?;
-        let mut sizes: Vec<(u64, PathBuf, bool)> = Vec::with_capacity(segments.len());
+        // Each segment's size, when it was last written (the oldest go first
+        // under drop_oldest) and whether it is still open: one metadata read.
+        let mut files: Vec<(u64, Option<SystemTime>, PathBuf, bool)> =
+            Vec::with_capacity(segments.len());
         for seg in segments {
             if let Ok(meta) = std::fs::metadata(&seg.path) {
-                sizes.push((meta.len(), seg.path, seg.open));
+                files.push((meta.len(), meta.modified().ok(), seg.path, seg.open));
             }
         }
-        let mut total: u64 = sizes.iter().map(|(len, _, _)| len).sum();
+        let mut total: u64 = files.iter().map(|(len, ..)| len).sum();
         self.metrics.segment_bytes.store(total, Ordering::Relaxed);
         let budget = self.cfg.disk_budget_bytes;
         if total >= budget && self.cfg.full_policy == FullPolicy::DropOldest {
             // Oldest first: by creation order, approximated by mtime.
-            let mut sealed: Vec<(std::time::SystemTime, u64, PathBuf)> = sizes
-                .iter()
-                .filter(|(_, _, open)| !open)
-                .filter_map(|(len, p, _)| {
-                    Some((std::fs::metadata(p).ok()?.modified().ok()?, *len, p.clone()))
+            let mut sealed: Vec<(SystemTime, u64, PathBuf)> = files
+                .into_iter()
+                .filter_map(|(len, modified, path, open)| {
+                    Some((modified.filter(|_| !open)?, len, path))
                 })
                 .collect();
             sealed.sort();
