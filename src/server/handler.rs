@@ -14,17 +14,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::audit::{Route, Verdict};
+use crate::audit::Route;
 use crate::clock::WallClock;
-use crate::config::{DntPolicy, Durability};
+use crate::config::Durability;
 use crate::http::body::{self, BatchError};
 use crate::http::date::HttpDate;
 use crate::http::{response, HeadError, Method, Params, RequestHead, Status};
-use crate::record::{self, json, Envelope};
+use crate::record::{self, json};
 use crate::ring::Producer;
+use crate::server::emitter::{Client, Emitter};
 use crate::server::metrics::WorkerMetrics;
 use crate::server::{Catalogs, Rules, Shared};
-use crate::store::{StoreStatus, StreamShared, RING_PREFIX};
+use crate::store::StreamShared;
 
 /// The audit's route of each event route number of `Handler::handle`
 /// (`/i`, `/c`, `/e`).
@@ -65,35 +66,6 @@ struct Waiting {
     ts_ms: u64,
 }
 
-/// Encodes records and hands them to the worker's ring.
-struct Emitter {
-    stream: u32,
-    next_seq: u64,
-    producer: Producer,
-    scratch: Vec<u8>,
-    /// Ends of each pending record in `scratch` (for `/batch`).
-    pending: Vec<usize>,
-    /// Highest pending sequence number of a `sync` event type.
-    pending_sync: Option<u64>,
-    /// Highest committed sequence number the answer must wait for.
-    sync_wait: Option<u64>,
-    stream_shared: Arc<StreamShared>,
-    store: Arc<StoreStatus>,
-    /// Lossy copy of every record for the live view.
-    view: Producer,
-    view_shared: Arc<crate::view::View>,
-}
-
-/// The request facts a record needs besides its parameters.
-#[derive(Clone, Copy)]
-struct Client<'a> {
-    ip: IpAddr,
-    user_agent: &'a [u8],
-    referer: &'a [u8],
-    do_not_track: bool,
-    ts_ms: u64,
-}
-
 impl Handler {
     /// A handler for stream `stream`, whose next sequence number is `next_seq`.
     pub fn new(
@@ -128,19 +100,15 @@ impl Handler {
             shared,
             metrics,
             params: Params::with_capacity(max_params),
-            emitter: Emitter {
+            emitter: Emitter::new(
                 stream,
                 next_seq,
                 producer,
-                scratch: Vec::with_capacity(4096),
-                pending: Vec::new(),
-                pending_sync: None,
-                sync_wait: None,
                 stream_shared,
                 store,
                 view,
                 view_shared,
-            },
+            ),
             date: HttpDate::default(),
             clock: WallClock::new(),
             batch_body: Vec::new(),
@@ -523,124 +491,5 @@ impl Handler {
     /// since the last call may be sent (a `sync` event among them).
     pub fn take_sync_wait(&mut self) -> Option<u64> {
         self.emitter.sync_wait.take()
-    }
-}
-
-impl Emitter {
-    /// Encodes one event into the pending records and returns its sequence
-    /// number, or `None` when the do-not-track policy drops it;
-    /// [`Emitter::commit_all`] hands the pending records to the ring.
-    fn emit(
-        &mut self,
-        shared: &Shared,
-        rules: &Rules,
-        metrics: &WorkerMetrics,
-        verdict: &Verdict<'_>,
-        params: &Params,
-        client: &Client<'_>,
-    ) -> Option<u64> {
-        let privacy = &rules.config.privacy;
-        let anonymize = client.do_not_track && privacy.dnt == DntPolicy::Anonymize;
-        if client.do_not_track && privacy.dnt == DntPolicy::Drop {
-            metrics.events_dnt_dropped.inc();
-            return None;
-        }
-        let seq = self.next_seq + self.pending.len() as u64;
-        self.scratch.extend_from_slice(&seq.to_le_bytes());
-        self.scratch.extend_from_slice(&client.ts_ms.to_le_bytes());
-        if verdict.durability == Durability::Sync {
-            self.pending_sync = Some(seq);
-        }
-        let env = Envelope {
-            node: &shared.node,
-            stream: self.stream,
-            seq,
-            ts_ms: client.ts_ms,
-            ip: if anonymize {
-                None
-            } else {
-                record::keep_ip(client.ip, privacy.ip)
-            },
-            user_agent: if anonymize { b"" } else { client.user_agent },
-            referer: client.referer,
-            withheld_param: if anonymize {
-                rules.config.params.user.as_bytes()
-            } else {
-                b""
-            },
-        };
-        record::encode(&mut self.scratch, &env, verdict, params);
-        self.pending.push(self.scratch.len());
-        if verdict.issues.is_empty() {
-            metrics.events_ok.inc();
-        } else {
-            metrics.events_invalid.inc();
-            for issue in verdict.issues.as_slice() {
-                metrics.issue(issue.code);
-            }
-        }
-        Some(seq)
-    }
-
-    /// Pushes every pending record, or none when they don't all fit.
-    /// Returns whether they were pushed.
-    fn commit_all(&mut self, metrics: &WorkerMetrics) -> bool {
-        let n = self.pending.len();
-        if n == 0 {
-            return true;
-        }
-        let fits = !self.store.refuses() && self.producer.fits(n, self.scratch.len());
-        if fits {
-            let mut start = 0;
-            for &end in &self.pending {
-                // Cannot fail: the whole batch was checked to fit, and a
-                // record larger than the ring accepts is refused by `fits`.
-                if self.producer.push(&self.scratch[start..end]).is_err() {
-                    metrics.events_refused.inc();
-                }
-                // The view's copy is lossy by design: a full ring drops it.
-                if self
-                    .view
-                    .push(&self.scratch[start + RING_PREFIX..end])
-                    .is_err()
-                {
-                    self.view_shared
-                        .ring_dropped
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                start = end;
-            }
-            // A background thread in the idle class barely runs on a busy
-            // core; a ring filling up is the sign to lift it (nothing to
-            // lift in the normal class), and to end the store's nap.
-            if self.producer.past_quarter() {
-                if self.store.class.enabled() {
-                    self.store.class.lift();
-                }
-                self.store.nudge();
-            }
-            if self.view_shared.class.enabled() && self.view.past_quarter() {
-                self.view_shared.class.lift();
-            }
-            self.next_seq += n as u64;
-            metrics
-                .record_bytes
-                .add((self.scratch.len() - n * RING_PREFIX) as u64);
-            if let Some(seq) = self.pending_sync {
-                self.stream_shared.want_sync(seq);
-                self.sync_wait = self.sync_wait.max(Some(seq));
-            }
-        } else {
-            // Full: lift the store if it is idle and wake it if it naps
-            // (no later push that succeeds would see the ring past a
-            // quarter).
-            self.store.class.lift();
-            self.store.nudge();
-            metrics.events_refused.add(n as u64);
-        }
-        self.pending_sync = None;
-        self.pending.clear();
-        self.scratch.clear();
-        fits
     }
 }

@@ -7,7 +7,9 @@
 //! - `pace`: whether a worker batches its wake-ups (only while busy)
 //! - `conn`: the connection loop (read, pipeline, write, timeouts)
 //! - `handler`: one request: route, audit, record, answer
-//! - `admin`: `/metrics`, `/healthz`, `/readyz`
+//! - `emitter`: encodes a request's records and hands them to the rings
+//! - `admin`: the admin listener, which any process gives its own routes
+//! - `admin_routes`: the server's: `/metrics`, health, the live view
 //! - `metrics`: per-worker counters
 //! - `page`: the `/metrics` page
 //! - `background`: catalog reloader and systemd watchdog threads
@@ -22,8 +24,10 @@
 //!   returns.
 
 pub mod admin;
+mod admin_routes;
 mod background;
 pub mod conn;
+mod emitter;
 pub mod handler;
 pub mod handover;
 mod listen;
@@ -120,60 +124,6 @@ pub struct Shared {
 /// 100k requests/s. (With 1 MiB and a bar of a sixteenth, nine passes in
 /// ten ran in the normal class at 20k requests/s and set p99.)
 const VIEW_RING_BYTES: usize = 8 << 20;
-
-/// The admin port's routes: health, metrics, and the live view.
-fn route_admin(target: &str, shared: &Arc<Shared>, page: &MetricsPage) -> admin::Reply {
-    let (path, query) = admin::split_target(target);
-    match path {
-        "/metrics" => return admin::Reply::metrics(page.render()),
-        "/healthz" => return admin::Reply::text("200 OK", "ok\n"),
-        "/readyz" if shared.is_ready() => return admin::Reply::text("200 OK", "ready\n"),
-        "/readyz" => return admin::Reply::text("503 Service Unavailable", "not ready\n"),
-        "/" => return admin::Reply::html(crate::view::PAGE),
-        _ if path.starts_with("/api/") && shared.view.stopped() => {
-            return admin::Reply::text(
-                "503 Service Unavailable",
-                "the live view stopped: its thread ended by a panic (see the log); restart trackplane to bring it back\n",
-            )
-        }
-        "/api/advertisers" => return admin::Reply::json(shared.view.advertisers_json()),
-        _ => {}
-    }
-    let Some(rest) = path.strip_prefix("/api/advertisers/") else {
-        return admin::Reply::not_found();
-    };
-    let Some((advertiser, what)) = rest.split_once('/') else {
-        return admin::Reply::not_found();
-    };
-    if !crate::config::valid_name(advertiser) {
-        return admin::Reply::text("400 Bad Request", "not an advertiser id\n");
-    }
-    match what {
-        "audit" => match shared.view.audit_json(advertiser) {
-            Some(json) => admin::Reply::json(json),
-            None => admin::Reply::text("404 Not Found", "no events of this advertiser yet\n"),
-        },
-        "events" => {
-            let invalid_only = query
-                .split('&')
-                .any(|kv| kv == "invalid=1" || kv == "invalid=true");
-            let Some(sub) = shared.view.subscribe(advertiser, invalid_only) else {
-                return admin::Reply::text("503 Service Unavailable", "too many viewers\n");
-            };
-            let shared = shared.clone();
-            admin::Reply::event_stream(Box::new(move |conn| {
-                let stopped = || shared.shutdown.load(Ordering::Relaxed);
-                crate::view::serve_events(
-                    &shared.view,
-                    sub,
-                    std::io::BufWriter::new(conn),
-                    &stopped,
-                );
-            }))
-        }
-        _ => admin::Reply::not_found(),
-    }
-}
 
 /// The part of the configuration a reload (SIGHUP) replaces while the
 /// server runs: advertisers, event types, catalogs, privacy, parameter
@@ -476,7 +426,7 @@ impl Server {
         let router: admin::Router = {
             let page = server.page.clone();
             let shared = shared.clone();
-            Box::new(move |target| route_admin(target, &shared, &page))
+            Box::new(move |target| admin_routes::route(target, &shared, &page))
         };
         let view = crate::view::spawn(shared.view.clone(), view_rings, shared.stopping.clone())
             .map_err(|e| ServeError::Thread(e.to_string()))?;
