@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "trackplane-shipper", version)]
 struct Args {
-    /// Configuration file, merged over the embedded default ([shipper]).
+    /// Configuration file, merged over the embedded default (its shipper.* keys).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Kafka bootstrap servers, host:port[,host:port...] (shipper.brokers).

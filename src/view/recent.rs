@@ -11,8 +11,8 @@
 //! - At most [`RECENT`] buffers, oldest first; a buffer grows only by what
 //!   the budget gives and is reused as the events rotate.
 //! - Events are kept by the rate rule (GCRA, a token bucket in one number)
-//!   on their receive time: a burst of [`BURST`], then one per
-//!   [`INTERVAL_MS`].
+//!   on their receive time: a burst of `BURST`, then one per
+//!   `INTERVAL_MS`.
 
 use std::collections::VecDeque;
 
