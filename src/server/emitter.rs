@@ -47,15 +47,15 @@ pub(super) struct Client<'a> {
 
 impl Emitter {
     /// An emitter for stream `stream`, whose next sequence number is
-    /// `next_seq`.
+    /// `next_seq`, pushing to the store's ring `producer` and the live
+    /// view's ring `view`.
     pub(super) fn new(
+        shared: &Shared,
         stream: u32,
+        stream_shared: Arc<StreamShared>,
         next_seq: u64,
         producer: Producer,
-        stream_shared: Arc<StreamShared>,
-        store: Arc<StoreStatus>,
         view: Producer,
-        view_shared: Arc<crate::view::View>,
     ) -> Emitter {
         Emitter {
             stream,
@@ -66,9 +66,9 @@ impl Emitter {
             pending_sync: None,
             sync_wait: None,
             stream_shared,
-            store,
+            store: shared.store_status.clone(),
             view,
-            view_shared,
+            view_shared: shared.view.clone(),
         }
     }
 

@@ -94,21 +94,12 @@ impl Handler {
         } else {
             Vec::new()
         };
-        let store = shared.store_status.clone();
-        let view_shared = shared.view.clone();
+        let emitter = Emitter::new(&shared, stream, stream_shared, next_seq, producer, view);
         Handler {
             shared,
             metrics,
             params: Params::with_capacity(max_params),
-            emitter: Emitter::new(
-                stream,
-                next_seq,
-                producer,
-                stream_shared,
-                store,
-                view,
-                view_shared,
-            ),
+            emitter,
             date: HttpDate::default(),
             clock: WallClock::new(),
             batch_body: Vec::new(),
