@@ -178,8 +178,12 @@ impl Config {
                 "must be 0 (no limit) or at least twice storage.segment_max_bytes",
             ));
         }
-        if s.max_headers > crate::http::request::MAX_HEADERS {
-            return Err(invalid("server.max_headers", "must be at most 256"));
+        let max_headers = crate::http::request::MAX_HEADERS;
+        if s.max_headers > max_headers {
+            return Err(invalid(
+                "server.max_headers",
+                format!("must be at most {max_headers}"),
+            ));
         }
         if s.max_params > 1024 {
             return Err(invalid("server.max_params", "must be at most 1024"));
