@@ -93,12 +93,15 @@ pub enum ServeError {
 pub struct Shared {
     /// The configuration the server started with.
     pub config: Arc<Config>,
-    /// What a reload replaces: audit rules and per-event settings.
-    pub rules: ArcSwap<Rules>,
+    /// What a reload replaces: audit rules and per-event settings. (In an
+    /// `Arc` of its own so that each worker can keep a [`Cache`] of it.)
+    ///
+    /// [`Cache`]: arc_swap::cache::Cache
+    pub rules: Arc<ArcSwap<Rules>>,
     /// Rung by a reload: the catalog reloader scans at once.
     pub rescan_catalogs: Bell,
     /// Current catalogs; the reloader swaps in new snapshots.
-    pub catalogs: ArcSwap<Catalogs>,
+    pub catalogs: Arc<ArcSwap<Catalogs>>,
     /// Node name for event ids.
     pub node: String,
     /// Set once to stop everything.
@@ -287,9 +290,9 @@ impl Server {
             (false, _) => "normal",
         };
         let shared = Arc::new(Shared {
-            rules: ArcSwap::from_pointee(rules),
+            rules: Arc::new(ArcSwap::from_pointee(rules)),
             rescan_catalogs: Bell::new().map_err(bell_error)?,
-            catalogs: ArcSwap::from_pointee(catalog_dir.catalogs().clone()),
+            catalogs: Arc::new(ArcSwap::from_pointee(catalog_dir.catalogs().clone())),
             node: config.node(),
             shutdown: AtomicBool::new(false),
             stopping: Arc::new(Bell::new().map_err(bell_error)?),

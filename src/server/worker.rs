@@ -302,8 +302,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
             shared.heartbeats[watcher.index].fetch_add(1, Ordering::Relaxed);
             shared.store_status.class.lift_if_starved(starved_ms);
             shared.view.class.lift_if_starved(starved_ms);
-            // Events answered before their audit wait at most this long.
-            watcher.handler.borrow_mut().run_waiting();
+            watcher.handler.borrow_mut().heartbeat();
         }
         canceller.cancel();
     });
