@@ -11,6 +11,8 @@
 #   multishot   raw io_uring: multishot receive, provided buffers, DEFER_TASKRUN
 #   multishot-send    the same, answers sent by send(2) first
 #   multishot-bufring the same, buffers given back through a buffer ring
+#   multishot-fused   the same, answers sent through the ring and waited
+#                     past in the same call (bare-multishot's `fused`)
 #
 #   bench/floors-together.sh A B [RATE] [WINDOWS] [SECONDS]
 #   e.g. bench/floors-together.sh bare-coop multishot 20000 10 6
@@ -33,6 +35,7 @@ for k in A B; do
     multishot) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]}" ;;
     multishot-send) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]} send-now" ;;
     multishot-bufring) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]} send-now,bufring" ;;
+    multishot-fused) cmd="target/release/bare-multishot 127.0.0.1:${PORT[$k]} fused,bufring" ;;
     *) echo "unknown floor: $kind" >&2; exit 2 ;;
   esac
   taskset -c 0 $cmd 2>/dev/null &

@@ -12,7 +12,13 @@
 //! buffers back through a ring-mapped buffer ring instead of a
 //! `ProvideBuffers` request each (bench/results/floors-together-20261201-0130.md).
 //!
-//! `bare-multishot 127.0.0.1:8083 [send-now[,bufring]]`
+//! `fused` sends answers through the ring and waits in the same
+//! `io_uring_enter` for one completion more than the sends it submitted:
+//! a send that completes at once posts its completion before the wait
+//! begins, so counting it in the wait's minimum keeps the wait from ending
+//! on it, and one call per round does what send(2) and a wait do in two.
+//!
+//! `bare-multishot 127.0.0.1:8083 [send-now|fused][,bufring]`
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -56,6 +62,10 @@ struct Loop {
     /// workers send them; only what the socket does not take goes through
     /// the ring.
     send_now: bool,
+    /// Sends wait in the ring's next call for one completion beyond
+    /// themselves (`fused`); `sends` counts those pushed since that call.
+    fused: bool,
+    sends: u32,
     /// Buffers are given back through a ring-mapped buffer ring (Linux
     /// 5.19) instead of one `ProvideBuffers` request each.
     buf_ring: Option<BufRing>,
@@ -143,6 +153,7 @@ impl Loop {
         )
         .build()
         .user_data(SEND | fd as u64);
+        self.sends += 1;
         self.push(e);
     }
 
@@ -309,6 +320,8 @@ fn main() {
         ring,
         bufs: vec![0u8; BUF_SIZE * usize::from(BUFS)],
         send_now: modes.contains("send-now"),
+        fused: modes.contains("fused"),
+        sends: 0,
         buf_ring,
         conns: Vec::new(),
         backlog: VecDeque::new(),
@@ -322,7 +335,9 @@ fn main() {
     );
     let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     loop {
-        if let Err(e) = lp.ring.submit_and_wait(1) {
+        let want = if lp.fused { 1 + lp.sends as usize } else { 1 };
+        lp.sends = 0;
+        if let Err(e) = lp.ring.submit_and_wait(want) {
             if e.raw_os_error() != Some(libc::EINTR) {
                 panic!("io_uring_enter: {e}");
             }
