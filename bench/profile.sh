@@ -4,8 +4,9 @@
 # trackplane-unbatched, bare-worker, ...) take turns on core 0 under the
 # same fixed-rate load (core 1), and `perf record -C 0` samples the core
 # for SECONDS in the middle of each window. Prints, per server and thread,
-# µs per request in the kernel and in user space, and the user-space
-# symbols of the server's threads that cost the most, in ns per request.
+# µs per request in the kernel and in user space, and the user-space and
+# kernel symbols of the server's busiest thread that cost the most, in ns
+# per request.
 # A server whose kernel time matches its floor's (bare-worker for
 # trackplane's unbatched workers) spends its extra in its own code, and
 # the symbols say where.
@@ -17,6 +18,10 @@
 # rows can be scaled. Samples of a thread that is switched out often land
 # where interrupts come back on (`irqentry_exit_to_user_mode`,
 # `finish_task_switch`): read background threads by bench/threads.sh.
+# Run to run a server's kernel time moved by up to 2 µs per request on
+# that VM, its user time far less: name each server twice or more
+# (SERVERS="trackplane-unbatched bare-worker trackplane-unbatched
+# bare-worker") before reading a difference in the kernel.
 #
 #   bench/profile.sh [RATE] [SECONDS]
 #   e.g. SERVERS="nginx trackplane-unbatched bare-worker" MIX="--kinds impressions" bench/profile.sh 50000 6
@@ -69,15 +74,28 @@ for s in $SERVERS; do
       want[$1] { n++ } END { printf "%.0f", n * 1e9 / f }' "$W/$s.script")
     echo "The server's threads ($comms): sampled $(awk "BEGIN {printf \"%.2f\", $sampled / 1000 / $reqs}") µs/req, schedstat $(awk "BEGIN {printf \"%.2f\", ($after - $before) / 1000 / $reqs}") µs/req over the same window."
     echo
-    echo "User-space symbols of the server's threads, sampled ns per request:"
+    # The symbol tables are the busiest thread's (trackplane's worker): the
+    # others' samples gather where their switches land (see above). awk,
+    # not head, cuts them: head's early exit fails the pipe under pipefail.
+    busiest=$(awk -v cs="$comms" 'BEGIN { split(cs, a, " "); for (i in a) want[a[i]] = 1 }
+      want[$1] { n[$1]++ } END { for (c in n) if (n[c] > m) { m = n[c]; b = c }; print b }' "$W/$s.script")
+    echo "User-space symbols of $busiest, sampled ns per request:"
     echo
     echo "| ns/req | symbol |"
     echo "|---|---|"
-    awk -v f=$FREQ -v r=$reqs -v cs="$comms" '
-      BEGIN { split(cs, a, " "); for (i in a) want[a[i]] = 1 }
-      want[$1] && $0 !~ /kernel\.kallsyms/ { $1 = ""; $2 = ""; sub(/^ +/, ""); sub(/ \([^)]*\)$/, ""); n[$0]++ }
+    awk -v f=$FREQ -v r=$reqs -v b="$busiest" '
+      $1 == b && $0 !~ /kernel\.kallsyms/ { $1 = ""; $2 = ""; sub(/^ +/, ""); sub(/ \([^)]*\)$/, ""); n[$0]++ }
       END { for (k in n) printf "%.1f|%s\n", n[k] * 1e9 / f / r, k }' "$W/$s.script" \
-      | sort -t'|' -k1 -rn | head -25 | awk -F'|' '{printf "| %s | `%s` |\n", $1, $2}'
+      | sort -t'|' -k1 -rn | awk 'NR <= 25' | awk -F'|' '{printf "| %s | `%s` |\n", $1, $2}'
+    echo
+    echo "Kernel symbols of $busiest, sampled ns per request:"
+    echo
+    echo "| ns/req | symbol |"
+    echo "|---|---|"
+    awk -v f=$FREQ -v r=$reqs -v b="$busiest" '
+      $1 == b && $0 ~ /kernel\.kallsyms/ { $1 = ""; $2 = ""; sub(/^ +/, ""); sub(/ \([^)]*\)$/, ""); n[$0]++ }
+      END { for (k in n) printf "%.1f|%s\n", n[k] * 1e9 / f / r, k }' "$W/$s.script" \
+      | sort -t'|' -k1 -rn | awk 'NR <= 15' | awk -F'|' '{printf "| %s | `%s` |\n", $1, $2}'
     echo
   } >> "$REPORT"
   echo "  $s done" >&2
