@@ -91,7 +91,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo "# trackplane vs nginx vs bare responder — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "Command: \`bench/compare.sh \"$RATES\" $SECONDS_PER_RATE\`"
-  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
+  machine_line
   echo "Servers pinned to core $SERVER_CORE, load generator (loadtest, open loop, wrk2 semantics, $CONNS connections) to core $LOAD_CORE."
   echo "steal ms: the host's steal time during the row (both cores); kdamond ms: CPU of the VM's kdamond (DAMON memory monitor, not preemptible for ms at a time) during the row. Either shows up in that row's tail."
   echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot accept and receive, provided buffers, DEFER_TASKRUN), the floor of a custom event loop. trackplane: io_uring, as shipped (wake-ups batched: wake_batch 32, wake_linger_us 200; store and view idle-class while calm); trackplane-normal: background_class = \"normal\"; trackplane-unbatched: wake_batch = 0; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."

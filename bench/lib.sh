@@ -9,6 +9,18 @@ json_field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 # The host's steal time so far, in ms, both cores.
 steal_ms() { awk '/^cpu / {print $9 * 10}' /proc/stat; }
 
+# The machine, as every results file names it: cores, memory, CPU model,
+# kernel, and its cpuidle driver; with the `haltpoll` driver (a KVM guest)
+# also how long an idle core polls before it halts, since a halted core's
+# wake-up leaves the guest and costs every server per request.
+machine_line() {
+  local idle poll
+  idle=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)
+  poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+  if [ "$idle" = haltpoll ] && [ -r $poll ]; then idle="haltpoll, guest_halt_poll_ns=$(cat $poll)"; fi
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -nE 's/^Model name: +//p' | head -1), kernel $(uname -r), cpuidle $idle"
+}
+
 # What compare.sh and tails.sh share: the servers they race, each pinned to
 # $SERVER_CORE, with their files under $W; the caller declares the
 # associative array PIDS. start_server sets PORT.

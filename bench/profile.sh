@@ -108,7 +108,7 @@ done
   echo
   echo "Build: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src vendor Cargo.lock || echo ', with uncommitted changes to src/')"
   echo
-  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -nE 's/^Model name: +//p' | head -1), kernel $(uname -r), cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)"
+  machine_line
   echo
   echo "Each server alone on core 0, loadtest (open loop, $CONNS connections) on core 1; \`perf record -C 0 -F $FREQ\` (cpu-clock) for $SECS s from 2 s into the load. µs per request = samples / $FREQ / requests."
   echo

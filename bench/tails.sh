@@ -59,7 +59,7 @@ done
   echo "# p99 at $RATE/s in $ROUNDS windows of $SECONDS_PER_WINDOW s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "Command: \`${MIX:+MIX=\"$MIX\" }SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
-  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -nE 's/^Model name: +//p' | head -1), kernel $(uname -r)"
+  machine_line
   echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
   echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags${MIX:+; loadtest $MIX}), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."
