@@ -130,7 +130,8 @@ const VIEW_RING_BYTES: usize = 8 << 20;
 
 /// The part of the configuration a reload (SIGHUP) replaces while the
 /// server runs: advertisers, event types, catalogs, privacy, parameter
-/// names. Workers load it per request (lock-free).
+/// names. Each worker reads it per request from its own cache of
+/// `Shared::rules` (a plain load; the cache notices a reload, lock-free).
 pub struct Rules {
     /// The configuration these rules were compiled from.
     pub config: Arc<Config>,
