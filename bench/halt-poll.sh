@@ -6,6 +6,9 @@
 # per request is the guest's halt, whose wake-up leaves the guest and
 # comes back to caches the host has used meanwhile. The results files
 # name the value in their Machine line (bench/lib.sh, machine_line).
+# Not under bench/profile.sh: with `perf record` sampling the core every
+# 200 µs the servers' CPU was what it is with halts (2026-12-02), so a
+# profile cannot show the polling state.
 # Needs root and the haltpoll driver (a KVM guest booted with it).
 #
 #   bench/halt-poll.sh NS COMMAND...
