@@ -3,12 +3,12 @@
 # nanoseconds before they halt (`guest_halt_poll_ns` of the cpuidle
 # `haltpoll` driver), and puts the old value back however the command
 # ends. A diagnostic, not a tuning: it asks how much of each server's CPU
-# per request is the guest's halt, whose wake-up leaves the guest and
-# comes back to caches the host has used meanwhile. The results files
+# per request is the guest's halt, whose wake-up leaves the guest (at
+# 20k/s a third of every server's, bench/results/halt-poll-*.md). The results files
 # name the value in their Machine line (bench/lib.sh, machine_line).
 # Not under bench/profile.sh: with `perf record` sampling the core every
-# 200 µs the servers' CPU was what it is with halts (2026-12-02), so a
-# profile cannot show the polling state.
+# 200 µs the servers' CPU stayed at its level with halts (2026-12-02), so
+# a profile does not show the polling state.
 # Needs root and the haltpoll driver (a KVM guest booted with it).
 #
 #   bench/halt-poll.sh NS COMMAND...
