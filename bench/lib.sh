@@ -50,6 +50,12 @@ race_setup() { # NAME, for the work dir and messages
   for v in $(compgen -e | grep '^VARIANT_' || true); do
     { cat "$W/mix/trackplane.toml"; printf '%b' "${!v}"; } > "$W/trackplane-${v#VARIANT_}.toml"
   done
+  # Or another build: BINARY_old=/tmp/old/trackplane makes a server named
+  # trackplane-old that runs it, with VARIANT_old's config if that is set
+  # and the shipped one otherwise.
+  for v in $(compgen -e | grep '^BINARY_' || true); do
+    [ -e "$W/trackplane-${v#BINARY_}.toml" ] || cp "$W/trackplane.toml" "$W/trackplane-${v#BINARY_}.toml"
+  done
   write_nginx_conf
 }
 
@@ -91,7 +97,9 @@ start_server() {
     bare-worker) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18084 uring-worker & PORT=18084 ;;
     bare-batched) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18085 uring-batched & PORT=18085 ;;
     multishot) taskset -c $SERVER_CORE target/release/bare-multishot 127.0.0.1:18083 & PORT=18083 ;;
-    trackplane*) RUST_LOG=warn taskset -c $SERVER_CORE target/release/trackplane serve --config "$W/$1.toml" \
+    trackplane*) local bin=target/release/trackplane b="BINARY_${1#trackplane-}"
+      [ "$1" != trackplane ] && [ -n "${!b:-}" ] && bin=${!b}
+      RUST_LOG=warn taskset -c $SERVER_CORE "$bin" serve --config "$W/$1.toml" \
         --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19180 --data-dir "$W/tp-data" --workers 1 \
         --driver "$([ "$1" = trackplane-epoll ] && echo epoll || echo uring)" & PORT=18080 ;;
   esac

@@ -20,6 +20,7 @@
 #   e.g. bench/tails.sh 50000 12 10 1000
 #        SERVERS="nginx trackplane trackplane-normal" bench/tails.sh 20000 12 10 1000
 #        VARIANT_b8='[server]\nwake_batch = 8\n' SERVERS="nginx trackplane trackplane-b8" bench/tails.sh
+#        BINARY_old=/tmp/old/trackplane SERVERS="nginx trackplane trackplane-old" bench/tails.sh   # another build
 #        MIX="--kinds impressions" bench/tails.sh 50000 3 10 1000   # pixels only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,7 @@ done
   machine_line
   echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
+  for v in $(compgen -e | grep '^BINARY_' || true); do echo "trackplane-${v#BINARY_}: runs \`${!v}\` (\`$v\`)"; done
   echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags${MIX:+; loadtest $MIX}), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."
   case " $SERVERS " in *" bare "*|*" multishot "*|*" bare-worker "*|*" bare-batched "*)
     echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot receive, provided buffers, DEFER_TASKRUN). The floors of compare.sh. bare-worker: bare on a deferred ring, receives that arm poll first, answers by send(2) first (trackplane's unbatched workers' I/O); bare-batched: bare-worker with wake_batch 32 and a 200 µs linger (the default config's waits)." ;; esac

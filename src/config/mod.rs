@@ -189,8 +189,9 @@ pub struct ServerConfig {
     /// batch. 0 turns batching off.
     pub wake_linger_us: u64,
     /// io_uring: a worker batches its wake-ups only while its thread used
-    /// more than this percent of its core over the last 500 ms, and stops
-    /// once it uses less than three fifths of that: a quiet worker answers
+    /// more than this percent of its core over each of two looks of 500 ms
+    /// in a row, and stops once it uses less than three fifths of that over
+    /// one (`server::pace`): a quiet worker answers
     /// at once, a busy one saves the CPU of a wake-up per request. 0
     /// batches always.
     pub wake_batch_busy_percent: u32,

@@ -6,9 +6,14 @@
 //! worker it buys nothing anyone needs and costs every answer the linger.
 //! So a worker batches only while its thread used more than
 //! `server.wake_batch_busy_percent` of its core over the last
-//! [`WINDOW`], and stops once it uses less than three fifths of that
-//! (as adaptive interrupt moderation does on a network card, by packet
-//! rate). Batching itself lowers the share, by a fifth to a quarter on
+//! [`ON_AFTER`] looks of [`WINDOW`] each, and stops once it uses less
+//! than three fifths of that in one (as adaptive interrupt moderation
+//! does on a network card, by packet rate). One busy look is not enough:
+//! on a noisy VM a worker at 20k/s, about 40% of its core, started
+//! batching in 4 of 6 runs of 10 s when one look sufficed and in 1 of 6
+//! with two (`bench/results/pace-20261202-1636.md`); once started there
+//! it stays (batched, its share stays over three fifths of the bar), and
+//! every answer may wait a linger. Batching itself lowers the share, by a fifth to a quarter on
 //! the reference VM (the worker thread at 20k and 50k requests/s, 17.3
 //! and 16.0 µs per request unbatched, 14.5 and 12.5 batched; `bench/
 //! threads.sh`): the gap has to be wider than that, or a worker that
@@ -29,12 +34,17 @@ use std::time::{Duration, Instant};
 /// How much time one look covers at least.
 pub const WINDOW: Duration = Duration::from_millis(500);
 
+/// Looks in a row over the bar before a worker starts batching.
+pub const ON_AFTER: u32 = 2;
+
 /// The batching decision of one worker.
 #[derive(Debug)]
 pub struct Pace {
     /// Percent of a core above which batching starts; 0 batches always.
     on_above: u32,
     batching: bool,
+    /// Looks in a row over the bar while not batching.
+    busy_looks: u32,
     last_cpu: Duration,
     last_wall: Instant,
 }
@@ -45,6 +55,7 @@ impl Pace {
         Pace {
             on_above: busy_percent,
             batching: busy_percent == 0,
+            busy_looks: 0,
             last_cpu: cpu,
             last_wall: now,
         }
@@ -73,8 +84,12 @@ impl Pace {
         let next = if self.batching {
             share * 5 >= bar * 3
         } else {
-            share > bar
+            self.busy_looks = if share > bar { self.busy_looks + 1 } else { 0 };
+            self.busy_looks >= ON_AFTER
         };
+        if next {
+            self.busy_looks = 0;
+        }
         (next != self.batching).then(|| {
             self.batching = next;
             next
@@ -117,16 +132,33 @@ mod tests {
         let t0 = Instant::now();
         let mut pace = Pace::new(50, Duration::ZERO, t0);
         assert!(!pace.batching(), "a worker starts quiet");
-        // 50% is not above the bar; 51% is. Once batching, 30% keeps it
-        // and 29% ends it.
+        // 50% is not above the bar; 51% twice in a row is. Once batching,
+        // 30% keeps it and 29% ends it; starting again takes two looks.
         assert_eq!(
             run(
                 &mut pace,
                 t0,
                 Duration::ZERO,
-                &[10, 50, 51, 40, 30, 29, 49, 51]
+                &[10, 50, 51, 51, 40, 30, 29, 49, 51, 60]
             ),
-            [false, false, true, true, true, false, false, true]
+            [false, false, false, true, true, true, false, false, false, true]
+        );
+    }
+
+    #[test]
+    fn one_busy_look_among_quiet_ones_does_not_start_batching() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(50, Duration::ZERO, t0);
+        // Each busy look follows a quiet one, which starts the count again;
+        // the last two are in a row.
+        assert_eq!(
+            run(
+                &mut pace,
+                t0,
+                Duration::ZERO,
+                &[40, 90, 40, 90, 45, 100, 100]
+            ),
+            [false, false, false, false, false, false, true]
         );
     }
 
@@ -140,9 +172,13 @@ mod tests {
         let early = pace.look(t0 + 20 * MS, || panic!("the clock read early"));
         assert_eq!(early, None);
         assert_eq!(pace.look(t0 + WINDOW, || 20 * MS), None);
-        assert_eq!(pace.look(t0 + 2 * WINDOW, || 20 * MS + at(60)), Some(true));
-        assert_eq!(pace.look(t0 + 3 * WINDOW, || 20 * MS + at(65)), Some(false));
-        assert_eq!(pace.look(t0 + 4 * WINDOW, || 20 * MS + at(65)), None);
+        assert_eq!(pace.look(t0 + 2 * WINDOW, || 20 * MS + at(60)), None);
+        assert_eq!(pace.look(t0 + 3 * WINDOW, || 20 * MS + at(120)), Some(true));
+        assert_eq!(
+            pace.look(t0 + 4 * WINDOW, || 20 * MS + at(125)),
+            Some(false)
+        );
+        assert_eq!(pace.look(t0 + 5 * WINDOW, || 20 * MS + at(125)), None);
     }
 
     #[test]
