@@ -1,7 +1,8 @@
 # What the bench scripts share; each sources this file.
 
-# Waits until something listens on 127.0.0.1:PORT (10 s), or fails.
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
+# Waits until something listens on 127.0.0.1:PORT ($PORT_WAIT_S seconds,
+# 10 unless set), or fails.
+wait_port() { for _ in $(seq $((${PORT_WAIT_S:-10} * 10))); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
 
 # The number under KEY in loadtest's one-line JSON report OUT.
 json_field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
@@ -23,7 +24,8 @@ machine_line() {
 
 # What compare.sh and tails.sh share: the servers they race, each pinned to
 # $SERVER_CORE, with their files under $W; the caller declares the
-# associative array PIDS. start_server sets PORT.
+# associative array PIDS. start_server sets PORT. $WRAP, if set, is a
+# command each server runs under (bench/instructions.sh's valgrind).
 
 # Everything before the first server starts: the work dir $W (removed on
 # exit, with any server still running), the release binaries ($LT is
@@ -92,20 +94,20 @@ mkdir -p "$W/tmp"
 
 start_server() {
   case "$1" in
-    nginx) taskset -c $SERVER_CORE nginx -p "$W" -c "$W/nginx.conf" 2>/dev/null & PORT=18081 ;;
-    bare) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18082 uring-coop & PORT=18082 ;;
-    bare-worker) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18084 uring-worker & PORT=18084 ;;
-    bare-batched) taskset -c $SERVER_CORE target/release/bare-responder 127.0.0.1:18085 uring-batched & PORT=18085 ;;
-    multishot) taskset -c $SERVER_CORE target/release/bare-multishot 127.0.0.1:18083 & PORT=18083 ;;
+    nginx) taskset -c $SERVER_CORE ${WRAP:-} nginx -p "$W" -c "$W/nginx.conf" 2>/dev/null & PORT=18081 ;;
+    bare) taskset -c $SERVER_CORE ${WRAP:-} target/release/bare-responder 127.0.0.1:18082 uring-coop & PORT=18082 ;;
+    bare-worker) taskset -c $SERVER_CORE ${WRAP:-} target/release/bare-responder 127.0.0.1:18084 uring-worker & PORT=18084 ;;
+    bare-batched) taskset -c $SERVER_CORE ${WRAP:-} target/release/bare-responder 127.0.0.1:18085 uring-batched & PORT=18085 ;;
+    multishot) taskset -c $SERVER_CORE ${WRAP:-} target/release/bare-multishot 127.0.0.1:18083 & PORT=18083 ;;
     trackplane*) local bin=target/release/trackplane b="BINARY_${1#trackplane-}"
       [ "$1" != trackplane ] && [ -n "${!b:-}" ] && bin=${!b}
-      RUST_LOG=warn taskset -c $SERVER_CORE "$bin" serve --config "$W/$1.toml" \
+      RUST_LOG=warn taskset -c $SERVER_CORE ${WRAP:-} "$bin" serve --config "$W/$1.toml" \
         --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19180 --data-dir "$W/tp-data" --workers 1 \
         --driver "$([ "$1" = trackplane-epoll ] && echo epoll || echo uring)" & PORT=18080 ;;
   esac
   wait_port $PORT
   sleep 0.3
-  if [ "$1" = nginx ]; then PIDS[$1]="$(cat "$W/nginx.pid") $(pgrep -P "$(cat "$W/nginx.pid")")"; else PIDS[$1]=$!; fi
+  if [ "$1" = nginx ]; then PIDS[$1]="$(cat "$W/nginx.pid") $(pgrep -P "$(cat "$W/nginx.pid")" || true)"; else PIDS[$1]=$!; fi
 }
 
 stop_server() {
