@@ -131,31 +131,34 @@ impl Auditor {
         route: Route,
         catalogs: &'a Catalogs,
     ) -> Verdict<'a> {
-        let mut issues = Issues::default();
-        for key in params.duplicates() {
-            issues.push(IssueCode::DuplicateParam, key, b"");
-        }
+        // The verdict is built first and its findings pushed in place: a
+        // list built apart and moved in cost a 656-byte copy per event.
         let advertiser = params.get_bytes(&self.advertiser_param).unwrap_or(b"");
+        let (event_type, rules) = self.event_rules(params, route);
+        let mut verdict = Verdict {
+            event_type,
+            advertiser,
+            issues: Issues::default(),
+            products: b"",
+            redirect: None,
+            durability: rules.map_or(Durability::Buffered, |r| r.durability),
+        };
+        for key in params.duplicates() {
+            verdict.issues.push(IssueCode::DuplicateParam, key, b"");
+        }
         let policy = self.advertisers.get(advertiser);
         let catalog = catalogs.get(advertiser);
         if advertiser.is_empty() {
-            issues.push(IssueCode::MissingParam, &self.advertiser_param, b"");
+            verdict
+                .issues
+                .push(IssueCode::MissingParam, &self.advertiser_param, b"");
         } else if policy.is_none() && catalog.is_none() {
-            issues.push(
+            verdict.issues.push(
                 IssueCode::UnknownAdvertiser,
                 &self.advertiser_param,
                 advertiser,
             );
         }
-        let (event_type, rules) = self.event_rules(params, route);
-        let mut verdict = Verdict {
-            event_type,
-            advertiser,
-            issues,
-            products: b"",
-            redirect: None,
-            durability: rules.map_or(Durability::Buffered, |r| r.durability),
-        };
         let Some(rules) = rules else {
             verdict
                 .issues

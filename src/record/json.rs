@@ -7,44 +7,48 @@ use std::net::IpAddr;
 
 /// Writes `s` as a JSON string. Invalid UTF-8 becomes U+FFFD.
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
-    if s.len() > 32 {
-        // A long string (a user agent, a referer): checked a word at a
-        // time, then copied by one `memmove`, which moves long runs faster.
-        if plain_run(s) == s.len() {
-            out.reserve(s.len() + 2);
-            out.push(b'"');
-            out.extend_from_slice(s);
-            out.push(b'"');
-            return;
-        }
+    if !all_plain(s) {
         return write_unusual(out, s);
     }
-    // A short string (most of a record's): copied as it is checked, a word
-    // at a time, in one pass and without a `memmove` call.
-    let start = out.len();
     out.reserve(s.len() + 2);
     out.push(b'"');
-    let mut rest = s;
-    while let Some((word, tail)) = rest.split_first_chunk::<8>() {
-        if !plain_word(u64::from_ne_bytes(*word)) {
-            break;
-        }
-        out.extend_from_slice(word);
-        rest = tail;
+    out.extend_from_slice(s);
+    out.push(b'"');
+}
+
+/// Whether every byte of `s` is [`plain`], tested a word at a time with no
+/// byte-at-a-time tail: the bytes past the last whole word are tested in
+/// the word that ends where `s` ends (overlapping bytes already tested),
+/// and a string shorter than a word in one word its own bytes fill (see
+/// [`short_word`]). Most of a record's strings are short (parameter names
+/// and values): a tail tested a byte at a time, and copied as it went, was
+/// most of `write_str`'s instructions (bench/instructions.sh).
+#[inline]
+fn all_plain(s: &[u8]) -> bool {
+    let Some(last) = s.last_chunk::<8>() else {
+        return plain_word(short_word(s));
+    };
+    let (words, _) = s.as_chunks::<8>();
+    words.iter().all(|w| plain_word(u64::from_ne_bytes(*w)))
+        && plain_word(u64::from_ne_bytes(*last))
+}
+
+/// A word made of the bytes of `s` (shorter than eight): its first and
+/// last four, two or one bytes (which may overlap), and `a` in any place
+/// left. Every byte of the word is a byte of `s` or a plain one, so the
+/// word is [`plain_word`] exactly when `s` is all [`plain`].
+#[inline]
+fn short_word(s: &[u8]) -> u64 {
+    const FILL: u64 = u64::from_ne_bytes([b'a'; 8]);
+    let n = s.len();
+    let u16_at = |i: usize| u64::from(u16::from_ne_bytes([s[i], s[i + 1]]));
+    let u32_at = |i: usize| u64::from(u32::from_ne_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]));
+    match n {
+        4.. => u32_at(0) | u32_at(n - 4) << 32,
+        2..=3 => u16_at(0) | u16_at(n - 2) << 16 | FILL << 32,
+        1 => u64::from(s[0]) | FILL << 8,
+        0 => FILL,
     }
-    while let Some((&b, tail)) = rest.split_first() {
-        if !plain(b) {
-            break;
-        }
-        out.push(b);
-        rest = tail;
-    }
-    if rest.is_empty() {
-        out.push(b'"');
-        return;
-    }
-    out.truncate(start);
-    write_unusual(out, s);
 }
 
 /// Writes a string that is not all printable ASCII: validated, then
@@ -198,9 +202,9 @@ mod tests {
         let specials: Vec<u8> = (0..0x20)
             .chain([b'"', b'\\', 0x7f, 0x80, 0xc3, 0xff])
             .collect();
-        // Short strings are copied as they are checked, long ones (over 32
-        // bytes) checked first: both meet every special byte everywhere.
-        for len in [20, 40] {
+        // Every way a string is tested: shorter than a word (through each
+        // arm of `short_word`), a word or more with and without a tail.
+        for len in (1..=17).chain([40]) {
             for &b in &specials {
                 for at in 0..len {
                     let mut s = vec![b'a'; len];
