@@ -25,6 +25,7 @@
 #
 #   bench/profile.sh [RATE] [SECONDS]
 #   e.g. SERVERS="nginx trackplane-unbatched bare-worker" MIX="--kinds impressions" bench/profile.sh 50000 6
+#        THREAD=trackplane-stor SERVERS=trackplane-unbatched bench/profile.sh   # another thread's symbols
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -77,8 +78,9 @@ for s in $SERVERS; do
     # The symbol tables are the busiest thread's (trackplane's worker): the
     # others' samples gather where their switches land (see above). awk,
     # not head, cuts them: head's early exit fails the pipe under pipefail.
-    busiest=$(awk -v cs="$comms" 'BEGIN { split(cs, a, " "); for (i in a) want[a[i]] = 1 }
-      want[$1] { n[$1]++ } END { for (c in n) if (n[c] > m) { m = n[c]; b = c }; print b }' "$W/$s.script")
+    # THREAD names another (as /proc's comm has it, e.g. trackplane-stor).
+    busiest=${THREAD:-$(awk -v cs="$comms" 'BEGIN { split(cs, a, " "); for (i in a) want[a[i]] = 1 }
+      want[$1] { n[$1]++ } END { for (c in n) if (n[c] > m) { m = n[c]; b = c }; print b }' "$W/$s.script")}
     echo "User-space symbols of $busiest, sampled ns per request:"
     echo
     echo "| ns/req | symbol |"
