@@ -10,7 +10,9 @@
 #
 # Why: every timed race on these shared VMs moves by several percent from
 # window to window (docs/performance-log.md), while an instruction count
-# is the same for the same binary and input whatever else the host does.
+# of the same binary and input moves little from run to run: under 0.1%
+# for a worker, under 1% for the store and the view, whose
+# passes fall differently in each run.
 # It counts work, not time: cache misses, system calls and the kernel's
 # part are not in it (bench/profile.sh and bench/tails.sh measure those),
 # so a cut it shows is a cut in work that a race must still confirm.
