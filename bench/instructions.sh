@@ -52,7 +52,9 @@ for s in $SERVERS; do
   mkdir -p "$W/cg-$s"
   WRAP="valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file=$W/cg-$s/out.%p"
   start_server "$s" 2>/dev/null
-  pids=$(for p in ${PIDS[$s]}; do pgrep -P "$p" 2>/dev/null; echo "$p"; done | sort -un)
+  # valgrind execs the server (taskset execs valgrind), and nginx runs as
+  # one process: the pids start_server found are the ones counted.
+  pids=${PIDS[$s]}
   taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$PORT" --rate "$RATE" --connections $CONNS \
     --duration 2 --warmup 0 --json $MIX > /dev/null
   # Thread names, in creation order (callgrind numbers threads the same
