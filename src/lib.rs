@@ -17,8 +17,8 @@
 //!   send(2), `sched`'s scheduler calls and `shipper::kafka`'s fault
 //!   injection for tests; the crate denies it everywhere else)
 //! - `segment`: the on-disk format, writer, reader and crash recovery
-//! - `sched`: the store and view threads in the idle scheduling class while
-//!   calm, lifted back when their rings fill
+//! - `sched`: the store thread in the idle scheduling class while calm,
+//!   lifted back when the rings fill
 //! - `store`: drains the rings into zstd blocks in segments; fsync, rotation,
 //!   disk budget, stream leases
 //! - `server`: workers, connection loop, request handler, admin port,

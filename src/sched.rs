@@ -1,6 +1,7 @@
-//! The scheduling class of the threads that share the workers' cores: the
-//! store and the live view. In the normal class a pass of theirs (a zstd
-//! block, a view drain) that runs when a request arrives delays it, because
+//! The scheduling class of the thread that shares the workers' cores: the
+//! store's. (The live view had a thread like it; workers now fold its
+//! records in themselves while idle, `view::fold`.) In the normal class a
+//! pass (a zstd block) that runs when a request arrives delays it, because
 //! the scheduler lets the pass run on in its slice (so passes breathe,
 //! below). In the idle class
 //! (SCHED_IDLE) a worker's wake-up takes the core at once; on a busy core,

@@ -1,8 +1,8 @@
-//! The store and view threads' scheduling class, with the real binary run
+//! The store thread's scheduling class, with the real binary run
 //! as the systemd unit runs it: an unprivileged user (prlimit and setpriv
 //! stand in for systemd), the whole process on one core. With a way back
 //! from SCHED_IDLE (CAP_SYS_NICE, or the unit's `LimitNICE=20`) the
-//! threads' passes run idle-class, and a batch that fills the ring past a
+//! thread's passes run idle-class, and a batch that fills the ring past a
 //! quarter is all stored, nothing refused; with other work holding the
 //! core, what was answered still reaches segments promptly. With neither,
 //! the server says so and no pass runs idle-class. (`sched`'s own tests
@@ -64,7 +64,6 @@ fn wait_above(served: &Served, name: &str, floor: f64) {
 }
 
 const STORE_IDLE: &str = "trackplane_background_idle_passes_total{thread=\"store\"}";
-const VIEW_IDLE: &str = "trackplane_background_idle_passes_total{thread=\"view\"}";
 
 /// One test at a time: a binary being copied for one test is open for
 /// writing, and the other's fork could inherit that and make exec fail
@@ -175,7 +174,6 @@ fn with_cap_sys_nice_passes_run_idle_and_a_ring_past_a_quarter_is_all_stored() {
     };
     served.wait_log("background=\"idle\"", 0);
     wait_above(&served, STORE_IDLE, 0.0);
-    wait_above(&served, VIEW_IDLE, 0.0);
 
     // 40 events of about 500 bytes: past a quarter of the 64 KiB ring, and
     // within what one batch may take.
@@ -308,11 +306,10 @@ fn without_a_way_back_no_pass_runs_idle() {
     };
     served.wait_log("needs CAP_SYS_NICE or RLIMIT_NICE", 0);
     served.wait_log("background=\"normal\"", 0);
-    // Give both threads a few passes in which they could have gone idle.
+    // Give the thread a few passes in which they could have gone idle.
     std::thread::sleep(Duration::from_millis(200));
     let page = served.metrics();
     assert_eq!(common::metric(&page, STORE_IDLE), 0.0);
-    assert_eq!(common::metric(&page, VIEW_IDLE), 0.0);
     stop(&mut served);
 }
 
@@ -327,6 +324,5 @@ fn with_the_units_nice_limit_passes_run_idle() {
     };
     served.wait_log("background=\"idle\"", 0);
     wait_above(&served, STORE_IDLE, 0.0);
-    wait_above(&served, VIEW_IDLE, 0.0);
     stop(&mut served);
 }

@@ -209,8 +209,7 @@ pub struct ServerConfig {
     /// Bytes the live view may keep (advertisers, count keys, unknown
     /// products, recent events); requests decide what it is asked to keep.
     pub view_memory_bytes: usize,
-    /// The scheduling class of the store and view threads while their rings
-    /// are calm.
+    /// The scheduling class of the store thread while the rings are calm.
     pub background_class: BackgroundClass,
 }
 

@@ -155,17 +155,14 @@ impl Emitter {
                 }
                 start = end;
             }
-            // A background thread in the idle class barely runs on a busy
+            // The store's thread in the idle class barely runs on a busy
             // core; a ring filling up is the sign to lift it (nothing to
-            // lift in the normal class), and to end the store's nap.
+            // lift in the normal class), and to end its nap.
             if self.producer.past_quarter() {
                 if self.store.class.enabled() {
                     self.store.class.lift();
                 }
                 self.store.nudge();
-            }
-            if self.view_shared.class.enabled() && self.view.past_quarter() {
-                self.view_shared.class.lift();
             }
             self.next_seq += n as u64;
             metrics

@@ -121,11 +121,10 @@ pub struct Shared {
     pub view: Arc<crate::view::View>,
 }
 
-/// Bytes of each worker's lossy ring to the live view. The view's thread
-/// passes in the idle class only while no ring is past a quarter (`sched`),
-/// so a quarter must hold many 10 ms naps' records: about 0.35 MB each at
-/// 100k requests/s. (With 1 MiB and a bar of a sixteenth, nine passes in
-/// ten ran in the normal class at 20k requests/s and set p99.)
+/// Bytes of each worker's lossy ring to the live view. The worker folds it
+/// into the view while idle (`view::fold`), and while busy only once it is
+/// past a quarter, so a quarter holds a busy stretch's records: its 2 MiB is
+/// about 40 ms of them at 100k requests/s.
 const VIEW_RING_BYTES: usize = 8 << 20;
 
 /// The part of the configuration a reload (SIGHUP) replaces while the
@@ -285,7 +284,7 @@ impl Server {
         let background = match (idle_wanted, store_status.class.enabled()) {
             (true, true) => "idle",
             (true, false) => {
-                tracing::info!("server.background_class = \"idle\" needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to lift the store and view back; they run in the normal class");
+                tracing::info!("server.background_class = \"idle\" needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to lift the store back; it runs in the normal class");
                 "normal"
             }
             (false, _) => "normal",
@@ -302,10 +301,7 @@ impl Server {
                 .map(|_| Arc::new(StreamShared::default()))
                 .collect(),
             store_status,
-            view: Arc::new(crate::view::View::new(
-                config.server.view_memory_bytes,
-                crate::sched::Class::new(idle_wanted),
-            )),
+            view: Arc::new(crate::view::View::new(config.server.view_memory_bytes)),
             heartbeats: (0..workers)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
@@ -338,7 +334,6 @@ impl Server {
         let mut consumers = Vec::with_capacity(workers);
         let mut worker_metrics = Vec::with_capacity(workers);
         let mut rings = Vec::with_capacity(workers);
-        let mut view_rings = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         let (tx, rx) = mpsc::channel();
         let mut specs = Vec::with_capacity(workers);
@@ -347,7 +342,6 @@ impl Server {
             let stream = stream_ids[index];
             let (producer, consumer) = crate::ring::ring(cfg.ring_bytes);
             let (view_producer, view_consumer) = crate::ring::ring(VIEW_RING_BYTES);
-            view_rings.push(view_consumer);
             rings.push(consumer.gauge());
             consumers.push(consumer);
             let metrics = Arc::new(metrics::WorkerMetrics::default());
@@ -360,6 +354,7 @@ impl Server {
                 listeners,
                 producer,
                 view: view_producer,
+                view_ring: view_consumer,
                 next_seq,
                 metrics,
                 core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
@@ -432,9 +427,6 @@ impl Server {
             let shared = shared.clone();
             Box::new(move |target| admin_routes::route(target, &shared, &page))
         };
-        let view = crate::view::spawn(shared.view.clone(), view_rings, shared.stopping.clone())
-            .map_err(|e| ServeError::Thread(e.to_string()))?;
-        server.helpers.push(view);
         let admin = admin::spawn(admin_listener, shared.stopping.clone(), router)
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(admin);
@@ -468,7 +460,6 @@ impl Server {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.stopping.ring();
         self.shared.store_status.class.stay_normal();
-        self.shared.view.class.stay_normal();
         // This process's copies of the listening sockets go with it.
         self.handover
             .lock()

@@ -65,10 +65,7 @@ impl MetricsPage {
                 shared.store_status.sync_failed.load(Ordering::Relaxed),
             )),
         );
-        let classes = [
-            ("thread=\"store\"", &shared.store_status.class),
-            ("thread=\"view\"", &view.class),
-        ];
+        let classes = [("thread=\"store\"", &shared.store_status.class)];
         family(
             &mut out,
             "trackplane_background_idle_passes_total",
@@ -165,7 +162,7 @@ impl MetricsPage {
             &mut out,
             "trackplane_view_stopped",
             "gauge",
-            "1 once the live view's thread ended by a panic; the view answers 503 until a restart.",
+            "1 once folding an event into the live view panicked; the view answers 503 until a restart.",
             one(u64::from(view.stopped())),
         );
         family(

@@ -15,7 +15,7 @@ use monoio::net::TcpListener;
 
 use crate::config::Driver;
 use crate::http::Limits;
-use crate::ring::Producer;
+use crate::ring::{Consumer, Producer};
 use crate::server::handler::Handler;
 use crate::server::metrics::WorkerMetrics;
 use crate::server::pace::{self, Pace};
@@ -87,6 +87,8 @@ pub struct WorkerSpec {
     pub producer: Producer,
     /// Its end of the lossy ring to the live view.
     pub view: Producer,
+    /// The other end, which it folds into the view while idle.
+    pub view_ring: Consumer,
     /// First sequence number of its stream.
     pub next_seq: u64,
     /// Its counters.
@@ -264,6 +266,10 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
         spec.producer,
         spec.view,
     );
+    // This worker's records reach the live view by its own hand, between
+    // its I/O (`view::fold`); removed as the worker ends.
+    let mut folder = crate::view::Folder::new(spec.view_ring, shared.view.clone());
+    monoio::set_idle_work(Some(Box::new(move |io_waiting| folder.turn(io_waiting))));
     let worker = Rc::new(Worker {
         index: spec.index,
         shared,
@@ -301,7 +307,6 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
             // The watchdog pings systemd only while this advances.
             shared.heartbeats[watcher.index].fetch_add(1, Ordering::Relaxed);
             shared.store_status.class.lift_if_starved(starved_ms);
-            shared.view.class.lift_if_starved(starved_ms);
             watcher.handler.borrow_mut().heartbeat();
         }
         canceller.cancel();
@@ -327,6 +332,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
     }
     // What was answered is recorded before the worker goes.
     worker.handler.borrow_mut().run_waiting();
+    monoio::set_idle_work(None);
     if worker.in_flight.get() > 0 {
         tracing::warn!(
             worker = spec.index,

@@ -3,12 +3,13 @@
 //! issue code over the last minute and hour, the parameters that fail most,
 //! unknown products, and a live stream of its events filtered on the server.
 //!
-//! Workers copy each record into a small lossy ring (a full ring drops the
-//! copy and counts it; ingestion never waits for the view). One thread
-//! drains the rings, keeps the aggregates, and fans events out to
-//! subscribers through bounded queues: a slow viewer loses events, it never
-//! slows anything else. In steady state the view allocates nothing, except
-//! the shared copy of an event streamed to a viewer.
+//! Workers copy each record into a lossy ring of their own (a full ring
+//! drops the copy and counts it; ingestion never waits for the view), and
+//! fold their ring into the view themselves in the moments they would
+//! otherwise sleep (`fold`). The view keeps the aggregates and fans events
+//! out to subscribers through bounded queues: a slow viewer loses events,
+//! it never slows anything else. In steady state the view allocates
+//! nothing, except the shared copy of an event streamed to a viewer.
 //!
 //! Whoever can reach the data port decides what the view is asked to keep
 //! (any advertiser id, event type or product id a request names), so
@@ -21,12 +22,12 @@
 //!
 //! # Layout
 //! - `window`: minute and hour counts
-//! - `thread`: the thread that drains the workers' rings into the view
+//! - `fold`: how a worker folds its ring into the view while idle
 //! - `recent`: the last events kept for a page that just opened
 //! - `page.html`: the page served at `/` of the admin port
 
+pub mod fold;
 pub mod recent;
-mod thread;
 pub mod window;
 
 use std::borrow::Cow;
@@ -40,8 +41,8 @@ use serde::Deserialize;
 
 use crate::clock::unix_ms;
 use crate::record::peek;
+pub use fold::Folder;
 use recent::Recent;
-pub use thread::spawn;
 use window::{Kind, Window};
 
 /// The page served at `/`.
@@ -58,6 +59,8 @@ pub const MAX_SUBSCRIBERS: usize = 64;
 /// An advertiser without events for this long is forgotten: its counts
 /// have all left the hour, and what it kept goes back to the budget.
 const IDLE_MS: u64 = 3_600_000;
+/// How often idle advertisers are looked for.
+const FORGET_EVERY_MS: u64 = 60_000;
 /// What a hash map entry costs beyond its key and value, roughly.
 const ENTRY_OVERHEAD: usize = 16;
 
@@ -194,15 +197,12 @@ struct Advertisers {
     budget: Budget,
 }
 
-/// What the view thread and the admin port share.
+/// What the workers (folding records in) and the admin port share.
 pub struct View {
     advertisers: Mutex<Advertisers>,
     subscribers: Mutex<Vec<Subscriber>>,
     /// Record copies the workers' view rings had no room for.
     pub ring_dropped: AtomicU64,
-    /// The view thread's scheduling class; workers lift it when their view
-    /// ring fills past a quarter.
-    pub class: crate::sched::Class,
     /// Events a slow viewer's queue had no room for.
     pub viewer_dropped: AtomicU64,
     /// Events of advertisers beyond the tracking limit.
@@ -211,15 +211,17 @@ pub struct View {
     pub streamed: AtomicU64,
     /// Names, products and recent events not kept: the budget was spent.
     pub over_budget: AtomicU64,
-    /// Set when the view thread ended by a panic: nothing is counted after
-    /// it, so the view answers that it stopped rather than show old counts
-    /// as live ones. Ingestion goes on (a full view ring drops copies).
+    /// Set when folding a record in panicked: nothing is counted after it,
+    /// so the view answers that it stopped rather than show old counts as
+    /// live ones. Ingestion goes on (a full view ring drops copies).
     stopped: AtomicBool,
+    /// When (ms since the epoch) idle advertisers are next forgotten.
+    next_forget_ms: AtomicU64,
 }
 
 impl Default for View {
     fn default() -> View {
-        View::new(DEFAULT_MEMORY_BYTES, crate::sched::Class::default())
+        View::new(DEFAULT_MEMORY_BYTES)
     }
 }
 
@@ -361,9 +363,8 @@ impl AdvertiserView {
 }
 
 impl View {
-    /// A view that keeps at most about `memory_bytes` of data; its thread
-    /// runs in `class`.
-    pub fn new(memory_bytes: usize, class: crate::sched::Class) -> View {
+    /// A view that keeps at most about `memory_bytes` of data.
+    pub fn new(memory_bytes: usize) -> View {
         View {
             advertisers: Mutex::new(Advertisers {
                 by_id: HashMap::default(),
@@ -371,16 +372,16 @@ impl View {
             }),
             subscribers: Mutex::default(),
             ring_dropped: AtomicU64::new(0),
-            class,
             viewer_dropped: AtomicU64::new(0),
             untracked: AtomicU64::new(0),
             streamed: AtomicU64::new(0),
             over_budget: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            next_forget_ms: AtomicU64::new(unix_ms().saturating_add(FORGET_EVERY_MS)),
         }
     }
 
-    /// Whether the view thread ended by a panic (see `stopped`).
+    /// Whether folding a record in panicked (see `stopped`).
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
@@ -397,21 +398,64 @@ impl View {
         }
     }
 
+    /// `batch`, unless either lock is held (by an admin reader, or another
+    /// worker folding): a worker folds later rather than wait.
+    pub fn try_batch(&self) -> Option<Batch<'_>> {
+        let subs = match self.subscribers.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let ads = match self.advertisers.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Batch {
+            view: self,
+            subs,
+            ads,
+        })
+    }
+
+    /// Whether idle advertisers are due to be forgotten at `now_ms` (once a
+    /// minute); true for one caller per minute.
+    fn forget_due(&self, now_ms: u64) -> bool {
+        let due = self.next_forget_ms.load(Ordering::Relaxed);
+        now_ms >= due
+            && self
+                .next_forget_ms
+                .compare_exchange(
+                    due,
+                    now_ms.saturating_add(FORGET_EVERY_MS),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// After folding panicked: says so once, marks the view stopped and
+    /// ends the viewers' streams, which would otherwise wait for events
+    /// that never come.
+    fn stop_after_panic(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(
+            "folding an event into the live view panicked: the view answers 503 until trackplane is restarted; ingestion goes on"
+        );
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Forgets advertisers with no event in the hour before `now_ms` and
     /// gives back what they took from the budget, so that names a burst of
     /// calls made up do not hold it for good. Returns how many it forgot.
     pub fn forget_idle(&self, now_ms: u64) -> usize {
         let mut ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
-        let Advertisers { by_id, budget } = &mut *ads;
-        let before = by_id.len();
-        by_id.retain(|_, a| {
-            let idle = a.last_ms.saturating_add(IDLE_MS) <= now_ms;
-            if idle {
-                budget.give(a.charged);
-            }
-            !idle
-        });
-        before - by_id.len()
+        forget_idle(&mut ads, now_ms)
     }
 
     /// Folds one record in (see `Batch::add`).
@@ -425,7 +469,7 @@ impl View {
     pub fn subscribe(&self, advertiser: &str, invalid_only: bool) -> Option<Subscription> {
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subs.retain(|s| s.open.load(Ordering::Acquire));
-        // Read under the lock its thread's `Watch` clears the viewers under.
+        // Read under the lock `stop_after_panic` clears the viewers under.
         if self.stopped() || subs.len() >= MAX_SUBSCRIBERS {
             return None;
         }
@@ -545,49 +589,27 @@ pub fn serve_events(
     }
 }
 
+/// `View::forget_idle` on the advertisers, under their lock.
+fn forget_idle(ads: &mut Advertisers, now_ms: u64) -> usize {
+    let Advertisers { by_id, budget } = ads;
+    let before = by_id.len();
+    by_id.retain(|_, a| {
+        let idle = a.last_ms.saturating_add(IDLE_MS) <= now_ms;
+        if idle {
+            budget.give(a.charged);
+        }
+        !idle
+    });
+    before - by_id.len()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::thread::spawn_folding;
     use super::*;
-    use crate::bell::Bell;
 
     fn rec(adv: &str, ty: &str, issues: &str) -> Vec<u8> {
         let status = if issues.is_empty() { "ok" } else { "invalid" };
         format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"{ty}","advertiser":"{adv}","status":"{status}","issues":[{issues}],"params":{{}}}}"#, unix_ms()).into_bytes()
-    }
-
-    #[test]
-    fn a_view_thread_that_panics_says_the_view_stopped_and_ends_its_streams() {
-        let view = Arc::new(View::default());
-        let sub = view.subscribe("shop", false).unwrap();
-        let (mut tx, rx) = crate::ring::ring(1 << 12);
-        let stop = Arc::new(Bell::new().unwrap());
-        let thread =
-            spawn_folding(view.clone(), vec![rx], stop, |_, _| panic!("injected")).unwrap();
-        tx.push(&rec("shop", "view_item", "")).unwrap();
-        assert!(thread.join().is_err());
-        assert!(view.stopped());
-        assert!(view.class.ended(), "no lift may name the thread's id again");
-        // The viewer's stream ends instead of waiting for events for good.
-        assert!(matches!(
-            sub.rx.recv_timeout(Duration::from_secs(10)),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
-        ));
-        assert_eq!(view.subscribers(), 0);
-        assert!(view.subscribe("shop", false).is_none());
-    }
-
-    #[test]
-    fn a_view_thread_that_stops_does_not_say_the_view_stopped() {
-        let view = Arc::new(View::default());
-        let (mut tx, rx) = crate::ring::ring(1 << 12);
-        let stop = Arc::new(Bell::new().unwrap());
-        let thread = spawn(view.clone(), vec![rx], stop.clone()).unwrap();
-        tx.push(&rec("shop", "view_item", "")).unwrap();
-        stop.ring();
-        thread.join().unwrap();
-        assert!(!view.stopped());
-        assert!(view.class.ended());
     }
 
     #[test]
@@ -684,7 +706,7 @@ mod tests {
     #[test]
     fn what_requests_ask_the_view_to_keep_stays_within_its_budget() {
         let budget = 1 << 20;
-        let v = View::new(budget, crate::sched::Class::default());
+        let v = View::new(budget);
         // 2,000 advertisers with 8 KB records would take 50 MB of recent
         // events alone.
         let pad = "x".repeat(8000);
@@ -735,7 +757,7 @@ mod tests {
 
     #[test]
     fn idle_advertisers_are_forgotten_and_their_budget_comes_back() {
-        let v = View::new(1 << 20, crate::sched::Class::default());
+        let v = View::new(1 << 20);
         let old = |adv: &str, ts: u64| {
             format!(r#"{{"id":"n-0-1","ts_ms":{ts},"type":"page_view","advertiser":"{adv}","status":"ok","issues":[],"params":{{}}}}"#).into_bytes()
         };

@@ -25,6 +25,8 @@ use std::{
     time::Duration,
 };
 
+pub(crate) mod idle;
+pub use self::idle::{set_idle_work, IdleWork};
 #[allow(unreachable_pub)]
 #[cfg(feature = "legacy")]
 pub use self::legacy::LegacyDriver;

@@ -146,7 +146,9 @@ impl LegacyDriver {
             }
         }
 
-        if !need_wait {
+        // Idle work first (`driver::idle`); while work is left, poll
+        // without waiting.
+        if !need_wait || (timeout != Some(Duration::ZERO) && super::idle::run(|| false)) {
             timeout = Some(Duration::ZERO);
         }
 

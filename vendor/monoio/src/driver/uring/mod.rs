@@ -366,6 +366,16 @@ impl IoUringDriver {
             }
         }
 
+        // Idle work first (`driver::idle`). Work left and no completion
+        // work pending: do not sleep, so that timers are looked at and
+        // the work goes on at the next park.
+        if need_wait
+            && super::idle::run(|| inner.uring.submission().taskrun())
+            && !inner.uring.submission().taskrun()
+        {
+            need_wait = false;
+        }
+
         if need_wait {
             // Install timeout and eventfd for unpark if sync is enabled
 
@@ -445,7 +455,7 @@ impl IoUringDriver {
                 // Submit and Wait without timeout
                 inner.uring.submit_and_wait(1)?;
             }
-        } else {
+        } else if !inner.uring.submission().is_empty() {
             // Submit only
             inner.uring.submit()?;
         }

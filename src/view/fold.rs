@@ -1,0 +1,202 @@
+//! How records reach the view: each worker folds its own view ring in, a
+//! slice at a time, in the moments its runtime would otherwise sleep
+//! (monoio's idle work, `set_idle_work`).
+//!
+//! A thread of its own did this before, sharing the workers' cores in the
+//! idle scheduling class. Its work was small (about 2,000 instructions a
+//! record), but it ran in the workers' gaps and every request that came
+//! meanwhile preempted it: a rescheduling interrupt and two context
+//! switches, which that thread's CPU time was charged with and which a
+//! worker waking on an idle core does not pay. Done by the worker between
+//! its own I/O, the same work needs neither: the worker reads its ring's
+//! task-run flag between slices and goes back to its connections as soon
+//! as a completion is pending, without having slept.
+//!
+//! The view stays lossy and never holds up ingestion: a worker that finds
+//! the view locked (an admin reader, another worker folding) leaves its
+//! records for its next idle moment, and a worker that is never idle lets
+//! its ring fill, which drops copies and counts them
+//! (`trackplane_view_dropped_total{where="ring"}`), except that a ring past a
+//! quarter is folded a slice at a time even while I/O waits. A fold that
+//! panics stops the view (it answers 503) and leaves the worker serving.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use super::{forget_idle, Batch, View};
+use crate::clock::unix_ms;
+use crate::ring::Consumer;
+
+/// Records folded per turn: a few tens of microseconds at the view's
+/// per-record cost, which a request that arrives meanwhile may wait.
+pub const TURN_RECORDS: usize = 32;
+
+/// One worker's view ring and what it folds into.
+pub struct Folder {
+    ring: Consumer,
+    view: Arc<View>,
+    fold: fn(&mut Batch<'_>, &[u8]),
+}
+
+impl Folder {
+    /// Folds `ring` into `view`.
+    pub fn new(ring: Consumer, view: Arc<View>) -> Folder {
+        Folder::folding(ring, view, |batch, rec| batch.add(rec))
+    }
+
+    /// `new`, with what folds a record in given (a test makes it panic).
+    pub(super) fn folding(
+        ring: Consumer,
+        view: Arc<View>,
+        fold: fn(&mut Batch<'_>, &[u8]),
+    ) -> Folder {
+        Folder { ring, view, fold }
+    }
+
+    /// One turn of idle work: folds up to [`TURN_RECORDS`] records, unless
+    /// I/O is waiting (`io_waiting`) and the ring is not past a quarter.
+    /// Returns whether records are left for another turn; false also when
+    /// the view is locked by someone else (later, then) or stopped.
+    pub fn turn(&mut self, io_waiting: bool) -> bool {
+        if self.ring.backlog() == 0 || self.view.stopped() {
+            return false;
+        }
+        if io_waiting && !self.ring.past_quarter() {
+            return true;
+        }
+        let Some(mut batch) = self.view.try_batch() else {
+            return false;
+        };
+        let (ring, fold) = (&mut self.ring, self.fold);
+        let folded = catch_unwind(AssertUnwindSafe(|| {
+            ring.drain_at_most(TURN_RECORDS, |rec| fold(&mut batch, rec));
+            let now = unix_ms();
+            if batch.view.forget_due(now) {
+                forget_idle(&mut batch.ads, now);
+            }
+        }));
+        // Its locks go before a panic is dealt with, which takes one.
+        drop(batch);
+        if folded.is_err() {
+            self.view.stop_after_panic();
+            return false;
+        }
+        self.ring.backlog() > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn rec(adv: &str) -> Vec<u8> {
+        format!(r#"{{"id":"n-0-1","ts_ms":{},"type":"view_item","advertiser":"{adv}","status":"ok","issues":[],"params":{{}}}}"#, unix_ms()).into_bytes()
+    }
+
+    fn seen(view: &View, adv: &str) -> u64 {
+        let audit: serde_json::Value =
+            serde_json::from_str(&view.audit_json(adv).unwrap_or_else(|| "{}".into())).unwrap();
+        audit["last_hour"]["events_by_type"]["view_item"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_turn_folds_a_slice_and_says_whether_more_is_left() {
+        let view = Arc::new(View::default());
+        let (mut tx, rx) = crate::ring::ring(1 << 20);
+        let mut folder = Folder::new(rx, view.clone());
+        assert!(!folder.turn(false), "nothing to fold");
+        for _ in 0..TURN_RECORDS + 5 {
+            tx.push(&rec("shop")).unwrap();
+        }
+        assert!(folder.turn(false), "a slice, and more left");
+        assert_eq!(seen(&view, "shop"), TURN_RECORDS as u64);
+        assert!(!folder.turn(false), "the rest, and nothing left");
+        assert_eq!(seen(&view, "shop"), TURN_RECORDS as u64 + 5);
+    }
+
+    #[test]
+    fn with_io_waiting_only_a_ring_past_a_quarter_is_folded() {
+        let view = Arc::new(View::default());
+        let one = rec("shop");
+        // A ring a few dozen records fill past a quarter.
+        let (mut tx, rx) = crate::ring::ring((32 * one.len()).next_power_of_two());
+        let mut folder = Folder::new(rx, view.clone());
+        tx.push(&one).unwrap();
+        assert!(folder.turn(true), "left for a quiet moment");
+        assert_eq!(seen(&view, "shop"), 0);
+        while !tx.past_quarter() {
+            tx.push(&one).unwrap();
+        }
+        folder.turn(true);
+        assert!(seen(&view, "shop") > 0, "a ring past a quarter is folded");
+    }
+
+    #[test]
+    fn a_locked_view_is_left_for_later() {
+        let view = Arc::new(View::default());
+        let (mut tx, rx) = crate::ring::ring(1 << 20);
+        let mut folder = Folder::new(rx, view.clone());
+        tx.push(&rec("shop")).unwrap();
+        {
+            let _reader = view.batch();
+            assert!(!folder.turn(false), "no waiting for the lock");
+        }
+        assert_eq!(seen(&view, "shop"), 0);
+        assert!(!folder.turn(false));
+        assert_eq!(seen(&view, "shop"), 1);
+    }
+
+    #[test]
+    fn a_fold_that_panics_stops_the_view_and_ends_its_streams() {
+        let view = Arc::new(View::default());
+        let sub = view.subscribe("shop", false).unwrap();
+        let (mut tx, rx) = crate::ring::ring(1 << 12);
+        let mut folder = Folder::folding(rx, view.clone(), |_, _| panic!("injected"));
+        tx.push(&rec("shop")).unwrap();
+        assert!(!folder.turn(false), "nothing more after a panic");
+        assert!(view.stopped());
+        // The viewer's stream ends instead of waiting for events for good.
+        assert!(matches!(
+            sub.rx.recv_timeout(Duration::from_secs(10)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        ));
+        assert_eq!(view.subscribers(), 0);
+        assert!(view.subscribe("shop", false).is_none());
+        // Later records are left alone, and the view still answers.
+        tx.push(&rec("shop")).unwrap();
+        assert!(!folder.turn(false));
+        assert!(view.advertisers_json().starts_with('['));
+    }
+
+    #[test]
+    fn idle_advertisers_are_forgotten_once_a_minute_by_a_fold() {
+        let view = Arc::new(View::default());
+        let (mut tx, rx) = crate::ring::ring(1 << 20);
+        let mut folder = Folder::new(rx, view.clone());
+        tx.push(&rec("shop")).unwrap();
+        folder.turn(false);
+        assert_eq!(seen(&view, "shop"), 1);
+        // Pretend the hour without events has passed and the minute is up.
+        view.advertisers
+            .lock()
+            .unwrap()
+            .by_id
+            .values_mut()
+            .for_each(|a| a.last_ms = 0);
+        view.next_forget_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        tx.push(&rec("other")).unwrap();
+        folder.turn(false);
+        assert_eq!(seen(&view, "shop"), 0, "shop was forgotten");
+        assert_eq!(seen(&view, "other"), 1);
+        assert!(
+            view.next_forget_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > unix_ms(),
+            "the next look is a minute away"
+        );
+    }
+}

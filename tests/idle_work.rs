@@ -1,0 +1,144 @@
+//! The runtime's idle work (`monoio::set_idle_work`, vendored), on a ring
+//! built as a worker's is and on the epoll driver: work that is never done
+//! starves neither a socket nor a timer, a turn learns when I/O is waiting
+//! (io_uring's task-run flag), and work that is done lets the thread sleep.
+
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+
+/// A ring as a worker's is: deferred task work with the task-run flag.
+fn uring_runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>> {
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag();
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .uring_builder(urb)
+        .enable_timer()
+        .build()
+        .unwrap()
+}
+
+fn epoll_runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap()
+}
+
+/// Turns given, and how many of them were told I/O was waiting.
+#[derive(Default)]
+struct Turns {
+    all: Cell<u64>,
+    io_waiting: Cell<u64>,
+}
+
+/// Idle work that always has more: counts its turns.
+fn endless(turns: &Rc<Turns>) -> monoio::IdleWork {
+    let turns = turns.clone();
+    Box::new(move |io_waiting| {
+        turns.all.set(turns.all.get() + 1);
+        if io_waiting {
+            turns.io_waiting.set(turns.io_waiting.get() + 1);
+        }
+        true
+    })
+}
+
+/// With idle work that never ends, an echo over a real socket still
+/// answers and a timer still fires; returns the turns given.
+async fn echo_and_sleep_under_endless_work() -> Rc<Turns> {
+    let turns = Rc::new(Turns::default());
+    monoio::set_idle_work(Some(endless(&turns)));
+    let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The client is another thread: its bytes arrive while this one works.
+    let client = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for round in 0..20u8 {
+            std::thread::sleep(Duration::from_millis(2));
+            c.write_all(&[round; 64]).unwrap();
+            let mut back = [0u8; 64];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(back, [round; 64]);
+        }
+    });
+    let (mut conn, _) = listener.accept().await.unwrap();
+    let mut echoed = 0;
+    while echoed < 20 * 64 {
+        let (r, buf) = conn.read(Vec::with_capacity(64)).await;
+        let n = r.unwrap();
+        assert!(n > 0, "the client closed early");
+        let (w, _) = conn.write_all(buf).await;
+        w.unwrap();
+        echoed += n;
+    }
+    client.join().unwrap();
+    let slept = Instant::now();
+    monoio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        slept.elapsed() < Duration::from_secs(2),
+        "a 10 ms timer took {:?}",
+        slept.elapsed()
+    );
+    monoio::set_idle_work(None);
+    turns
+}
+
+#[test]
+fn endless_idle_work_starves_no_io_and_learns_when_io_waits_on_io_uring() {
+    let turns = uring_runtime().block_on(echo_and_sleep_under_endless_work());
+    assert!(turns.all.get() > 0, "the idle work never ran");
+    // Twenty requests came while the thread worked; the flag told the work
+    // so at least once (without reading it, never).
+    assert!(
+        turns.io_waiting.get() > 0,
+        "no turn was told I/O was waiting, in {} turns",
+        turns.all.get()
+    );
+}
+
+#[test]
+fn endless_idle_work_starves_no_io_on_epoll() {
+    let turns = epoll_runtime().block_on(echo_and_sleep_under_endless_work());
+    assert!(turns.all.get() > 0, "the idle work never ran");
+}
+
+/// Work that is done gets one turn per park and lets the thread sleep: a
+/// 100 ms timer costs a few turns, not a busy loop's thousands.
+async fn finished_work_lets_the_thread_sleep() -> u64 {
+    let turns = Rc::new(Cell::new(0u64));
+    let t = turns.clone();
+    monoio::set_idle_work(Some(Box::new(move |_| {
+        t.set(t.get() + 1);
+        false
+    })));
+    monoio::time::sleep(Duration::from_millis(100)).await;
+    monoio::set_idle_work(None);
+    turns.get()
+}
+
+#[test]
+fn finished_idle_work_lets_the_thread_sleep_on_either_driver() {
+    for (driver, turns) in [
+        (
+            "io_uring",
+            uring_runtime().block_on(finished_work_lets_the_thread_sleep()),
+        ),
+        (
+            "epoll",
+            epoll_runtime().block_on(finished_work_lets_the_thread_sleep()),
+        ),
+    ] {
+        assert!(
+            (1..=10).contains(&turns),
+            "{driver}: {turns} turns in a 100 ms sleep"
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! Work a runtime's thread does while it would otherwise sleep.
+//!
+//! A thread may hand its runtime one piece of idle work (a thread-local
+//! hook). When the runtime has no task to run and would park, it first
+//! gives the hook turns: each turn does a bounded slice of work and says
+//! whether more is left. Between turns the io_uring driver reads the ring's
+//! task-run flag (`IORING_SQ_TASKRUN`, kept by a ring built with
+//! `setup_taskrun_flag` and `DEFER_TASKRUN`): completion work that arrived
+//! meanwhile ends the idle work, and the thread goes back to its I/O
+//! without having slept. So work done this way costs the thread no wake-up
+//! and no other thread a preemption, where a helper thread on the same core
+//! is preempted by each wake-up of the runtime's thread.
+//!
+//! A runtime gives at most [`TURNS`] turns per park; if work is left it
+//! does not sleep, so its timers are looked at between runs of turns. The
+//! epoll driver has no flag to read: it gives the turns, then polls
+//! without waiting while work is left.
+
+use std::cell::RefCell;
+
+/// Turns per park at most, so that timers are not held up by a long run.
+pub(crate) const TURNS: usize = 16;
+
+/// A turn of idle work: given whether I/O is already waiting (do only what
+/// cannot wait), it does a bounded slice and returns whether more is left.
+pub type IdleWork = Box<dyn FnMut(bool) -> bool>;
+
+thread_local! {
+    static IDLE_WORK: RefCell<Option<IdleWork>> = const { RefCell::new(None) };
+}
+
+/// Sets (or with `None` removes) this thread's idle work.
+pub fn set_idle_work(work: Option<IdleWork>) {
+    IDLE_WORK.with(|w| *w.borrow_mut() = work);
+}
+
+/// Gives the idle work up to [`TURNS`] turns, stopping after a turn that
+/// found I/O waiting (`io_waiting`) or that left nothing to do. Returns
+/// whether work is left. Without idle work (or from inside it), false.
+pub(crate) fn run(mut io_waiting: impl FnMut() -> bool) -> bool {
+    IDLE_WORK.with(|w| {
+        let Ok(mut w) = w.try_borrow_mut() else {
+            return false;
+        };
+        let Some(work) = w.as_mut() else {
+            return false;
+        };
+        for _ in 0..TURNS {
+            let waiting = io_waiting();
+            if !work(waiting) {
+                return false;
+            }
+            if waiting {
+                return true;
+            }
+        }
+        true
+    })
+}
