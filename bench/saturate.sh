@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Whether storage keeps up when the core is saturated: trackplane as
-# shipped (`background_class = "idle"`: the store's and the view's passes
-# SCHED_IDLE while calm) and trackplane-normal (always the normal
+# shipped (`background_class = "idle"`: the store's passes SCHED_IDLE
+# while calm) and trackplane-normal (always the normal
 # scheduling class) take turns, ROUNDS times, at a rate above
 # what one core answers, pinned and loaded as in compare.sh. Per window:
 # the rate achieved, p99, the server's CPU µs per answered request, events
-# answered but refused by a full ring (must stay 0), the store's and the
-# view's lifts back to the normal class, and view copies lost to a full
-# view ring (lossy by design). Writes bench/results/saturate-<date>.md.
+# answered but refused by a full ring (must stay 0), the store's lifts
+# back to the normal class, and view copies lost to a full view ring
+# (lossy by design: a saturated worker folds only a ring past a quarter). Writes bench/results/saturate-<date>.md.
 #
 #   bench/saturate.sh [RATE] [ROUNDS] [SECONDS]
 #   e.g. bench/saturate.sh 160000 3 10
@@ -34,7 +34,7 @@ for round in $(seq "$ROUNDS"); do
       --duration "$SECONDS_PER_WINDOW" --warmup 0 --json)
     after=$(cpu_ns ${PIDS[$s]})
     refused=$(metric trackplane_events_refused_total)
-    lifts="$(metric 'trackplane_background_lifts_total{thread="store"}')/$(metric 'trackplane_background_lifts_total{thread="view"}')"
+    lifts=$(metric 'trackplane_background_lifts_total{thread="store"}')
     lost=$(metric 'trackplane_view_dropped_total{where="ring"}')
     stop_server $s
     done_=$(json_field "$out" completed)
@@ -53,7 +53,7 @@ done
   echo "Every thread of the server on core 0, loadtest (open loop, 64 connections) on core 1; realistic mix, records on disk."
   echo "trackplane: background_class = \"idle\" (the default); -normal: \"normal\". Run as root, so the way back from SCHED_IDLE is allowed."
   echo
-  echo "| round | server | achieved req/s | p99 µs | CPU µs/req | events refused | lifts store/view | view copies lost |"
+  echo "| round | server | achieved req/s | p99 µs | CPU µs/req | events refused | store lifts | view copies lost |"
   echo "|---|---|---|---|---|---|---|---|"
   for r in "${ROWS[@]}"; do echo "|$r|"; done
 } > "$OUT"

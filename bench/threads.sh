@@ -11,7 +11,7 @@
 #   e.g. bench/threads.sh 50000 8 '[storage]\nzstd_level = 3\n'
 #   TRACKPLANE=/path/to/other/trackplane bench/threads.sh 50000 8
 #
-# BG_CORE=1 moves the store's, the syncer's and the view's threads to core 1
+# BG_CORE=1 moves the store's and the syncer's threads to core 1
 # (the load's) once the server is up: not a fair race against anything,
 # but it shows what sharing the worker's core costs each side.
 #   BG_CORE=1 bench/threads.sh 50000 8
@@ -34,7 +34,7 @@ wait_port 18090
 if [ -n "${BG_CORE:-}" ]; then
   for t in /proc/$PID/task/*; do
     case $(cat "$t/comm") in
-      trackplane-stor|trackplane-sync|trackplane-view) taskset -p -c "$BG_CORE" "${t##*/}" >/dev/null ;;
+      trackplane-stor|trackplane-sync) taskset -p -c "$BG_CORE" "${t##*/}" >/dev/null ;;
     esac
   done
 fi

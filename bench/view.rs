@@ -1,7 +1,7 @@
 //! The live view's cost per record: folding real records (encoded by the
 //! request path from a mix of 50 advertisers, six event types and one in
 //! ten calls broken) into the minute and hour counts and the recent
-//! buffers, as the view thread does for every event. Compare runs with
+//! buffers, as a worker does for every event while idle (`view::fold`). Compare runs with
 //! `--save-baseline` / `--baseline`.
 //!
 //! `cargo bench --bench view`

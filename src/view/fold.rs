@@ -19,6 +19,9 @@
 //! (`trackplane_view_dropped_total{where="ring"}`), except that a ring past a
 //! quarter is folded a slice at a time even while I/O waits. A fold that
 //! panics stops the view (it answers 503) and leaves the worker serving.
+//! The view allocates nothing in steady state but the shared copy of an
+//! event streamed to a viewer, which is now made on a worker thread, off
+//! the request path, and only while someone watches the live stream.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
