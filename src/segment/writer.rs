@@ -61,6 +61,147 @@ pub struct BlockStats {
     pub written_bytes: u64,
 }
 
+/// A block being built: records appended in sequence order, then
+/// compressed and framed (header and payload, ready to write). A worker's
+/// packer builds the server's blocks (`store::pack`); a `StreamWriter`
+/// holds one for records appended to it directly.
+pub struct BlockBuilder {
+    raw: Vec<u8>,
+    count: u32,
+    first_seq: u64,
+    next_seq: u64,
+    min_ts: u64,
+    max_ts: u64,
+    block_max_bytes: usize,
+    compressor: CCtx<'static>,
+    /// The last block framed: header, then the zstd frame.
+    out: Vec<u8>,
+}
+
+impl BlockBuilder {
+    /// An empty block whose first record will be `next_seq`.
+    pub fn new(next_seq: u64, block_max_bytes: usize, zstd_level: i32) -> io::Result<BlockBuilder> {
+        Ok(BlockBuilder {
+            raw: Vec::with_capacity(block_max_bytes + 4096),
+            count: 0,
+            first_seq: next_seq,
+            next_seq,
+            min_ts: u64::MAX,
+            max_ts: 0,
+            block_max_bytes,
+            compressor: compressor(zstd_level)?,
+            // Sized once for the largest block normally cut (the limit plus
+            // one record), so that framing blocks does not grow it later.
+            out: Vec::with_capacity(out_bound(block_max_bytes + 4096)),
+        })
+    }
+
+    /// Adds a record. Records must come in sequence order without gaps.
+    pub fn append(&mut self, seq: u64, ts_ms: u64, record: &[u8]) -> io::Result<()> {
+        if seq != self.next_seq {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected sequence {} but got {seq}", self.next_seq),
+            ));
+        }
+        if record.len() > format::MAX_RECORD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "record larger than the format allows",
+            ));
+        }
+        if self.count == 0 {
+            self.first_seq = seq;
+        }
+        self.raw
+            .extend_from_slice(&(record.len() as u32).to_le_bytes());
+        self.raw.extend_from_slice(record);
+        self.count += 1;
+        self.next_seq = seq + 1;
+        self.min_ts = self.min_ts.min(ts_ms);
+        self.max_ts = self.max_ts.max(ts_ms);
+        Ok(())
+    }
+
+    /// Records waiting.
+    pub fn pending(&self) -> u32 {
+        self.count
+    }
+
+    /// Bytes of the records waiting.
+    pub fn pending_bytes(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether the block has reached its size.
+    pub fn full(&self) -> bool {
+        self.raw.len() >= self.block_max_bytes
+    }
+
+    /// The earliest event time among the records waiting.
+    pub fn pending_min_ts(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.min_ts)
+    }
+
+    /// Sequence number the next record must have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Moves past records written elsewhere: the next record must be
+    /// `seq`. Only while nothing waits.
+    fn skip_to(&mut self, seq: u64) {
+        debug_assert_eq!(self.count, 0);
+        self.first_seq = seq;
+        self.next_seq = seq;
+    }
+
+    /// Compresses the records waiting, in pieces of `piece` bytes
+    /// (`usize::MAX`: in one go) with `pause` called between them, into
+    /// one framed block: its bytes and what it holds, or `None` when
+    /// nothing waits. The records stay waiting until [`BlockBuilder::clear`],
+    /// so that a block whose write failed is framed again.
+    pub fn frame(
+        &mut self,
+        piece: usize,
+        pause: &mut dyn FnMut(),
+    ) -> io::Result<Option<(&[u8], BlockStats)>> {
+        if self.count == 0 {
+            return Ok(None);
+        }
+        self.out.clear();
+        self.out.reserve(out_bound(self.raw.len()));
+        let n = compress(&mut self.compressor, &self.raw, &mut self.out, piece, pause)?;
+        let header = BlockHeader {
+            compressed_len: n as u32,
+            uncompressed_len: self.raw.len() as u32,
+            count: self.count,
+            first_seq: self.first_seq,
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            codec: CODEC_ZSTD,
+            crc: 0,
+        };
+        let head = header.encode(&self.out[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + n]);
+        self.out[..BLOCK_HEADER_LEN].copy_from_slice(&head);
+        let stats = BlockStats {
+            records: u64::from(self.count),
+            raw_bytes: self.raw.len() as u64,
+            written_bytes: (BLOCK_HEADER_LEN + n) as u64,
+        };
+        Ok(Some((&self.out[..BLOCK_HEADER_LEN + n], stats)))
+    }
+
+    /// Empties the block once its framed bytes are taken.
+    pub fn clear(&mut self) {
+        self.raw.clear();
+        self.count = 0;
+        self.first_seq = self.next_seq;
+        self.min_ts = u64::MAX;
+        self.max_ts = 0;
+    }
+}
+
 /// The writer of one stream.
 pub struct StreamWriter {
     dir: PathBuf,
@@ -73,15 +214,8 @@ pub struct StreamWriter {
     size: u64,
     blocks: u64,
     opened: Instant,
-    // The block being built.
-    raw: Vec<u8>,
-    count: u32,
-    first_seq: u64,
-    next_seq: u64,
-    min_ts: u64,
-    max_ts: u64,
-    compressor: CCtx<'static>,
-    out: Vec<u8>,
+    /// Records appended directly, not yet written.
+    block: BlockBuilder,
     unsynced: bool,
     /// The segment is sealed and the next one not yet open (opening it
     /// failed): the next block opens it first.
@@ -114,7 +248,7 @@ fn zstd_err(code: zstd_safe::ErrorCode) -> io::Error {
 
 /// Capacity of `out` for a block of `raw_len` bytes: header and the
 /// compressed frame at its largest.
-fn out_bound(raw_len: usize) -> usize {
+pub fn out_bound(raw_len: usize) -> usize {
     BLOCK_HEADER_LEN
         + zstd_safe::compress_bound(raw_len)
         + raw_len.div_ceil(COMPRESS_PIECE).max(1) * FLUSH_OVERHEAD
@@ -195,16 +329,7 @@ impl StreamWriter {
             size: HEADER_LEN as u64,
             blocks: 0,
             opened: Instant::now(),
-            raw: Vec::with_capacity(cfg.block_max_bytes + 4096),
-            count: 0,
-            first_seq: next_seq,
-            next_seq,
-            min_ts: u64::MAX,
-            max_ts: 0,
-            compressor: compressor(cfg.zstd_level)?,
-            // Sized once for the largest block normally cut (the limit plus
-            // one record), so that writing blocks does not grow it later.
-            out: Vec::with_capacity(out_bound(cfg.block_max_bytes + 4096)),
+            block: BlockBuilder::new(next_seq, cfg.block_max_bytes, cfg.zstd_level)?,
             unsynced: false,
             sealed: false,
             torn: false,
@@ -216,53 +341,30 @@ impl StreamWriter {
     /// Adds a record to the block being built. Records must come in
     /// sequence order without gaps.
     pub fn append(&mut self, seq: u64, ts_ms: u64, record: &[u8]) -> io::Result<()> {
-        if seq != self.next_seq {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "stream {} expected sequence {} but got {seq}",
-                    self.stream, self.next_seq
-                ),
-            ));
-        }
-        if record.len() > format::MAX_RECORD_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "record larger than the format allows",
-            ));
-        }
-        if self.count == 0 {
-            self.first_seq = seq;
-        }
-        self.raw
-            .extend_from_slice(&(record.len() as u32).to_le_bytes());
-        self.raw.extend_from_slice(record);
-        self.count += 1;
-        self.next_seq = seq + 1;
-        self.min_ts = self.min_ts.min(ts_ms);
-        self.max_ts = self.max_ts.max(ts_ms);
-        Ok(())
+        self.block
+            .append(seq, ts_ms, record)
+            .map_err(|e| io::Error::new(e.kind(), format!("stream {}: {e}", self.stream)))
     }
 
     /// Bytes of the block being built.
     pub fn pending_bytes(&self) -> usize {
-        self.raw.len()
+        self.block.pending_bytes()
     }
 
     /// Whether the block being built has reached its size.
     pub fn block_full(&self) -> bool {
-        self.raw.len() >= self.cfg.block_max_bytes
+        self.block.full()
     }
 
     /// Records waiting in the block being built.
     pub fn pending(&self) -> u32 {
-        self.count
+        self.block.pending()
     }
 
     /// The earliest event time among the records waiting in the block
     /// being built.
     pub fn pending_min_ts(&self) -> Option<u64> {
-        (self.count > 0).then_some(self.min_ts)
+        self.block.pending_min_ts()
     }
 
     /// Compresses (in one go) and writes the block being built, if any.
@@ -284,9 +386,67 @@ impl StreamWriter {
         piece: usize,
         pause: &mut dyn FnMut(),
     ) -> io::Result<Option<BlockStats>> {
-        if self.count == 0 {
+        if self.block.pending() == 0 {
             return Ok(None);
         }
+        self.ready_to_write()?;
+        let Some((bytes, stats)) = self.block.frame(piece, pause)? else {
+            return Ok(None);
+        };
+        if let Err(e) = (&*self.file).write_all(bytes) {
+            // A full disk or a file-size limit may have taken part of the
+            // block: cut it off, so that the next try appends after the
+            // last whole block. The records stay pending for that try.
+            self.torn = self.file.set_len(self.size).is_err();
+            return Err(e);
+        }
+        self.block.clear();
+        self.wrote(stats.written_bytes);
+        Ok(Some(stats))
+    }
+
+    /// Writes a block framed elsewhere (`BlockBuilder::frame`), which must
+    /// begin at the next sequence number, while no record appended here
+    /// waits. A failed write leaves the segment as it was, so that the
+    /// same block can be written again.
+    pub fn write_framed(&mut self, block: &[u8]) -> io::Result<BlockStats> {
+        let header = BlockHeader::decode(block)
+            .ok()
+            .filter(|h| block.len() == BLOCK_HEADER_LEN + h.compressed_len as usize);
+        let Some(header) = header else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a framed block",
+            ));
+        };
+        if self.block.pending() > 0 || header.first_seq != self.block.next_seq() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "stream {} expected a block at sequence {} but got one at {}",
+                    self.stream,
+                    self.block.next_seq(),
+                    header.first_seq
+                ),
+            ));
+        }
+        self.ready_to_write()?;
+        if let Err(e) = (&*self.file).write_all(block) {
+            self.torn = self.file.set_len(self.size).is_err();
+            return Err(e);
+        }
+        self.block.skip_to(header.end_seq());
+        self.wrote(block.len() as u64);
+        Ok(BlockStats {
+            records: u64::from(header.count),
+            raw_bytes: u64::from(header.uncompressed_len),
+            written_bytes: block.len() as u64,
+        })
+    }
+
+    /// Opens the next segment if this one is sealed, and cuts off what a
+    /// failed write left, before a block is written.
+    fn ready_to_write(&mut self) -> io::Result<()> {
         if self.sealed {
             self.open_next()?;
         }
@@ -294,41 +454,14 @@ impl StreamWriter {
             self.file.set_len(self.size)?;
             self.torn = false;
         }
-        self.out.clear();
-        self.out.reserve(out_bound(self.raw.len()));
-        let n = compress(&mut self.compressor, &self.raw, &mut self.out, piece, pause)?;
-        let header = BlockHeader {
-            compressed_len: n as u32,
-            uncompressed_len: self.raw.len() as u32,
-            count: self.count,
-            first_seq: self.first_seq,
-            min_ts: self.min_ts,
-            max_ts: self.max_ts,
-            codec: CODEC_ZSTD,
-            crc: 0,
-        };
-        let head = header.encode(&self.out[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + n]);
-        self.out[..BLOCK_HEADER_LEN].copy_from_slice(&head);
-        if let Err(e) = (&*self.file).write_all(&self.out[..BLOCK_HEADER_LEN + n]) {
-            // A full disk or a file-size limit may have taken part of the
-            // block: cut it off, so that the next try appends after the
-            // last whole block. The records stay pending for that try.
-            self.torn = self.file.set_len(self.size).is_err();
-            return Err(e);
-        }
-        let stats = BlockStats {
-            records: u64::from(self.count),
-            raw_bytes: self.raw.len() as u64,
-            written_bytes: (BLOCK_HEADER_LEN + n) as u64,
-        };
-        self.size += stats.written_bytes;
+        Ok(())
+    }
+
+    /// Counts a block of `bytes` written.
+    fn wrote(&mut self, bytes: u64) {
+        self.size += bytes;
         self.blocks += 1;
         self.unsynced = true;
-        self.raw.clear();
-        self.count = 0;
-        self.min_ts = u64::MAX;
-        self.max_ts = 0;
-        Ok(Some(stats))
     }
 
     /// fdatasyncs written blocks, if any are unsynced. Returns whether it
@@ -375,7 +508,7 @@ impl StreamWriter {
     /// durable. Lets another thread sync while this one keeps writing.
     pub fn sync_point(&mut self) -> (Arc<File>, u64) {
         self.unsynced = false;
-        (self.file.clone(), self.next_seq - u64::from(self.count))
+        (self.file.clone(), self.written_through())
     }
 
     /// Whether the segment should be sealed (by size or age) now.
@@ -422,7 +555,7 @@ impl StreamWriter {
     /// Opens the segment after a sealed one; its first record is the first
     /// one not yet written.
     fn open_next(&mut self) -> io::Result<()> {
-        let base = self.next_seq - u64::from(self.count);
+        let base = self.written_through();
         let (file, path) = new_segment(&self.dir, self.stream, &self.node, base)?;
         self.file = Arc::new(file);
         self.path = path;
@@ -437,7 +570,12 @@ impl StreamWriter {
 
     /// Sequence number the next record must have.
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.block.next_seq()
+    }
+
+    /// The sequence number below which every record is in a written block.
+    pub fn written_through(&self) -> u64 {
+        self.block.next_seq() - u64::from(self.block.pending())
     }
 
     /// The open segment's path.
