@@ -1,14 +1,17 @@
 //! The scheduling class of the thread that shares the workers' cores: the
 //! store's. (The live view had a thread like it; workers now fold its
-//! records in themselves while idle, `view::fold`.) In the normal class a
+//! records in themselves while idle, `view::fold`, and pack their own
+//! records into compressed blocks, `store::pack`, so that a store's pass
+//! only writes blocks. What follows was measured when passes
+//! compressed.) In the normal class a
 //! pass (a zstd block) that runs when a request arrives delays it, because
 //! the scheduler lets the pass run on in its slice (so passes breathe,
 //! below). In the idle class
 //! (SCHED_IDLE) a worker's wake-up takes the core at once; on a busy core,
 //! though, an idle-class thread hardly runs, its ring fills and events are
 //! refused. So a pass runs in the idle class only while no ring is past a
-//! quarter, and a worker that finds its ring past a quarter lifts the
-//! thread back to the normal class mid-pass. (A lower bar for the idle
+//! quarter, and a worker that finds the store's ring of its blocks past a
+//! quarter lifts the thread back to the normal class mid-pass. (A lower bar for the idle
 //! class, a sixteenth, sent passes with a small backlog to the normal
 //! class, where they ran for milliseconds while the worker waited: at 50k
 //! requests/s unbatched, one 8 s run each by hand, p99 was 11.7 ms against

@@ -1,7 +1,7 @@
 //! The store when the kernel refuses a write while its ring holds far more
-//! than a block: the drain stops at the failure, so what waits stays in the
-//! ring instead of piling up in memory past what a block may hold, and
-//! every record reaches its segment, in order, once writes work again. The
+//! than a block: the drain stops at the failure, so every block waits in
+//! the ring, and every record reaches its segment, in order, once writes
+//! work again. The
 //! refusal is real: a file-size limit (RLIMIT_FSIZE) makes the kernel
 //! answer the store's writes with EFBIG, as a full file system answers
 //! ENOSPC. Meanwhile the stream's lease says how far it is written, so
@@ -20,6 +20,7 @@ use trackplane::ring::ring;
 use trackplane::sched::Class;
 use trackplane::segment::{list, SegmentReader};
 use trackplane::store::lease::{written_through, HeldLocks, StreamLeases};
+use trackplane::store::pack::Packer;
 use trackplane::store::{segments_dir, Store, StoreStatus, StreamShared, StreamSpec};
 
 /// Records of 1 KiB that zstd cannot shrink much, so that every block is
@@ -31,7 +32,7 @@ const RECEIVED_MS: u64 = 1_700_000_000_000;
 
 /// 72 MiB of records: more than the 64 MiB that one block may hold at all
 /// (`segment::format::MAX_BLOCK_BYTES`), which is what a store that kept
-/// draining after a failed write used to gather, losing the rest.
+/// draining after a failed write once gathered, losing the rest.
 const RECORDS: u64 = 72 * 1024;
 
 #[test]
@@ -48,7 +49,10 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
         .unwrap()
         .storage;
 
-    let (mut producer, consumer) = ring(128 << 20);
+    // Records into a worker's ring, packed into blocks for the store's, as
+    // a worker does while idle.
+    let (mut producer, records) = ring(128 << 20);
+    let (blocks, consumer) = ring(128 << 20);
     let waiting = consumer.gauge();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut rec = Vec::with_capacity(16 + RECORD_BYTES);
@@ -67,20 +71,42 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
         rec.extend_from_slice(b"\"}");
         producer.push(&rec).unwrap();
     }
+    let status = Arc::new(StoreStatus::new(false, Class::new(false)));
+    let shared = Arc::new(StreamShared::default());
+    shared.unpacked_ts.store(RECEIVED_MS, Ordering::Release);
+    let mut packer = Packer::new(
+        records,
+        blocks,
+        0,
+        &cfg,
+        shared.clone(),
+        status.clone(),
+        Default::default(),
+    )
+    .unwrap();
+    assert!(packer.finish(), "the store's ring took every block");
+    let packed = waiting.used_bytes();
 
     // The server's lease on the stream, as the shipper looks at it.
     let _lease = StreamLeases::acquire(dir.path(), 1).unwrap();
     let marked = || written_through(dir.path(), 0, &HeldLocks::read());
     // Room for the segment's header, not for one block.
     limit_file_size(None, Some(4096));
-    let status = Arc::new(StoreStatus::new(false, Class::new(false)));
     let spec = StreamSpec {
         stream: 0,
         consumer,
         next_seq: 0,
-        shared: Arc::new(StreamShared::default()),
+        shared,
     };
-    let store = Store::start(dir.path(), "t", &cfg, vec![spec], status.clone()).unwrap();
+    let store = Store::start(
+        dir.path(),
+        "t",
+        &cfg,
+        vec![spec],
+        status.clone(),
+        Default::default(),
+    )
+    .unwrap();
     wait_for(
         "the store to report failing writes",
         Duration::from_secs(60),
@@ -89,9 +115,9 @@ fn records_behind_a_failed_write_wait_in_the_ring_and_are_all_stored() {
     // Past its first retry (every second): none may take more either.
     std::thread::sleep(Duration::from_millis(1500));
     let left = waiting.used_bytes();
-    assert!(
-        left > 64 << 20,
-        "{left} bytes left in the ring: the store went on draining after its write failed"
+    assert_eq!(
+        left, packed,
+        "bytes left in the ring: the store went on draining after its write failed"
     );
     assert!(store.metrics.errors.load(Ordering::Relaxed) >= 1);
     assert_eq!(store.metrics.records.load(Ordering::Relaxed), 0);

@@ -136,6 +136,15 @@ impl Emitter {
         }
         let fits = !self.store.refuses() && self.producer.fits(n, self.scratch.len());
         if fits {
+            // The oldest record not yet packed, for the store's lease
+            // (`store::pack`); set before the push, so never later than it.
+            let unpacked = &self.stream_shared.unpacked_ts;
+            if unpacked.load(Ordering::Relaxed) == u64::MAX {
+                let ts = self.scratch[8..RING_PREFIX]
+                    .try_into()
+                    .map_or(0, u64::from_le_bytes);
+                unpacked.store(ts, Ordering::Release);
+            }
             let mut start = 0;
             for &end in &self.pending {
                 // Cannot fail: the whole batch was checked to fit, and a
@@ -154,15 +163,6 @@ impl Emitter {
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 start = end;
-            }
-            // The store's thread in the idle class barely runs on a busy
-            // core; a ring filling up is the sign to lift it (nothing to
-            // lift in the normal class), and to end its nap.
-            if self.producer.past_quarter() {
-                if self.store.class.enabled() {
-                    self.store.class.lift();
-                }
-                self.store.nudge();
             }
             self.next_seq += n as u64;
             metrics

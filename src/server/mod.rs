@@ -49,7 +49,8 @@ use crate::audit::{Auditor, CatalogDir, Catalogs};
 use crate::bell::Bell;
 use crate::config::{BackgroundClass, Config};
 use crate::store::lease::StreamLeases;
-use crate::store::{Store, StoreStatus, StreamShared, StreamSpec};
+use crate::store::pack::Packer;
+use crate::store::{Store, StoreMetrics, StoreStatus, StreamShared, StreamSpec};
 pub use handover::{HandoverError, Listeners};
 use page::{MetricsPage, RecoveryCounts};
 pub use worker::DriverKind;
@@ -331,6 +332,8 @@ impl Server {
         let admin_listener = bound.admin;
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        // Shared by the store and the workers' packers.
+        let store_metrics = Arc::new(StoreMetrics::default());
         let mut consumers = Vec::with_capacity(workers);
         let mut worker_metrics = Vec::with_capacity(workers);
         let mut rings = Vec::with_capacity(workers);
@@ -340,9 +343,15 @@ impl Server {
         let mut next_seqs = Vec::with_capacity(workers);
         for (index, listeners) in bound.data.into_iter().enumerate() {
             let stream = stream_ids[index];
-            let (producer, consumer) = crate::ring::ring(cfg.ring_bytes);
+            // Records to the worker's own packer, blocks from it to the
+            // store (`store::pack`).
+            let (producer, records) = crate::ring::ring(cfg.ring_bytes);
+            let (blocks, consumer) = crate::ring::ring(crate::store::pack::blocks_ring_bytes(
+                cfg.ring_bytes,
+                config.storage.block_max_bytes,
+            ));
             let (view_producer, view_consumer) = crate::ring::ring(VIEW_RING_BYTES);
-            rings.push(consumer.gauge());
+            rings.push(records.gauge());
             consumers.push(consumer);
             let metrics = Arc::new(metrics::WorkerMetrics::default());
             worker_metrics.push(metrics.clone());
@@ -353,6 +362,16 @@ impl Server {
                 stream,
                 listeners,
                 producer,
+                packer: Packer::new(
+                    records,
+                    blocks,
+                    next_seq,
+                    &config.storage,
+                    shared.streams[index].clone(),
+                    shared.store_status.clone(),
+                    store_metrics.clone(),
+                )
+                .map_err(|e| ServeError::Thread(e.to_string()))?,
                 view: view_producer,
                 view_ring: view_consumer,
                 next_seq,
@@ -378,6 +397,7 @@ impl Server {
             &config.storage,
             stream_specs,
             shared.store_status.clone(),
+            store_metrics,
         )
         .map_err(storage("cannot open segments", &config.data_dir))?;
         for spec in specs {

@@ -20,6 +20,7 @@ use crate::server::handler::Handler;
 use crate::server::metrics::WorkerMetrics;
 use crate::server::pace::{self, Pace};
 use crate::server::{ServeError, Shared};
+use crate::store::pack::Packer;
 
 /// The I/O driver a worker ended up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,9 @@ pub struct WorkerSpec {
     pub listeners: Vec<std::net::TcpListener>,
     /// Its end of the hand-off ring.
     pub producer: Producer,
+    /// What packs the other end into blocks for the store, while the
+    /// worker is idle (`store::pack`).
+    pub packer: Packer,
     /// Its end of the lossy ring to the live view.
     pub view: Producer,
     /// The other end, which it folds into the view while idle.
@@ -266,10 +270,16 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
         spec.producer,
         spec.view,
     );
-    // This worker's records reach the live view by its own hand, between
-    // its I/O (`view::fold`); removed as the worker ends.
+    // This worker's records are packed into blocks for the store
+    // (`store::pack`) and folded into the live view (`view::fold`) by its
+    // own hand, between its I/O; taken back as the worker ends.
+    let packer = Rc::new(RefCell::new(spec.packer));
     let mut folder = crate::view::Folder::new(spec.view_ring, shared.view.clone());
-    monoio::set_idle_work(Some(Box::new(move |io_waiting| folder.turn(io_waiting))));
+    let idle_packer = packer.clone();
+    monoio::set_idle_work(Some(Box::new(move |io_waiting| {
+        let packing = idle_packer.borrow_mut().turn(io_waiting);
+        folder.turn(io_waiting) || packing
+    })));
     let worker = Rc::new(Worker {
         index: spec.index,
         shared,
@@ -330,9 +340,15 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
     while worker.in_flight.get() > 0 && monoio::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(2)).await;
     }
-    // What was answered is recorded before the worker goes.
+    // What was answered is recorded, and packed for the store, before the
+    // worker goes.
     worker.handler.borrow_mut().run_waiting();
     monoio::set_idle_work(None);
+    // The idle work held the packer's other handle; it is gone with it.
+    match Rc::try_unwrap(packer) {
+        Ok(packer) => pack_the_rest(packer.into_inner(), &worker.shared, spec.index, drain).await,
+        Err(_) => tracing::error!(worker = spec.index, "records left unpacked at the stop"),
+    }
     if worker.in_flight.get() > 0 {
         tracing::warn!(
             worker = spec.index,
@@ -375,5 +391,23 @@ async fn accept_loop(
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Packs every record left for the store, waiting (up to `patience`) while
+/// the store's ring is full; what still cannot go is lost, and said.
+async fn pack_the_rest(mut packer: Packer, shared: &Shared, index: usize, patience: Duration) {
+    let deadline = monoio::time::Instant::now() + patience;
+    while !packer.finish() {
+        if monoio::time::Instant::now() >= deadline {
+            tracing::error!(
+                worker = index,
+                records = packer.lose_the_rest(),
+                "records lost: the store took no more blocks before the stop"
+            );
+            return;
+        }
+        shared.store_status.nudge();
+        monoio::time::sleep(Duration::from_millis(2)).await;
     }
 }

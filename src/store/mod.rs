@@ -1,11 +1,13 @@
-//! The store: one thread that drains every worker's ring, batches records
-//! into zstd blocks and appends them to each stream's open segment, rotates
-//! segments and enforces the disk budget; and a syncer thread that
-//! fdatasyncs (per interval, or at once for `sync` event types: group
-//! commit) while the store keeps writing. Workers never wait for either
-//! except, by choice, for `sync` events.
+//! The store: one thread that drains every worker's ring of blocks (each
+//! worker packs its own records into zstd blocks while idle, `pack`) and
+//! appends them to each stream's open segment, rotates segments and
+//! enforces the disk budget; and a syncer thread that fdatasyncs (per
+//! interval, or at once for `sync` event types: group commit) while the
+//! store keeps writing. Workers never wait for either except, by choice,
+//! for `sync` events.
 //!
 //! # Layout
+//! - `pack`: a worker's records into blocks, in its idle moments
 //! - `status`: what workers and the store share (durable sequences, refusal)
 //! - `syncer`: the fdatasync thread, group commit
 //! - `budget`: the disk budget and its policies
@@ -13,16 +15,17 @@
 //! - `metrics`: the store's counters
 //!
 //! # Invariants
-//! - Ring record = `seq: u64 LE`, `ts_ms: u64 LE`, then the record bytes;
-//!   a stream's sequence numbers arrive consecutively.
+//! - A worker's ring record = `seq: u64 LE`, `ts_ms: u64 LE`, then the
+//!   record bytes; the store's ring holds whole framed blocks (header and
+//!   payload, as written); a stream's sequence numbers arrive
+//!   consecutively in both.
 //! - `durable_seq` of a stream only grows, and every record below it is in a
 //!   block that was written and fdatasync'ed.
 //! - On stop, every record drained is written, synced and its segment
 //!   sealed before `finish` returns.
 //! - A failed write (a full disk, a file-size limit, an I/O error) loses
-//!   nothing: the writer cuts off any part of a block it wrote and keeps
-//!   the records pending, the rest stays in the ring (a drain stops at the
-//!   failure), and `StoreStatus::failing` makes workers refuse new events
+//!   nothing: the writer cuts off any part of a block it wrote, the block
+//!   and the rest stay in the ring (a drain stops at the failure), and `StoreStatus::failing` makes workers refuse new events
 //!   and `/readyz` fail until a write, tried every second, succeeds. The
 //!   thread ends only at a stop.
 //! - A failed fdatasync is not tried again: the kernel may have dropped
@@ -37,6 +40,7 @@
 mod budget;
 pub mod lease;
 pub mod metrics;
+pub mod pack;
 mod status;
 mod syncer;
 
@@ -51,6 +55,7 @@ use crate::bell::Bell;
 use crate::config::StorageConfig;
 use crate::ring::Consumer;
 use crate::sched::{Class, PASS_CHUNK};
+use crate::segment::format::BlockHeader;
 use crate::segment::writer::{BlockStats, SyncFile};
 use crate::segment::{StreamWriter, WriterConfig};
 pub use metrics::StoreMetrics;
@@ -64,6 +69,13 @@ pub const RING_PREFIX: usize = 16;
 /// The segments directory under a data directory.
 pub fn segments_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("segments")
+}
+
+/// What tests change about a store: its longest nap, and how its segments
+/// are fdatasync'ed.
+struct Knobs {
+    max_nap: Duration,
+    sync_file: SyncFile,
 }
 
 /// A running store thread.
@@ -83,7 +95,7 @@ pub struct Store {
 pub struct StreamSpec {
     /// The stream's id (its lease; in file names and record ids).
     pub stream: u32,
-    /// The reading end of the worker's ring.
+    /// The reading end of the ring of blocks the worker packs (`pack`).
     pub consumer: Consumer,
     /// Sequence number of the stream's next record.
     pub next_seq: u64,
@@ -111,13 +123,15 @@ impl Stream {
         let Some((file, marked)) = &mut self.lease else {
             return;
         };
+        // Read before the ring: a block the packer hands over is in the
+        // ring before the packer moves this past it.
+        let unpacked = self.shared.unpacked_ts.load(Ordering::Acquire);
         let in_ring = self
             .consumer
             .peek()
-            .and_then(|rec| rec.get(8..RING_PREFIX))
-            .and_then(|ts| ts.try_into().ok())
-            .map(u64::from_le_bytes);
-        let through = [self.writer.pending_min_ts(), in_ring]
+            .and_then(|block| BlockHeader::decode(block).ok())
+            .map(|h| h.min_ts);
+        let through = [self.writer.pending_min_ts(), in_ring, Some(unpacked)]
             .into_iter()
             .flatten()
             .fold(pass_began_ms, u64::min);
@@ -130,13 +144,15 @@ impl Stream {
 }
 
 impl Store {
-    /// Starts the store for `specs`, each stream with a new open segment.
+    /// Starts the store for `specs`, each stream with a new open segment,
+    /// counting into `metrics` (which the workers' packers count into too).
     pub fn start(
         data_dir: &Path,
         node: &str,
         cfg: &StorageConfig,
         specs: Vec<StreamSpec>,
         status: Arc<StoreStatus>,
+        metrics: Arc<StoreMetrics>,
     ) -> std::io::Result<Store> {
         Store::start_with(
             data_dir,
@@ -144,21 +160,23 @@ impl Store {
             cfg,
             specs,
             status,
-            MAX_NAP,
-            std::fs::File::sync_data,
+            metrics,
+            Knobs {
+                max_nap: MAX_NAP,
+                sync_file: std::fs::File::sync_data,
+            },
         )
     }
 
-    /// `start`, with naps of at most `max_nap` and segments fdatasync'ed
-    /// by `sync_file`.
+    /// `start`, with what tests change.
     fn start_with(
         data_dir: &Path,
         node: &str,
         cfg: &StorageConfig,
         specs: Vec<StreamSpec>,
         status: Arc<StoreStatus>,
-        max_nap: Duration,
-        sync_file: SyncFile,
+        metrics: Arc<StoreMetrics>,
+        Knobs { max_nap, sync_file }: Knobs,
     ) -> std::io::Result<Store> {
         let dir = segments_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
@@ -199,7 +217,6 @@ impl Store {
                 status.bell.get_or_init(|| bell).clone()
             }
         };
-        let metrics = Arc::new(StoreMetrics::default());
         let ctx = Ctx {
             dir,
             cfg: cfg.clone(),
@@ -261,7 +278,7 @@ fn rotate_if_due(
         metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
         // Everything in the sealed segment is synced; records still
         // pending (a rotation tried again) are not.
-        let sealed_through = writer.next_seq() - u64::from(writer.pending());
+        let sealed_through = writer.written_through();
         confirm(status, shared, sealed_through);
         *requested = (*requested).max(sealed_through);
     }
@@ -360,10 +377,9 @@ impl Ctx {
         loop {
             let began_ms = crate::clock::unix_ms();
             let stopping = self.stop.load(Ordering::Acquire);
-            // While writes fail, workers refuse new events and nothing more
-            // is drained (what was drained stays pending, in memory, until
-            // a write takes it); each pass tries the writes again. At a stop
-            // the rings are drained all the same, for one last try.
+            // While writes fail, workers refuse new events, and each pass
+            // tries the writes again: a block leaves its ring only once
+            // written, so a drain that fails leaves it first in line.
             let failing = self.status.failing.load(Ordering::Relaxed);
             let mut failed: Option<std::io::Error> = None;
             // Read what workers wait for before draining, so that every
@@ -384,12 +400,10 @@ impl Ctx {
             self.status.class.start_pass(!calm || waited_on);
             self.status.class.settle(calm && !waited_on && !sync_types);
             let mut drained = 0;
-            if !failing || stopping {
-                for s in streams.iter_mut() {
-                    match self.drain(s) {
-                        Ok(n) => drained += n,
-                        Err(e) => note(&mut failed, e),
-                    }
+            for s in streams.iter_mut() {
+                match self.drain(s) {
+                    Ok(n) => drained += n,
+                    Err(e) => note(&mut failed, e),
                 }
             }
             let now = Instant::now();
@@ -495,10 +509,13 @@ impl Ctx {
                 .drain(&mut s)
                 .and_then(|_| s.writer.write_block().map(drop));
             if let Err(e) = last {
-                let left = s.consumer.drain(|_| {});
+                let mut left = u64::from(s.writer.pending());
+                s.consumer.drain(|block| {
+                    left += BlockHeader::decode(block).map_or(0, |h| u64::from(h.count));
+                });
                 tracing::error!(
                     segment = %s.writer.path().display(),
-                    records = u64::from(s.writer.pending()) + left as u64,
+                    records = left,
                     error = %e,
                     "records lost: the stop's last segment write failed"
                 );
@@ -587,43 +604,31 @@ impl Ctx {
         } = s;
         let (metrics, status) = (&self.metrics, &*self.status);
         let class = &status.class;
-        // Records the segment format cannot hold (none the workers encode).
-        let mut unstorable = 0u64;
         let n = consumer.drain_pausing(
             PASS_CHUNK,
-            |rec| {
+            |block| {
                 // After a failed write the rest stays in the ring, where
                 // nothing is lost, until a write works again (module
-                // header); the block that failed stays pending.
+                // header); so does the block that failed.
                 if result.is_err() {
                     return ControlFlow::Break(());
                 }
-                if rec.len() < RING_PREFIX {
-                    return ControlFlow::Continue(());
+                match writer.write_framed(block) {
+                    Ok(stats) => {
+                        metrics.block(&stats);
+                        // A segment ends at its size however much one pass
+                        // drains.
+                        result = rotate_if_due(writer, shared, requested, metrics, status);
+                        ControlFlow::Continue(())
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        ControlFlow::Break(())
+                    }
                 }
-                let seq = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
-                let ts = u64::from_le_bytes(rec[8..16].try_into().unwrap_or_default());
-                if let Err(e) = writer.append(seq, ts, &rec[RING_PREFIX..]) {
-                    unstorable += 1;
-                    tracing::error!(segment = %writer.path().display(), seq, error = %e, "record not stored");
-                    return ControlFlow::Continue(());
-                }
-                if writer.block_full() {
-                    // A segment ends at its size however much one pass drains.
-                    result = write_block(writer, class).and_then(|stats| {
-                        if let Some(stats) = stats {
-                            metrics.block(&stats);
-                        }
-                        rotate_if_due(writer, shared, requested, metrics, status)
-                    });
-                }
-                ControlFlow::Continue(())
             },
             |backlog| class.breathe(backlog),
         );
-        if unstorable > 0 {
-            metrics.errors.fetch_add(1, Ordering::Relaxed);
-        }
         result.map(|()| n)
     }
 }

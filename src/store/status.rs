@@ -13,13 +13,26 @@ use crossbeam_utils::CachePadded;
 use crate::bell::Bell;
 
 /// What a worker and the store share about one stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StreamShared {
     /// One past the last sequence number known durable.
     pub durable_seq: CachePadded<AtomicU64>,
     /// The highest sequence number a worker waits to see durable, plus one
     /// (0: nobody waits).
     pub sync_wanted: CachePadded<AtomicU64>,
+    /// The receive time of the oldest record the worker has not yet packed
+    /// into the store's ring, `u64::MAX` when none (`pack`).
+    pub unpacked_ts: CachePadded<AtomicU64>,
+}
+
+impl Default for StreamShared {
+    fn default() -> StreamShared {
+        StreamShared {
+            durable_seq: CachePadded::default(),
+            sync_wanted: CachePadded::default(),
+            unpacked_ts: CachePadded::new(AtomicU64::new(u64::MAX)),
+        }
+    }
 }
 
 impl StreamShared {

@@ -1,14 +1,60 @@
 //! The store thread and its syncer against real files: naps, nudges,
-//! rotation within a pass, failed fdatasyncs and a panicking syncer.
+//! rotation within a pass, failed fdatasyncs and a panicking syncer. Each
+//! store is fed as a worker feeds it: records into a ring, packed into
+//! blocks for the store's ring (`pack`).
 
+use super::pack::Packer;
 use super::*;
+use crate::ring::{Producer, PushError};
 
-/// A store of one stream, 0, draining `consumer`.
-fn start_one(data_dir: &Path, cfg: &StorageConfig, consumer: Consumer) -> Store {
-    start_napping(data_dir, cfg, consumer, Arc::default(), MAX_NAP)
+/// A worker's side of one stream: its ring and its packer.
+struct Feed {
+    producer: Producer,
+    packer: Packer,
 }
 
-/// `start_one` with `status`, napping at most `max_nap`.
+impl Feed {
+    /// A feed of stream 0 through rings of `bytes`, and the store's end.
+    fn new(
+        bytes: usize,
+        cfg: &StorageConfig,
+        shared: Arc<StreamShared>,
+        status: Arc<StoreStatus>,
+    ) -> (Feed, Consumer) {
+        let (producer, records) = crate::ring::ring(bytes);
+        let (blocks, consumer) =
+            crate::ring::ring(pack::blocks_ring_bytes(bytes, cfg.block_max_bytes));
+        let packer = Packer::new(records, blocks, 0, cfg, shared, status, Arc::default()).unwrap();
+        (Feed { producer, packer }, consumer)
+    }
+
+    /// Pushes one ring record and gives the packer a turn, as an idle
+    /// worker does.
+    fn push_one(&mut self, rec: &[u8]) -> Result<(), PushError> {
+        let pushed = self.producer.push(rec);
+        self.packer.turn(false);
+        pushed
+    }
+
+    /// Pushes records `seqs` of stream 0 and packs them all.
+    fn push(&mut self, seqs: std::ops::Range<u64>) {
+        let mut rec = Vec::new();
+        for seq in seqs {
+            rec.clear();
+            rec.extend_from_slice(&seq.to_le_bytes());
+            rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+            rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}"}}"#).as_bytes());
+            self.producer.push(&rec).unwrap();
+            if self.producer.past_quarter() {
+                assert!(self.packer.finish(), "the store's ring took the blocks");
+            }
+        }
+        assert!(self.packer.finish(), "the store's ring took the blocks");
+    }
+}
+
+/// A store of one stream, 0, draining `consumer`, with `status`, napping
+/// at most `max_nap`.
 fn start_napping(
     data_dir: &Path,
     cfg: &StorageConfig,
@@ -44,19 +90,16 @@ fn start_syncing(
         next_seq: 0,
         shared,
     };
-    Store::start_with(data_dir, "t", cfg, vec![spec], status, max_nap, sync_file).unwrap()
-}
-
-/// Pushes records `seqs` of stream 0.
-fn push(producer: &mut crate::ring::Producer, seqs: std::ops::Range<u64>) {
-    let mut rec = Vec::new();
-    for seq in seqs {
-        rec.clear();
-        rec.extend_from_slice(&seq.to_le_bytes());
-        rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
-        rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}"}}"#).as_bytes());
-        producer.push(&rec).unwrap();
-    }
+    Store::start_with(
+        data_dir,
+        "t",
+        cfg,
+        vec![spec],
+        status,
+        Arc::default(),
+        Knobs { max_nap, sync_file },
+    )
+    .unwrap()
 }
 
 /// Waits up to 10 s for `done`.
@@ -102,7 +145,8 @@ fn storage(toml: &str) -> StorageConfig {
 /// On a core its producer keeps busy, the store still keeps up: a pass
 /// that meets a backlog runs through instead of yielding the core back
 /// every few records (which gave it a few records per scheduler slice
-/// and, saturated, a full ring).
+/// and, saturated, a full ring). The producer packs its own blocks
+/// between records, as a worker does.
 #[test]
 fn the_store_keeps_up_on_a_core_its_producer_keeps_busy() {
     let refused = std::thread::spawn(|| {
@@ -112,8 +156,9 @@ fn the_store_keeps_up_on_a_core_its_producer_keeps_busy() {
         }
         let dir = tempfile::tempdir().unwrap();
         let cfg = storage("");
-        let (mut producer, consumer) = crate::ring::ring(1 << 20);
-        let store = start_one(dir.path(), &cfg, consumer);
+        let status = Arc::new(StoreStatus::default());
+        let (mut feed, consumer) = Feed::new(1 << 20, &cfg, Arc::default(), status.clone());
+        let store = start_napping(dir.path(), &cfg, consumer, status, MAX_NAP);
         let mut rec = Vec::new();
         let (mut seq, mut refused) = (0u64, 0u64);
         let end = Instant::now() + Duration::from_secs(2);
@@ -129,12 +174,12 @@ fn the_store_keeps_up_on_a_core_its_producer_keeps_busy() {
             rec.extend_from_slice(
                 format!(r#"{{"id":"t-0-{seq}","pad":"{:0>200}"}}"#, seq).as_bytes(),
             );
-            match producer.push(&rec) {
+            match feed.push_one(&rec) {
                 Ok(()) => seq += 1,
                 Err(_) => refused += 1,
             }
         }
-        drop(producer);
+        assert!(feed.packer.finish());
         store.finish().unwrap();
         eprintln!("{seq} records stored, {refused} refused");
         refused
@@ -168,15 +213,15 @@ fn the_store_naps_until_its_next_flush_or_sync_is_due() {
     assert_eq!(late.nap(now, false), ms(1), "overdue: a short nap");
 }
 
-/// A worker whose ring fills past a quarter ends the store's nap: the
-/// store naps until its next flush is due (here a minute away), which
-/// a ring can take less to fill.
+/// Each block a packer hands over ends the store's nap: the store naps
+/// until its next flush is due (here a minute away), and the block's
+/// records are to reach their segment within the flush interval.
 #[test]
-fn a_ring_past_a_quarter_ends_the_stores_nap() {
+fn a_block_handed_over_ends_the_stores_nap() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = storage("[storage]\nflush_interval_ms = 60000\nsync_interval_ms = 60000\n");
-    let (mut producer, consumer) = crate::ring::ring(1 << 16);
     let status = Arc::new(StoreStatus::default());
+    let (mut feed, consumer) = Feed::new(1 << 16, &cfg, Arc::default(), status.clone());
     let nap = Duration::from_secs(60);
     let store = start_napping(dir.path(), &cfg, consumer, status.clone(), nap);
     // Its first pass finds nothing; then it naps.
@@ -185,28 +230,12 @@ fn a_ring_past_a_quarter_ends_the_stores_nap() {
         assert!(Instant::now() < until, "the store never napped");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let mut rec = Vec::new();
-    let mut seq = 0u64;
-    while !producer.past_quarter() {
-        rec.clear();
-        rec.extend_from_slice(&seq.to_le_bytes());
-        rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
-        rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}"}}"#).as_bytes());
-        producer.push(&rec).unwrap();
-        seq += 1;
-    }
-    status.nudge();
-    let until = Instant::now() + Duration::from_secs(10);
-    while producer.free_bytes() < producer.capacity() {
-        assert!(
-            Instant::now() < until,
-            "the ring was not drained 10 s after the nudge, with {} bytes free",
-            producer.free_bytes()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    drop(producer);
+    feed.push(0..10);
+    wait_for("the block written", || {
+        store.metrics.records.load(Ordering::Relaxed) == 10
+    });
     store.finish().unwrap();
+    assert_eq!(stored(dir.path()), (0..10).collect::<Vec<_>>());
 }
 
 /// A pass that drains far more than a segment holds still ends each
@@ -215,7 +244,8 @@ fn a_ring_past_a_quarter_ends_the_stores_nap() {
 fn a_long_pass_still_rotates_by_size() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = storage("[storage]\nblock_max_bytes = 1024\nsegment_max_bytes = 4096\n");
-    let (mut producer, consumer) = crate::ring::ring(1 << 20);
+    let status = Arc::new(StoreStatus::default());
+    let (mut feed, consumer) = Feed::new(1 << 20, &cfg, Arc::default(), status.clone());
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rec = Vec::new();
     for seq in 0..2000u64 {
@@ -227,9 +257,10 @@ fn a_long_pass_still_rotates_by_size() {
         rec.extend_from_slice(&seq.to_le_bytes());
         rec.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
         rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}","v":"{x:016x}"}}"#).as_bytes());
-        producer.push(&rec).unwrap();
+        feed.producer.push(&rec).unwrap();
     }
-    let store = start_one(dir.path(), &cfg, consumer);
+    assert!(feed.packer.finish());
+    let store = start_napping(dir.path(), &cfg, consumer, status, MAX_NAP);
     store.finish().unwrap();
     let segments = crate::segment::list(&segments_dir(dir.path())).unwrap();
     assert!(segments.len() >= 8, "{} segments", segments.len());
@@ -255,7 +286,7 @@ fn a_long_pass_still_rotates_by_size() {
 /// whose segments `sync_file` fdatasyncs.
 struct Faulty {
     dir: tempfile::TempDir,
-    producer: crate::ring::Producer,
+    feed: Feed,
     status: Arc<StoreStatus>,
     shared: Arc<StreamShared>,
     store: Store,
@@ -264,15 +295,16 @@ struct Faulty {
 impl Faulty {
     fn start(toml: &str, before: std::ops::Range<u64>, sync_file: SyncFile) -> Faulty {
         let dir = tempfile::tempdir().unwrap();
-        let (mut producer, consumer) = crate::ring::ring(1 << 20);
-        push(&mut producer, before);
+        let cfg = storage(toml);
         let (status, shared) = (
             Arc::<StoreStatus>::default(),
             Arc::<StreamShared>::default(),
         );
+        let (mut feed, consumer) = Feed::new(1 << 20, &cfg, shared.clone(), status.clone());
+        feed.push(before);
         let store = start_syncing(
             dir.path(),
-            &storage(toml),
+            &cfg,
             consumer,
             status.clone(),
             Duration::from_millis(10),
@@ -281,7 +313,7 @@ impl Faulty {
         );
         Faulty {
             dir,
-            producer,
+            feed,
             status,
             shared,
             store,
@@ -291,7 +323,6 @@ impl Faulty {
     /// Stops the store; checks that nothing was called durable and
     /// that the segments hold records `0..n`.
     fn finish_with(self, n: u64) {
-        drop(self.producer);
         self.store.finish().unwrap();
         assert!(
             self.status.class.ended(),
@@ -322,7 +353,7 @@ fn after_a_failed_fdatasync_nothing_is_called_durable() {
     assert_eq!(f.store.metrics.errors.load(Ordering::Relaxed), 1);
     // Records accepted before the refusal showed still reach the file,
     // and a stop syncs and seals it: that fdatasync succeeds.
-    push(&mut f.producer, 10..20);
+    f.feed.push(10..20);
     std::thread::sleep(Duration::from_millis(50));
     assert!(
         f.status.failing.load(Ordering::Relaxed),

@@ -1,0 +1,256 @@
+//! How a worker's records become blocks: the worker packs its own ring into
+//! compressed, framed blocks in the moments its runtime would otherwise
+//! sleep (monoio's idle work, as the live view's fold does), and hands each
+//! block to the store through a second ring; the store only writes them.
+//!
+//! The store's thread did the compression before, sharing the workers'
+//! cores in the idle class: about 5,000 instructions a record, run in the
+//! workers' gaps, where every request that came meanwhile preempted it (a
+//! rescheduling interrupt and two context switches charged to the process,
+//! which a worker waking on an idle core does not pay). The worker, between
+//! its own I/O, reads its ring's task-run flag between turns and goes back
+//! to its connections without having slept.
+//!
+//! # Invariants
+//! - A record leaves the worker's ring only into the block being built,
+//!   and that block leaves it only whole, into the store's ring; a block
+//!   the store's ring cannot take stays and is offered again (the worker's
+//!   ring then fills and new events are refused, as they were when the
+//!   store fell behind). A packer dropped with records left (a worker's
+//!   panic) packs them into the store's ring as far as it has room.
+//! - A block is cut at `block_max_bytes`, once its oldest record has waited
+//!   half of `flush_interval_ms` (looked at in every turn; an idle worker's
+//!   heartbeat gives one at least every 20 ms), at once when a worker waits
+//!   for a `sync` event's durability, and when the worker stops; and every
+//!   block cut ends the store's nap, so that records reach their segment
+//!   within the flush interval (or 20 ms past half of it, when it is
+//!   shorter than 40 ms).
+//! - With I/O waiting, a turn works only when something is due (a sync
+//!   wanted, a block's age, the worker's ring past a quarter), so a busy
+//!   worker packs only what cannot wait.
+//! - `StreamShared::unpacked_ts` holds the receive time of the oldest record
+//!   not yet in the store's ring (or `u64::MAX`): the emitter sets it when
+//!   a record goes into an empty pipeline, the packer after each block. The
+//!   store marks its lease with it (`lease`).
+
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{StoreMetrics, StoreStatus, StreamShared, RING_PREFIX};
+use crate::ring::{Consumer, Producer};
+use crate::segment::format::BLOCK_HEADER_LEN;
+use crate::segment::writer::{out_bound, BlockBuilder};
+
+/// Records moved into the block per turn: a few microseconds of copying.
+/// A turn that cuts a block also compresses it whole (about 140 µs for a
+/// 256 KiB block), once per `block_max_bytes` of records.
+pub const TURN_RECORDS: usize = 64;
+
+/// Bytes the store's ring needs for a worker whose own ring holds
+/// `ring_bytes`: room for four of the largest blocks the packer cuts (the
+/// block limit plus the largest record the worker's ring takes), and never
+/// less than the worker's ring.
+pub fn blocks_ring_bytes(ring_bytes: usize, block_max_bytes: usize) -> usize {
+    let largest_record = ring_bytes / 4;
+    let largest_block = BLOCK_HEADER_LEN + out_bound(block_max_bytes + largest_record + 4);
+    (4 * (largest_block + 8))
+        .next_power_of_two()
+        .max(ring_bytes)
+}
+
+/// One worker's packer.
+pub struct Packer {
+    records: Consumer,
+    blocks: Producer,
+    block: BlockBuilder,
+    /// When the packer first found the records now waiting (in its ring
+    /// or in `block`) there.
+    since: Option<Instant>,
+    flush_every: Duration,
+    /// `storage.discard_for_benchmarks`: records are dropped, not packed,
+    /// so that storage's whole cost shows as the difference.
+    discard: bool,
+    shared: Arc<StreamShared>,
+    status: Arc<StoreStatus>,
+    metrics: Arc<StoreMetrics>,
+}
+
+impl Packer {
+    /// Packs `records` (the worker's ring, whose next record is `next_seq`)
+    /// into blocks of `block_max_bytes` at `zstd_level` for `blocks` (the
+    /// store's ring).
+    pub fn new(
+        records: Consumer,
+        blocks: Producer,
+        next_seq: u64,
+        cfg: &crate::config::StorageConfig,
+        shared: Arc<StreamShared>,
+        status: Arc<StoreStatus>,
+        metrics: Arc<StoreMetrics>,
+    ) -> std::io::Result<Packer> {
+        Ok(Packer {
+            records,
+            blocks,
+            block: BlockBuilder::new(next_seq, cfg.block_max_bytes, cfg.zstd_level)?,
+            since: None,
+            flush_every: Duration::from_millis(cfg.flush_interval_ms),
+            discard: cfg.discard_for_benchmarks,
+            shared,
+            status,
+            metrics,
+        })
+    }
+
+    /// One turn of idle work (module header); returns whether records are
+    /// left for another turn.
+    pub fn turn(&mut self, io_waiting: bool) -> bool {
+        if self.discard {
+            self.discard_all();
+            return false;
+        }
+        let since = match self.since {
+            Some(t) => t,
+            None if self.records.backlog() == 0 => return false,
+            None => *self.since.insert(Instant::now()),
+        };
+        let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.packed_through();
+        let aged = since.elapsed() >= self.flush_every / 2;
+        if io_waiting && !(sync_wanted || aged || self.records.past_quarter()) {
+            return self.records.backlog() > 0;
+        }
+        self.take(TURN_RECORDS);
+        if self.block.full() || aged || (sync_wanted && self.records.backlog() == 0) {
+            self.cut();
+        }
+        self.records.backlog() > 0
+    }
+
+    /// Packs every record left, at a stop; whether all reached the store's
+    /// ring (a full one, behind failing writes, takes no more).
+    pub fn finish(&mut self) -> bool {
+        if self.discard {
+            self.discard_all();
+            return true;
+        }
+        loop {
+            self.take(usize::MAX);
+            if !self.cut() {
+                return false;
+            }
+            if self.records.backlog() == 0 {
+                return true;
+            }
+        }
+    }
+
+    /// Gives up the records not yet in the store's ring, at a stop whose
+    /// store takes no more: how many.
+    pub fn lose_the_rest(&mut self) -> u64 {
+        let lost = u64::from(self.block.pending()) + self.records.drain(|_| {}) as u64;
+        self.block.clear();
+        lost
+    }
+
+    /// Drops every record waiting (`discard`).
+    fn discard_all(&mut self) {
+        if self.records.drain(|_| {}) > 0 {
+            self.shared.unpacked_ts.store(u64::MAX, Ordering::Release);
+        }
+    }
+
+    /// The sequence number below which every record is in the store's ring.
+    fn packed_through(&self) -> u64 {
+        self.block.next_seq() - u64::from(self.block.pending())
+    }
+
+    /// Moves up to `max` records into the block, stopping at a full one.
+    fn take(&mut self, max: usize) {
+        let Packer {
+            records,
+            block,
+            metrics,
+            ..
+        } = self;
+        let mut taken = 0;
+        records.drain_pausing(
+            TURN_RECORDS,
+            |rec| {
+                if taken == max || block.full() {
+                    return ControlFlow::Break(());
+                }
+                taken += 1;
+                let Some((prefix, record)) = rec.split_first_chunk::<RING_PREFIX>() else {
+                    return ControlFlow::Continue(());
+                };
+                let seq = u64::from_le_bytes(prefix[0..8].try_into().unwrap_or_default());
+                let ts = u64::from_le_bytes(prefix[8..16].try_into().unwrap_or_default());
+                if let Err(e) = block.append(seq, ts, record) {
+                    // None the workers encode; counted and said.
+                    metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(seq, error = %e, "record not stored");
+                }
+                ControlFlow::Continue(())
+            },
+            |_| {},
+        );
+    }
+
+    /// Compresses the block and hands it to the store's ring; whether it
+    /// went (or nothing waited). A block the ring cannot take stays.
+    fn cut(&mut self) -> bool {
+        let framed = match self.block.frame(usize::MAX, &mut || {}) {
+            Ok(Some((bytes, _))) => bytes,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::error!(error = %e, "block not compressed; retrying");
+                return false;
+            }
+        };
+        if self.blocks.push(framed).is_err() {
+            return false;
+        }
+        self.block.clear();
+        self.since = (self.records.backlog() > 0).then(Instant::now);
+        // The oldest record still with the worker: first in its ring.
+        let oldest = self
+            .records
+            .peek()
+            .and_then(|rec| rec.get(8..RING_PREFIX))
+            .and_then(|ts| ts.try_into().ok())
+            .map_or(u64::MAX, u64::from_le_bytes);
+        self.shared.unpacked_ts.store(oldest, Ordering::Release);
+        // The store's thread in the idle class barely runs on a busy core;
+        // its ring filling up is the sign to lift it (nothing to lift in
+        // the normal class).
+        if self.blocks.past_quarter() && self.status.class.enabled() {
+            self.status.class.lift();
+        }
+        // Every block ends the store's nap, so that it is written within
+        // the flush interval: one pass per block, a write(2) and no
+        // compression.
+        self.status.nudge();
+        true
+    }
+}
+
+impl Drop for Packer {
+    /// A worker that ends without packing its records (a panic unwinding
+    /// it drops its idle work) still hands them to the store, as far as
+    /// the store's ring has room; the store writes them before it stops.
+    fn drop(&mut self) {
+        if self.block.pending() == 0 && self.records.backlog() == 0 {
+            return;
+        }
+        if !self.finish() {
+            tracing::error!(
+                records = self.lose_the_rest(),
+                "records lost: a worker ended and the store's ring was full"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

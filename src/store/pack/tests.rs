@@ -1,0 +1,222 @@
+//! The packer on real rings: when it cuts a block, what a block holds, and
+//! what it does when the store's ring is full.
+
+use super::*;
+use crate::config::StorageConfig;
+use crate::ring::ring;
+use crate::segment::format::BlockHeader;
+
+fn storage(toml: &str) -> StorageConfig {
+    crate::config::Config::from_toml_str(toml, "test")
+        .unwrap()
+        .storage
+}
+
+/// A packer of stream 0 between a ring of records and a ring of blocks of
+/// `blocks_bytes`.
+fn packer(
+    cfg: &StorageConfig,
+    blocks_bytes: usize,
+) -> (Producer, Packer, Consumer, Arc<StreamShared>) {
+    let (records, rx) = ring(1 << 20);
+    let (tx, blocks) = ring(blocks_bytes);
+    let shared = Arc::new(StreamShared::default());
+    let packer = Packer::new(
+        rx,
+        tx,
+        0,
+        cfg,
+        shared.clone(),
+        Arc::default(),
+        Arc::default(),
+    )
+    .unwrap();
+    (records, packer, blocks, shared)
+}
+
+/// Pushes records `seqs` received at `ts + seq`.
+fn push(records: &mut Producer, seqs: std::ops::Range<u64>, ts: u64) {
+    for seq in seqs {
+        let mut rec = Vec::new();
+        rec.extend_from_slice(&seq.to_le_bytes());
+        rec.extend_from_slice(&(ts + seq).to_le_bytes());
+        rec.extend_from_slice(format!(r#"{{"id":"t-0-{seq}"}}"#).as_bytes());
+        records.push(&rec).unwrap();
+    }
+}
+
+/// The blocks in the store's ring: each one's first sequence number, count
+/// and records, decompressed.
+fn blocks(ring: &mut Consumer) -> Vec<(u64, u32, Vec<String>)> {
+    let mut out = Vec::new();
+    ring.drain(|framed| {
+        let header = BlockHeader::decode(framed).unwrap();
+        let payload = &framed[BLOCK_HEADER_LEN..];
+        header.verify(framed, payload).unwrap();
+        let raw = zstd::bulk::decompress(payload, header.uncompressed_len as usize).unwrap();
+        let mut records = Vec::new();
+        let mut at = 0;
+        while at < raw.len() {
+            let len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
+            records.push(String::from_utf8(raw[at + 4..at + 4 + len].to_vec()).unwrap());
+            at += 4 + len;
+        }
+        out.push((header.first_seq, header.count, records));
+    });
+    out
+}
+
+#[test]
+fn records_wait_in_the_block_until_it_is_full() {
+    let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
+    let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
+    assert!(!packer.turn(false), "nothing to pack");
+    push(&mut records, 0..10, 1_000);
+    assert!(!packer.turn(false), "all taken in");
+    assert!(
+        blocks(&mut ring).is_empty(),
+        "a block of 10 small records waits"
+    );
+    assert_eq!(packer.block.pending(), 10);
+    // Past 1 KiB: blocks are cut, and the rest waits for the next.
+    push(&mut records, 10..200, 1_000);
+    while packer.turn(false) {}
+    let cut = blocks(&mut ring);
+    assert!(!cut.is_empty());
+    assert_eq!(cut[0].2[3], r#"{"id":"t-0-3"}"#);
+    assert!(packer.finish());
+    let mut next = 0;
+    for (first, count, recs) in cut.into_iter().chain(blocks(&mut ring)) {
+        assert_eq!(first, next, "blocks in sequence");
+        assert_eq!(recs.len(), count as usize);
+        assert!(
+            recs.iter().map(|r| r.len() + 4).sum::<usize>() < 1024 + 24,
+            "cut at 1 KiB"
+        );
+        next += u64::from(count);
+    }
+    assert_eq!(next, 200);
+}
+
+#[test]
+fn a_block_is_cut_once_its_records_have_waited_the_flush_interval() {
+    let cfg = storage("[storage]\nflush_interval_ms = 20\n");
+    let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
+    push(&mut records, 0..3, 1_000);
+    packer.turn(false);
+    assert!(blocks(&mut ring).is_empty());
+    std::thread::sleep(Duration::from_millis(25));
+    packer.turn(true);
+    assert_eq!(blocks(&mut ring)[0].1, 3, "cut, even with I/O waiting");
+}
+
+#[test]
+fn with_io_waiting_only_what_is_due_is_done() {
+    let cfg = storage("[storage]\nflush_interval_ms = 60000\n");
+    let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
+    push(&mut records, 0..5, 1_000);
+    assert!(packer.turn(true), "left for a quiet moment");
+    assert_eq!(packer.block.pending(), 0, "nothing taken");
+    // A worker waits for record 4 to be durable: packed at once.
+    shared.want_sync(4);
+    packer.turn(true);
+    assert_eq!(blocks(&mut ring)[0].1, 5);
+}
+
+#[test]
+fn a_ring_past_a_quarter_is_packed_while_io_waits() {
+    let cfg = storage("[storage]\nflush_interval_ms = 60000\n");
+    let (mut records, mut packer, _ring, _) = packer(&cfg, 1 << 20);
+    let mut seq = 0;
+    while !records.past_quarter() {
+        push(&mut records, seq..seq + 1, 1_000);
+        seq += 1;
+    }
+    packer.turn(true);
+    assert_eq!(
+        packer.block.pending(),
+        TURN_RECORDS as u32,
+        "taken in with I/O waiting"
+    );
+}
+
+#[test]
+fn a_block_the_store_cannot_take_stays_until_it_can() {
+    let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
+    let (mut records, mut packer, mut ring, _) = packer(&cfg, 4096);
+    push(&mut records, 0..2000, 1_000);
+    assert!(!packer.finish(), "the store's ring filled");
+    let mut got = blocks(&mut ring);
+    assert!(!got.is_empty());
+    while !packer.finish() {
+        got.extend(blocks(&mut ring));
+    }
+    got.extend(blocks(&mut ring));
+    let seqs: Vec<u64> = got
+        .iter()
+        .flat_map(|(first, count, _)| *first..first + u64::from(*count))
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..2000).collect::<Vec<_>>(),
+        "every record, once, in order"
+    );
+}
+
+#[test]
+fn the_oldest_record_not_yet_packed_is_published() {
+    let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
+    let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
+    push(&mut records, 0..200, 5_000);
+    // The emitter's part: the first record into an empty pipeline.
+    shared.unpacked_ts.store(5_000, Ordering::Release);
+    packer.turn(false);
+    let cut = blocks(&mut ring);
+    assert_eq!(cut.len(), 1, "one turn, one block");
+    // The oldest left is the ring's first: the one after the block's last.
+    let count = u64::from(cut[0].1);
+    assert_eq!(shared.unpacked_ts.load(Ordering::Acquire), 5_000 + count);
+    assert!(packer.finish());
+    assert_eq!(
+        shared.unpacked_ts.load(Ordering::Acquire),
+        u64::MAX,
+        "all packed"
+    );
+}
+
+#[test]
+fn the_stores_ring_holds_four_of_the_largest_blocks() {
+    for (ring_bytes, block) in [(1 << 16, 1024), (8 << 20, 256 << 10), (1 << 20, 4 << 20)] {
+        let bytes = blocks_ring_bytes(ring_bytes, block);
+        let largest = BLOCK_HEADER_LEN + out_bound(block + ring_bytes / 4 + 4);
+        assert!(bytes / 4 - 4 >= largest, "{ring_bytes} {block}: {bytes}");
+        assert!(bytes >= ring_bytes && bytes.is_power_of_two());
+    }
+}
+
+#[test]
+fn a_packer_dropped_with_records_left_hands_them_to_the_store() {
+    let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
+    let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
+    push(&mut records, 0..5, 1_000);
+    assert!(!packer.turn(false));
+    push(&mut records, 5..8, 1_000);
+    // As a worker's panic drops its idle work: 5 in the block, 3 in the ring.
+    drop(packer);
+    let got = blocks(&mut ring);
+    let seqs: Vec<(u64, u32)> = got.iter().map(|(first, n, _)| (*first, *n)).collect();
+    assert_eq!(seqs, vec![(0, 8)], "every record, in one block");
+    assert_eq!(got[0].2[7], r#"{"id":"t-0-7"}"#);
+}
+
+#[test]
+fn records_are_dropped_unpacked_when_storage_discards_them() {
+    let cfg = storage("[storage]\ndiscard_for_benchmarks = true\n");
+    let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
+    push(&mut records, 0..10, 1_000);
+    shared.unpacked_ts.store(1_000, Ordering::Release);
+    assert!(!packer.turn(false));
+    assert_eq!(packer.records.backlog(), 0, "the worker's ring is emptied");
+    assert!(blocks(&mut ring).is_empty(), "nothing is packed");
+    assert_eq!(shared.unpacked_ts.load(Ordering::Acquire), u64::MAX);
+}
