@@ -29,7 +29,9 @@ use crate::clock::unix_ms;
 /// one-shot compression; but each piece builds its own entropy tables:
 /// `cargo bench --bench store -- block_compress` takes 179 µs a block in
 /// pieces against 136 µs whole (ratio 27.7x against 28.0x;
-/// `bench/results/together-20261130-1246.md`). So blocks are
+/// `bench/results/together-20261130-1246.md`) on records that repeated;
+/// on records that do not, 468 against 403 µs (12.53x against 12.84x;
+/// `bench/results/store-bench-20261203-2227.md`). So blocks are
 /// compressed in pieces only when a pause may give the core away.
 pub const COMPRESS_PIECE: usize = 32 << 10;
 

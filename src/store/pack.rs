@@ -44,8 +44,11 @@ use crate::segment::format::BLOCK_HEADER_LEN;
 use crate::segment::writer::{out_bound, BlockBuilder};
 
 /// Records moved into the block per turn: a few microseconds of copying.
-/// A turn that cuts a block also compresses it whole (about 140 µs for a
-/// 256 KiB block), once per `block_max_bytes` of records.
+/// A turn that cuts a block also compresses it whole, once per
+/// `block_max_bytes` of records: 300-400 µs for 256 KiB of the loadtest's
+/// records (`cargo bench --bench store -- block_compress`,
+/// bench/results/store-bench-20261203-2227.md), which a request arriving
+/// meanwhile waits for.
 pub const TURN_RECORDS: usize = 64;
 
 /// Bytes the store's ring needs for a worker whose own ring holds
