@@ -22,9 +22,10 @@ use super::format::{self, BlockHeader, SegmentHeader, BLOCK_HEADER_LEN, CODEC_ZS
 use crate::clock::unix_ms;
 
 /// A block written with pauses is compressed this many bytes at a time,
-/// so that whoever writes it can pause in between (the store gives a
-/// waiting worker its core): a 256 KiB block in one go holds the core for
-/// about 300 µs. Each piece ends a zstd block inside the one frame, and
+/// so that whoever writes it can pause in between (the store did, giving a
+/// waiting worker its core, when it compressed; workers now compress
+/// whole blocks, `store::pack`): a 256 KiB block in one go holds the core
+/// for about 300-400 µs. Each piece ends a zstd block inside the one frame, and
 /// the frame's history spans the pieces, so the ratio stays close to
 /// one-shot compression; but each piece builds its own entropy tables:
 /// `cargo bench --bench store -- block_compress` takes 179 µs a block in
@@ -70,7 +71,6 @@ pub struct BlockStats {
 pub struct BlockBuilder {
     raw: Vec<u8>,
     count: u32,
-    first_seq: u64,
     next_seq: u64,
     min_ts: u64,
     max_ts: u64,
@@ -86,7 +86,6 @@ impl BlockBuilder {
         Ok(BlockBuilder {
             raw: Vec::with_capacity(block_max_bytes + 4096),
             count: 0,
-            first_seq: next_seq,
             next_seq,
             min_ts: u64::MAX,
             max_ts: 0,
@@ -111,9 +110,6 @@ impl BlockBuilder {
                 io::ErrorKind::InvalidInput,
                 "record larger than the format allows",
             ));
-        }
-        if self.count == 0 {
-            self.first_seq = seq;
         }
         self.raw
             .extend_from_slice(&(record.len() as u32).to_le_bytes());
@@ -150,11 +146,16 @@ impl BlockBuilder {
         self.next_seq
     }
 
+    /// The sequence number of the first record waiting (the next one's
+    /// when none waits): every record below it has left the block.
+    pub fn first_seq(&self) -> u64 {
+        self.next_seq - u64::from(self.count)
+    }
+
     /// Moves past records written elsewhere: the next record must be
     /// `seq`. Only while nothing waits.
     fn skip_to(&mut self, seq: u64) {
         debug_assert_eq!(self.count, 0);
-        self.first_seq = seq;
         self.next_seq = seq;
     }
 
@@ -178,7 +179,7 @@ impl BlockBuilder {
             compressed_len: n as u32,
             uncompressed_len: self.raw.len() as u32,
             count: self.count,
-            first_seq: self.first_seq,
+            first_seq: self.first_seq(),
             min_ts: self.min_ts,
             max_ts: self.max_ts,
             codec: CODEC_ZSTD,
@@ -198,7 +199,6 @@ impl BlockBuilder {
     pub fn clear(&mut self) {
         self.raw.clear();
         self.count = 0;
-        self.first_seq = self.next_seq;
         self.min_ts = u64::MAX;
         self.max_ts = 0;
     }
@@ -246,6 +246,18 @@ fn compressor(level: i32) -> io::Result<CCtx<'static>> {
 
 fn zstd_err(code: zstd_safe::ErrorCode) -> io::Error {
     io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)))
+}
+
+/// Appends one whole block's `bytes` to `file`, which holds `size` bytes.
+/// A full disk or a file-size limit may take part of it: that part is cut
+/// off, so that the next try appends after the last whole block, or, when
+/// the cut fails too, `torn` says the next write must cut first.
+fn append_whole(file: &File, size: u64, torn: &mut bool, bytes: &[u8]) -> io::Result<()> {
+    let written = (&*file).write_all(bytes);
+    if written.is_err() {
+        *torn = file.set_len(size).is_err();
+    }
+    written
 }
 
 /// Capacity of `out` for a block of `raw_len` bytes: header and the
@@ -395,13 +407,8 @@ impl StreamWriter {
         let Some((bytes, stats)) = self.block.frame(piece, pause)? else {
             return Ok(None);
         };
-        if let Err(e) = (&*self.file).write_all(bytes) {
-            // A full disk or a file-size limit may have taken part of the
-            // block: cut it off, so that the next try appends after the
-            // last whole block. The records stay pending for that try.
-            self.torn = self.file.set_len(self.size).is_err();
-            return Err(e);
-        }
+        // After a failure the records stay pending for the next try.
+        append_whole(&self.file, self.size, &mut self.torn, bytes)?;
         self.block.clear();
         self.wrote(stats.written_bytes);
         Ok(Some(stats))
@@ -433,10 +440,7 @@ impl StreamWriter {
             ));
         }
         self.ready_to_write()?;
-        if let Err(e) = (&*self.file).write_all(block) {
-            self.torn = self.file.set_len(self.size).is_err();
-            return Err(e);
-        }
+        append_whole(&self.file, self.size, &mut self.torn, block)?;
         self.block.skip_to(header.end_seq());
         self.wrote(block.len() as u64);
         Ok(BlockStats {
@@ -577,7 +581,7 @@ impl StreamWriter {
 
     /// The sequence number below which every record is in a written block.
     pub fn written_through(&self) -> u64 {
-        self.block.next_seq() - u64::from(self.block.pending())
+        self.block.first_seq()
     }
 
     /// The open segment's path.

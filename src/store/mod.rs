@@ -54,9 +54,9 @@ use std::time::{Duration, Instant};
 use crate::bell::Bell;
 use crate::config::StorageConfig;
 use crate::ring::Consumer;
-use crate::sched::{Class, PASS_CHUNK};
+use crate::sched::PASS_CHUNK;
 use crate::segment::format::BlockHeader;
-use crate::segment::writer::{BlockStats, SyncFile};
+use crate::segment::writer::SyncFile;
 use crate::segment::{StreamWriter, WriterConfig};
 pub use metrics::StoreMetrics;
 use status::{confirm, Watch};
@@ -117,8 +117,8 @@ struct Stream {
 
 impl Stream {
     /// Marks the lease with the receive time before which every record of
-    /// the stream is written: the oldest one still in memory (pending, or
-    /// first in the ring), or else when the pass began.
+    /// the stream is written: the oldest one still in memory (with its
+    /// worker, or first in the ring), or else when the pass began.
     fn mark_lease(&mut self, pass_began_ms: u64) {
         let Some((file, marked)) = &mut self.lease else {
             return;
@@ -131,10 +131,7 @@ impl Stream {
             .peek()
             .and_then(|block| BlockHeader::decode(block).ok())
             .map(|h| h.min_ts);
-        let through = [self.writer.pending_min_ts(), in_ring, Some(unpacked)]
-            .into_iter()
-            .flatten()
-            .fold(pass_began_ms, u64::min);
+        let through = in_ring.unwrap_or(u64::MAX).min(unpacked).min(pass_began_ms);
         // A failure leaves the old mark, which is only ever older: the
         // shipper's watermark waits longer.
         if through != *marked && lease::mark(file, through).is_ok() {
@@ -298,19 +295,6 @@ struct Ctx {
     status: Arc<StoreStatus>,
 }
 
-/// Writes the block being built, in pieces with a breath between them only
-/// when a breath would yield: pieces cost zstd time and ratio (see
-/// `COMPRESS_PIECE`), and an idle-class pass, or one running through a
-/// backlog, never yields. (A pass lifted mid-block finishes that block
-/// whole: about 250 µs at most.)
-fn write_block(writer: &mut StreamWriter, class: &Class) -> std::io::Result<Option<BlockStats>> {
-    if class.breathes() {
-        writer.write_block_pausing(&mut || class.breathe(false))
-    } else {
-        writer.write_block()
-    }
-}
-
 /// How often a store whose writes fail tries them again.
 const RETRY_WRITES: Duration = Duration::from_secs(1);
 
@@ -336,15 +320,15 @@ const MAX_NAP: Duration = Duration::from_secs(1);
 
 impl Timers {
     /// How long the store may nap at `now` (the caller caps it at
-    /// `MAX_NAP`): until its next flush is due (so records reach their
-    /// segment within the flush interval), or, after a pass that found
-    /// nothing and left no block waiting, for the whole interval (an event
-    /// arriving meanwhile is then flushed at the next pass); sooner if a
-    /// sync is due. Each pass costs the workers' core context switches, so
-    /// one pass per flush interval: with naps of a quarter of it, the
-    /// store cost 0.735 and 0.744 µs per request at 20k requests/s
-    /// unbatched, 0.579 and 0.567 with naps until the flush
-    /// (`bench/threads.sh`, bench/results/store-nap-20261130-1520.md).
+    /// `MAX_NAP`; a block handed over ends the nap): until its next pass
+    /// on the flush interval is due (leases marked, segment ages looked
+    /// at), or, after a pass that found nothing, for the whole interval;
+    /// sooner if a sync is due. Each pass costs the workers' core context
+    /// switches, so one pass per flush interval: with naps of a quarter of
+    /// it, the store (then compressing) cost 0.735 and 0.744 µs per
+    /// request at 20k requests/s unbatched, 0.579 and 0.567 with naps
+    /// until the flush (`bench/threads.sh`,
+    /// bench/results/store-nap-20261130-1520.md).
     fn nap(&self, now: Instant, quiet: bool) -> Duration {
         let flush = if quiet {
             now + self.flush_every
@@ -408,14 +392,10 @@ impl Ctx {
             }
             let now = Instant::now();
             let sync_due = sync_due(&streams, &wanted);
+            // Blocks are written as they come (each ends the nap); the
+            // flush interval paces the passes that only mark leases and
+            // look at segments' ages.
             if stopping || sync_due || failing || now.duration_since(last_flush) >= flush_every {
-                for s in streams.iter_mut() {
-                    match write_block(&mut s.writer, &self.status.class) {
-                        Ok(Some(stats)) => self.metrics.block(&stats),
-                        Ok(None) => {}
-                        Err(e) => note(&mut failed, e),
-                    }
-                }
                 last_flush = now;
             }
             if sync_due || now.duration_since(last_sync) >= sync_every {
@@ -479,7 +459,7 @@ impl Ctx {
                     self.wake.clear();
                 }
             } else if !sync_due {
-                let quiet = drained == 0 && streams.iter().all(|s| s.writer.pending() == 0);
+                let quiet = drained == 0;
                 let nap = if sync_types {
                     Duration::from_micros(200)
                 } else {
@@ -496,20 +476,17 @@ impl Ctx {
         }
     }
 
-    /// Writes what is pending and seals every stream's segment, at the
-    /// stop. A stream whose writes still fail loses what it held in memory,
-    /// pending or left in its ring (said in the log, with how many); the
-    /// others are sealed all the same, and the first error is returned.
+    /// Writes the blocks left and seals every stream's segment, at the
+    /// stop. A stream whose writes still fail loses the blocks left in its
+    /// ring (said in the log, with how many records); the others are
+    /// sealed all the same, and the first error is returned.
     fn close(&self, streams: Vec<Stream>) -> std::io::Result<()> {
         let mut failed = None;
         for mut s in streams {
             // A write that failed in the last pass left the rest of the
             // ring undrained: one more try takes it.
-            let last = self
-                .drain(&mut s)
-                .and_then(|_| s.writer.write_block().map(drop));
-            if let Err(e) = last {
-                let mut left = u64::from(s.writer.pending());
+            if let Err(e) = self.drain(&mut s) {
+                let mut left = 0;
                 s.consumer.drain(|block| {
                     left += BlockHeader::decode(block).map_or(0, |h| u64::from(h.count));
                 });

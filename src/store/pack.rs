@@ -118,7 +118,8 @@ impl Packer {
             None if self.records.backlog() == 0 => return false,
             None => *self.since.insert(Instant::now()),
         };
-        let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.packed_through();
+        // Below the block's first record, every record is in the store's ring.
+        let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.block.first_seq();
         let aged = since.elapsed() >= self.flush_every / 2;
         if io_waiting && !(sync_wanted || aged || self.records.past_quarter()) {
             return self.records.backlog() > 0;
@@ -161,11 +162,6 @@ impl Packer {
         if self.records.drain(|_| {}) > 0 {
             self.shared.unpacked_ts.store(u64::MAX, Ordering::Release);
         }
-    }
-
-    /// The sequence number below which every record is in the store's ring.
-    fn packed_through(&self) -> u64 {
-        self.block.next_seq() - u64::from(self.block.pending())
     }
 
     /// Moves up to `max` records into the block, stopping at a full one.
