@@ -131,6 +131,56 @@ fn a_block_compressed_in_pieces_or_whole_reads_back_and_pauses_between_pieces() 
 }
 
 #[test]
+fn a_block_framed_piece_by_piece_takes_no_record_until_cleared() {
+    let mut b = writer::BlockBuilder::new(7, 1 << 20, 1).unwrap();
+    assert!(matches!(
+        b.frame_piece(1024).unwrap(),
+        writer::Framed::Empty
+    ));
+    for seq in 7..207 {
+        b.append(seq, 1, &record(seq, 500)).unwrap();
+    }
+    let mut partial = 0;
+    while let writer::Framed::Partial = b.frame_piece(16 << 10).unwrap() {
+        partial += 1;
+        let refused = b.append(207, 1, b"late").unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+    }
+    assert_eq!(partial, b.pending_bytes().div_ceil(16 << 10) - 1);
+    let whole = match b.frame_piece(16 << 10).unwrap() {
+        writer::Framed::Whole(bytes, stats) => {
+            assert_eq!(stats.records, 200);
+            bytes.to_vec()
+        }
+        _ => panic!("not whole"),
+    };
+    // Asked again (its write failed): the same block, not compressed anew.
+    assert!(
+        matches!(b.frame_piece(16 << 10).unwrap(), writer::Framed::Whole(again, _) if again == whole)
+    );
+    // Compressed in one go, the block reads back the same.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = StreamWriter::create(tmp.path(), 0, "n", 7, cfg(1 << 20, 1 << 30)).unwrap();
+    w.write_framed(&whole).unwrap();
+    w.close().unwrap();
+    let back: Vec<(u64, Vec<u8>)> = read_all(tmp.path())
+        .into_iter()
+        .map(|r| (r.1, r.2))
+        .collect();
+    assert_eq!(
+        back,
+        (7..207)
+            .map(|seq| (seq, record(seq, 500)))
+            .collect::<Vec<_>>()
+    );
+    b.clear();
+    b.append(207, 1, b"next").unwrap();
+    assert!(
+        matches!(b.frame_piece(usize::MAX).unwrap(), writer::Framed::Whole(_, s) if s.records == 1)
+    );
+}
+
+#[test]
 fn open_segment_is_followed_while_it_grows() {
     let tmp = tempfile::tempdir().unwrap();
     let mut w = StreamWriter::create(tmp.path(), 0, "n", 0, cfg(100_000, 1 << 20)).unwrap();

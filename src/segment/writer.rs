@@ -21,19 +21,17 @@ use zstd::zstd_safe::{self, zstd_sys::ZSTD_EndDirective, CCtx, CParameter, InBuf
 use super::format::{self, BlockHeader, SegmentHeader, BLOCK_HEADER_LEN, CODEC_ZSTD, HEADER_LEN};
 use crate::clock::unix_ms;
 
-/// A block written with pauses is compressed this many bytes at a time,
-/// so that whoever writes it can pause in between (the store did, giving a
-/// waiting worker its core, when it compressed; workers now compress
-/// whole blocks, `store::pack`): a 256 KiB block in one go holds the core
-/// for about 300-400 µs. Each piece ends a zstd block inside the one frame, and
-/// the frame's history spans the pieces, so the ratio stays close to
-/// one-shot compression; but each piece builds its own entropy tables:
-/// `cargo bench --bench store -- block_compress` takes 179 µs a block in
-/// pieces against 136 µs whole (ratio 27.7x against 28.0x;
-/// `bench/results/together-20261130-1246.md`) on records that repeated;
-/// on records that do not, 468 against 403 µs (12.53x against 12.84x;
-/// `bench/results/store-bench-20261203-2227.md`). So blocks are
-/// compressed in pieces only when a pause may give the core away.
+/// A block is compressed this many bytes at a time where whoever compresses
+/// it has other work to do in between: a worker's packer compresses one
+/// piece per turn of idle work (`store::pack`), where a 256 KiB block in
+/// one go held the worker's core for 300-400 µs. Each piece ends a zstd
+/// block inside the one frame, and the frame's history spans the pieces,
+/// so the ratio stays close to one-shot compression; but each piece
+/// builds its own entropy tables: `cargo bench --bench store --
+/// block_compress` takes 179 µs a block in pieces against 136 µs whole
+/// (ratio 27.7x against 28.0x; `bench/results/together-20261130-1246.md`)
+/// on records that repeated; on records that do not, 468 against 403 µs
+/// (12.53x against 12.84x; `bench/results/store-bench-20261203-2227.md`).
 pub const COMPRESS_PIECE: usize = 32 << 10;
 
 /// Worst-case bytes a flush adds beyond `compress_bound` (a zstd block
@@ -76,8 +74,31 @@ pub struct BlockBuilder {
     max_ts: u64,
     block_max_bytes: usize,
     compressor: CCtx<'static>,
-    /// The last block framed: header, then the zstd frame.
+    /// The block being framed: header, then the zstd frame so far.
     out: Vec<u8>,
+    /// How far the records waiting are framed (`BlockBuilder::frame_piece`).
+    framing: Framing,
+}
+
+/// How far a block's compression has come.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    /// Not begun (or begun again after an error).
+    NotBegun,
+    /// The first this-many bytes of the records are in the frame.
+    Begun(usize),
+    /// The frame is whole and its header written: `out` holds the block.
+    Done,
+}
+
+/// What [`BlockBuilder::frame_piece`] did.
+pub enum Framed<'a> {
+    /// No record waits.
+    Empty,
+    /// A piece was compressed; more is left.
+    Partial,
+    /// The block is whole: its bytes and what it holds.
+    Whole(&'a [u8], BlockStats),
 }
 
 impl BlockBuilder {
@@ -94,11 +115,19 @@ impl BlockBuilder {
             // Sized once for the largest block normally cut (the limit plus
             // one record), so that framing blocks does not grow it later.
             out: Vec::with_capacity(out_bound(block_max_bytes + 4096)),
+            framing: Framing::NotBegun,
         })
     }
 
     /// Adds a record. Records must come in sequence order without gaps.
+    /// Not while the block is being framed.
     pub fn append(&mut self, seq: u64, ts_ms: u64, record: &[u8]) -> io::Result<()> {
+        if self.framing != Framing::NotBegun {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the block is being compressed",
+            ));
+        }
         if seq != self.next_seq {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -163,41 +192,96 @@ impl BlockBuilder {
     /// (`usize::MAX`: in one go) with `pause` called between them, into
     /// one framed block: its bytes and what it holds, or `None` when
     /// nothing waits. The records stay waiting until [`BlockBuilder::clear`],
-    /// so that a block whose write failed is framed again.
+    /// so that a block whose write failed is written again as it was.
     pub fn frame(
         &mut self,
         piece: usize,
         pause: &mut dyn FnMut(),
     ) -> io::Result<Option<(&[u8], BlockStats)>> {
-        if self.count == 0 {
-            return Ok(None);
+        loop {
+            match self.frame_piece(piece)? {
+                Framed::Empty => return Ok(None),
+                Framed::Partial => pause(),
+                Framed::Whole(..) => break,
+            }
         }
-        self.out.clear();
-        self.out.reserve(out_bound(self.raw.len()));
-        let n = compress(&mut self.compressor, &self.raw, &mut self.out, piece, pause)?;
-        let header = BlockHeader {
-            compressed_len: n as u32,
-            uncompressed_len: self.raw.len() as u32,
-            count: self.count,
-            first_seq: self.first_seq(),
-            min_ts: self.min_ts,
-            max_ts: self.max_ts,
-            codec: CODEC_ZSTD,
-            crc: 0,
+        match self.frame_piece(piece)? {
+            Framed::Whole(bytes, stats) => Ok(Some((bytes, stats))),
+            _ => Err(io::Error::other("zstd: the framed block was lost")),
+        }
+    }
+
+    /// Compresses the next `piece` bytes (`usize::MAX`: all that is left)
+    /// of the records waiting into the block's frame; a caller may do
+    /// other work between pieces, while no record is appended. Once the
+    /// frame is whole, this and every later call return the block, until
+    /// [`BlockBuilder::clear`]. After an error the next call begins again.
+    pub fn frame_piece(&mut self, piece: usize) -> io::Result<Framed<'_>> {
+        if self.count == 0 {
+            return Ok(Framed::Empty);
+        }
+        let done = match self.framing {
+            Framing::Done => 0,
+            Framing::NotBegun => {
+                self.out.clear();
+                self.out.reserve(out_bound(self.raw.len()));
+                self.out.resize(BLOCK_HEADER_LEN, 0);
+                begin(&mut self.compressor, self.raw.len())?;
+                self.framing = Framing::Begun(0);
+                0
+            }
+            Framing::Begun(done) => done,
         };
-        let head = header.encode(&self.out[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + n]);
-        self.out[..BLOCK_HEADER_LEN].copy_from_slice(&head);
+        if let Framing::Begun(_) = self.framing {
+            let end = done.saturating_add(piece.max(1)).min(self.raw.len());
+            let last = end == self.raw.len();
+            let compressed = compress_piece(
+                &mut self.compressor,
+                &self.raw[done..end],
+                &mut self.out,
+                last,
+            );
+            if let Err(e) = compressed {
+                self.framing = Framing::NotBegun;
+                return Err(e);
+            }
+            if !last {
+                self.framing = Framing::Begun(end);
+                return Ok(Framed::Partial);
+            }
+            let n = self.out.len() - BLOCK_HEADER_LEN;
+            let header = BlockHeader {
+                compressed_len: n as u32,
+                uncompressed_len: self.raw.len() as u32,
+                count: self.count,
+                first_seq: self.first_seq(),
+                min_ts: self.min_ts,
+                max_ts: self.max_ts,
+                codec: CODEC_ZSTD,
+                crc: 0,
+            };
+            let head = header.encode(&self.out[BLOCK_HEADER_LEN..]);
+            self.out[..BLOCK_HEADER_LEN].copy_from_slice(&head);
+            self.framing = Framing::Done;
+        }
         let stats = BlockStats {
             records: u64::from(self.count),
             raw_bytes: self.raw.len() as u64,
-            written_bytes: (BLOCK_HEADER_LEN + n) as u64,
+            written_bytes: self.out.len() as u64,
         };
-        Ok(Some((&self.out[..BLOCK_HEADER_LEN + n], stats)))
+        Ok(Framed::Whole(&self.out, stats))
+    }
+
+    /// Whether the records waiting are being framed (in pieces), so that
+    /// none may be appended until the block is cleared.
+    pub fn framing(&self) -> bool {
+        self.framing != Framing::NotBegun
     }
 
     /// Empties the block once its framed bytes are taken.
     pub fn clear(&mut self) {
         self.raw.clear();
+        self.framing = Framing::NotBegun;
         self.count = 0;
         self.min_ts = u64::MAX;
         self.max_ts = 0;
@@ -268,51 +352,45 @@ pub fn out_bound(raw_len: usize) -> usize {
         + raw_len.div_ceil(COMPRESS_PIECE).max(1) * FLUSH_OVERHEAD
 }
 
-/// Compresses `raw` into one zstd frame after `BLOCK_HEADER_LEN` bytes of
-/// `out` (whose capacity is `out_bound`), in pieces of `piece` bytes
-/// (`usize::MAX`: in one go), calling `pause` between pieces. Returns the
-/// frame's length.
-fn compress(
-    cctx: &mut CCtx<'static>,
-    raw: &[u8],
-    out: &mut Vec<u8>,
-    piece: usize,
-    pause: &mut dyn FnMut(),
-) -> io::Result<usize> {
+/// Begins a zstd frame of `len` bytes.
+fn begin(cctx: &mut CCtx<'static>, len: usize) -> io::Result<()> {
     cctx.reset(zstd_safe::ResetDirective::SessionOnly)
         .map_err(zstd_err)?;
-    cctx.set_pledged_src_size(Some(raw.len() as u64))
+    cctx.set_pledged_src_size(Some(len as u64))
         .map_err(zstd_err)?;
-    let mut output = OutBuffer::around_pos(out, BLOCK_HEADER_LEN);
-    let piece_len = piece.clamp(1, raw.len().max(1));
-    let pieces = raw.len().div_ceil(piece_len).max(1);
-    for i in 0..pieces {
-        let piece = &raw[(i * piece_len).min(raw.len())..((i + 1) * piece_len).min(raw.len())];
-        let last = i + 1 == pieces;
-        let mode = if last {
-            ZSTD_EndDirective::ZSTD_e_end
-        } else {
-            ZSTD_EndDirective::ZSTD_e_flush
-        };
-        let mut input = InBuffer::around(piece);
-        loop {
-            let before = (input.pos(), output.pos());
-            let left = cctx
-                .compress_stream2(&mut output, &mut input, mode)
-                .map_err(zstd_err)?;
-            if left == 0 && input.pos() == piece.len() {
-                break;
-            }
-            if (input.pos(), output.pos()) == before {
-                // Cannot happen with `out_bound`'s capacity; never spin.
-                return Err(io::Error::other("zstd: no room for the compressed block"));
-            }
+    Ok(())
+}
+
+/// Compresses `piece`, the next bytes of the frame `begin` began, onto
+/// the end of `out` (whose capacity is `out_bound` of the whole): `last`
+/// ends the frame, otherwise the piece ends a zstd block.
+fn compress_piece(
+    cctx: &mut CCtx<'static>,
+    piece: &[u8],
+    out: &mut Vec<u8>,
+    last: bool,
+) -> io::Result<()> {
+    let mode = if last {
+        ZSTD_EndDirective::ZSTD_e_end
+    } else {
+        ZSTD_EndDirective::ZSTD_e_flush
+    };
+    let at = out.len();
+    let mut output = OutBuffer::around_pos(out, at);
+    let mut input = InBuffer::around(piece);
+    loop {
+        let before = (input.pos(), output.pos());
+        let left = cctx
+            .compress_stream2(&mut output, &mut input, mode)
+            .map_err(zstd_err)?;
+        if left == 0 && input.pos() == piece.len() {
+            return Ok(());
         }
-        if !last {
-            pause();
+        if (input.pos(), output.pos()) == before {
+            // Cannot happen with `out_bound`'s capacity; never spin.
+            return Err(io::Error::other("zstd: no room for the compressed block"));
         }
     }
-    Ok(output.pos() - BLOCK_HEADER_LEN)
 }
 
 /// fsyncs a directory, so that a rename or create in it is durable.

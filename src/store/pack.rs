@@ -28,6 +28,8 @@
 //! - With I/O waiting, a turn works only when something is due (a sync
 //!   wanted, a block's age, the worker's ring past a quarter), so a busy
 //!   worker packs only what cannot wait.
+//! - A cut block is compressed a piece per turn; until it is whole and in
+//!   the store's ring, records wait in the worker's ring.
 //! - `StreamShared::unpacked_ts` holds the receive time of the oldest record
 //!   not yet in the store's ring (or `u64::MAX`): the emitter sets it when
 //!   a record goes into an empty pipeline, the packer after each block. The
@@ -41,14 +43,16 @@ use std::time::{Duration, Instant};
 use super::{StoreMetrics, StoreStatus, StreamShared, RING_PREFIX};
 use crate::ring::{Consumer, Producer};
 use crate::segment::format::BLOCK_HEADER_LEN;
-use crate::segment::writer::{out_bound, BlockBuilder};
+use crate::segment::writer::{out_bound, BlockBuilder, Framed, COMPRESS_PIECE};
 
 /// Records moved into the block per turn: a few microseconds of copying.
-/// A turn that cuts a block also compresses it whole, once per
-/// `block_max_bytes` of records: 300-400 µs for 256 KiB of the loadtest's
-/// records (`cargo bench --bench store -- block_compress`,
-/// bench/results/store-bench-20261203-2227.md), which a request arriving
-/// meanwhile waits for.
+/// A cut block is compressed one `COMPRESS_PIECE` (32 KiB) a turn, about
+/// 50 µs, and no record is moved in meanwhile: whole, a 256 KiB block of
+/// the loadtest's records took 300-400 µs
+/// (`cargo bench --bench store -- block_compress`,
+/// bench/results/store-bench-20261203-2227.md), which every request
+/// arriving meanwhile waited for, and at 80% of a core the queue it left
+/// took a millisecond or more to drain.
 pub const TURN_RECORDS: usize = 64;
 
 /// Bytes the store's ring needs for a worker whose own ring holds
@@ -106,7 +110,7 @@ impl Packer {
         })
     }
 
-    /// One turn of idle work (module header); returns whether records are
+    /// One turn of idle work (module header); returns whether work is
     /// left for another turn.
     pub fn turn(&mut self, io_waiting: bool) -> bool {
         if self.discard {
@@ -122,13 +126,18 @@ impl Packer {
         let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.block.first_seq();
         let aged = since.elapsed() >= self.flush_every / 2;
         if io_waiting && !(sync_wanted || aged || self.records.past_quarter()) {
-            return self.records.backlog() > 0;
+            return self.block.framing() || self.records.backlog() > 0;
         }
-        self.take(TURN_RECORDS);
-        if self.block.full() || aged || (sync_wanted && self.records.backlog() == 0) {
-            self.cut();
+        if self.block.framing() {
+            // A block cut in an earlier turn: its next piece.
+            self.cut(COMPRESS_PIECE);
+        } else {
+            self.take(TURN_RECORDS);
+            if self.block.full() || aged || (sync_wanted && self.records.backlog() == 0) {
+                self.cut(COMPRESS_PIECE);
+            }
         }
-        self.records.backlog() > 0
+        self.block.framing() || self.records.backlog() > 0
     }
 
     /// Packs every record left, at a stop; whether all reached the store's
@@ -139,8 +148,10 @@ impl Packer {
             return true;
         }
         loop {
-            self.take(usize::MAX);
-            if !self.cut() {
+            if !self.block.framing() {
+                self.take(usize::MAX);
+            }
+            if !self.cut(usize::MAX) {
                 return false;
             }
             if self.records.backlog() == 0 {
@@ -196,12 +207,15 @@ impl Packer {
         );
     }
 
-    /// Compresses the block and hands it to the store's ring; whether it
-    /// went (or nothing waited). A block the ring cannot take stays.
-    fn cut(&mut self) -> bool {
-        let framed = match self.block.frame(usize::MAX, &mut || {}) {
-            Ok(Some((bytes, _))) => bytes,
-            Ok(None) => return true,
+    /// Compresses the next `piece` bytes of the block (`usize::MAX`: the
+    /// rest) and, once it is whole, hands it to the store's ring. Returns
+    /// whether it went (or nothing waited); a block not yet whole, or whole
+    /// but refused by a full ring, stays for the next call.
+    fn cut(&mut self, piece: usize) -> bool {
+        let framed = match self.block.frame_piece(piece) {
+            Ok(Framed::Whole(bytes, _)) => bytes,
+            Ok(Framed::Empty) => return true,
+            Ok(Framed::Partial) => return false,
             Err(e) => {
                 tracing::error!(error = %e, "block not compressed; retrying");
                 return false;

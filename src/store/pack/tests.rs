@@ -141,6 +141,52 @@ fn a_ring_past_a_quarter_is_packed_while_io_waits() {
 }
 
 #[test]
+fn a_block_is_compressed_a_piece_per_turn_while_records_wait_in_the_ring() {
+    let cfg = storage("[storage]\nblock_max_bytes = 131072\nflush_interval_ms = 60000\n");
+    let (mut records, mut packer, mut ring, _) = packer(&cfg, 4 << 20);
+    push(&mut records, 0..8000, 1_000);
+    while !packer.block.framing() {
+        assert!(packer.turn(false), "records left");
+    }
+    // The turn that cut the block compressed its first piece.
+    let pieces = packer.block.pending_bytes().div_ceil(COMPRESS_PIECE);
+    assert!(pieces >= 4, "{pieces}");
+    let in_block = packer.block.pending();
+    let mut turns = 1;
+    let mut pushed = 8000;
+    let mut cut = Vec::new();
+    while cut.is_empty() {
+        // Nothing due: with I/O waiting the compression does not go on.
+        assert!(packer.turn(true));
+        push(&mut records, pushed..pushed + 1, 1_000);
+        pushed += 1;
+        assert_eq!(packer.block.pending(), in_block, "nothing appended");
+        assert!(packer.turn(false));
+        turns += 1;
+        cut = blocks(&mut ring);
+        assert!(turns as usize <= pieces, "{turns} turns");
+    }
+    assert_eq!(turns as usize, pieces, "one piece a turn");
+    assert_eq!((cut[0].0, cut[0].1), (0, in_block));
+    assert!(packer.finish());
+    let seqs: Vec<u64> = cut
+        .into_iter()
+        .chain(blocks(&mut ring))
+        .flat_map(|(first, count, recs)| {
+            for (i, r) in recs.iter().enumerate() {
+                assert_eq!(*r, format!(r#"{{"id":"t-0-{}"}}"#, first + i as u64));
+            }
+            first..first + u64::from(count)
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..pushed).collect::<Vec<_>>(),
+        "every record, once, in order"
+    );
+}
+
+#[test]
 fn a_block_the_store_cannot_take_stays_until_it_can() {
     let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 4096);
