@@ -543,7 +543,9 @@ impl Ctx {
     /// (`StoreStatus::nudge`) or `finish` rings.
     fn nap(&self, streams: &[Stream], nap: Duration) {
         let napping = &self.status.napping;
-        napping.store(true, Ordering::Relaxed);
+        let ends = crate::clock::unix_ms().saturating_add(nap.as_millis() as u64);
+        self.status.nap_ends_ms.store(ends, Ordering::Relaxed);
+        napping.store(true, Ordering::Release);
         // Pairs with the fence in `nudge`.
         fence(Ordering::SeqCst);
         if streams.iter().any(|s| s.consumer.past_quarter()) {

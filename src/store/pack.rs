@@ -21,10 +21,12 @@
 //! - A block is cut at `block_max_bytes`, once its oldest record has waited
 //!   half of `flush_interval_ms` (looked at in every turn; an idle worker's
 //!   heartbeat gives one at least every 20 ms), at once when a worker waits
-//!   for a `sync` event's durability, and when the worker stops; and every
-//!   block cut ends the store's nap, so that records reach their segment
-//!   within the flush interval (or 20 ms past half of it, when it is
-//!   shorter than 40 ms).
+//!   for a `sync` event's durability, and when the worker stops; a block
+//!   handed over ends the store's nap if the nap would end after the block
+//!   is due (its oldest record's receive time plus the flush interval; at
+//!   once for a sync), so that records reach their segment within the
+//!   flush interval (or 20 ms past half of it, when it is shorter than
+//!   40 ms).
 //! - With I/O waiting, a turn works only when something is due (a sync
 //!   wanted, a block's age, the worker's ring past a quarter), so a busy
 //!   worker packs only what cannot wait.
@@ -224,6 +226,14 @@ impl Packer {
         if self.blocks.push(framed).is_err() {
             return false;
         }
+        // When the block must be on disk by: its oldest record's receive
+        // time plus the flush interval, or at once for a worker waiting
+        // for a sync.
+        let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.block.first_seq();
+        let due_ms = self
+            .block
+            .pending_min_ts()
+            .map(|ts| ts.saturating_add(self.flush_every.as_millis() as u64));
         self.block.clear();
         self.since = (self.records.backlog() > 0).then(Instant::now);
         // The oldest record still with the worker: first in its ring.
@@ -240,10 +250,15 @@ impl Packer {
         if self.blocks.past_quarter() && self.status.class.enabled() {
             self.status.class.lift();
         }
-        // Every block ends the store's nap, so that it is written within
-        // the flush interval: one pass per block, a write(2) and no
-        // compression.
-        self.status.nudge();
+        // A block ends the store's nap when the nap would end after the
+        // block is due, or the store's ring is past a quarter: otherwise
+        // its next pass on the flush interval writes it in time.
+        match due_ms {
+            Some(due_ms) if !sync_wanted && !self.blocks.past_quarter() => {
+                self.status.nudge_unless_awake_by(due_ms);
+            }
+            _ => self.status.nudge(),
+        }
         true
     }
 }

@@ -69,6 +69,8 @@ pub struct StoreStatus {
     /// Whether the store naps (or is about to): a worker whose ring fills
     /// past a quarter then rings `bell`.
     pub(super) napping: AtomicBool,
+    /// When the store's nap ends, in unix ms, stored before `napping`.
+    pub(super) nap_ends_ms: AtomicU64,
     /// The store's bell, from its start.
     pub(super) bell: OnceLock<Arc<Bell>>,
 }
@@ -109,6 +111,23 @@ impl StoreStatus {
     /// nap. The store naps until its next flush is due, which at a high
     /// rate, or with a small ring, is longer than a ring takes to fill; a
     /// nap cut short costs one write(2) here, at most once per nap.
+    /// Called by a worker that handed the store a block due on disk by
+    /// `due_ms` (unix ms): ends the store's nap only if it would end
+    /// later. Each nap cut short costs the workers' core a pass of the
+    /// store (a wake-up and a write(2)); blocks at 50k/s come several
+    /// times per flush interval, most of them in time for the next pass.
+    /// A wall clock stepped meanwhile makes this nudge when it need not or
+    /// leave the block to the next pass, at most one flush interval later.
+    #[inline]
+    pub fn nudge_unless_awake_by(&self, due_ms: u64) {
+        // Pairs with the fence in the store's `nap`, as in `nudge`.
+        fence(Ordering::SeqCst);
+        if self.napping.load(Ordering::Acquire) && self.nap_ends_ms.load(Ordering::Relaxed) > due_ms
+        {
+            self.nudge();
+        }
+    }
+
     #[inline]
     pub fn nudge(&self) {
         // Pairs with the fence in the store's `nap`: either the store sees

@@ -187,6 +187,40 @@ fn a_block_is_compressed_a_piece_per_turn_while_records_wait_in_the_ring() {
 }
 
 #[test]
+fn a_block_ends_the_stores_nap_only_when_the_nap_would_end_after_it_is_due() {
+    let cfg = storage("[storage]\nflush_interval_ms = 1000\n");
+    let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
+    let status = packer.status.clone();
+    let nap = |ends_ms: u64| {
+        status.nap_ends_ms.store(ends_ms, Ordering::Relaxed);
+        status.napping.store(true, Ordering::Release);
+    };
+    // Records received at 10,000 ms are due on disk at 11,000.
+    let mut seq = 0;
+    for (nap_ends, nudged) in [(10_500, false), (11_000, false), (11_001, true)] {
+        nap(nap_ends);
+        push(&mut records, seq..seq + 3, 10_000 - seq);
+        assert!(packer.finish());
+        seq += 3;
+        assert_eq!(blocks(&mut ring).len(), 1);
+        assert_eq!(
+            !status.napping.load(Ordering::Relaxed),
+            nudged,
+            "nap ending at {nap_ends}"
+        );
+    }
+    // A worker waiting for a sync: at once, however soon the nap ends.
+    nap(0);
+    push(&mut records, seq..seq + 1, 10_000);
+    shared.want_sync(seq);
+    assert!(packer.finish());
+    assert!(
+        !status.napping.load(Ordering::Relaxed),
+        "nudged for the sync"
+    );
+}
+
+#[test]
 fn a_block_the_store_cannot_take_stays_until_it_can() {
     let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 4096);
