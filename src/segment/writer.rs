@@ -198,17 +198,14 @@ impl BlockBuilder {
         piece: usize,
         pause: &mut dyn FnMut(),
     ) -> io::Result<Option<(&[u8], BlockStats)>> {
-        loop {
-            match self.frame_piece(piece)? {
-                Framed::Empty => return Ok(None),
-                Framed::Partial => pause(),
-                Framed::Whole(..) => break,
-            }
+        while let Framed::Partial = self.frame_piece(piece)? {
+            pause();
         }
-        match self.frame_piece(piece)? {
-            Framed::Whole(bytes, stats) => Ok(Some((bytes, stats))),
-            _ => Err(io::Error::other("zstd: the framed block was lost")),
-        }
+        // Whole by now (asked again, it is not compressed again), or empty.
+        Ok(match self.frame_piece(piece)? {
+            Framed::Whole(bytes, stats) => Some((bytes, stats)),
+            Framed::Empty | Framed::Partial => None,
+        })
     }
 
     /// Compresses the next `piece` bytes (`usize::MAX`: all that is left)
@@ -220,19 +217,14 @@ impl BlockBuilder {
         if self.count == 0 {
             return Ok(Framed::Empty);
         }
-        let done = match self.framing {
-            Framing::Done => 0,
-            Framing::NotBegun => {
-                self.out.clear();
-                self.out.reserve(out_bound(self.raw.len()));
-                self.out.resize(BLOCK_HEADER_LEN, 0);
-                begin(&mut self.compressor, self.raw.len())?;
-                self.framing = Framing::Begun(0);
-                0
-            }
-            Framing::Begun(done) => done,
-        };
-        if let Framing::Begun(_) = self.framing {
+        if self.framing == Framing::NotBegun {
+            self.out.clear();
+            self.out.reserve(out_bound(self.raw.len()));
+            self.out.resize(BLOCK_HEADER_LEN, 0);
+            begin(&mut self.compressor, self.raw.len())?;
+            self.framing = Framing::Begun(0);
+        }
+        if let Framing::Begun(done) = self.framing {
             let end = done.saturating_add(piece.max(1)).min(self.raw.len());
             let last = end == self.raw.len();
             let compressed = compress_piece(

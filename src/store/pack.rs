@@ -49,12 +49,11 @@ use crate::segment::writer::{out_bound, BlockBuilder, Framed, COMPRESS_PIECE};
 
 /// Records moved into the block per turn: a few microseconds of copying.
 /// A cut block is compressed one `COMPRESS_PIECE` (32 KiB) a turn, about
-/// 50 µs, and no record is moved in meanwhile: whole, a 256 KiB block of
-/// the loadtest's records took 300-400 µs
-/// (`cargo bench --bench store -- block_compress`,
-/// bench/results/store-bench-20261203-2227.md), which every request
-/// arriving meanwhile waited for, and at 80% of a core the queue it left
-/// took a millisecond or more to drain.
+/// 55 µs, and no record is moved in meanwhile: whole, a 256 KiB block of
+/// the loadtest's records took 300-400 µs, which every request arriving
+/// meanwhile waited for (`cargo bench --bench store -- block_compress`:
+/// 403 µs whole, 468 in 8-9 pieces,
+/// bench/results/store-bench-20261203-2227.md).
 pub const TURN_RECORDS: usize = 64;
 
 /// Bytes the store's ring needs for a worker whose own ring holds
@@ -230,10 +229,8 @@ impl Packer {
         // time plus the flush interval, or at once for a worker waiting
         // for a sync.
         let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.block.first_seq();
-        let due_ms = self
-            .block
-            .pending_min_ts()
-            .map(|ts| ts.saturating_add(self.flush_every.as_millis() as u64));
+        let due_ms = (self.block.pending_min_ts().unwrap_or(0))
+            .saturating_add(self.flush_every.as_millis() as u64);
         self.block.clear();
         self.since = (self.records.backlog() > 0).then(Instant::now);
         // The oldest record still with the worker: first in its ring.
@@ -253,11 +250,10 @@ impl Packer {
         // A block ends the store's nap when the nap would end after the
         // block is due, or the store's ring is past a quarter: otherwise
         // its next pass on the flush interval writes it in time.
-        match due_ms {
-            Some(due_ms) if !sync_wanted && !self.blocks.past_quarter() => {
-                self.status.nudge_unless_awake_by(due_ms);
-            }
-            _ => self.status.nudge(),
+        if sync_wanted || self.blocks.past_quarter() {
+            self.status.nudge();
+        } else {
+            self.status.nudge_unless_awake_by(due_ms);
         }
         true
     }

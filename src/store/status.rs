@@ -107,10 +107,6 @@ impl StoreStatus {
         }
     }
 
-    /// Called by a worker whose ring is past a quarter: ends the store's
-    /// nap. The store naps until its next flush is due, which at a high
-    /// rate, or with a small ring, is longer than a ring takes to fill; a
-    /// nap cut short costs one write(2) here, at most once per nap.
     /// Called by a worker that handed the store a block due on disk by
     /// `due_ms` (unix ms): ends the store's nap only if it would end
     /// later. Each nap cut short costs the workers' core a pass of the
@@ -128,6 +124,11 @@ impl StoreStatus {
         }
     }
 
+    /// Ends the store's nap: called by a worker whose ring, or the store's
+    /// ring, is past a quarter, or that waits for a sync. The store naps
+    /// until its next flush is due, which at a high rate, or with a small
+    /// ring, is longer than a ring takes to fill; a nap cut short costs one
+    /// write(2) here, at most once per nap.
     #[inline]
     pub fn nudge(&self) {
         // Pairs with the fence in the store's `nap`: either the store sees
