@@ -1,5 +1,7 @@
 //! SIGTERM on the real binary under load: every call that got an answer is
-//! in the event log after exit, and the process exits 0.
+//! in the event log after exit, and the process exits 0. And what the
+//! process sets up for itself around serving: systemd's notifications,
+//! transparent huge pages off.
 
 mod common;
 
@@ -114,6 +116,20 @@ fn sigterm_loses_nothing_answered_epoll() {
 
 /// Under systemd (Type=notify, WatchdogSec): READY=1 once serving,
 /// WATCHDOG=1 while the workers run, STOPPING=1 on SIGTERM.
+/// A first write to fresh memory must not fault in a whole huge page while
+/// requests wait (`forgo_huge_pages` in the server).
+#[test]
+fn serves_with_transparent_huge_pages_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::process::serve(dir.path(), &["--workers", "1"], &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}
+
 #[test]
 fn tells_systemd_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();

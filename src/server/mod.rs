@@ -187,6 +187,39 @@ fn survive_file_size_limit() {
     });
 }
 
+/// Turns transparent huge pages off for the whole process. The allocator
+/// (mimalloc) asks for huge pages on the memory it reserves, so the first
+/// write to each 2 MiB of it zeroes a whole huge page inside one page fault,
+/// and it gives freed memory back after a second, so such faults recur
+/// while serving. On the reference VM one held a worker for 10-30 ms
+/// (`perf`: `clear_page_erms` under `do_huge_pmd_anonymous_page`, from
+/// `mi_page_free_list_extend` under a growing `Vec`): at 20k requests/s,
+/// p99.9 of 16-22 ms in 3 of 6 windows of 8 s, and in none of 6 with huge
+/// pages off (at most 2.5 ms), for the same CPU per request
+/// (`bench/results/tails-20261204-0647.md`). What huge pages would save,
+/// TLB misses, came to nothing measurable even for 10 million products
+/// (`together-thp-20261130-1525.md`). Kept across `exec`, so a restarted
+/// process starts with it too.
+fn forgo_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers (full words: the
+    // kernel refuses garbage in the unused ones) and touches no memory of
+    // ours.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off: a first write to fresh memory may stall a worker for milliseconds");
+    }
+}
+
 /// A running server.
 pub struct Server {
     shared: Arc<Shared>,
@@ -232,6 +265,7 @@ impl Server {
     pub fn start_with(config: Config, taken: Option<Listeners>) -> Result<Server, ServeError> {
         let took_over = taken.is_some();
         survive_file_size_limit();
+        forgo_huge_pages();
         let config = Arc::new(config);
         let cfg = &config.server;
         let workers = if cfg.workers == 0 {
