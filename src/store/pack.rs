@@ -28,8 +28,14 @@
 //!   flush interval (or 20 ms past half of it, when it is shorter than
 //!   40 ms).
 //! - With I/O waiting, a turn works only when something is due (a sync
-//!   wanted, a block's age, the worker's ring past a quarter), so a busy
-//!   worker packs only what cannot wait.
+//!   wanted, records that have waited three quarters of the flush
+//!   interval, the worker's ring past a quarter), so a busy worker packs
+//!   only what cannot wait. (Due at half the interval, as the cut is, a
+//!   block cut by age was due at once: at 20k requests/s, where 256 KiB
+//!   take longer than that to gather, a block was cut every 25 ms and
+//!   each of its pieces went ahead of requests already waiting; p99 1.55x
+//!   nginx's against 1.12x with three quarters, lower in 8 of 8 rounds,
+//!   `bench/results/tails-20261204-0740.md`.)
 //! - A cut block is compressed a piece per turn; until it is whole and in
 //!   the store's ring, records wait in the worker's ring.
 //! - `StreamShared::unpacked_ts` holds the receive time of the oldest record
@@ -125,8 +131,13 @@ impl Packer {
         };
         // Below the block's first record, every record is in the store's ring.
         let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.block.first_seq();
-        let aged = since.elapsed() >= self.flush_every / 2;
-        if io_waiting && !(sync_wanted || aged || self.records.past_quarter()) {
+        let waited = since.elapsed();
+        let aged = waited >= self.flush_every / 2;
+        // A block cut by age has half the interval left, which idle turns
+        // nearly always find; only in its last quarter does it go ahead of
+        // waiting requests (each piece would hold them up about 55 µs).
+        let late = waited >= self.flush_every * 3 / 4;
+        if io_waiting && !(sync_wanted || late || self.records.past_quarter()) {
             return self.block.framing() || self.records.backlog() > 0;
         }
         if self.block.framing() {

@@ -124,6 +124,39 @@ fn with_io_waiting_only_what_is_due_is_done() {
 }
 
 #[test]
+fn a_block_cut_by_age_goes_ahead_of_waiting_io_only_late() {
+    let cfg = storage("[storage]\nflush_interval_ms = 1000\n");
+    let (mut records, mut packer, mut ring, _) = packer(&cfg, 4 << 20);
+    push(&mut records, 0..6000, 1_000);
+    let first_seen = Instant::now();
+    while packer.records.backlog() > 0 {
+        packer.turn(false);
+    }
+    assert!(!packer.block.framing(), "not full, not yet aged");
+    // Half the interval: cut, and its first piece compressed.
+    std::thread::sleep(Duration::from_millis(520).saturating_sub(first_seen.elapsed()));
+    packer.turn(false);
+    assert!(packer.block.framing());
+    let pieces = packer.block.pending_bytes().div_ceil(COMPRESS_PIECE);
+    assert!(pieces >= 3, "{pieces}");
+    for _ in 0..pieces {
+        assert!(packer.turn(true));
+    }
+    assert!(
+        first_seen.elapsed() < Duration::from_millis(750),
+        "the test was held up past three quarters; nothing shown"
+    );
+    assert!(blocks(&mut ring).is_empty(), "not ahead of waiting I/O");
+    // Three quarters: the rest goes ahead, a piece a turn.
+    std::thread::sleep(Duration::from_millis(760).saturating_sub(first_seen.elapsed()));
+    for _ in 0..pieces - 1 {
+        packer.turn(true);
+    }
+    let cut = blocks(&mut ring);
+    assert_eq!((cut.len(), cut[0].1), (1, 6000));
+}
+
+#[test]
 fn a_ring_past_a_quarter_is_packed_while_io_waits() {
     let cfg = storage("[storage]\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, _ring, _) = packer(&cfg, 1 << 20);
