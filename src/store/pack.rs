@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{StoreMetrics, StoreStatus, StreamShared, RING_PREFIX};
+use crate::clock::unix_ms;
 use crate::ring::{Consumer, Producer};
 use crate::segment::format::BLOCK_HEADER_LEN;
 use crate::segment::writer::{out_bound, BlockBuilder, Framed, COMPRESS_PIECE};
@@ -79,8 +80,9 @@ pub struct Packer {
     records: Consumer,
     blocks: Producer,
     block: BlockBuilder,
-    /// When the packer first found the records now waiting (in its ring
-    /// or in `block`) there.
+    /// How long the records now waiting (in its ring or in `block`) have
+    /// waited, as an instant: when the packer first found them there, or
+    /// after a cut, the oldest one's receive time.
     since: Option<Instant>,
     flush_every: Duration,
     /// `storage.discard_for_benchmarks`: records are dropped, not packed,
@@ -243,7 +245,6 @@ impl Packer {
         let due_ms = (self.block.pending_min_ts().unwrap_or(0))
             .saturating_add(self.flush_every.as_millis() as u64);
         self.block.clear();
-        self.since = (self.records.backlog() > 0).then(Instant::now);
         // The oldest record still with the worker: first in its ring.
         let oldest = self
             .records
@@ -252,6 +253,14 @@ impl Packer {
             .and_then(|ts| ts.try_into().ok())
             .map_or(u64::MAX, u64::from_le_bytes);
         self.shared.unpacked_ts.store(oldest, Ordering::Release);
+        // The records left have waited since they came, not since this cut:
+        // on a worker that always has I/O waiting, counting from the cut
+        // held each next block back another half interval.
+        self.since = (self.records.backlog() > 0).then(|| {
+            let now = Instant::now();
+            let waited = Duration::from_millis(unix_ms().saturating_sub(oldest));
+            now.checked_sub(waited).unwrap_or(now)
+        });
         // The store's thread in the idle class barely runs on a busy core;
         // its ring filling up is the sign to lift it (nothing to lift in
         // the normal class).

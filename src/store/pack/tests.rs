@@ -157,6 +157,22 @@ fn a_block_cut_by_age_goes_ahead_of_waiting_io_only_late() {
 }
 
 #[test]
+fn records_left_after_a_cut_keep_their_age() {
+    let cfg = storage("[storage]\nblock_max_bytes = 4096\nflush_interval_ms = 1000\n");
+    let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
+    // Received 1.3 s to 0.9 s ago: past three quarters of the interval.
+    push(&mut records, 0..400, crate::clock::unix_ms() - 1300);
+    while blocks(&mut ring).is_empty() {
+        assert!(packer.turn(false), "records left");
+    }
+    assert!(packer.records.backlog() > 0);
+    packer.turn(true);
+    let next = blocks(&mut ring);
+    assert_eq!(next.len(), 1, "late, so packed with I/O waiting");
+    assert_eq!(next[0].1, TURN_RECORDS as u32);
+}
+
+#[test]
 fn a_ring_past_a_quarter_is_packed_while_io_waits() {
     let cfg = storage("[storage]\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, _ring, _) = packer(&cfg, 1 << 20);
