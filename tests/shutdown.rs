@@ -114,8 +114,6 @@ fn sigterm_loses_nothing_answered_epoll() {
     sigterm_loses_nothing_answered("epoll");
 }
 
-/// Under systemd (Type=notify, WatchdogSec): READY=1 once serving,
-/// WATCHDOG=1 while the workers run, STOPPING=1 on SIGTERM.
 /// A first write to fresh memory must not fault in a whole huge page while
 /// requests wait (`forgo_huge_pages` in the server).
 #[test]
@@ -130,6 +128,8 @@ fn serves_with_transparent_huge_pages_off() {
     assert_eq!(thp, Some("0"), "{status}");
 }
 
+/// Under systemd (Type=notify, WatchdogSec): READY=1 once serving,
+/// WATCHDOG=1 while the workers run, STOPPING=1 on SIGTERM.
 #[test]
 fn tells_systemd_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
