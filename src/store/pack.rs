@@ -242,7 +242,10 @@ impl Packer {
         // time plus the flush interval, or at once for a worker waiting
         // for a sync.
         let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.block.first_seq();
-        let due_ms = (self.block.pending_min_ts().unwrap_or(0))
+        let due_ms = self
+            .block
+            .pending_min_ts()
+            .unwrap_or(0)
             .saturating_add(self.flush_every.as_millis() as u64);
         self.block.clear();
         // The oldest record still with the worker: first in its ring.

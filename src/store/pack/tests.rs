@@ -161,7 +161,7 @@ fn records_left_after_a_cut_keep_their_age() {
     let cfg = storage("[storage]\nblock_max_bytes = 4096\nflush_interval_ms = 1000\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
     // Received 1.3 s to 0.9 s ago: past three quarters of the interval.
-    push(&mut records, 0..400, crate::clock::unix_ms() - 1300);
+    push(&mut records, 0..400, unix_ms() - 1300);
     while blocks(&mut ring).is_empty() {
         assert!(packer.turn(false), "records left");
     }
