@@ -121,6 +121,20 @@ const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
 /// The general timeout of a batched wait with no timer due: the kernel
 /// needs one, or it would end every wait at `min_wait`, idle or not.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// How much later than the timer due a standing timeout may end and still
+/// serve: the timer wheel counts whole milliseconds, so the same timer's
+/// deadline, worked out again at each park, moves within one.
+const STANDING_SLACK_NS: u64 = 1_000_000;
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // CLOCK_MONOTONIC cannot fail with a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// Driver with uring.
 pub struct IoUringDriver {
@@ -170,6 +184,10 @@ pub(crate) struct UringInner {
 
     // Multishot receives and their buffer ring (when asked for and supported)
     multi: Option<multi_recv::Multi>,
+
+    // When the standing timeout in the ring ends (CLOCK_MONOTONIC ns; 0:
+    // none armed)
+    armed_ns: u64,
 }
 
 // When dropping the driver, all in-flight operations must have completed. This
@@ -201,6 +219,7 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             wait: WaitBatch::default(),
             multi: multi_recv::Multi::for_new_ring(&uring),
+            armed_ns: 0,
             uring,
         }));
 
@@ -237,6 +256,7 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             wait: WaitBatch::default(),
             multi: multi_recv::Multi::for_new_ring(&uring),
+            armed_ns: 0,
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
@@ -333,6 +353,23 @@ impl IoUringDriver {
             .build()
             .user_data(TIMEOUT_USERDATA);
 
+        let mut sq = inner.uring.submission();
+        let _ = unsafe { sq.push(&entry) };
+    }
+
+    fn install_deadline(&self, inner: &mut UringInner, due_ns: u64) {
+        unsafe {
+            std::ptr::replace(
+                self.timespec,
+                Timespec::new()
+                    .sec(due_ns / 1_000_000_000)
+                    .nsec((due_ns % 1_000_000_000) as u32),
+            );
+        }
+        let entry = opcode::Timeout::new(self.timespec as *const Timespec)
+            .flags(io_uring::types::TimeoutFlags::ABS)
+            .build()
+            .user_data(TIMEOUT_USERDATA);
         let mut sq = inner.uring.submission();
         let _ = unsafe { sq.push(&entry) };
     }
@@ -437,6 +474,20 @@ impl IoUringDriver {
                     // Better compatibility(5.4+).
                     false => {
                         self.install_timeout(inner, duration);
+                        inner.uring.submit_and_wait(1)?;
+                    }
+                    // A timer ahead: a standing timeout in the ring ends
+                    // the wait, armed again only when the timer due is
+                    // sooner than it, so that a wait arms no timer of
+                    // its own.
+                    true if !duration.is_zero() => {
+                        let now = monotonic_ns();
+                        let due = now.saturating_add(duration.as_nanos() as u64);
+                        let armed = inner.armed_ns;
+                        if armed <= now || armed > due.saturating_add(STANDING_SLACK_NS) {
+                            self.install_deadline(inner, due);
+                            inner.armed_ns = due;
+                        }
                         inner.uring.submit_and_wait(1)?;
                     }
                     // Submit and Wait with enter args.
