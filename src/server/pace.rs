@@ -17,9 +17,13 @@
 //! reference VM (the worker thread at 20k and 50k requests/s, 17.3 and
 //! 16.0 µs per request unbatched, 14.5 and 12.5 batched; `bench/
 //! threads.sh`): the gap has to be wider than that, or a worker that
-//! starts batching would stop at its next look. At the default bar of
-//! 50%, a worker there stays unbatched at 20k/s (35% of its core) and
-//! batches at 50k/s (80% unbatched, 62% batched).
+//! starts batching would stop at its next look. On that VM a worker at
+//! 20k/s used 35% of its core and at 50k/s 80% (62% batched). On the AMD
+//! VMs since, 20k/s takes 45-55%, and a bar of 50% started batching there
+//! in 4 of 9 runs, each answer then waiting up to the linger (p99 at
+//! 20k/s 1.04x nginx's in the race where that happened most, 0.50x
+//! unbatched); at the default bar of 60% in none of 9, while 40k/s and
+//! up still batch (`bench/results/pace-20261204-1121.md`).
 //!
 //! The share is the thread's CPU time (its own system calls and the kernel
 //! work done on its behalf included) over the wall time between two looks,
