@@ -357,7 +357,9 @@ impl IoUringDriver {
         let _ = unsafe { sq.push(&entry) };
     }
 
-    fn install_deadline(&self, inner: &mut UringInner, due_ns: u64) {
+    /// Pushes a timeout that ends at `due_ns` (CLOCK_MONOTONIC) and says
+    /// whether it went in (a park makes room for it first).
+    fn install_deadline(&self, inner: &mut UringInner, due_ns: u64) -> bool {
         unsafe {
             std::ptr::replace(
                 self.timespec,
@@ -371,7 +373,27 @@ impl IoUringDriver {
             .build()
             .user_data(TIMEOUT_USERDATA);
         let mut sq = inner.uring.submission();
-        let _ = unsafe { sq.push(&entry) };
+        unsafe { sq.push(&entry) }.is_ok()
+    }
+
+    /// Whether a timeout standing in the ring ends by `duration` from now
+    /// (give or take `STANDING_SLACK_NS`), arming one if not; false when
+    /// none could be pushed, or for a zero duration (a poll, not a wait).
+    fn standing_timeout(&self, inner: &mut UringInner, duration: Duration) -> bool {
+        if duration.is_zero() {
+            return false;
+        }
+        let now = monotonic_ns();
+        let due = now.saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        let armed = inner.armed_ns;
+        if armed > now && armed <= due.saturating_add(STANDING_SLACK_NS) {
+            return true;
+        }
+        if !self.install_deadline(inner, due) {
+            return false;
+        }
+        inner.armed_ns = due;
+        true
     }
 
     fn inner_park(&self, timeout: Option<Duration>) -> io::Result<()> {
@@ -469,7 +491,8 @@ impl IoUringDriver {
                     }
                 }
             } else if let Some(duration) = timeout {
-                match inner.ext_arg {
+                let ext_arg = inner.ext_arg;
+                match ext_arg {
                     // Submit and Wait with timeout in an TimeoutOp way.
                     // Better compatibility(5.4+).
                     false => {
@@ -477,17 +500,9 @@ impl IoUringDriver {
                         inner.uring.submit_and_wait(1)?;
                     }
                     // A timer ahead: a standing timeout in the ring ends
-                    // the wait, armed again only when the timer due is
-                    // sooner than it, so that a wait arms no timer of
-                    // its own.
-                    true if !duration.is_zero() => {
-                        let now = monotonic_ns();
-                        let due = now.saturating_add(duration.as_nanos() as u64);
-                        let armed = inner.armed_ns;
-                        if armed <= now || armed > due.saturating_add(STANDING_SLACK_NS) {
-                            self.install_deadline(inner, due);
-                            inner.armed_ns = due;
-                        }
+                    // the wait (`standing_timeout`), so that the wait arms
+                    // no kernel timer of its own.
+                    true if self.standing_timeout(inner, duration) => {
                         inner.uring.submit_and_wait(1)?;
                     }
                     // Submit and Wait with enter args.
