@@ -124,17 +124,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(3600);
 /// How much later than the timer due a standing timeout may end and still
 /// serve: the timer wheel counts whole milliseconds, so the same timer's
 /// deadline, worked out again at each park, moves within one.
-const STANDING_SLACK_NS: u64 = 1_000_000;
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // CLOCK_MONOTONIC cannot fail with a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+const STANDING_SLACK: Duration = Duration::from_millis(1);
 
 /// Driver with uring.
 pub struct IoUringDriver {
@@ -185,9 +175,8 @@ pub(crate) struct UringInner {
     // Multishot receives and their buffer ring (when asked for and supported)
     multi: Option<multi_recv::Multi>,
 
-    // When the standing timeout in the ring ends (CLOCK_MONOTONIC ns; 0:
-    // none armed)
-    armed_ns: u64,
+    // When the timeout last pushed into the ring ends
+    armed: Option<std::time::Instant>,
 }
 
 // When dropping the driver, all in-flight operations must have completed. This
@@ -219,7 +208,7 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             wait: WaitBatch::default(),
             multi: multi_recv::Multi::for_new_ring(&uring),
-            armed_ns: 0,
+            armed: None,
             uring,
         }));
 
@@ -256,7 +245,7 @@ impl IoUringDriver {
             ext_arg: uring.params().is_feature_ext_arg(),
             wait: WaitBatch::default(),
             multi: multi_recv::Multi::for_new_ring(&uring),
-            armed_ns: 0,
+            armed: None,
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
@@ -357,45 +346,6 @@ impl IoUringDriver {
         let _ = unsafe { sq.push(&entry) };
     }
 
-    /// Pushes a timeout that ends at `due_ns` (CLOCK_MONOTONIC) and says
-    /// whether it went in (a park makes room for it first).
-    fn install_deadline(&self, inner: &mut UringInner, due_ns: u64) -> bool {
-        unsafe {
-            std::ptr::replace(
-                self.timespec,
-                Timespec::new()
-                    .sec(due_ns / 1_000_000_000)
-                    .nsec((due_ns % 1_000_000_000) as u32),
-            );
-        }
-        let entry = opcode::Timeout::new(self.timespec as *const Timespec)
-            .flags(io_uring::types::TimeoutFlags::ABS)
-            .build()
-            .user_data(TIMEOUT_USERDATA);
-        let mut sq = inner.uring.submission();
-        unsafe { sq.push(&entry) }.is_ok()
-    }
-
-    /// Whether a timeout standing in the ring ends by `duration` from now
-    /// (give or take `STANDING_SLACK_NS`), arming one if not; false when
-    /// none could be pushed, or for a zero duration (a poll, not a wait).
-    fn standing_timeout(&self, inner: &mut UringInner, duration: Duration) -> bool {
-        if duration.is_zero() {
-            return false;
-        }
-        let now = monotonic_ns();
-        let due = now.saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
-        let armed = inner.armed_ns;
-        if armed > now && armed <= due.saturating_add(STANDING_SLACK_NS) {
-            return true;
-        }
-        if !self.install_deadline(inner, due) {
-            return false;
-        }
-        inner.armed_ns = due;
-        true
-    }
-
     fn inner_park(&self, timeout: Option<Duration>) -> io::Result<()> {
         let inner = unsafe { &mut *self.inner.get() };
 
@@ -491,32 +441,25 @@ impl IoUringDriver {
                     }
                 }
             } else if let Some(duration) = timeout {
-                let ext_arg = inner.ext_arg;
-                match ext_arg {
-                    // Submit and Wait with timeout in an TimeoutOp way.
-                    // Better compatibility(5.4+).
-                    false => {
-                        self.install_timeout(inner, duration);
-                        inner.uring.submit_and_wait(1)?;
-                    }
-                    // A timer ahead: a standing timeout in the ring ends
-                    // the wait (`standing_timeout`), so that the wait arms
-                    // no kernel timer of its own.
-                    true if self.standing_timeout(inner, duration) => {
-                        inner.uring.submit_and_wait(1)?;
-                    }
-                    // Submit and Wait with enter args.
-                    // Better performance(5.11+).
-                    true => {
-                        let timespec = timespec(duration);
-                        let args = io_uring::types::SubmitArgs::new().timespec(&timespec);
-                        if let Err(e) = inner.uring.submitter().submit_with_args(1, &args) {
-                            if e.raw_os_error() != Some(libc::ETIME) {
-                                return Err(e);
-                            }
-                        }
-                    }
+                // A timer ahead. The wait passes no timeout of its own
+                // (with one, the kernel starts and cancels a timer around
+                // every wait, and on a VM reprograms the core's timer, a
+                // trip out of the guest, whenever it is the soonest): a
+                // timeout request in the ring ends it. One pushed before
+                // serves while it is still ahead and ends no later than
+                // `STANDING_SLACK` after this timer; else another goes in.
+                // One that then ends for nothing costs a wake-up.
+                let now = std::time::Instant::now();
+                let due = now + duration;
+                let standing = !duration.is_zero()
+                    && inner
+                        .armed
+                        .is_some_and(|end| end > now && end <= due + STANDING_SLACK);
+                if !standing {
+                    self.install_timeout(inner, duration);
+                    inner.armed = Some(due);
                 }
+                inner.uring.submit_and_wait(1)?;
             } else {
                 // Submit and Wait without timeout
                 inner.uring.submit_and_wait(1)?;
