@@ -3,26 +3,15 @@
 //! starves neither a socket nor a timer, a turn learns when I/O is waiting
 //! (io_uring's task-run flag), and work that is done lets the thread sleep.
 
+mod common;
+
+use common::worker_runtime;
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-
-/// A ring as a worker's is: deferred task work with the task-run flag.
-fn uring_runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>> {
-    let mut urb = io_uring::IoUring::builder();
-    urb.setup_coop_taskrun()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_taskrun_flag();
-    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .uring_builder(urb)
-        .enable_timer()
-        .build()
-        .unwrap()
-}
 
 fn epoll_runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -93,7 +82,7 @@ async fn echo_and_sleep_under_endless_work() -> Rc<Turns> {
 
 #[test]
 fn endless_idle_work_starves_no_io_and_learns_when_io_waits_on_io_uring() {
-    let turns = uring_runtime().block_on(echo_and_sleep_under_endless_work());
+    let turns = worker_runtime().block_on(echo_and_sleep_under_endless_work());
     assert!(turns.all.get() > 0, "the idle work never ran");
     // Twenty requests came while the thread worked; the flag told the work
     // so at least once (without reading it, never).
@@ -129,7 +118,7 @@ fn finished_idle_work_lets_the_thread_sleep_on_either_driver() {
     for (driver, turns) in [
         (
             "io_uring",
-            uring_runtime().block_on(finished_work_lets_the_thread_sleep()),
+            worker_runtime().block_on(finished_work_lets_the_thread_sleep()),
         ),
         (
             "epoll",

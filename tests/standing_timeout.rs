@@ -6,23 +6,13 @@
 //! early, or a thread woken over and over by timeouts that never stop
 //! coming (the second).
 
+mod common;
+
+use common::worker_runtime;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncReadRent;
-
-fn uring_runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>> {
-    let mut urb = io_uring::IoUring::builder();
-    urb.setup_coop_taskrun()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_taskrun_flag();
-    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .uring_builder(urb)
-        .enable_timer()
-        .build()
-        .unwrap()
-}
 
 /// This thread's voluntary context switches so far: its sleeps.
 fn sleeps_so_far() -> u64 {
@@ -48,7 +38,7 @@ fn a_sooner_timer_is_not_held_until_the_standing_timeout() {
         let mut end = [0u8; 1];
         let _ = c.read(&mut end);
     });
-    let took = uring_runtime().block_on(async move {
+    let took = worker_runtime().block_on(async move {
         let far = monoio::spawn(monoio::time::sleep(Duration::from_secs(5)));
         let mut conn = monoio::net::TcpStream::connect(addr).await.unwrap();
         // Parks here with the 5 s timer alone.
@@ -75,7 +65,7 @@ fn a_sooner_timer_is_not_held_until_the_standing_timeout() {
 /// and over for timeouts armed earlier.
 #[test]
 fn timers_in_a_row_end_on_time_and_the_thread_sleeps_between() {
-    let (took, sleeps) = uring_runtime().block_on(async {
+    let (took, sleeps) = worker_runtime().block_on(async {
         let behind = monoio::spawn(async {
             loop {
                 monoio::time::sleep(Duration::from_secs(1)).await;

@@ -77,13 +77,8 @@ fn an_idle_servers_background_threads_sleep() {
 /// A bare ring built as a batched worker's is (`DEFER_TASKRUN` with the
 /// task-run flag), waiting for 32 completions or `linger`, with no timer.
 fn batched_runtime(linger: Duration) -> monoio::Runtime<monoio::IoUringDriver> {
-    let mut urb = io_uring::IoUring::builder();
-    urb.setup_coop_taskrun()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_taskrun_flag();
     monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .uring_builder(urb)
+        .uring_builder(common::worker_ring())
         .wait_batch(monoio::WaitBatch {
             events: 32,
             min_wait: linger,

@@ -355,3 +355,23 @@ pub fn limit_file_size(pid: Option<u32>, bytes: Option<u64>) {
     )
     .unwrap();
 }
+
+/// An io_uring builder with a worker's flags (`server::worker`): deferred
+/// task work with the task-run flag.
+pub fn worker_ring() -> io_uring::Builder {
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag();
+    urb
+}
+
+/// A runtime on a ring built as a worker's is, with timers, unbatched.
+pub fn worker_runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>> {
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .uring_builder(worker_ring())
+        .enable_timer()
+        .build()
+        .unwrap()
+}
