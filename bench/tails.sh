@@ -22,6 +22,11 @@
 #        VARIANT_b8='[server]\nwake_batch = 8\n' SERVERS="nginx trackplane trackplane-b8" bench/tails.sh
 #        BINARY_old=/tmp/old/trackplane SERVERS="nginx trackplane trackplane-old" bench/tails.sh   # another build
 #        MIX="--kinds impressions" bench/tails.sh 50000 3 10 1000   # pixels only
+#        KDAMOND_SPLIT=1 bench/tails.sh 50000 8 8 1000   # also p99 outside kdamond's runs
+# With KDAMOND_SPLIT=1 each window also gives its p99 over the answers due
+# outside this VM's kdamond runs and what they widen to (p99_outside_kdamond
+# in bench/lib.sh): what a node without such a monitor would see, or
+# this VM in an hour when it is quiet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -39,18 +44,25 @@ for round in $(seq "$ROUNDS"); do
   for s in $SERVERS; do
     start_server $s
     steal0=$(steal_ms); kd0=$(kdamond_ms); mark=$(core_mark $SERVER_CORE)
+    [ -n "${KDAMOND_SPLIT:-}" ] && kdamond_runs_start "$W/kdamond.data"
     before=$(cpu_ns ${PIDS[$s]})
     out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$PORT" --rate "$RATE" --connections $CONNS \
-      --duration "$SECONDS_PER_WINDOW" --warmup 2 --json ${MIX:-})
+      --duration "$SECONDS_PER_WINDOW" --warmup 2 --json ${MIX:-} ${KDAMOND_SPLIT:+--trace "$W/trace"})
     after=$(cpu_ns ${PIDS[$s]})
     core=$(core_busy_ms $SERVER_CORE "$mark")
     steal=$(( $(steal_ms) - steal0 )); kd=$(( $(kdamond_ms) - kd0 ))
     stop_server $s
+    split=
+    if [ -n "${KDAMOND_SPLIT:-}" ]; then
+      kdamond_runs_stop
+      split="|$(p99_outside_kdamond "$W/trace" "$W/kdamond.data" | tr ' ' '|')"
+      rm -f "$W/trace" "$W/kdamond.data"
+    fi
     # CPU covers warm-up and window; so do the calls it is divided by.
     calls=$(awk "BEGIN {print $(json_field "$out" completed) + $(json_field "$out" achieved_rate) * 2}")
     us=$(awk "BEGIN {printf \"%.2f\", ($after - $before) / 1000 / $calls}")
     core_us=$(awk "BEGIN {printf \"%.2f\", $core * 1000 / $calls}")
-    row="$round|$s|$us|$core_us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$steal|$kd"
+    row="$round|$s|$us|$core_us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$steal|$kd$split"
     ROWS+=("$row")
     echo "  $row" >&2
   done
@@ -59,7 +71,7 @@ done
 {
   echo "# p99 at $RATE/s in $ROUNDS windows of $SECONDS_PER_WINDOW s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`${MIX:+MIX=\"$MIX\" }SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
+  echo "Command: \`${KDAMOND_SPLIT:+KDAMOND_SPLIT=1 }${MIX:+MIX=\"$MIX\" }SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
   machine_line
   echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
@@ -68,18 +80,25 @@ done
   case " $SERVERS " in *" bare "*|*" multishot "*|*" bare-worker "*|*" bare-batched "*)
     echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot receive, provided buffers, DEFER_TASKRUN). The floors of compare.sh. bare-worker: bare on a deferred ring, receives that arm poll first, answers by send(2) first (trackplane's unbatched workers' I/O); bare-batched: bare-worker with wake_batch 32 and a 200 µs linger (the default config's waits)." ;; esac
   echo
-  echo "| round | server | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  if [ -n "${KDAMOND_SPLIT:-}" ]; then
+    echo "| round | server | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms | p99 outside kdamond µs | left out % |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  else
+    echo "| round | server | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+  fi
   for r in "${ROWS[@]}"; do echo "|$r|"; done
   echo
+  [ -n "${KDAMOND_SPLIT:-}" ] && echo "p99 outside kdamond: over the answers due outside kdamond's runs, each widened by ${KD_BEFORE_MS:-1} ms before and ${KD_AFTER_MS:-20} ms after (p99_outside_kdamond in bench/lib.sh); left out: the share of answers due inside them." && echo
   echo "CPU: the server's threads (schedstat). Core: the time its core was busy (wall time less /proc/stat idle and iowait), which also counts interrupt and softirq work that lands while the core would otherwise be idle (see core_unbusy_ms in bench/lib.sh)."
   echo
   echo "Per server: windows with p99 <= $BOUND µs; median CPU µs/req, core µs/req, p99 and p99.9 over the windows."
   echo
   for s in $SERVERS; do
     printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$BOUND" "$MEDIAN_AWK"'
-      $2==s { n++; met += ($6 <= b); cpu[n]=$3; core[n]=$4; p99[n]=$6; p999[n]=$7 }
-      END { printf "- %s: %d of %d; CPU %.2f, core %.2f, p99 %.0f µs, p99.9 %.0f µs\n", s, met, n, median(cpu, n), median(core, n), median(p99, n), median(p999, n) }'
+      $2==s { n++; met += ($6 <= b); cpu[n]=$3; core[n]=$4; p99[n]=$6; p999[n]=$7; po[n]=$10 }
+      END { printf "- %s: %d of %d; CPU %.2f, core %.2f, p99 %.0f µs, p99.9 %.0f µs", s, met, n, median(cpu, n), median(core, n), median(p99, n), median(p999, n)
+            if (po[1] != "") printf "; p99 outside kdamond %.0f µs", median(po, n); print "" }'
   done
   # Each round's servers ran minutes apart, rounds up to an hour apart: a
   # ratio within a round leaves out most of the hour's drift that the
@@ -89,9 +108,11 @@ done
   [ -n "${others// /}" ] && echo && echo "Against $base, round by round (medians of each round's ratio; how many rounds came out lower):" && echo
   for s in $others; do
     printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$base" "$MEDIAN_AWK"'
-      $2==b { bc[$1]=$3; bk[$1]=$4; bp[$1]=$6 }
-      $2==s { n++; c[n]=$3/bc[$1]; k[n]=$4/bk[$1]; p[n]=$6/bp[$1]; lc+=c[n]<1; lk+=k[n]<1; lp+=p[n]<1 }
-      END { if (n) printf "- %s: CPU %.3fx (lower in %d of %d), core %.3fx (%d of %d), p99 %.2fx (%d of %d)\n", s, median(c, n), lc, n, median(k, n), lk, n, median(p, n), lp, n }'
+      $2==b { bc[$1]=$3; bk[$1]=$4; bp[$1]=$6; bo[$1]=$10 }
+      $2==s { n++; c[n]=$3/bc[$1]; k[n]=$4/bk[$1]; p[n]=$6/bp[$1]; lc+=c[n]<1; lk+=k[n]<1; lp+=p[n]<1
+              if ($10 != "" && bo[$1] > 0) { o[n]=$10/bo[$1]; lo+=o[n]<1 } }
+      END { if (n) printf "- %s: CPU %.3fx (lower in %d of %d), core %.3fx (%d of %d), p99 %.2fx (%d of %d)", s, median(c, n), lc, n, median(k, n), lk, n, median(p, n), lp, n
+            if (n && o[1] != "") printf ", p99 outside kdamond %.2fx (%d of %d)", median(o, n), lo, n; if (n) print "" }'
   done
 } > "$OUT"
 cat "$OUT"

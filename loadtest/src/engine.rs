@@ -29,6 +29,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// Latency in nanoseconds from due time to the last byte of the answer.
     pub latency: Histogram<u64>,
+    /// With tracing on, each measured answer as (due time, latency), both
+    /// in nanoseconds, the due time on `CLOCK_MONOTONIC`; empty otherwise.
+    pub trace: Vec<(u64, u64)>,
 }
 
 struct Conn {
@@ -45,7 +48,9 @@ struct Conn {
 
 /// Runs `rate` requests/s over `connections` connections for `duration`
 /// against each of `addrs`, cycling through `requests`; one report per
-/// address, in their order. `rate` 0 means as fast as answers come.
+/// address, in their order. `rate` 0 means as fast as answers come. With
+/// `trace`, every report also keeps each measured answer's due time and
+/// latency, to be read against what else ran on the machine meanwhile.
 pub fn run(
     addrs: &[SocketAddr],
     connections: usize,
@@ -53,6 +58,7 @@ pub fn run(
     duration: Duration,
     requests: &[Vec<u8>],
     warmup: Duration,
+    trace: bool,
 ) -> io::Result<Vec<Report>> {
     let epoll = Epoll::new()?;
     let total = connections * addrs.len();
@@ -100,8 +106,16 @@ pub fn run(
             elapsed: duration,
             latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
                 .expect("histogram bounds"),
+            // Room for every answer due in the window, so that tracing
+            // does not allocate while measuring.
+            trace: Vec::with_capacity(if trace {
+                (rate.max(1) * duration.as_secs().max(1)) as usize * 11 / 10
+            } else {
+                0
+            }),
         })
         .collect();
+    let mono = Monotonic::at(start);
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut chunk = vec![0u8; 65536];
     loop {
@@ -167,11 +181,50 @@ pub fn run(
                     }
                     let ns = now.saturating_duration_since(due).as_nanos() as u64;
                     let _ = report.latency.record(ns.max(1_000));
+                    if trace {
+                        report.trace.push((mono.ns(due), ns));
+                    }
                 }
             }
         }
     }
     Ok(reports)
+}
+
+/// `Instant`s as nanoseconds on `CLOCK_MONOTONIC`, the clock `perf record
+/// -k CLOCK_MONOTONIC` stamps kernel events with (and `Instant`'s own on
+/// Linux, which std does not expose).
+struct Monotonic {
+    base: Instant,
+    base_ns: u64,
+}
+
+impl Monotonic {
+    fn at(base: Instant) -> Monotonic {
+        let now = Instant::now();
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        // `base` may lie ahead of now (the schedule starts 50 ms out).
+        let base_ns = if base >= now {
+            now_ns + (base - now).as_nanos() as u64
+        } else {
+            now_ns - (now - base).as_nanos() as u64
+        };
+        Monotonic { base, base_ns }
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        if t >= self.base {
+            self.base_ns + (t - self.base).as_nanos() as u64
+        } else {
+            self.base_ns - (self.base - t).as_nanos() as u64
+        }
+    }
 }
 
 /// The error, naming the server it came from.

@@ -7,6 +7,7 @@
 //!               [--kinds all|impressions]   # the whole mix, or pixels only
 //! loadtest run --addr 127.0.0.1:8080 --addr 127.0.0.1:8081 ...
 //!               # both servers at once, each at --rate: one report each
+//! loadtest run ... --trace FILE     # also each answer: server, due, latency
 //! ```
 
 mod engine;
@@ -58,6 +59,11 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write each measured answer to FILE, one line each: the
+        /// server's index (in --addr order), its due time on
+        /// CLOCK_MONOTONIC and its latency, both in ns.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
         #[command(flatten)]
         mix: MixArgs,
     },
@@ -117,6 +123,7 @@ fn main() -> std::process::ExitCode {
             duration,
             warmup,
             json,
+            trace,
             mix,
         } => {
             if let Some(addr) = addr.iter().find(|a| !a.ip().is_loopback()) {
@@ -132,8 +139,15 @@ fn main() -> std::process::ExitCode {
                 duration,
                 &requests,
                 Duration::from_secs(warmup.min(60)),
+                trace.is_some(),
             ) {
                 Ok(reports) => {
+                    if let Some(path) = &trace {
+                        if let Err(e) = write_trace(path, &reports) {
+                            eprintln!("loadtest: {}: {e}", path.display());
+                            return std::process::ExitCode::FAILURE;
+                        }
+                    }
                     for (a, r) in addr.iter().zip(&reports) {
                         if addr.len() > 1 && !json {
                             println!("{a}:");
@@ -149,6 +163,17 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+}
+
+fn write_trace(path: &std::path::Path, reports: &[engine::Report]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (server, r) in reports.iter().enumerate() {
+        for (due, latency) in &r.trace {
+            writeln!(out, "{server} {due} {latency}")?;
+        }
+    }
+    out.flush()
 }
 
 fn print_report(r: &engine::Report, rate: u64, connections: usize, json: bool) {

@@ -151,3 +151,65 @@ fn one_run_loads_two_servers_at_once_and_reports_each() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
+
+/// Now on `CLOCK_MONOTONIC`, in ns, the clock a trace's due times are on.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn a_trace_holds_each_measured_answer_with_its_server_due_time_and_latency() {
+    let bin = env!("CARGO_BIN_EXE_bare-responder");
+    let (_a, a) = start(bin, &["uring-coop"]);
+    let (_b, b) = start(bin, &["uring-coop"]);
+    let trace = std::env::temp_dir().join(format!("loadtest-trace-{}", std::process::id()));
+    let before = monotonic_ns();
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["run", "--rate", "2000", "--connections", "8"])
+        .args(["--duration", "1", "--warmup", "1", "--json"])
+        .args(["--addr", &a.to_string(), "--addr", &b.to_string()])
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let after = monotonic_ns();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    std::fs::remove_file(&trace).unwrap();
+    let mut dues: [Vec<u64>; 2] = [vec![], vec![]];
+    for line in text.lines() {
+        let f: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        let [server, due, latency] = f[..] else {
+            panic!("{line}")
+        };
+        assert!(
+            (before..after).contains(&due),
+            "{line}: not between {before} and {after}"
+        );
+        assert!(latency > 0 && latency < 1_000_000_000, "{line}");
+        dues[server as usize].push(due);
+    }
+    for (r, d) in reports.iter().zip(&dues) {
+        // Every measured answer, and only those: due in the second after
+        // the warm-up, not in the warm-up.
+        assert_eq!(d.len() as u64, r["completed"].as_u64().unwrap(), "{r}");
+        let span = d.iter().max().unwrap() - d.iter().min().unwrap();
+        assert!((900_000_000..1_000_000_000).contains(&span), "{span} ns");
+        assert!(d.iter().min().unwrap() - before > 1_000_000_000);
+    }
+}
