@@ -22,8 +22,26 @@
 //! VMs since, 20k/s takes 45-55%, and a bar of 50% started batching there
 //! in 4 of 9 runs, each answer then waiting up to the linger (p99 at
 //! 20k/s 1.04x nginx's in the race where that happened most, 0.50x
-//! unbatched); at the default bar of 60% in none of 9, while 40k/s and
-//! up still batch (`bench/results/pace-20261204-1121.md`).
+//! unbatched); at 60% in none of 9, while 40k/s and up still batch
+//! (`bench/results/pace-20261204-1121.md`).
+//!
+//! The default bar is 80%: where a worker's own queue adds less to an
+//! answer's wait than the linger would, batching buys CPU with latency,
+//! and the CPU was not short. A batched worker's p99 cannot fall under
+//! its linger. At 50k/s (an unbatched worker at 63-64% of its core on
+//! the AMD VM), over the answers due outside the VM's kdamond runs, no
+//! batched window's p99 came under 289 µs in 20, where unbatched windows
+//! came down to 77-87 µs and nginx's to 109-120
+//! (`bench/results/tails-20261204-1715.md`, `-1727.md`); in the quiet
+//! hours of earlier sessions the batched p99 was 2.0-2.8x nginx's
+//! (`tails-20261201-0816.md`, `tails-20261202-0729.md`, `-0732.md`).
+//! Unbatched, its CPU there is still under nginx's: 0.90-0.97x
+//! (`-1631.md`, `-1715.md`, `-1727.md`). Near a full core, batching is
+//! what keeps a worker up: at 100k/s it spent 0.79-0.87x nginx's CPU
+//! while nginx fell seconds behind (`-1432.md`, `-1735.md`). In between,
+//! at 70k/s, a worker sits on the bar (77-86%), and p99 was in
+//! milliseconds in a noisy hour whichever it chose
+//! (`pace-20261204-1740.md`).
 //!
 //! The share is the thread's CPU time (its own system calls and the kernel
 //! work done on its behalf included) over the wall time between two looks,
