@@ -10,6 +10,7 @@
 #   e.g. bench/pace.sh 10 20000 30000 40000 50000
 #        bench/pace.sh 10 30000 '[server]\nwake_batch_busy_percent = 40\n'   # a TOML argument applies to the rates after it
 #        MIX="--kinds impressions" bench/pace.sh 10 50000   # pixels only (loadtest's setup and run options)
+#        WARM_RATE=100000 bench/pace.sh 10 50000   # after a burst: the 2 s warm-up at another rate
 # "worker %" is the worker thread's share of its core over the run, the
 # measure the bar is compared with (every 500 ms in the server).
 set -euo pipefail
@@ -34,7 +35,7 @@ for RATE in "$@"; do
     --listen 127.0.0.1:18090 --admin-listen 127.0.0.1:19190 --data-dir "$W/data" --workers 1 --driver uring &
   PID=$!
   wait_port 18090
-  taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --duration 2 --warmup 0 --json ${MIX:-} >/dev/null
+  taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "${WARM_RATE:-$RATE}" --connections 64 --duration 2 --warmup 0 --json ${MIX:-} >/dev/null
   w0=$(grep -lx trackplane-w0 /proc/$PID/task/*/comm | head -1); w0=${w0%/comm}
   before=$(awk '{print $1}' "$w0/schedstat"); t0=$(date +%s%N)
   out=$(taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --duration "$DUR" --warmup 0 --json ${MIX:-})
