@@ -131,11 +131,11 @@ kdamond_ms() { local k; k=$(pgrep -x kdamond.0 | head -1 || true)
   if [ -n "$k" ]; then echo $(( $(cut -d' ' -f1 /proc/"$k"/schedstat) / 1000000 )); else echo 0; fi; }
 
 # kdamond's runs through a window, to read the window's p99 without them.
-# Each run of 1-5 ms stops whatever shares its core; at 50k/s, at about 70%
-# of a core, the backlog takes twice as long again to drain, and two such
-# runs a second put every server's p99 in milliseconds. kdamond_runs_start
-# FILE records them (perf, kdamond's own sched_stat_runtime events, stamped
-# on CLOCK_MONOTONIC as loadtest --trace is); kdamond_runs_stop ends it.
+# Each run of 1-5 ms stops whatever shares its core, and at 50k/s, at
+# about 70% of a core, the backlog takes about twice as long again to
+# drain. kdamond_runs_start FILE records them (perf, kdamond's own
+# sched_stat_runtime events, stamped on CLOCK_MONOTONIC as loadtest
+# --trace is); kdamond_runs_stop ends it.
 kdamond_runs_start() {
   local k; k=$(pgrep -x kdamond.0 | head -1 || true); KD_PERF=
   [ -n "$k" ] || return 0
@@ -150,25 +150,20 @@ kdamond_runs_stop() { if [ -n "${KD_PERF:-}" ]; then kill -INT "$KD_PERF"; wait 
 # KD_AFTER_MS after (the backlog's drain; default 20), and the percentage
 # of answers so left out. No PERFDATA (no kdamond): every answer counts.
 p99_outside_kdamond() { # TRACE PERFDATA
+  local all
+  all=$(awk '$1 == 0' "$1" | wc -l)
   { [ -s "$2" ] && perf script -i "$2" -F time,trace --ns 2>/dev/null || true; } |
     awk -v b="${KD_BEFORE_MS:-1}" -v a="${KD_AFTER_MS:-20}" '{
         t = $1; sub(":", "", t); end = t * 1e9
         for (i = 2; i <= NF; i++) if ($i ~ /^runtime=/) run = substr($i, 9)
         printf "R %.0f %.0f\n", end - run - b * 1e6, end + a * 1e6 }' |
-    sort -k2,2n | cat - "$1" | awk '
+    cat - "$1" | awk '
+      # The runs come first; an answer is kept if no run covers it.
       $1 == "R" { n++; lo[n] = $2; hi[n] = $3; next }
-      $1 == 0 {
-        # Runs are sorted by start; an answer is out if any run covers it.
-        out = 0
-        for (i = 1; i <= n && lo[i] <= $2; i++) if ($2 <= hi[i]) { out = 1; break }
-        all++
-        if (out) left++; else print $3
-      }
-      END { printf "%d %d\n", all, left > "/dev/stderr" }' 2>"$1.counts" |
-    sort -n | awk -v f="$1.counts" '{ v[NR] = $1 } END {
-        getline c < f; split(c, k, " ")
+      $1 == 0 { for (i = 1; i <= n; i++) if (lo[i] <= $2 && $2 <= hi[i]) next; print $3 }' |
+    sort -n | awk -v all="$all" '{ v[NR] = $1 } END {
         i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) i = 1
-        printf "%.1f %.1f\n", (NR ? v[i] / 1000 : 0), (k[1] ? 100 * k[2] / k[1] : 0) }'
+        printf "%.1f %.1f\n", (NR ? v[i] / 1000 : 0), (all ? 100 * (all - NR) / all : 0) }'
 }
 
 # What core $1 has not been busy with so far, in ms, from /proc/stat:

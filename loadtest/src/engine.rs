@@ -115,7 +115,7 @@ pub fn run(
             }),
         })
         .collect();
-    let mono = Monotonic::at(start);
+    let mono = Monotonic::now();
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut chunk = vec![0u8; 65536];
     loop {
@@ -200,21 +200,15 @@ struct Monotonic {
 }
 
 impl Monotonic {
-    fn at(base: Instant) -> Monotonic {
-        let now = Instant::now();
+    fn now() -> Monotonic {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        let base = Instant::now();
         // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let now_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-        // `base` may lie ahead of now (the schedule starts 50 ms out).
-        let base_ns = if base >= now {
-            now_ns + (base - now).as_nanos() as u64
-        } else {
-            now_ns - (now - base).as_nanos() as u64
-        };
+        let base_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         Monotonic { base, base_ns }
     }
 
