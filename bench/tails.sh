@@ -25,8 +25,8 @@
 #        KDAMOND_SPLIT=1 bench/tails.sh 50000 8 8 1000   # also p99 outside kdamond's runs
 # With KDAMOND_SPLIT=1 each window also gives its p99 over the answers due
 # outside this VM's kdamond runs and what they widen to (p99_outside_kdamond
-# in bench/lib.sh): what a node without such a monitor would see, or
-# this VM in an hour when it is quiet.
+# in bench/lib.sh): the part of the tail that is not this VM's memory
+# monitor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
