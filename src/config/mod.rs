@@ -190,9 +190,11 @@ pub struct ServerConfig {
     pub wake_linger_us: u64,
     /// io_uring: a worker batches its wake-ups only while its thread used
     /// more than this percent of its core over each of two looks of 500 ms
-    /// in a row, and stops once it uses less than three fifths of that over
-    /// one (`server::pace`): a quiet worker answers at once, a busy one
-    /// saves the CPU of a wake-up per request. 0 batches always.
+    /// in a row, and stops once the requests of one would have used less
+    /// than seven eighths of that unbatched, at what a request cost in its
+    /// last unbatched look (`server::pace`): a quiet worker answers at
+    /// once, a busy one saves the CPU of a wake-up per request. 0 batches
+    /// always.
     pub wake_batch_busy_percent: u32,
     /// io_uring (Linux 6.0): one receive request per connection for its
     /// whole life (multishot, into a ring of buffers the worker refills)

@@ -17,8 +17,8 @@ use crate::config::Driver;
 use crate::http::Limits;
 use crate::ring::{Consumer, Producer};
 use crate::server::handler::Handler;
-use crate::server::metrics::WorkerMetrics;
-use crate::server::pace::{self, Pace};
+use crate::server::metrics::{Counter, WorkerMetrics};
+use crate::server::pace::{self, Pace, Reading};
 use crate::server::{ServeError, Shared};
 use crate::store::pack::Packer;
 
@@ -239,6 +239,14 @@ fn uring_runtime(
     Ok((rt, kind(false)))
 }
 
+/// What `pace` reads of this worker at a look.
+fn reading(metrics: &WorkerMetrics) -> Reading {
+    Reading {
+        cpu: pace::thread_cpu(),
+        requests: metrics.requests.iter().map(Counter::get).sum(),
+    }
+}
+
 /// Serves until shutdown. `batched`: the ring was built to batch its
 /// wake-ups, which it does while `pace` says the worker is busy.
 async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
@@ -298,7 +306,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
     let starved_ms = (worker.shared.config.storage.flush_interval_ms / 2).max(1);
     let mut pace = batched.then(|| {
         let busy_percent = worker.shared.config.server.wake_batch_busy_percent;
-        Pace::new(busy_percent, pace::thread_cpu(), Instant::now())
+        Pace::new(busy_percent, reading(&worker.metrics), Instant::now())
     });
     if let Some(p) = &pace {
         set_batching(&worker.metrics, p.batching());
@@ -308,7 +316,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
             monoio::time::sleep(Duration::from_millis(20)).await;
             if let Some(change) = pace
                 .as_mut()
-                .and_then(|p| p.look(Instant::now(), pace::thread_cpu))
+                .and_then(|p| p.look(Instant::now(), || reading(&watcher.metrics)))
             {
                 set_batching(&watcher.metrics, change);
                 watcher.metrics.wake_batch_changes.inc();
