@@ -144,12 +144,13 @@ kdamond_runs_start() {
 }
 kdamond_runs_stop() { if [ -n "${KD_PERF:-}" ]; then kill -INT "$KD_PERF"; wait "$KD_PERF" 2>/dev/null || true; fi; }
 
-# "P99 SHARE": p99 in µs of the answers in loadtest's TRACE (server 0)
-# that were due outside kdamond's runs in PERFDATA, each widened by
+# "P99 P99.9 SHARE": p99 and p99.9 in µs of the answers in loadtest's
+# TRACE (server 0) that were due outside kdamond's runs in PERFDATA, each
+# widened by
 # KD_BEFORE_MS before (what was in flight when it began; default 1) and
 # KD_AFTER_MS after (the backlog's drain; default 20), and the percentage
 # of answers so left out. No PERFDATA (no kdamond): every answer counts.
-p99_outside_kdamond() { # TRACE PERFDATA
+tails_outside_kdamond() { # TRACE PERFDATA
   local all
   all=$(awk '$1 == 0' "$1" | wc -l)
   { [ -s "$2" ] && perf script -i "$2" -F time,trace --ns 2>/dev/null || true; } |
@@ -161,9 +162,9 @@ p99_outside_kdamond() { # TRACE PERFDATA
       # The runs come first; an answer is kept if no run covers it.
       $1 == "R" { n++; lo[n] = $2; hi[n] = $3; next }
       $1 == 0 { for (i = 1; i <= n; i++) if (lo[i] <= $2 && $2 <= hi[i]) next; print $3 }' |
-    sort -n | awk -v all="$all" '{ v[NR] = $1 } END {
-        i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) i = 1
-        printf "%.1f %.1f\n", (NR ? v[i] / 1000 : 0), (all ? 100 * (all - NR) / all : 0) }'
+    sort -n | awk -v all="$all" '
+      function at(q,  i) { i = int(NR * q); if (i < NR * q) i++; if (i < 1) i = 1; return NR ? v[i] / 1000 : 0 }
+      { v[NR] = $1 } END { printf "%.1f %.1f %.1f\n", at(0.99), at(0.999), (all ? 100 * (all - NR) / all : 0) }'
 }
 
 # What core $1 has not been busy with so far, in ms, from /proc/stat:

@@ -22,11 +22,11 @@
 #        VARIANT_b8='[server]\nwake_batch = 8\n' SERVERS="nginx trackplane trackplane-b8" bench/tails.sh
 #        BINARY_old=/tmp/old/trackplane SERVERS="nginx trackplane trackplane-old" bench/tails.sh   # another build
 #        MIX="--kinds impressions" bench/tails.sh 50000 3 10 1000   # pixels only
-#        KDAMOND_SPLIT=1 bench/tails.sh 50000 8 8 1000   # also p99 outside kdamond's runs
-# With KDAMOND_SPLIT=1 each window also gives its p99 over the answers due
-# outside this VM's kdamond runs and what they widen to (p99_outside_kdamond
-# in bench/lib.sh): the part of the tail that is not this VM's memory
-# monitor.
+#        KDAMOND_SPLIT=1 bench/tails.sh 50000 8 8 1000   # also p99 and p99.9 outside kdamond's runs
+# With KDAMOND_SPLIT=1 each window also gives its p99 and p99.9 over the
+# answers due outside this VM's kdamond runs and what they widen to
+# (tails_outside_kdamond in bench/lib.sh): the part of the tail that is
+# not this VM's memory monitor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -55,7 +55,7 @@ for round in $(seq "$ROUNDS"); do
     split=
     if [ -n "${KDAMOND_SPLIT:-}" ]; then
       kdamond_runs_stop
-      split="|$(p99_outside_kdamond "$W/trace" "$W/kdamond.data" | tr ' ' '|')"
+      split="|$(tails_outside_kdamond "$W/trace" "$W/kdamond.data" | tr ' ' '|')"
       rm -f "$W/trace" "$W/kdamond.data"
     fi
     # CPU covers warm-up and window; so do the calls it is divided by.
@@ -81,7 +81,7 @@ done
     echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot receive, provided buffers, DEFER_TASKRUN). The floors of compare.sh. bare-worker: bare on a deferred ring, receives that arm poll first, answers by send(2) first (trackplane's unbatched workers' I/O); bare-batched: bare-worker with wake_batch 32 and a 200 µs linger (the default config's waits)." ;; esac
   echo
   if [ -n "${KDAMOND_SPLIT:-}" ]; then
-    echo "| round | server | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms | p99 outside kdamond µs | left out % |"
+    echo "| round | server | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms | p99 outside kdamond µs | p99.9 outside kdamond µs | left out % |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|"
   else
     echo "| round | server | CPU µs/req | core µs/req | p50 µs | p99 µs | p99.9 µs | steal ms | kdamond ms |"
@@ -89,16 +89,16 @@ done
   fi
   for r in "${ROWS[@]}"; do echo "|$r|"; done
   echo
-  [ -n "${KDAMOND_SPLIT:-}" ] && echo "p99 outside kdamond: over the answers due outside kdamond's runs, each widened by ${KD_BEFORE_MS:-1} ms before and ${KD_AFTER_MS:-20} ms after (p99_outside_kdamond in bench/lib.sh); left out: the share of answers due inside them." && echo
+  [ -n "${KDAMOND_SPLIT:-}" ] && echo "p99 and p99.9 outside kdamond: over the answers due outside kdamond's runs, each widened by ${KD_BEFORE_MS:-1} ms before and ${KD_AFTER_MS:-20} ms after (tails_outside_kdamond in bench/lib.sh); left out: the share of answers due inside them." && echo
   echo "CPU: the server's threads (schedstat). Core: the time its core was busy (wall time less /proc/stat idle and iowait), which also counts interrupt and softirq work that lands while the core would otherwise be idle (see core_unbusy_ms in bench/lib.sh)."
   echo
   echo "Per server: windows with p99 <= $BOUND µs; median CPU µs/req, core µs/req, p99 and p99.9 over the windows."
   echo
   for s in $SERVERS; do
     printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$BOUND" "$MEDIAN_AWK"'
-      $2==s { n++; met += ($6 <= b); cpu[n]=$3; core[n]=$4; p99[n]=$6; p999[n]=$7; po[n]=$10 }
+      $2==s { n++; met += ($6 <= b); cpu[n]=$3; core[n]=$4; p99[n]=$6; p999[n]=$7; po[n]=$10; qo[n]=$11 }
       END { printf "- %s: %d of %d; CPU %.2f, core %.2f, p99 %.0f µs, p99.9 %.0f µs", s, met, n, median(cpu, n), median(core, n), median(p99, n), median(p999, n)
-            if (po[1] != "") printf "; p99 outside kdamond %.0f µs", median(po, n); print "" }'
+            if (po[1] != "") printf "; p99 outside kdamond %.0f µs, p99.9 %.0f µs", median(po, n), median(qo, n); print "" }'
   done
   # Each round's servers ran minutes apart, rounds up to an hour apart: a
   # ratio within a round leaves out most of the hour's drift that the
@@ -108,11 +108,12 @@ done
   [ -n "${others// /}" ] && echo && echo "Against $base, round by round (medians of each round's ratio; how many rounds came out lower):" && echo
   for s in $others; do
     printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$s" -v b="$base" "$MEDIAN_AWK"'
-      $2==b { bc[$1]=$3; bk[$1]=$4; bp[$1]=$6; bo[$1]=$10 }
-      $2==s { n++; c[n]=$3/bc[$1]; k[n]=$4/bk[$1]; p[n]=$6/bp[$1]; lc+=c[n]<1; lk+=k[n]<1; lp+=p[n]<1
-              if ($10 != "" && bo[$1] > 0) { o[n]=$10/bo[$1]; lo+=o[n]<1 } }
-      END { if (n) printf "- %s: CPU %.3fx (lower in %d of %d), core %.3fx (%d of %d), p99 %.2fx (%d of %d)", s, median(c, n), lc, n, median(k, n), lk, n, median(p, n), lp, n
-            if (n && o[1] != "") printf ", p99 outside kdamond %.2fx (%d of %d)", median(o, n), lo, n; if (n) print "" }'
+      $2==b { bc[$1]=$3; bk[$1]=$4; bp[$1]=$6; bq[$1]=$7; bo[$1]=$10; bqo[$1]=$11 }
+      $2==s { n++; c[n]=$3/bc[$1]; k[n]=$4/bk[$1]; p[n]=$6/bp[$1]; q[n]=$7/bq[$1]
+              lc+=c[n]<1; lk+=k[n]<1; lp+=p[n]<1; lq+=q[n]<1
+              if ($10 != "" && bo[$1] > 0) { o[n]=$10/bo[$1]; lo+=o[n]<1; oq[n]=$11/bqo[$1]; loq+=oq[n]<1 } }
+      END { if (n) printf "- %s: CPU %.3fx (lower in %d of %d), core %.3fx (%d of %d), p99 %.2fx (%d of %d), p99.9 %.2fx (%d of %d)", s, median(c, n), lc, n, median(k, n), lk, n, median(p, n), lp, n, median(q, n), lq, n
+            if (n && o[1] != "") printf ", outside kdamond p99 %.2fx (%d of %d) and p99.9 %.2fx (%d of %d)", median(o, n), lo, n, median(oq, n), loq, n; if (n) print "" }'
   done
 } > "$OUT"
 cat "$OUT"
