@@ -173,10 +173,13 @@ mod tests {
         Reading { cpu, requests }
     }
 
-    /// Feeds looks, each busy for a percent of its time and answering a
-    /// number of requests, and returns the decision after each.
-    fn run(pace: &mut Pace, t0: Instant, looks: &[(u32, u64)]) -> Vec<bool> {
-        let (mut wall, mut now) = (t0, Reading::default());
+    /// A worker with the bar at `bar` percent, fed looks, each busy for a
+    /// percent of its time and answering a number of requests: the
+    /// decision after each.
+    fn run(bar: u32, looks: &[(u32, u64)]) -> Vec<bool> {
+        let mut wall = Instant::now();
+        let mut pace = Pace::new(bar, Reading::default(), wall);
+        let mut now = Reading::default();
         looks
             .iter()
             .map(|&(percent, requests)| {
@@ -191,9 +194,8 @@ mod tests {
 
     #[test]
     fn batches_above_the_bar_and_stops_below_seven_eighths_of_it_unbatched() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(50, Reading::default(), t0);
-        assert!(!pace.batching(), "a worker starts quiet");
+        let quiet = Pace::new(50, Reading::default(), Instant::now());
+        assert!(!quiet.batching(), "a worker starts quiet");
         // 50% is not above the bar; 51% twice in a row is, at 0.5 ms of
         // CPU a request (510 requests in 255 ms). Batched, what it uses
         // does not decide but what its requests would have cost unbatched:
@@ -201,8 +203,7 @@ mod tests {
         // 50, which ends it. Starting again takes two looks.
         assert_eq!(
             run(
-                &mut pace,
-                t0,
+                50,
                 &[
                     (10, 100),
                     (50, 500),
@@ -222,52 +223,44 @@ mod tests {
 
     #[test]
     fn a_worker_that_batching_saved_little_stops_when_its_load_falls() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(80, Reading::default(), t0);
         // A burst fills the core at 1000 requests a look (0.5 ms each).
         // Down to 600 a look it would use 60% unbatched, under 70: it
         // stops, though batched it still uses 62%, more than the 48% that
         // three fifths of the bar, a share of batched use, would need.
         assert_eq!(
-            run(&mut pace, t0, &[(100, 1000), (100, 1000), (62, 600)]),
+            run(80, &[(100, 1000), (100, 1000), (62, 600)]),
             [false, true, false]
         );
     }
 
     #[test]
     fn a_worker_that_batching_saved_much_keeps_batching() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(80, Reading::default(), t0);
         // At 85% unbatched for 850 requests a look, batching takes a
         // quarter off: 64%, under 70, but its requests would still cost
         // 85% unbatched, so it stays.
         assert_eq!(
-            run(&mut pace, t0, &[(85, 850), (85, 850), (64, 850), (64, 850)]),
+            run(80, &[(85, 850), (85, 850), (64, 850), (64, 850)]),
             [false, true, true, true]
         );
     }
 
     #[test]
     fn without_a_price_a_batched_worker_goes_by_what_it_uses() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(50, Reading::default(), t0);
         // Busy with no request answered, no look priced one: 44% batched
         // keeps it, 43% ends it.
         assert_eq!(
-            run(&mut pace, t0, &[(60, 0), (60, 0), (44, 0), (43, 0)]),
+            run(50, &[(60, 0), (60, 0), (44, 0), (43, 0)]),
             [false, true, true, false]
         );
     }
 
     #[test]
     fn one_busy_look_among_quiet_ones_does_not_start_batching() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(50, Reading::default(), t0);
         // Each busy look follows a quiet one, which starts the count again;
         // the last two are in a row.
         let looks = [40, 90, 40, 90, 45, 100, 100].map(|p| (p, u64::from(p) * 10));
         assert_eq!(
-            run(&mut pace, t0, &looks),
+            run(50, &looks),
             [false, false, false, false, false, false, true]
         );
     }
@@ -296,13 +289,8 @@ mod tests {
 
     #[test]
     fn zero_batches_always() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(0, Reading::default(), t0);
-        assert!(pace.batching());
-        assert_eq!(
-            run(&mut pace, t0, &[(0, 0), (100, 1000), (0, 0)]),
-            [true; 3]
-        );
+        assert!(Pace::new(0, Reading::default(), Instant::now()).batching());
+        assert_eq!(run(0, &[(0, 0), (100, 1000), (0, 0)]), [true; 3]);
     }
 
     #[test]
