@@ -8,10 +8,12 @@
 //! loadtest run --addr 127.0.0.1:8080 --addr 127.0.0.1:8081 ...
 //!               # both servers at once, each at --rate: one report each
 //! loadtest run ... --trace FILE     # also each answer: server, due, latency
+//! loadtest run ... --stall-us 500   # also the tail outside the machine's stalls
 //! ```
 
 mod engine;
 mod mix;
+mod stalls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +66,11 @@ enum Command {
         /// CLOCK_MONOTONIC and its latency, both in ns.
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
+        /// Also report the tail outside stalls: spans in which some answer
+        /// waited at least this many µs, whose answers are left out
+        /// (`stalls.rs`). 0: no split.
+        #[arg(long, value_name = "US", default_value_t = 0)]
+        stall_us: u64,
         #[command(flatten)]
         mix: MixArgs,
     },
@@ -124,6 +131,7 @@ fn main() -> std::process::ExitCode {
             warmup,
             json,
             trace,
+            stall_us,
             mix,
         } => {
             if let Some(addr) = addr.iter().find(|a| !a.ip().is_loopback()) {
@@ -139,7 +147,7 @@ fn main() -> std::process::ExitCode {
                 duration,
                 &requests,
                 Duration::from_secs(warmup.min(60)),
-                trace.is_some(),
+                trace.is_some() || stall_us > 0,
             ) {
                 Ok(reports) => {
                     if let Some(path) = &trace {
@@ -152,7 +160,9 @@ fn main() -> std::process::ExitCode {
                         if addr.len() > 1 && !json {
                             println!("{a}:");
                         }
-                        print_report(r, rate, connections, json);
+                        let split =
+                            (stall_us > 0).then(|| stalls::split(&r.trace, stall_us * 1_000));
+                        print_report(r, rate, connections, json, split.as_ref());
                     }
                     std::process::ExitCode::SUCCESS
                 }
@@ -176,14 +186,31 @@ fn write_trace(path: &std::path::Path, reports: &[engine::Report]) -> std::io::R
     out.flush()
 }
 
-fn print_report(r: &engine::Report, rate: u64, connections: usize, json: bool) {
+fn print_report(
+    r: &engine::Report,
+    rate: u64,
+    connections: usize,
+    json: bool,
+    split: Option<&stalls::Split>,
+) {
     let secs = r.elapsed.as_secs_f64();
     let achieved = r.completed as f64 / secs;
     let us = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
     let max = r.latency.max() as f64 / 1000.0;
+    let measured = r.trace.len() as u64;
+    let outside = |s: &stalls::Split, q: f64| s.outside.value_at_quantile(q) as f64 / 1000.0;
     if json {
+        let split = split.map_or(String::new(), |s| {
+            format!(
+                ",\"stalls\":{},\"stalled_pct\":{:.3},\"p99_outside_stalls_us\":{:.1},\"p999_outside_stalls_us\":{:.1}",
+                s.stalls,
+                s.left_out_pct(measured),
+                outside(s, 0.99),
+                outside(s, 0.999)
+            )
+        });
         println!(
-            "{{\"target_rate\":{rate},\"connections\":{connections},\"seconds\":{secs:.1},\"sent\":{},\"completed\":{},\"achieved_rate\":{achieved:.0},\"ok\":{},\"other_status\":{},\"errors\":{},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"p9999_us\":{:.1},\"max_us\":{max:.1}}}",
+            "{{\"target_rate\":{rate},\"connections\":{connections},\"seconds\":{secs:.1},\"sent\":{},\"completed\":{},\"achieved_rate\":{achieved:.0},\"ok\":{},\"other_status\":{},\"errors\":{},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"p9999_us\":{:.1},\"max_us\":{max:.1}{split}}}",
             r.sent, r.completed, r.status_2xx_3xx, r.status_other, r.errors, us(0.5), us(0.9), us(0.99), us(0.999), us(0.9999)
         );
     } else {
@@ -201,5 +228,14 @@ fn print_report(r: &engine::Report, rate: u64, connections: usize, json: bool) {
             us(0.999),
             us(0.9999)
         );
+        if let Some(s) = split {
+            println!(
+                "outside {} stalls ({:.2}% of answers due in them): p99 {:.1}  p99.9 {:.1}",
+                s.stalls,
+                s.left_out_pct(measured),
+                outside(s, 0.99),
+                outside(s, 0.999)
+            );
+        }
     }
 }
