@@ -46,6 +46,11 @@ struct Conn {
     request: usize,
 }
 
+/// An empty histogram of latencies in ns: 1 µs to 60 s, three digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram bounds")
+}
+
 /// Runs `rate` requests/s over `connections` connections for `duration`
 /// against each of `addrs`, cycling through `requests`; one report per
 /// address, in their order. `rate` 0 means as fast as answers come. With
@@ -104,8 +109,7 @@ pub fn run(
             status_2xx_3xx: 0,
             status_other: 0,
             elapsed: duration,
-            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
-                .expect("histogram bounds"),
+            latency: latency_histogram(),
             // Room for every answer due in the window, so that tracing
             // does not allocate while measuring.
             trace: Vec::with_capacity(if trace {
