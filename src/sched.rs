@@ -1,8 +1,11 @@
-//! The scheduling class of the thread that shares the workers' cores: the
-//! store's. (The live view had a thread like it; workers now fold its
-//! records in themselves while idle, `view::fold`, and pack their own
-//! records into compressed blocks, `store::pack`, so that a store's pass
-//! only writes blocks. What follows was measured when passes
+//! How background threads share the workers' cores: the scheduling class
+//! of the store's thread (below), and [`Breather`], the yields of the
+//! catalog reloader, which stays in the normal class.
+//!
+//! The store's thread. (The live view had a thread like it; workers now
+//! fold its records in themselves while idle, `view::fold`, and pack their
+//! own records into compressed blocks, `store::pack`, so that a store's
+//! pass only writes blocks. What follows was measured when passes
 //! compressed.) In the normal class a
 //! pass (a zstd block) that runs when a request arrives delays it, because
 //! the scheduler lets the pass run on in its slice (so passes breathe,
@@ -362,6 +365,50 @@ impl Class {
                 false
             }
         }
+    }
+}
+
+/// What a normal-class background thread that does long runs of small
+/// steps (the catalog reloader's scan and reads) uses to breathe: a yield
+/// every `every` steps. The kernel runs with `preempt=none` here, and in
+/// the normal class the scheduler lets a thread run on to the end of its
+/// slice while a woken worker waits; so without breaths a scan of 2,000
+/// catalog files held a worker's core for up to 4.9 ms at a time, once a
+/// second, and one of 50 files for 190 µs (perf on the server's core at
+/// 20k requests/s, bench/results/catalog-breath-*.md). Alone on its core a
+/// yield returns at once.
+#[derive(Debug)]
+pub struct Breather {
+    every: u32,
+    left: u32,
+    breaths: u64,
+}
+
+impl Breather {
+    /// A yield every `every` steps (at least 1).
+    pub fn new(every: u32) -> Breather {
+        let every = every.max(1);
+        Breather {
+            every,
+            left: every,
+            breaths: 0,
+        }
+    }
+
+    /// One step done; yields if it ends a stretch.
+    #[inline]
+    pub fn step(&mut self) {
+        self.left -= 1;
+        if self.left == 0 {
+            self.left = self.every;
+            self.breaths += 1;
+            yield_now();
+        }
+    }
+
+    /// Yields taken so far.
+    pub fn breaths(&self) -> u64 {
+        self.breaths
     }
 }
 
