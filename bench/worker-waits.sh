@@ -11,7 +11,9 @@
 #   e.g. bench/worker-waits.sh target/release/trackplane 2000 20000
 #
 # ADVERTISERS (default 50) catalogs of PRODUCTS (env, default 200) ids
-# each. Needs perf (linux-perf) and root.
+# each. RELOAD=N (env) also replaces a catalog of N ids once a second
+# while perf records, so that the reloader reads and builds it: what a
+# node pays when a big feed changes. Needs perf (linux-perf) and root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/trackplane}; ADV=${2:-50}; RATE=${3:-20000}
@@ -32,11 +34,20 @@ taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --du
   --json --kinds impressions --advertisers "$ADV" --products "${PRODUCTS:-200}" --stall-us 500 > "$W/lt.json" &
 LOAD=$!
 sleep 2.5
+if [ "${RELOAD:-0}" -gt 0 ]; then
+  # On the load's core, so that only the reloader's work meets the worker.
+  taskset -c 1 bash -c "seq -f 'feed-%.0f' 1 $RELOAD > $W/feed.txt
+    for i in 1 2 3 4 5; do
+      cp $W/feed.txt $W/data/catalogs/.feed.txt.tmp
+      mv $W/data/catalogs/.feed.txt.tmp $W/data/catalogs/feed.txt
+      sleep 1
+    done" &
+fi
 taskset -c 1 perf record -q -a -e sched:sched_switch -e sched:sched_wakeup \
   --filter 'comm == "trackplane-w0"' -o "$W/perf.data" -- sleep 6 >/dev/null 2>&1
 wait $LOAD
 kill -TERM $SERVER; wait $SERVER || true
-echo "Command: \`bench/worker-waits.sh $BIN $ADV $RATE\`"
+echo "Command: \`${RELOAD:+RELOAD=$RELOAD }bench/worker-waits.sh $BIN $ADV $RATE\`"
 machine_line
 echo "loadtest: $(grep -o '"p99_us":[0-9.]*\|"p999_us":[0-9.]*' "$W/lt.json" | tr '\n' ' ')(perf's own cost included)"
 perf script -i "$W/perf.data" -F cpu,time,event,trace --ns 2>/dev/null > "$W/script"

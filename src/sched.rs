@@ -1,6 +1,7 @@
 //! How background threads share the workers' cores: the scheduling class
-//! of the store's thread (below), and [`Breather`], the yields of the
-//! catalog reloader, which stays in the normal class.
+//! of the store's thread (below); the catalog reloader's, which enters the
+//! idle class for good ([`enter_idle`], `server::background`); and
+//! [`Breather`], the reloader's yields, for when it runs normal-class.
 //!
 //! The store's thread. (The live view had a thread like it; workers now
 //! fold its records in themselves while idle, `view::fold`, and pack their
@@ -376,7 +377,12 @@ impl Class {
 /// catalog files held a worker's core for up to 4.9 ms at a time, once a
 /// second, and one of 50 files for 190 µs (perf on the server's core at
 /// 20k requests/s, bench/results/catalog-breath-*.md). Alone on its core a
-/// yield returns at once.
+/// yield returns at once. Breaths only bound the steps: what runs between
+/// two of them unbroken (a buffer of megabytes grown, the allocator
+/// returning one to the kernel) still held the core for milliseconds while
+/// a catalog of 1M ids loaded (bench/results/catalog-idle-*.md), which is
+/// why the reloader runs in the idle class unless told otherwise; there
+/// its yields cost a system call each and change nothing.
 #[derive(Debug)]
 pub struct Breather {
     every: u32,
@@ -439,6 +445,15 @@ fn clock_ms() -> u64 {
     // every Linux since 2.6.32.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Puts the calling thread in the idle class for good (a thread that
+/// never needs the way back, so no privilege is needed), and yields once,
+/// since entering it does not make the kernel reschedule.
+pub fn enter_idle() -> std::io::Result<()> {
+    set_policy(0, libc::SCHED_IDLE)?;
+    yield_now();
+    Ok(())
 }
 
 /// Gives the core to any thread the scheduler prefers now.

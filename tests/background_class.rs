@@ -6,7 +6,9 @@
 //! quarter is all stored, nothing refused; with other work holding the
 //! core, what was answered still reaches segments promptly. With neither,
 //! the server says so and no pass runs idle-class. (`sched`'s own tests
-//! cover the lifts.)
+//! cover the lifts.) The catalog reloader needs no way back: it lives in
+//! the idle class with `background_class = "idle"`, whatever the
+//! privileges, and in the normal class with `"normal"`.
 //!
 //! Needs root to drop to the unprivileged user, and for the `LimitNICE`
 //! case the right to raise RLIMIT_NICE (CAP_SYS_RESOURCE, which some
@@ -310,7 +312,61 @@ fn without_a_way_back_no_pass_runs_idle() {
     std::thread::sleep(Duration::from_millis(200));
     let page = served.metrics();
     assert_eq!(common::metric(&page, STORE_IDLE), 0.0);
+    assert_eq!(reloader_policy(&served, libc::SCHED_IDLE), libc::SCHED_IDLE);
     stop(&mut served);
+}
+
+/// The scheduling policy of the server's catalog reloader, once it is
+/// `want` or after 5 s.
+fn reloader_policy(served: &Served, want: i32) -> i32 {
+    let tasks = format!("/proc/{}/task", served.child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Field 41 of a thread's stat is its policy; fields from the third
+        // follow the name's closing parenthesis.
+        let policy = std::fs::read_dir(&tasks)
+            .unwrap()
+            .map(|t| t.unwrap().path())
+            .find(|t| {
+                std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "trackplane-cata")
+            })
+            .and_then(|t| std::fs::read_to_string(t.join("stat")).ok())
+            .and_then(|stat| {
+                let after = &stat[stat.rfind(')')? + 1..];
+                after.split_whitespace().nth(41 - 3)?.parse().ok()
+            })
+            .unwrap_or(-1);
+        if policy == want || Instant::now() > deadline {
+            return policy;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_catalog_reloader_runs_in_the_configured_class() {
+    for (class, policy) in [("idle", libc::SCHED_IDLE), ("normal", libc::SCHED_OTHER)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("trackplane.toml");
+        std::fs::write(
+            &config,
+            format!("[server]\nbackground_class = \"{class}\"\n"),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        let mut served = common::process::serve(
+            &data,
+            &["--config", config.to_str().unwrap(), "--workers", "1"],
+            &[],
+        );
+        // The normal class is where it starts, so give it the time it
+        // would take to leave.
+        if class == "normal" {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(reloader_policy(&served, policy), policy, "{class}");
+        stop(&mut served);
+    }
 }
 
 #[test]

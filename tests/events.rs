@@ -294,7 +294,15 @@ fn catalog_hot_reload_under_load(d: Driver) {
     let tmp = s.data_dir().join("catalogs/.shop.txt.tmp");
     std::fs::write(&tmp, "p1\np2\n").unwrap();
     std::fs::rename(&tmp, s.data_dir().join("catalogs/shop.txt")).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The reloader runs in the idle class: on a busy machine the swap may
+    // take a while. Then a little more load after it.
+    common::wait_for("the new catalog", Duration::from_secs(10), || {
+        common::metric(
+            &s.metrics(),
+            "trackplane_events_audited_total{status=\"ok\"}",
+        ) > 0.0
+    });
+    std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
     let records = s.stop();

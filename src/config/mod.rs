@@ -211,7 +211,8 @@ pub struct ServerConfig {
     /// Bytes the live view may keep (advertisers, count keys, unknown
     /// products, recent events); requests decide what it is asked to keep.
     pub view_memory_bytes: usize,
-    /// The scheduling class of the store thread while the rings are calm.
+    /// The scheduling class of the store thread while the rings are calm,
+    /// and of the catalog reloader.
     pub background_class: BackgroundClass,
 }
 

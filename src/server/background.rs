@@ -50,8 +50,28 @@ pub fn spawn_watchdog(shared: Arc<Shared>, every: Duration) -> std::io::Result<J
 /// Re-reads changed catalog files every `reload_interval_ms` (at once
 /// after a reload) and swaps the new snapshot in; workers keep serving from
 /// the old one meanwhile. Sleeps in between, until its bells ring.
-pub fn spawn_reloader(shared: Arc<Shared>, mut dir: CatalogDir) -> std::io::Result<JoinHandle<()>> {
+///
+/// With `idle` (`server.background_class = "idle"`) the thread lives in
+/// the idle class, where a worker's wake-up takes the core from it at once:
+/// in the normal class a worker waited behind it for up to 4.5-5.2 ms while
+/// it read and built a catalog of 1M ids, though it yields every 1,024
+/// lines, because what it does between yields (growing and freeing
+/// buffers of megabytes: page faults, the allocator's `madvise`) ran for
+/// milliseconds; in the idle class 101-374 µs at most
+/// (bench/results/catalog-idle-*.md). A changed catalog loads later on a
+/// core the workers keep busy: 2.1-3.6 s after its rename there, against
+/// 1.5-2.4 s.
+pub fn spawn_reloader(
+    shared: Arc<Shared>,
+    mut dir: CatalogDir,
+    idle: bool,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("trackplane-catalogs".into()).spawn(move || {
+        if idle {
+            if let Err(e) = crate::sched::enter_idle() {
+                tracing::warn!(error = %e, "catalog reloader cannot enter the idle class; it runs in the normal class");
+            }
+        }
         let mut last_scan = Instant::now();
         loop {
             // Read each time: a reload may change it.

@@ -319,7 +319,7 @@ impl Server {
         let background = match (idle_wanted, store_status.class.enabled()) {
             (true, true) => "idle",
             (true, false) => {
-                tracing::info!("server.background_class = \"idle\" needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to lift the store back; it runs in the normal class");
+                tracing::info!("server.background_class = \"idle\" needs CAP_SYS_NICE or RLIMIT_NICE >= 20 to lift the store back; the store runs in the normal class (the catalog reloader, which stays idle, does not need it)");
                 "normal"
             }
             (false, _) => "normal",
@@ -473,7 +473,7 @@ impl Server {
             let _ = server.wait();
             return Err(e);
         }
-        let reloader = background::spawn_reloader(shared.clone(), catalog_dir)
+        let reloader = background::spawn_reloader(shared.clone(), catalog_dir, idle_wanted)
             .map_err(|e| ServeError::Thread(e.to_string()))?;
         server.helpers.push(reloader);
         let router: admin::Router = {
