@@ -24,6 +24,11 @@ W=$(mktemp -d /tmp/trackplane-waits.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 $LT setup --dir "$W/mix" --advertisers "$ADV" --products "${PRODUCTS:-200}" --kinds impressions >/dev/null
 mkdir -p "$W/data"; cp -r "$W/mix/catalogs" "$W/data/"
+if [ "${RELOAD:-0}" -gt 0 ]; then
+  seq -f 'feed-%.0f' 1 "$RELOAD" > "$W/feed.txt"
+  for i in 1 2 3 4 5; do cp "$W/feed.txt" "$W/data/catalogs/.feed$i.txt.tmp"; done
+  sync
+fi
 RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$W/mix/trackplane.toml" --listen 127.0.0.1:18090 \
   --admin-listen 127.0.0.1:19190 --data-dir "$W/data" --workers 1 --driver uring &
 SERVER=$!
@@ -35,13 +40,12 @@ taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --du
 LOAD=$!
 sleep 2.5
 if [ "${RELOAD:-0}" -gt 0 ]; then
-  # On the load's core, so that only the reloader's work meets the worker.
-  taskset -c 1 bash -c "seq -f 'feed-%.0f' 1 $RELOAD > $W/feed.txt
-    for i in 1 2 3 4 5; do
-      cp $W/feed.txt $W/data/catalogs/.feed.txt.tmp
-      mv $W/data/catalogs/.feed.txt.tmp $W/data/catalogs/feed.txt
-      sleep 1
-    done" &
+  # Only renames during the recording: copies written now would take
+  # from loadtest's core and the writeback from either.
+  for i in 1 2 3 4 5; do
+    mv "$W/data/catalogs/.feed$i.txt.tmp" "$W/data/catalogs/feed.txt"
+    sleep 1
+  done &
 fi
 taskset -c 1 perf record -q -a -e sched:sched_switch -e sched:sched_wakeup \
   --filter 'comm == "trackplane-w0"' -o "$W/perf.data" -- sleep 6 >/dev/null 2>&1
