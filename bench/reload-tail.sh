@@ -10,7 +10,7 @@
 #   e.g. bench/reload-tail.sh 20000 2 1000000 target/release/trackplane /tmp/old/trackplane
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RATE=${1:-20000}; ROUNDS=${2:-2}; IDS=${3:-1000000}; shift 3 || true
+RATE=${1:-20000}; ROUNDS=${2:-2}; IDS=${3:-1000000}; shift $(( $# < 3 ? $# : 3 ))
 [ $# -gt 0 ] || set -- target/release/trackplane
 cargo build --release --quiet -p trackplane-loadtest --bin loadtest
 cargo build --release --quiet -p trackplane --bin trackplane

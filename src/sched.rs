@@ -381,8 +381,9 @@ impl Class {
 /// two of them unbroken (a buffer of megabytes grown, the allocator
 /// returning one to the kernel) still held the core for milliseconds while
 /// a catalog of 1M ids loaded (bench/results/catalog-idle-*.md), which is
-/// why the reloader runs in the idle class unless told otherwise; there
-/// its yields cost a system call each and change nothing.
+/// why the reloader runs in the idle class unless told otherwise; there a
+/// worker's wake-up preempts it anyway, and a yield is a system call that
+/// finds nothing waiting.
 #[derive(Debug)]
 pub struct Breather {
     every: u32,

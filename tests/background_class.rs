@@ -345,6 +345,9 @@ fn reloader_policy(served: &Served, want: i32) -> i32 {
 
 #[test]
 fn the_catalog_reloader_runs_in_the_configured_class() {
+    // Its fork must not inherit another test's binary copy open for
+    // writing.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for (class, policy) in [("idle", libc::SCHED_IDLE), ("normal", libc::SCHED_OTHER)] {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("trackplane.toml");
