@@ -27,12 +27,16 @@ use crate::clock::unix_ms;
 /// one go held the worker's core for 300-400 µs. Each piece ends a zstd
 /// block inside the one frame, and the frame's history spans the pieces,
 /// so the ratio stays close to one-shot compression; but each piece
-/// builds its own entropy tables: `cargo bench --bench store --
-/// block_compress` takes 179 µs a block in pieces against 136 µs whole
-/// (ratio 27.7x against 28.0x; `bench/results/together-20261130-1246.md`)
-/// on records that repeated; on records that do not, 468 against 403 µs
-/// (12.53x against 12.84x; `bench/results/store-bench-20261203-2227.md`).
-pub const COMPRESS_PIECE: usize = 32 << 10;
+/// builds its own entropy tables, a few µs a piece. `cargo bench --bench
+/// store -- block_compress` on the loadtest's records: 247 µs a block
+/// whole at 12.84:1, 293 in 32 KiB pieces at 12.53:1, 410 in 8 KiB pieces
+/// at 11.49:1. 8 KiB it is, because a request that arrives during a piece
+/// waits for its end: at 50k requests/s unbatched, with 32 KiB pieces
+/// (37-55 µs each) trackplane's p99 outside the VM's stalls was
+/// 1.11-1.13x nginx's; with 8 KiB pieces (about 13 µs) 0.92-0.97x, lower
+/// than with 32 KiB in 18 of 22 rounds, for about 1% more CPU per request
+/// and 8% more bytes on disk (`bench/results/pieces-20261205-1250.md`).
+pub const COMPRESS_PIECE: usize = 8 << 10;
 
 /// Worst-case bytes a flush adds beyond `compress_bound` (a zstd block
 /// header, with room to spare).

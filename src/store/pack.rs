@@ -55,12 +55,11 @@ use crate::segment::format::BLOCK_HEADER_LEN;
 use crate::segment::writer::{out_bound, BlockBuilder, Framed, COMPRESS_PIECE};
 
 /// Records moved into the block per turn: a few microseconds of copying.
-/// A cut block is compressed one `COMPRESS_PIECE` (32 KiB) a turn, about
-/// 55 µs, and no record is moved in meanwhile: whole, a 256 KiB block of
+/// A cut block is compressed one `COMPRESS_PIECE` (8 KiB) a turn, about
+/// 13 µs, and no record is moved in meanwhile: whole, a 256 KiB block of
 /// the loadtest's records took 300-400 µs, which every request arriving
-/// meanwhile waited for (`cargo bench --bench store -- block_compress`:
-/// 403 µs whole, 468 in 8-9 pieces,
-/// bench/results/store-bench-20261203-2227.md).
+/// meanwhile waited for (the piece's size and what it costs:
+/// `segment::writer::COMPRESS_PIECE`).
 pub const TURN_RECORDS: usize = 64;
 
 /// Bytes the store's ring needs for a worker whose own ring holds
@@ -137,7 +136,7 @@ impl Packer {
         let aged = waited >= self.flush_every / 2;
         // A block cut by age has half the interval left, which idle turns
         // nearly always find; only in its last quarter does it go ahead of
-        // waiting requests (each piece would hold them up about 55 µs).
+        // waiting requests (each piece would hold them up about 13 µs).
         let late = waited >= self.flush_every * 3 / 4;
         if io_waiting && !(sync_wanted || late || self.records.past_quarter()) {
             return self.block.framing() || self.records.backlog() > 0;
