@@ -35,7 +35,7 @@ use crate::clock::unix_ms;
 /// (37-55 µs each) trackplane's p99 outside the VM's stalls was
 /// 1.11-1.13x nginx's; with 8 KiB pieces (about 13 µs) 0.92-0.97x, lower
 /// than with 32 KiB in 18 of 22 rounds, for about 1% more CPU per request
-/// and 8% more bytes on disk (`bench/results/pieces-20261205-1250.md`).
+/// and 8% more bytes on disk (`bench/results/pieces-20261205-1245.md`).
 pub const COMPRESS_PIECE: usize = 8 << 10;
 
 /// Worst-case bytes a flush adds beyond `compress_bound` (a zstd block
