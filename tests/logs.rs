@@ -90,8 +90,7 @@ fn no_personal_data_in_the_log(driver: &str) {
     std::fs::write(
         &config,
         "node_id = \"t1\"\n[server]\nheader_timeout_ms = 300\nmax_body_bytes = 4096\n\
-         lingering_close_ms = 0\n[catalogs]\nreload_interval_ms = 100\n\
-         [advertisers.shop]\nredirect_hosts = [\"shop.com\"]\n",
+         [catalogs]\nreload_interval_ms = 100\n[advertisers.shop]\nredirect_hosts = [\"shop.com\"]\n",
     )
     .unwrap();
     let mut server = serve(
