@@ -61,6 +61,21 @@ race_setup() { # NAME, for the work dir and messages
   write_nginx_conf
 }
 
+# A big catalog replaced while a server runs (bench/worker-waits.sh
+# RELOAD, bench/reload-tail.sh): COUNT copies of a catalog of IDS ids
+# written into DATA/catalogs under hidden names before the load (writing
+# them during it would take from loadtest's core, and their writeback
+# from either), then renamed over DATA/catalogs/feed.txt one a second.
+feed_copies() { # DATA IDS COUNT
+  [ "$3" -gt 0 ] || return 0
+  seq -f 'feed-%.0f' 1 "$2" > "$1/feed.txt"
+  local i; for i in $(seq "$3"); do cp "$1/feed.txt" "$1/catalogs/.feed$i.txt.tmp"; done
+  sync
+}
+feed_renames() { # DATA COUNT
+  local i; for i in $(seq "$2"); do mv "$1/catalogs/.feed$i.txt.tmp" "$1/catalogs/feed.txt"; sleep 1; done
+}
+
 cpu_ns() { # total on-CPU ns of every thread of the given pids
   local total=0 pid t
   for pid in "$@"; do

@@ -19,12 +19,10 @@ LT=target/release/loadtest
 W=$(mktemp -d /tmp/trackplane-reload-tail.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 $LT setup --dir "$W/mix" --advertisers 50 --products 200 --kinds impressions >/dev/null
-seq -f 'feed-%.0f' 1 "$IDS" > "$W/feed.txt"
 
 window() { # BINARY RELOADS
   rm -rf "$W/data"; mkdir -p "$W/data"; cp -r "$W/mix/catalogs" "$W/data/"
-  for i in $(seq "$2"); do cp "$W/feed.txt" "$W/data/catalogs/.feed$i.txt.tmp"; done
-  sync
+  feed_copies "$W/data" "$IDS" "$2"
   RUST_LOG=warn taskset -c 0 "$1" serve --config "$W/mix/trackplane.toml" --listen 127.0.0.1:18090 \
     --admin-listen 127.0.0.1:19190 --data-dir "$W/data" --workers 1 --driver uring &
   local server=$!
@@ -34,10 +32,7 @@ window() { # BINARY RELOADS
     --warmup 1 --json --kinds impressions --advertisers 50 --products 200 > "$W/lt.json" &
   local load=$!
   sleep 1.5
-  for i in $(seq "$2"); do
-    mv "$W/data/catalogs/.feed$i.txt.tmp" "$W/data/catalogs/feed.txt"
-    sleep 1
-  done
+  feed_renames "$W/data" "$2"
   wait $load
   kill -TERM $server; wait $server || true
   local j; j=$(tail -1 "$W/lt.json")

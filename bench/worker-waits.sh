@@ -24,29 +24,18 @@ W=$(mktemp -d /tmp/trackplane-waits.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 $LT setup --dir "$W/mix" --advertisers "$ADV" --products "${PRODUCTS:-200}" --kinds impressions >/dev/null
 mkdir -p "$W/data"; cp -r "$W/mix/catalogs" "$W/data/"
-if [ "${RELOAD:-0}" -gt 0 ]; then
-  seq -f 'feed-%.0f' 1 "$RELOAD" > "$W/feed.txt"
-  for i in 1 2 3 4 5; do cp "$W/feed.txt" "$W/data/catalogs/.feed$i.txt.tmp"; done
-  sync
-fi
+. bench/lib.sh
+[ "${RELOAD:-0}" -gt 0 ] && feed_copies "$W/data" "$RELOAD" 5
 RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$W/mix/trackplane.toml" --listen 127.0.0.1:18090 \
   --admin-listen 127.0.0.1:19190 --data-dir "$W/data" --workers 1 --driver uring &
 SERVER=$!
-. bench/lib.sh
 wait_port 18090
 sleep 1
 taskset -c 1 $LT run --addr 127.0.0.1:18090 --rate "$RATE" --connections 64 --duration 8 --warmup 2 \
   --json --kinds impressions --advertisers "$ADV" --products "${PRODUCTS:-200}" --stall-us 500 > "$W/lt.json" &
 LOAD=$!
 sleep 2.5
-if [ "${RELOAD:-0}" -gt 0 ]; then
-  # Only renames during the recording: copies written now would take
-  # from loadtest's core and the writeback from either.
-  for i in 1 2 3 4 5; do
-    mv "$W/data/catalogs/.feed$i.txt.tmp" "$W/data/catalogs/feed.txt"
-    sleep 1
-  done &
-fi
+[ "${RELOAD:-0}" -gt 0 ] && feed_renames "$W/data" 5 &
 taskset -c 1 perf record -q -a -e sched:sched_switch -e sched:sched_wakeup \
   --filter 'comm == "trackplane-w0"' -o "$W/perf.data" -- sleep 6 >/dev/null 2>&1
 wait $LOAD
