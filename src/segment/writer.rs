@@ -38,8 +38,20 @@ use crate::clock::unix_ms;
 /// and 8% more bytes on disk (`bench/results/pieces-20261205-1245.md`).
 pub const COMPRESS_PIECE: usize = 8 << 10;
 
+/// The piece of a worker that batches its wake-ups (`server::pace`, on a
+/// nearly full core, where CPU is what runs out): its answers already
+/// wait up to the linger (200 µs by default) for company, and 32 KiB
+/// pieces save that core part of the 8 KiB pieces' extra work (under 2%
+/// of it at 100k requests/s). At 100k/s, against 8 KiB pieces: CPU per
+/// request 0.968 and 0.988 in two races, lower in 12 of 16 rounds; p99
+/// outside the VM's stalls no higher; p50 higher in 14 of 16 rounds (about
+/// 10-20 µs), as each answer may wait for a longer piece before the
+/// worker's next wait (`bench/results/tails-20261205-1542.md`, `-1553.md`).
+pub const COMPRESS_PIECE_BATCHED: usize = 32 << 10;
+
 /// Worst-case bytes a flush adds beyond `compress_bound` (a zstd block
-/// header, with room to spare).
+/// header, with room to spare), once per piece: bounds count pieces of
+/// [`COMPRESS_PIECE`], the smallest.
 const FLUSH_OVERHEAD: usize = 16;
 
 /// How blocks are cut and segments rotated.

@@ -309,8 +309,10 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
         Pace::new(busy_percent, reading(&worker.metrics), Instant::now())
     });
     if let Some(p) = &pace {
-        set_batching(&worker.metrics, p.batching());
+        set_batching(&worker.metrics, &packer, p.batching());
     }
+    // Weak: the packer goes back to this function at the stop.
+    let pace_packer = Rc::downgrade(&packer);
     monoio::spawn(async move {
         while !watcher.shutting_down() {
             monoio::time::sleep(Duration::from_millis(20)).await;
@@ -318,7 +320,9 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
                 .as_mut()
                 .and_then(|p| p.look(Instant::now(), || reading(&watcher.metrics)))
             {
-                set_batching(&watcher.metrics, change);
+                if let Some(packer) = pace_packer.upgrade() {
+                    set_batching(&watcher.metrics, &packer, change);
+                }
                 watcher.metrics.wake_batch_changes.inc();
             }
             let shared = &watcher.shared;
@@ -367,9 +371,10 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
 }
 
 /// Turns this thread's wake-up batching on or off, and its gauge with it.
-fn set_batching(metrics: &WorkerMetrics, on: bool) {
+fn set_batching(metrics: &WorkerMetrics, packer: &RefCell<Packer>, on: bool) {
     monoio::set_wait_batch_active(on);
     metrics.wake_batching.set(u64::from(on));
+    packer.borrow_mut().set_batching(on);
 }
 
 /// Accepts on `listener` until shutdown cancels it. A connection accepted

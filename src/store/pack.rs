@@ -52,11 +52,14 @@ use super::{StoreMetrics, StoreStatus, StreamShared, RING_PREFIX};
 use crate::clock::unix_ms;
 use crate::ring::{Consumer, Producer};
 use crate::segment::format::BLOCK_HEADER_LEN;
-use crate::segment::writer::{out_bound, BlockBuilder, Framed, COMPRESS_PIECE};
+use crate::segment::writer::{
+    out_bound, BlockBuilder, Framed, COMPRESS_PIECE, COMPRESS_PIECE_BATCHED,
+};
 
 /// Records moved into the block per turn: a few microseconds of copying.
 /// A cut block is compressed one `COMPRESS_PIECE` (8 KiB) a turn, about
-/// 13 µs, and no record is moved in meanwhile: whole, a 256 KiB block of
+/// 13 µs (32 KiB while the worker batches its wake-ups), and no record is
+/// moved in meanwhile: whole, a 256 KiB block of
 /// the loadtest's records took 300-400 µs, which every request arriving
 /// meanwhile waited for (the piece's size and what it costs:
 /// `segment::writer::COMPRESS_PIECE`).
@@ -83,6 +86,9 @@ pub struct Packer {
     /// waited, as an instant: when the packer first found them there, or
     /// after a cut, the oldest one's receive time.
     since: Option<Instant>,
+    /// Bytes compressed per turn: `COMPRESS_PIECE`, or
+    /// `COMPRESS_PIECE_BATCHED` while the worker batches its wake-ups.
+    piece: usize,
     flush_every: Duration,
     /// `storage.discard_for_benchmarks`: records are dropped, not packed,
     /// so that storage's whole cost shows as the difference.
@@ -110,12 +116,24 @@ impl Packer {
             blocks,
             block: BlockBuilder::new(next_seq, cfg.block_max_bytes, cfg.zstd_level)?,
             since: None,
+            piece: COMPRESS_PIECE,
             flush_every: Duration::from_millis(cfg.flush_interval_ms),
             discard: cfg.discard_for_benchmarks,
             shared,
             status,
             metrics,
         })
+    }
+
+    /// Follows the worker's pace (`server::pace`): pieces of
+    /// `COMPRESS_PIECE_BATCHED` while it batches its wake-ups, whose
+    /// answers wait the linger anyway, and of `COMPRESS_PIECE` otherwise.
+    pub fn set_batching(&mut self, batching: bool) {
+        self.piece = if batching {
+            COMPRESS_PIECE_BATCHED
+        } else {
+            COMPRESS_PIECE
+        };
     }
 
     /// One turn of idle work (module header); returns whether work is
@@ -143,11 +161,11 @@ impl Packer {
         }
         if self.block.framing() {
             // A block cut in an earlier turn: its next piece.
-            self.cut(COMPRESS_PIECE);
+            self.cut(self.piece);
         } else {
             self.take(TURN_RECORDS);
             if self.block.full() || aged || (sync_wanted && self.records.backlog() == 0) {
-                self.cut(COMPRESS_PIECE);
+                self.cut(self.piece);
             }
         }
         self.block.framing() || self.records.backlog() > 0

@@ -236,6 +236,32 @@ fn a_block_is_compressed_a_piece_per_turn_while_records_wait_in_the_ring() {
 }
 
 #[test]
+fn a_batching_worker_compresses_in_larger_pieces() {
+    let cfg = storage("[storage]\nblock_max_bytes = 131072\nflush_interval_ms = 60000\n");
+    let turns_to_cut = |batching: bool| {
+        let (mut records, mut packer, mut ring, _) = packer(&cfg, 4 << 20);
+        packer.set_batching(batching);
+        push(&mut records, 0..8000, 1_000);
+        while !packer.block.framing() {
+            assert!(packer.turn(false), "records left");
+        }
+        // The turn that cut the block compressed its first piece.
+        let raw = packer.block.pending_bytes();
+        let mut turns = 1;
+        while blocks(&mut ring).is_empty() {
+            packer.turn(false);
+            turns += 1;
+        }
+        (raw, turns)
+    };
+    let (raw, turns) = turns_to_cut(false);
+    assert_eq!(turns, raw.div_ceil(COMPRESS_PIECE));
+    let (raw, turns) = turns_to_cut(true);
+    assert_eq!(turns, raw.div_ceil(COMPRESS_PIECE_BATCHED));
+    assert!(turns >= 2, "{turns}");
+}
+
+#[test]
 fn a_block_ends_the_stores_nap_only_when_the_nap_would_end_after_it_is_due() {
     let cfg = storage("[storage]\nflush_interval_ms = 1000\n");
     let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
