@@ -30,12 +30,14 @@ use crate::clock::unix_ms;
 /// builds its own entropy tables, a few µs a piece. `cargo bench --bench
 /// store -- block_compress` on the loadtest's records: 247 µs a block
 /// whole at 12.84:1, 293 in 32 KiB pieces at 12.53:1, 410 in 8 KiB pieces
-/// at 11.49:1. 8 KiB it is, because a request that arrives during a piece
-/// waits for its end: at 50k requests/s unbatched, with 32 KiB pieces
-/// (37-55 µs each) trackplane's p99 outside the VM's stalls was
-/// 1.11-1.13x nginx's; with 8 KiB pieces (about 13 µs) 0.92-0.97x, lower
-/// than with 32 KiB in 18 of 22 rounds, for about 1% more CPU per request
-/// and 8% more bytes on disk (`bench/results/pieces-20261205-1245.md`).
+/// at 11.49:1. 8 KiB it is for a worker that does not batch its wake-ups
+/// (one that does: [`COMPRESS_PIECE_BATCHED`]), because a request that
+/// arrives during a piece waits for its end: at 50k requests/s
+/// unbatched, with 32 KiB pieces (37-55 µs each) trackplane's p99 outside
+/// the VM's stalls was 1.11-1.13x nginx's; with 8 KiB pieces (about 13
+/// µs) 0.92-0.97x, lower than with 32 KiB in 18 of 22 rounds, for about
+/// 1% more CPU per request and 8% more bytes on disk
+/// (`bench/results/pieces-20261205-1245.md`).
 pub const COMPRESS_PIECE: usize = 8 << 10;
 
 /// The piece of a worker that batches its wake-ups (`server::pace`, on a

@@ -59,10 +59,9 @@ use crate::segment::writer::{
 /// Records moved into the block per turn: a few microseconds of copying.
 /// A cut block is compressed one `COMPRESS_PIECE` (8 KiB) a turn, about
 /// 13 µs (32 KiB while the worker batches its wake-ups), and no record is
-/// moved in meanwhile: whole, a 256 KiB block of
-/// the loadtest's records took 300-400 µs, which every request arriving
-/// meanwhile waited for (the piece's size and what it costs:
-/// `segment::writer::COMPRESS_PIECE`).
+/// moved in meanwhile: whole, a 256 KiB block of the loadtest's records
+/// took 300-400 µs, which every request arriving meanwhile waited for
+/// (the pieces' sizes and what they cost: `segment::writer`).
 pub const TURN_RECORDS: usize = 64;
 
 /// Bytes the store's ring needs for a worker whose own ring holds
