@@ -43,12 +43,14 @@ pub const COMPRESS_PIECE: usize = 8 << 10;
 /// The piece of a worker that batches its wake-ups (`server::pace`, on a
 /// nearly full core, where CPU is what runs out): its answers already
 /// wait up to the linger (200 µs by default) for company, and 32 KiB
-/// pieces save that core part of the 8 KiB pieces' extra work (under 2%
-/// of it at 100k requests/s). At 100k/s, against 8 KiB pieces: CPU per
+/// pieces save that core part of the 8 KiB pieces' extra work (117 µs a
+/// block by the bench above, at about 150 blocks a second: under 2% of
+/// the core at 100k requests/s). At 100k/s, against 8 KiB pieces: CPU per
 /// request 0.968 and 0.988 in two races, lower in 12 of 16 rounds; p99
-/// outside the VM's stalls no higher; p50 higher in 14 of 16 rounds (about
-/// 10-20 µs), as each answer may wait for a longer piece before the
-/// worker's next wait (`bench/results/tails-20261205-1542.md`, `-1553.md`).
+/// outside the VM's stalls no higher; p50 higher in 14 of 16 rounds (by
+/// 12-21 µs in the medians over windows), as each answer may wait for a
+/// longer piece before the worker's next wait
+/// (`bench/results/tails-20261205-1542.md`, `-1553.md`).
 pub const COMPRESS_PIECE_BATCHED: usize = 32 << 10;
 
 /// Worst-case bytes a flush adds beyond `compress_bound` (a zstd block
