@@ -49,9 +49,11 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     // is answered (or its header timeout passes) shutdown waits for it too.
     busy.set(true);
     let mut fresh = true;
-    // When the bytes last read arrived: the one clock reading per read,
-    // for deadlines and event times alike.
-    let mut arrived = Instant::now();
+    // When the bytes last read arrived, for deadlines and event times
+    // alike: the runtime's reading from when it reaped them
+    // (`monoio::time::recent`), so that a request costs no clock read of
+    // its own.
+    let mut arrived = monoio::time::recent();
     // When the request now in the buffer began.
     let mut started = arrived;
     let mut sent_continue = false;
@@ -222,7 +224,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                 // written, shutdown waits for this connection.
                 busy.set(true);
                 fresh = false;
-                arrived = Instant::now();
+                arrived = monoio::time::recent();
                 if len == 0 {
                     started = arrived;
                 }

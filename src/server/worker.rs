@@ -285,7 +285,8 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
     let mut folder = crate::view::Folder::new(spec.view_ring, shared.view.clone());
     let idle_packer = packer.clone();
     monoio::set_idle_work(Some(Box::new(move |io_waiting| {
-        let packing = idle_packer.borrow_mut().turn(io_waiting);
+        let now = monoio::time::recent().into_std();
+        let packing = idle_packer.borrow_mut().turn(io_waiting, now);
         folder.turn(io_waiting) || packing
     })));
     let worker = Rc::new(Worker {

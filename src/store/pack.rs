@@ -135,9 +135,10 @@ impl Packer {
         };
     }
 
-    /// One turn of idle work (module header); returns whether work is
-    /// left for another turn.
-    pub fn turn(&mut self, io_waiting: bool) -> bool {
+    /// One turn of idle work (module header) at `now` (the runtime's
+    /// reading from just before it would sleep, `monoio::time::recent`);
+    /// returns whether work is left for another turn.
+    pub fn turn(&mut self, io_waiting: bool, now: Instant) -> bool {
         if self.discard {
             self.discard_all();
             return false;
@@ -145,11 +146,11 @@ impl Packer {
         let since = match self.since {
             Some(t) => t,
             None if self.records.backlog() == 0 => return false,
-            None => *self.since.insert(Instant::now()),
+            None => *self.since.insert(now),
         };
         // Below the block's first record, every record is in the store's ring.
         let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.block.first_seq();
-        let waited = since.elapsed();
+        let waited = now.saturating_duration_since(since);
         let aged = waited >= self.flush_every / 2;
         // A block cut by age has half the interval left, which idle turns
         // nearly always find; only in its last quarter does it go ahead of

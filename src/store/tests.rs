@@ -32,7 +32,7 @@ impl Feed {
     /// worker does.
     fn push_one(&mut self, rec: &[u8]) -> Result<(), PushError> {
         let pushed = self.producer.push(rec);
-        self.packer.turn(false);
+        self.packer.turn(false, Instant::now());
         pushed
     }
 

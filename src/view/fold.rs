@@ -27,7 +27,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::{forget_idle, Batch, View};
-use crate::clock::unix_ms;
 use crate::ring::Consumer;
 
 /// Records folded per turn: a few tens of microseconds at the view's
@@ -73,8 +72,11 @@ impl Folder {
         let (ring, fold) = (&mut self.ring, self.fold);
         let folded = catch_unwind(AssertUnwindSafe(|| {
             ring.drain_at_most(TURN_RECORDS, |rec| fold(&mut batch, rec));
-            let now = unix_ms();
-            if batch.view.forget_due(now) {
+            // The newest event's time stands for now, without a clock
+            // read per turn: the records were received moments ago, and
+            // the view's windows count by event time anyway.
+            let now = batch.newest_ms;
+            if now > 0 && batch.view.forget_due(now) {
                 forget_idle(&mut batch.ads, now);
             }
         }));
@@ -91,6 +93,7 @@ impl Folder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::unix_ms;
     use std::time::Duration;
 
     fn rec(adv: &str) -> Vec<u8> {

@@ -237,6 +237,8 @@ pub struct Batch<'a> {
     view: &'a View,
     subs: MutexGuard<'a, Vec<Subscriber>>,
     ads: MutexGuard<'a, Advertisers>,
+    /// The newest event time folded in by this batch (0 before one).
+    newest_ms: u64,
 }
 
 impl Batch<'_> {
@@ -282,6 +284,7 @@ impl Batch<'_> {
                 }
             }
         };
+        self.newest_ms = self.newest_ms.max(ts);
         let Advertisers { by_id, budget } = &mut *self.ads;
         let left = budget.left;
         let mut refused = 0;
@@ -395,6 +398,7 @@ impl View {
             view: self,
             subs,
             ads,
+            newest_ms: 0,
         }
     }
 
@@ -415,6 +419,7 @@ impl View {
             view: self,
             subs,
             ads,
+            newest_ms: 0,
         })
     }
 

@@ -70,9 +70,9 @@ fn blocks(ring: &mut Consumer) -> Vec<(u64, u32, Vec<String>)> {
 fn records_wait_in_the_block_until_it_is_full() {
     let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
-    assert!(!packer.turn(false), "nothing to pack");
+    assert!(!packer.turn(false, Instant::now()), "nothing to pack");
     push(&mut records, 0..10, 1_000);
-    assert!(!packer.turn(false), "all taken in");
+    assert!(!packer.turn(false, Instant::now()), "all taken in");
     assert!(
         blocks(&mut ring).is_empty(),
         "a block of 10 small records waits"
@@ -80,7 +80,7 @@ fn records_wait_in_the_block_until_it_is_full() {
     assert_eq!(packer.block.pending(), 10);
     // Past 1 KiB: blocks are cut, and the rest waits for the next.
     push(&mut records, 10..200, 1_000);
-    while packer.turn(false) {}
+    while packer.turn(false, Instant::now()) {}
     let cut = blocks(&mut ring);
     assert!(!cut.is_empty());
     assert_eq!(cut[0].2[3], r#"{"id":"t-0-3"}"#);
@@ -103,10 +103,10 @@ fn a_block_is_cut_once_its_records_have_waited_the_flush_interval() {
     let cfg = storage("[storage]\nflush_interval_ms = 20\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
     push(&mut records, 0..3, 1_000);
-    packer.turn(false);
+    packer.turn(false, Instant::now());
     assert!(blocks(&mut ring).is_empty());
     std::thread::sleep(Duration::from_millis(25));
-    packer.turn(true);
+    packer.turn(true, Instant::now());
     assert_eq!(blocks(&mut ring)[0].1, 3, "cut, even with I/O waiting");
 }
 
@@ -115,11 +115,11 @@ fn with_io_waiting_only_what_is_due_is_done() {
     let cfg = storage("[storage]\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
     push(&mut records, 0..5, 1_000);
-    assert!(packer.turn(true), "left for a quiet moment");
+    assert!(packer.turn(true, Instant::now()), "left for a quiet moment");
     assert_eq!(packer.block.pending(), 0, "nothing taken");
     // A worker waits for record 4 to be durable: packed at once.
     shared.want_sync(4);
-    packer.turn(true);
+    packer.turn(true, Instant::now());
     assert_eq!(blocks(&mut ring)[0].1, 5);
 }
 
@@ -130,17 +130,17 @@ fn a_block_cut_by_age_goes_ahead_of_waiting_io_only_late() {
     push(&mut records, 0..6000, 1_000);
     let first_seen = Instant::now();
     while packer.records.backlog() > 0 {
-        packer.turn(false);
+        packer.turn(false, Instant::now());
     }
     assert!(!packer.block.framing(), "not full, not yet aged");
     // Half the interval: cut, and its first piece compressed.
     std::thread::sleep(Duration::from_millis(520).saturating_sub(first_seen.elapsed()));
-    packer.turn(false);
+    packer.turn(false, Instant::now());
     assert!(packer.block.framing());
     let pieces = packer.block.pending_bytes().div_ceil(COMPRESS_PIECE);
     assert!(pieces >= 3, "{pieces}");
     for _ in 0..pieces {
-        assert!(packer.turn(true));
+        assert!(packer.turn(true, Instant::now()));
     }
     assert!(
         first_seen.elapsed() < Duration::from_millis(750),
@@ -150,7 +150,7 @@ fn a_block_cut_by_age_goes_ahead_of_waiting_io_only_late() {
     // Three quarters: the rest goes ahead, a piece a turn.
     std::thread::sleep(Duration::from_millis(760).saturating_sub(first_seen.elapsed()));
     for _ in 0..pieces - 1 {
-        packer.turn(true);
+        packer.turn(true, Instant::now());
     }
     let cut = blocks(&mut ring);
     assert_eq!((cut.len(), cut[0].1), (1, 6000));
@@ -163,10 +163,10 @@ fn records_left_after_a_cut_keep_their_age() {
     // Received 1.3 s to 0.9 s ago: past three quarters of the interval.
     push(&mut records, 0..400, unix_ms() - 1300);
     while blocks(&mut ring).is_empty() {
-        assert!(packer.turn(false), "records left");
+        assert!(packer.turn(false, Instant::now()), "records left");
     }
     assert!(packer.records.backlog() > 0);
-    packer.turn(true);
+    packer.turn(true, Instant::now());
     let next = blocks(&mut ring);
     assert_eq!(next.len(), 1, "late, so packed with I/O waiting");
     assert_eq!(next[0].1, TURN_RECORDS as u32);
@@ -181,7 +181,7 @@ fn a_ring_past_a_quarter_is_packed_while_io_waits() {
         push(&mut records, seq..seq + 1, 1_000);
         seq += 1;
     }
-    packer.turn(true);
+    packer.turn(true, Instant::now());
     assert_eq!(
         packer.block.pending(),
         TURN_RECORDS as u32,
@@ -195,7 +195,7 @@ fn a_block_is_compressed_a_piece_per_turn_while_records_wait_in_the_ring() {
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 4 << 20);
     push(&mut records, 0..8000, 1_000);
     while !packer.block.framing() {
-        assert!(packer.turn(false), "records left");
+        assert!(packer.turn(false, Instant::now()), "records left");
     }
     // The turn that cut the block compressed its first piece.
     let pieces = packer.block.pending_bytes().div_ceil(COMPRESS_PIECE);
@@ -206,11 +206,11 @@ fn a_block_is_compressed_a_piece_per_turn_while_records_wait_in_the_ring() {
     let mut cut = Vec::new();
     while cut.is_empty() {
         // Nothing due: with I/O waiting the compression does not go on.
-        assert!(packer.turn(true));
+        assert!(packer.turn(true, Instant::now()));
         push(&mut records, pushed..pushed + 1, 1_000);
         pushed += 1;
         assert_eq!(packer.block.pending(), in_block, "nothing appended");
-        assert!(packer.turn(false));
+        assert!(packer.turn(false, Instant::now()));
         turns += 1;
         cut = blocks(&mut ring);
         assert!(turns as usize <= pieces, "{turns} turns");
@@ -243,13 +243,13 @@ fn a_batching_worker_compresses_in_larger_pieces() {
         packer.set_batching(batching);
         push(&mut records, 0..8000, 1_000);
         while !packer.block.framing() {
-            assert!(packer.turn(false), "records left");
+            assert!(packer.turn(false, Instant::now()), "records left");
         }
         // The turn that cut the block compressed its first piece.
         let raw = packer.block.pending_bytes();
         let mut turns = 1;
         while blocks(&mut ring).is_empty() {
-            packer.turn(false);
+            packer.turn(false, Instant::now());
             turns += 1;
         }
         (raw, turns)
@@ -325,7 +325,7 @@ fn the_oldest_record_not_yet_packed_is_published() {
     push(&mut records, 0..200, 5_000);
     // The emitter's part: the first record into an empty pipeline.
     shared.unpacked_ts.store(5_000, Ordering::Release);
-    packer.turn(false);
+    packer.turn(false, Instant::now());
     let cut = blocks(&mut ring);
     assert_eq!(cut.len(), 1, "one turn, one block");
     // The oldest left is the ring's first: the one after the block's last.
@@ -354,7 +354,7 @@ fn a_packer_dropped_with_records_left_hands_them_to_the_store() {
     let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
     push(&mut records, 0..5, 1_000);
-    assert!(!packer.turn(false));
+    assert!(!packer.turn(false, Instant::now()));
     push(&mut records, 5..8, 1_000);
     // As a worker's panic drops its idle work: 5 in the block, 3 in the ring.
     drop(packer);
@@ -370,7 +370,7 @@ fn records_are_dropped_unpacked_when_storage_discards_them() {
     let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
     push(&mut records, 0..10, 1_000);
     shared.unpacked_ts.store(1_000, Ordering::Release);
-    assert!(!packer.turn(false));
+    assert!(!packer.turn(false, Instant::now()));
     assert_eq!(packer.records.backlog(), 0, "the worker's ring is emptied");
     assert!(blocks(&mut ring).is_empty(), "nothing is packed");
     assert_eq!(shared.unpacked_ts.load(Ordering::Acquire), u64::MAX);

@@ -86,8 +86,9 @@
 // Heavily borrowed from tokio.
 // Copyright (c) 2021 Tokio Contributors, licensed under the MIT license.
 
-mod clock;
+pub(crate) mod clock;
 pub(crate) use self::clock::Clock;
+pub use self::clock::recent;
 
 pub(crate) mod driver;
 

@@ -448,8 +448,10 @@ impl IoUringDriver {
                 // timeout request in the ring ends it. One pushed before
                 // serves while it is still ahead and ends no later than
                 // `STANDING_SLACK` after this timer; else another goes in.
-                // One that then ends for nothing costs a wake-up.
-                let now = std::time::Instant::now();
+                // One that then ends for nothing costs a wake-up. `now` is
+                // the time driver's reading from just before this park
+                // (`time::recent`), from which it counted `duration`.
+                let now = crate::time::clock::recent_std();
                 let due = now + duration;
                 let standing = !duration.is_zero()
                     && inner

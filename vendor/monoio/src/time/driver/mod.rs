@@ -316,7 +316,12 @@ where
     }
 
     fn submit(&self) -> io::Result<()> {
-        self.park.submit()
+        let submitted = self.park.submit();
+        // What the submission reaped came in by now: `time::recent` stays
+        // the time the runtime last heard from the kernel on a thread too
+        // busy to wait.
+        self.time_source.clock.now();
+        submitted
     }
 
     fn park(&self) -> io::Result<()> {
@@ -342,6 +347,8 @@ where
 {
     fn drop(&mut self) {
         // self.shutdown();
+        // A runtime built on this thread later reads its own time.
+        super::clock::forget();
     }
 }
 
