@@ -1,7 +1,8 @@
 //! Wall-clock time as the product writes it: Unix milliseconds, in event
 //! records, segment headers, watermarks and the live view. One function
 //! reads it; the request path reads it through a [`WallClock`], from the
-//! monotonic reading its connection loop already took.
+//! monotonic reading its runtime took when it reaped the request's bytes
+//! (`monoio::time::recent`).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,10 +13,10 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Wall-clock milliseconds from a monotonic reading the connection loop
-/// already took, so that a request costs one clock read, not two: the
-/// system clock is read again once a second, so a step of it (NTP, an
-/// operator) shows in event times within a second.
+/// Wall-clock milliseconds from a monotonic reading already taken, so
+/// that a request costs no reading of the system clock of its own: that
+/// is read again once a second, so a step of it (NTP, an operator) shows
+/// in event times within a second.
 pub struct WallClock {
     anchor: Instant,
     anchor_ms: u64,
