@@ -135,8 +135,9 @@ impl Packer {
         };
     }
 
-    /// One turn of idle work (module header) at `now` (the runtime's
-    /// reading from just before it would sleep, `monoio::time::recent`);
+    /// One turn of idle work (module header) at `now` (in a worker, the
+    /// runtime's reading from just before it would sleep, which its 20 ms
+    /// heartbeat's timer makes it take: `monoio::time::recent`);
     /// returns whether work is left for another turn.
     pub fn turn(&mut self, io_waiting: bool, now: Instant) -> bool {
         if self.discard {

@@ -5,8 +5,9 @@
 //! configurable.
 //!
 //! The time driver's readings are kept per thread ([`recent`]): it reads
-//! the clock before each wait and whenever it comes back from the kernel
-//! (after a wait, or a submission that reaped completions), and what the
+//! the clock before each wait with a timer pending and whenever it comes
+//! back from the kernel (after a wait, or a submission that reaped
+//! completions), and what the
 //! runtime then runs can take that reading as its time instead of reading
 //! the clock again. On a VM a reading costs tens of nanoseconds, and a
 //! runtime that woke for one request read the clock about six times for it.
@@ -31,8 +32,9 @@ pub(crate) fn now() -> Instant {
 
 /// The time driver's last reading of the clock on this thread: taken when
 /// the runtime last came back from the kernel with completions, or, in
-/// its idle work, just before it waits. What a task finds ready came in by
-/// then. Read fresh where no time driver runs on this thread.
+/// its idle work, just before it waits with a timer pending. What a task
+/// finds ready came in by then. Read fresh where no time driver runs on
+/// this thread.
 pub fn recent() -> Instant {
     Instant::from_std(recent_std())
 }
