@@ -28,6 +28,7 @@
 //!   watermarks
 //! - `view`: the live tag-validation view on the admin port
 //! - `logging`: log setup shared by the binaries
+//! - `word`: short byte strings compared and tested a machine word at a time
 pub mod audit;
 pub mod bell;
 pub mod clock;
@@ -43,3 +44,4 @@ pub mod shipper;
 pub mod store;
 pub mod tail;
 pub mod view;
+pub mod word;

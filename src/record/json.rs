@@ -20,35 +20,18 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
 /// byte-at-a-time tail: the bytes past the last whole word are tested in
 /// the word that ends where `s` ends (overlapping bytes already tested),
 /// and a string shorter than a word in one word its own bytes fill (see
-/// [`short_word`]). Most of a record's strings are short (parameter names
+/// [`crate::word::short`], filled with `a`). Most of a record's strings are short (parameter names
 /// and values): a tail tested a byte at a time, and copied as it went, was
 /// most of `write_str`'s instructions (bench/instructions.sh).
 #[inline]
 fn all_plain(s: &[u8]) -> bool {
+    const FILL: u64 = u64::from_ne_bytes([b'a'; 8]);
     let Some(last) = s.last_chunk::<8>() else {
-        return plain_word(short_word(s));
+        return plain_word(crate::word::short(s, FILL));
     };
     let (words, _) = s.as_chunks::<8>();
     words.iter().all(|w| plain_word(u64::from_ne_bytes(*w)))
         && plain_word(u64::from_ne_bytes(*last))
-}
-
-/// A word made of the bytes of `s` (shorter than eight): its first and
-/// last four, two or one bytes (which may overlap), and `a` in any place
-/// left. Every byte of the word is a byte of `s` or a plain one, so the
-/// word is [`plain_word`] exactly when `s` is all [`plain`].
-#[inline]
-fn short_word(s: &[u8]) -> u64 {
-    const FILL: u64 = u64::from_ne_bytes([b'a'; 8]);
-    let n = s.len();
-    let u16_at = |i: usize| u64::from(u16::from_ne_bytes([s[i], s[i + 1]]));
-    let u32_at = |i: usize| u64::from(u32::from_ne_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]));
-    match n {
-        4.. => u32_at(0) | u32_at(n - 4) << 32,
-        2..=3 => u16_at(0) | u16_at(n - 2) << 16 | FILL << 32,
-        1 => u64::from(s[0]) | FILL << 8,
-        0 => FILL,
-    }
 }
 
 /// Writes a string that is not all printable ASCII: validated, then
@@ -210,7 +193,7 @@ mod tests {
             .chain([b'"', b'\\', 0x7f, 0x80, 0xc3, 0xff])
             .collect();
         // Every way a string is tested: shorter than a word (through each
-        // arm of `short_word`), a word or more with and without a tail.
+        // arm of `word::short`), a word or more with and without a tail.
         for len in (1..=17).chain([40]) {
             for &b in &specials {
                 for at in 0..len {
