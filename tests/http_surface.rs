@@ -22,6 +22,7 @@ on_every_driver!(
     bad_clients_do_not_disturb_others,
     a_client_still_sending_past_a_limit_reads_its_status,
     slow_header_gets_408_and_idle_connection_closes,
+    a_busy_connection_outlives_its_first_deadline,
     connection_cap_per_worker,
     a_client_that_never_reads_is_let_go,
     click_redirects_only_where_allowed,
@@ -448,6 +449,43 @@ fn slow_header_gets_408_and_idle_connection_closes(d: Driver) {
     let began = std::time::Instant::now();
     assert!(closed(&mut idle));
     assert!(began.elapsed() >= Duration::from_millis(300));
+}
+
+/// A keep-alive connection's deadline moves with each request (later,
+/// and earlier when a request's head arrives in part), and the connection
+/// is timed by its latest one, not by one a request before.
+fn a_busy_connection_outlives_its_first_deadline(d: Driver) {
+    let s = start(
+        d,
+        "[server]\nheader_timeout_ms = 200\nidle_timeout_ms = 600\n",
+    );
+    let mut c = s.connect();
+    let began = std::time::Instant::now();
+    // Requests 200 ms apart for three idle timeouts: each one's answer
+    // comes on the same connection.
+    for i in 0..9 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c.write_all(b"GET /i?adv=demo HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_responses(&mut c, 1)[0].status, 200, "request {i}");
+    }
+    assert!(began.elapsed() >= Duration::from_millis(1600));
+    // A head that stops halfway is timed by the header timeout from when
+    // it began, sooner than the idle deadline the last answer set.
+    std::thread::sleep(Duration::from_millis(100));
+    c.write_all(b"GET /i?adv=demo HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    let began = std::time::Instant::now();
+    let r = read_responses(&mut c, 1).remove(0);
+    assert_eq!(r.status, 408);
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_millis(450),
+        "408 after {waited:?}"
+    );
+    assert!(closed(&mut c));
 }
 
 fn connection_cap_per_worker(d: Driver) {

@@ -4,8 +4,10 @@
 //! (monoio's owned-buffer I/O), or traded with the connection's multishot
 //! receive, which fills its own from the worker's buffer ring.
 
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use monoio::buf::IoBufMut as _;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use monoio::time::Instant;
+use monoio::time::{Instant, Sleep};
 
 use crate::http::{chunked, parse_head, response};
 use crate::server::worker::Worker;
@@ -56,6 +58,10 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     let mut arrived = monoio::time::recent();
     // When the request now in the buffer began.
     let mut started = arrived;
+    // Every read's deadline, one timer for the connection's life: moved
+    // later, it stays where the runtime's timer wheel has it and is only
+    // moved there when that time comes (`read_more`).
+    let mut timer = std::pin::pin!(monoio::time::sleep_until(started + header_timeout));
     let mut sent_continue = false;
     // How far the chunked body now arriving has been checked.
     let mut progress = chunked::Progress::default();
@@ -166,7 +172,8 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             // be sending (the rest of an oversized head or a refused body).
             if pos < rbuf.len() && !lingering.is_zero() {
                 busy.set(false);
-                linger(&mut stream, &mut multi, rbuf, Instant::now() + lingering).await;
+                let until = Instant::now() + lingering;
+                linger(&mut stream, &mut multi, rbuf, timer.as_mut(), until).await;
             }
             break;
         }
@@ -208,7 +215,8 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
             started + header_timeout
         };
         let len = rbuf.len();
-        let Ok(res) = read_more(&mut stream, &mut multi, &mut rbuf, deadline).await else {
+        let read = read_more(&mut stream, &mut multi, &mut rbuf, timer.as_mut(), deadline);
+        let Some(res) = read.await else {
             if len > 0 {
                 worker.handler.borrow_mut().timeout(&mut wbuf);
                 // The deadline just passed: it stands for now.
@@ -262,6 +270,7 @@ async fn linger(
     stream: &mut TcpStream,
     multi: &mut Option<monoio::MultiRecv>,
     mut buf: Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
     until: Instant,
 ) {
     // SHUT_WR: the answer, then the end of file.
@@ -271,31 +280,61 @@ async fn linger(
     loop {
         buf.clear();
         buf.reserve(INITIAL_READ);
-        if !matches!(read_more(stream, multi, &mut buf, until).await, Ok(Ok(n)) if n > 0) {
+        let read = read_more(stream, multi, &mut buf, timer.as_mut(), until);
+        if !matches!(read.await, Some(Ok(n)) if n > 0) {
             return;
         }
     }
 }
 
 /// Reads what comes next onto the end of `buf`, by `deadline`: into its
-/// spare capacity, or the connection's multishot receive's bytes. After a
-/// timeout `buf` is empty: it went with the read, and the connection ends.
+/// spare capacity, or the connection's multishot receive's bytes. `None`
+/// when the deadline passed first; `buf` is then empty: it went with the
+/// read, and the connection ends.
+///
+/// The deadline is `timer`'s, the connection's one timer, not a timer of
+/// the read's own: a read's timer went into the runtime's timer wheel when
+/// the read waited and out of it when the read was done, once a request
+/// (172 instructions a request, 0.9% of a worker's; not separable in CPU
+/// time, `bench/results/together-timer-20261205-2058.md`).
+/// Moved later, as a keep-alive connection's deadline moves with each
+/// request, the timer stays where the wheel has it; when that time comes
+/// the wheel finds the later deadline and moves it there, once an idle
+/// timeout, without waking the connection. Moved earlier (a request's head
+/// arrived in part), it is moved in the wheel at once.
 async fn read_more(
     stream: &mut TcpStream,
     multi: &mut Option<monoio::MultiRecv>,
     buf: &mut Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
     deadline: Instant,
-) -> Result<std::io::Result<usize>, monoio::time::error::Elapsed> {
+) -> Option<std::io::Result<usize>> {
+    timer.as_mut().reset(deadline);
     match multi {
-        Some(multi) => monoio::time::timeout_at(deadline, multi.recv(buf)).await,
+        Some(multi) => by_deadline(multi.recv(buf), timer).await,
         None => {
             let (len, cap) = (buf.len(), buf.capacity());
             let read = stream.read(std::mem::take(buf).slice_mut(len..cap));
-            let (res, slice) = monoio::time::timeout_at(deadline, read).await?;
+            let (res, slice) = by_deadline(read, timer).await?;
             *buf = slice.into_inner();
-            Ok(res)
+            Some(res)
         }
     }
+}
+
+/// `work`'s output, or `None` if `timer` fires first.
+async fn by_deadline<F: std::future::Future>(
+    work: F,
+    mut timer: Pin<&mut Sleep>,
+) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = work.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Waits until the store has synced `seq` (group commit), or the sync
