@@ -37,7 +37,12 @@ use crate::clock::unix_ms;
 /// the VM's stalls was 1.11-1.13x nginx's; with 8 KiB pieces (about 13
 /// µs) 0.92-0.97x, lower than with 32 KiB in 18 of 22 rounds, for about
 /// 1% more CPU per request and 8% more bytes on disk
-/// (`bench/results/pieces-20261205-1245.md`).
+/// (`bench/results/pieces-20261205-1245.md`). Those figures are zstd
+/// level 1's. At level -1, the default since, a piece builds no table for
+/// its literals, and 4 KiB pieces cost no separable CPU (1.000 side by
+/// side, 5% more bytes), but their p99 against nginx's was lower at 50k/s
+/// only, not at 20k or 100k/s (`tails-20261205-2210.md`, `-2214.md`,
+/// `-2217.md`); 8 KiB stayed.
 pub const COMPRESS_PIECE: usize = 8 << 10;
 
 /// The piece of a worker that batches its wake-ups (`server::pace`, on a
