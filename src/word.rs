@@ -33,8 +33,9 @@ pub fn head(s: &[u8]) -> u64 {
     }
 }
 
-/// Whether `a` equals `b`, whose [`head`] is `b_head`: a key compared
-/// against many (a table's) pays for its own head once.
+/// Whether `a` equals `b`, given each one's [`head`]: a key compared
+/// against a table's keys computes its own head once, and the table keeps
+/// its keys' heads.
 #[inline]
 pub fn equal_with_head(a: &[u8], a_head: u64, b: &[u8], b_head: u64) -> bool {
     a.len() == b.len() && a_head == b_head && (a.len() <= 8 || a[8..] == b[8..])
