@@ -19,10 +19,12 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
 /// Whether every byte of `s` is [`plain`], tested a word at a time with no
 /// byte-at-a-time tail: the bytes past the last whole word are tested in
 /// the word that ends where `s` ends (overlapping bytes already tested),
-/// and a string shorter than a word in one word its own bytes fill (see
-/// [`crate::word::short`], filled with `a`). Most of a record's strings are short (parameter names
-/// and values): a tail tested a byte at a time, and copied as it went, was
-/// most of `write_str`'s instructions (bench/instructions.sh).
+/// and a string shorter than a word in one word its own bytes fill
+/// ([`crate::word::short`], with `a`, itself plain, in any place left, so
+/// the word is plain exactly when `s` is). Most of a record's strings are
+/// short (parameter names and values): a tail tested a byte at a time,
+/// and copied as it went, was most of `write_str`'s instructions
+/// (bench/instructions.sh).
 #[inline]
 fn all_plain(s: &[u8]) -> bool {
     const FILL: u64 = u64::from_ne_bytes([b'a'; 8]);

@@ -4,12 +4,13 @@
 //! (monoio's owned-buffer I/O), or traded with the connection's multishot
 //! receive, which fills its own from the worker's buffer ring.
 
-use std::future::Future as _;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut as _;
@@ -323,14 +324,11 @@ async fn read_more(
 }
 
 /// `work`'s output, or `None` if `timer` fires first.
-async fn by_deadline<F: std::future::Future>(
-    work: F,
-    mut timer: Pin<&mut Sleep>,
-) -> Option<F::Output> {
+async fn by_deadline<F: Future>(work: F, mut timer: Pin<&mut Sleep>) -> Option<F::Output> {
     let mut work = std::pin::pin!(work);
     std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(out) = work.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Some(out));
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
         }
         timer.as_mut().poll(cx).map(|()| None)
     })
