@@ -118,7 +118,7 @@ start_server() {
       [ "$1" != trackplane ] && [ -n "${!b:-}" ] && bin=${!b}
       RUST_LOG=warn taskset -c $SERVER_CORE ${WRAP:-} "$bin" serve --config "$W/$1.toml" \
         --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19180 --data-dir "$W/tp-data" --workers 1 \
-        --driver "$([ "$1" = trackplane-epoll ] && echo epoll || echo uring)" & PORT=18080 ;;
+        --driver "$(case "$1" in trackplane-epoll*) echo epoll ;; *) echo uring ;; esac)" & PORT=18080 ;;
   esac
   wait_port $PORT
   sleep 0.3

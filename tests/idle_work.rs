@@ -1,7 +1,9 @@
 //! The runtime's idle work (`monoio::set_idle_work`, vendored), on a ring
 //! built as a worker's is and on the epoll driver: work that is never done
 //! starves neither a socket nor a timer, a turn learns when I/O is waiting
-//! (io_uring's task-run flag), and work that is done lets the thread sleep.
+//! (io_uring's task-run flag), bytes that arrive during the work wait for
+//! the turn under way and no more, and work that is done lets the thread
+//! sleep.
 
 mod common;
 
@@ -97,6 +99,83 @@ fn endless_idle_work_starves_no_io_and_learns_when_io_waits_on_io_uring() {
 fn endless_idle_work_starves_no_io_on_epoll() {
     let turns = epoll_runtime().block_on(echo_and_sleep_under_endless_work());
     assert!(turns.all.get() > 0, "the idle work never ran");
+}
+
+/// Idle work that always has more and keeps its thread 1 ms a turn (a
+/// compression piece is a few µs, but a turn's length is not what is
+/// tested), except a turn told I/O is waiting, which does nothing. A turn
+/// that kept the thread and ended with bytes waiting on `socket` counts in
+/// `late`.
+fn endless_and_slow(socket: std::net::TcpStream, late: &Rc<Cell<u64>>) -> monoio::IdleWork {
+    let late = late.clone();
+    Box::new(move |io_waiting| {
+        if !io_waiting {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(1) {}
+            if socket.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+                late.set(late.get() + 1);
+            }
+        }
+        true
+    })
+}
+
+/// Over twenty one-byte echoes, the most turns of idle work that ended
+/// with a round's byte already waiting to be read. Counted by the server's
+/// own thread in turns, not time, so that a loaded machine does not change
+/// the answer.
+async fn most_turns_a_byte_waits() -> u64 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for round in 0..20u8 {
+            std::thread::sleep(Duration::from_millis(3));
+            c.write_all(&[round]).unwrap();
+            let mut back = [0u8; 1];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(back, [round]);
+        }
+    });
+    let (accepted, _) = listener.accept().unwrap();
+    // The work peeks through a second handle on the same socket; peeking
+    // must not block, and the runtime's own handle does not mind.
+    let peek = accepted.try_clone().unwrap();
+    peek.set_nonblocking(true).unwrap();
+    let mut conn = monoio::net::TcpStream::from_std(accepted).unwrap();
+    let late = Rc::new(Cell::new(0));
+    monoio::set_idle_work(Some(endless_and_slow(peek, &late)));
+    let mut most = 0;
+    for _ in 0..20 {
+        let (r, buf) = conn.read(Vec::with_capacity(1)).await;
+        assert_eq!(r.unwrap(), 1, "one byte a round");
+        most = most.max(late.replace(0));
+        let (w, _) = conn.write_all(buf).await;
+        w.unwrap();
+    }
+    client.join().unwrap();
+    monoio::set_idle_work(None);
+    most
+}
+
+#[test]
+fn bytes_arriving_during_idle_work_wait_for_one_turn_on_either_driver() {
+    for (driver, most) in [
+        (
+            "io_uring",
+            worker_runtime().block_on(most_turns_a_byte_waits()),
+        ),
+        ("epoll", epoll_runtime().block_on(most_turns_a_byte_waits())),
+    ] {
+        // The turn under way when the byte came, and no other (a second
+        // only when the byte lands in the µs between the socket taking it
+        // and the kernel telling the ring).
+        assert!(
+            most <= 2,
+            "{driver}: a byte waited through up to {most} turns of idle work"
+        );
+    }
 }
 
 /// Work that is done gets one turn per park and lets the thread sleep: a

@@ -146,9 +146,9 @@ impl LegacyDriver {
             }
         }
 
-        // Idle work first (`driver::idle`); while work is left, poll
-        // without waiting.
-        if !need_wait || (timeout != Some(Duration::ZERO) && super::idle::run(|| false)) {
+        // Idle work first (`driver::idle`), one turn; while work is left,
+        // poll without waiting.
+        if !need_wait || (timeout != Some(Duration::ZERO) && super::idle::run_turns(1, || false)) {
             timeout = Some(Duration::ZERO);
         }
 
