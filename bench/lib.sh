@@ -244,9 +244,14 @@ MEDIAN_AWK='
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
 '
 
-# The value of NAME on the /metrics page of the admin port PORT.
+# The value of NAME on the /metrics page of the admin port PORT: one
+# series named with its labels, or a bare name's series summed over their
+# labels. Nothing when the page has none.
 admin_metric() { # PORT NAME
-  curl -s 127.0.0.1:"$1"/metrics | awk -v n="$2" '$1 == n {print $2}'
+  curl -s 127.0.0.1:"$1"/metrics | awk -v n="$2" '
+    { name = $1; sub(/\{.*/, "", name) }
+    $1 == n || name == n { s += $2; found = 1 }
+    END { if (found) print s }'
 }
 
 # What together.sh and floors-together.sh share. Both servers, listening

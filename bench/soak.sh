@@ -39,10 +39,12 @@ wait_port 18086
 # on the load's core, so that the server's core holds only the server.
 SIDE_S=$((MINUTES * 62 + 10))
 taskset -c $LOAD_CORE timeout "$SIDE_S" curl -sN "127.0.0.1:$ADMIN/api/advertisers/$ADV/events" > "$W/stream" &
-( for _ in $(seq "$SIDE_S"); do
+( taskset -cp $LOAD_CORE $BASHPID >/dev/null
+  for _ in $(seq "$SIDE_S"); do
     curl -s -o /dev/null "127.0.0.1:$ADMIN/api/advertisers/$ADV/audit"; sleep 1
   done ) &
-( for i in $(seq $((SIDE_S / 10))); do
+( taskset -cp $LOAD_CORE $BASHPID >/dev/null
+  for _ in $(seq $((SIDE_S / 10))); do
     cp "$W/data/catalogs/adv-1.txt" "$W/data/catalogs/.adv-1.txt.tmp"
     mv "$W/data/catalogs/.adv-1.txt.tmp" "$W/data/catalogs/adv-1.txt"; sleep 10
   done ) &
@@ -64,8 +66,7 @@ for m in $(seq "$MINUTES"); do
   ROWS+=("$row")
   echo "  $row" >&2
 done
-# A metric's value, summed over its labels.
-metric() { curl -s 127.0.0.1:$ADMIN/metrics | awk -v n="$1" '{split($1, a, "{")} a[1] == n {s += $2} END {print s + 0}'; }
+metric() { admin_metric $ADMIN "$1"; }
 audited=$(metric trackplane_events_audited_total)
 stored=$(metric trackplane_store_records_total)
 refused=$(metric trackplane_events_refused_total)

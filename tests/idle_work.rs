@@ -41,6 +41,27 @@ fn endless(turns: &Rc<Turns>) -> monoio::IdleWork {
     })
 }
 
+/// A client thread that connects to `addr` and, twenty times, waits
+/// `gap`, sends `len` bytes of the round's number and checks they come
+/// back.
+fn echo_client(
+    addr: std::net::SocketAddr,
+    len: usize,
+    gap: Duration,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for round in 0..20u8 {
+            std::thread::sleep(gap);
+            c.write_all(&vec![round; len]).unwrap();
+            let mut back = vec![0u8; len];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(back, vec![round; len]);
+        }
+    })
+}
+
 /// With idle work that never ends, an echo over a real socket still
 /// answers and a timer still fires; returns the turns given.
 async fn echo_and_sleep_under_endless_work() -> Rc<Turns> {
@@ -49,17 +70,7 @@ async fn echo_and_sleep_under_endless_work() -> Rc<Turns> {
     let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     // The client is another thread: its bytes arrive while this one works.
-    let client = std::thread::spawn(move || {
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        for round in 0..20u8 {
-            std::thread::sleep(Duration::from_millis(2));
-            c.write_all(&[round; 64]).unwrap();
-            let mut back = [0u8; 64];
-            c.read_exact(&mut back).unwrap();
-            assert_eq!(back, [round; 64]);
-        }
-    });
+    let client = echo_client(addr, 64, Duration::from_millis(2));
     let (mut conn, _) = listener.accept().await.unwrap();
     let mut echoed = 0;
     while echoed < 20 * 64 {
@@ -127,17 +138,7 @@ fn endless_and_slow(socket: std::net::TcpStream, late: &Rc<Cell<u64>>) -> monoio
 async fn most_turns_a_byte_waits() -> u64 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let client = std::thread::spawn(move || {
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        for round in 0..20u8 {
-            std::thread::sleep(Duration::from_millis(3));
-            c.write_all(&[round]).unwrap();
-            let mut back = [0u8; 1];
-            c.read_exact(&mut back).unwrap();
-            assert_eq!(back, [round]);
-        }
-    });
+    let client = echo_client(addr, 1, Duration::from_millis(3));
     let (accepted, _) = listener.accept().unwrap();
     // The work peeks through a second handle on the same socket; peeking
     // must not block, and the runtime's own handle does not mind.

@@ -9,10 +9,10 @@
 //! meanwhile ends the idle work, and the thread goes back to its I/O
 //! without having slept. (Not yet what its tasks queued but did not
 //! submit before the park, nor a completion posted as its request was
-//! submitted, which raises no flag: see `tests/idle_work.rs`.) So work done this way
-//! costs the thread no wake-up and no other thread a preemption, where a
-//! helper thread on the same core is preempted by each wake-up of the
-//! runtime's thread.
+//! submitted, which raises no flag: see `tests/idle_work.rs`.) So work
+//! done this way costs the thread no wake-up and no other thread a
+//! preemption, where a helper thread on the same core is preempted by each
+//! wake-up of the runtime's thread.
 //!
 //! A runtime gives at most [`TURNS`] turns per park; if work is left it
 //! does not sleep, so its timers are looked at between runs of turns. The
