@@ -3,7 +3,8 @@
 //! starves neither a socket nor a timer, a turn learns when I/O is waiting
 //! (io_uring's task-run flag), bytes that arrive during the work on epoll
 //! wait for the turn under way and no more, and work that is done lets
-//! the thread sleep.
+//! the thread sleep. (Work that is behind, `IdleTurn::Behind`, is the packer's:
+//! `store::pack`'s tests and `tests/store.rs`.)
 
 mod common;
 
@@ -37,7 +38,7 @@ fn endless(turns: &Rc<Turns>) -> monoio::IdleWork {
         if io_waiting {
             turns.io_waiting.set(turns.io_waiting.get() + 1);
         }
-        true
+        monoio::IdleTurn::More
     })
 }
 
@@ -127,7 +128,7 @@ fn endless_and_slow(socket: std::net::TcpStream, late: &Rc<Cell<u64>>) -> monoio
                 late.set(late.get() + 1);
             }
         }
-        true
+        monoio::IdleTurn::More
     })
 }
 
@@ -186,7 +187,7 @@ async fn finished_work_lets_the_thread_sleep() -> u64 {
     let t = turns.clone();
     monoio::set_idle_work(Some(Box::new(move |_| {
         t.set(t.get() + 1);
-        false
+        monoio::IdleTurn::Done
     })));
     monoio::time::sleep(Duration::from_millis(100)).await;
     monoio::set_idle_work(None);

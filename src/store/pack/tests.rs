@@ -34,6 +34,11 @@ fn packer(
     (records, packer, blocks, shared)
 }
 
+/// Whether a turn left work.
+fn left(turn: IdleTurn) -> bool {
+    turn != IdleTurn::Done
+}
+
 /// Pushes records `seqs` received at `ts + seq`.
 fn push(records: &mut Producer, seqs: std::ops::Range<u64>, ts: u64) {
     for seq in seqs {
@@ -70,9 +75,9 @@ fn blocks(ring: &mut Consumer) -> Vec<(u64, u32, Vec<String>)> {
 fn records_wait_in_the_block_until_it_is_full() {
     let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
-    assert!(!packer.turn(false, Instant::now()), "nothing to pack");
+    assert!(!left(packer.turn(false, Instant::now())), "nothing to pack");
     push(&mut records, 0..10, 1_000);
-    assert!(!packer.turn(false, Instant::now()), "all taken in");
+    assert!(!left(packer.turn(false, Instant::now())), "all taken in");
     assert!(
         blocks(&mut ring).is_empty(),
         "a block of 10 small records waits"
@@ -80,7 +85,7 @@ fn records_wait_in_the_block_until_it_is_full() {
     assert_eq!(packer.block.pending(), 10);
     // Past 1 KiB: blocks are cut, and the rest waits for the next.
     push(&mut records, 10..200, 1_000);
-    while packer.turn(false, Instant::now()) {}
+    while left(packer.turn(false, Instant::now())) {}
     let cut = blocks(&mut ring);
     assert!(!cut.is_empty());
     assert_eq!(cut[0].2[3], r#"{"id":"t-0-3"}"#);
@@ -115,7 +120,10 @@ fn with_io_waiting_only_what_is_due_is_done() {
     let cfg = storage("[storage]\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
     push(&mut records, 0..5, 1_000);
-    assert!(packer.turn(true, Instant::now()), "left for a quiet moment");
+    assert!(
+        left(packer.turn(true, Instant::now())),
+        "left for a quiet moment"
+    );
     assert_eq!(packer.block.pending(), 0, "nothing taken");
     // A worker waits for record 4 to be durable: packed at once.
     shared.want_sync(4);
@@ -140,7 +148,7 @@ fn a_block_cut_by_age_goes_ahead_of_waiting_io_only_late() {
     let pieces = packer.block.pending_bytes().div_ceil(COMPRESS_PIECE);
     assert!(pieces >= 3, "{pieces}");
     for _ in 0..pieces {
-        assert!(packer.turn(true, Instant::now()));
+        assert!(left(packer.turn(true, Instant::now())));
     }
     assert!(
         first_seen.elapsed() < Duration::from_millis(750),
@@ -163,7 +171,7 @@ fn records_left_after_a_cut_keep_their_age() {
     // Received 1.3 s to 0.9 s ago: past three quarters of the interval.
     push(&mut records, 0..400, unix_ms() - 1300);
     while blocks(&mut ring).is_empty() {
-        assert!(packer.turn(false, Instant::now()), "records left");
+        assert!(left(packer.turn(false, Instant::now())), "records left");
     }
     assert!(packer.records.backlog() > 0);
     packer.turn(true, Instant::now());
@@ -190,12 +198,60 @@ fn a_ring_past_a_quarter_is_packed_while_io_waits() {
 }
 
 #[test]
+fn a_packer_is_behind_while_its_ring_stays_past_a_quarter_and_it_gains() {
+    let cfg = storage("[storage]\nblock_max_bytes = 4096\nflush_interval_ms = 60000\n");
+    // A store's ring that fills long before the backlog is packed.
+    let (mut records, mut packer, mut ring, _) = packer(&cfg, 8192);
+    let mut seq = 0;
+    while !records.past_quarter() {
+        push(&mut records, seq..seq + 1, 1_000);
+        seq += 1;
+    }
+    // Well past: more than the two blocks the store's ring takes.
+    push(&mut records, seq..seq + 10_000, 1_000);
+    let mut behind = 0;
+    loop {
+        match packer.turn(true, Instant::now()) {
+            IdleTurn::Behind => behind += 1,
+            IdleTurn::More => break,
+            IdleTurn::Done => panic!("records left"),
+        }
+        assert!(behind < 1_000, "the packer spins");
+    }
+    assert!(behind > 0, "behind at first");
+    // The store's ring filled first: a turn that cannot make the backlog
+    // smaller is not behind, or the worker would spin on it.
+    assert!(
+        packer.records.past_quarter(),
+        "the store's ring filled first"
+    );
+    assert_eq!(packer.turn(true, Instant::now()), IdleTurn::More, "stuck");
+    // Room again: behind until under a quarter, and then, with I/O waiting,
+    // nothing more is due.
+    loop {
+        blocks(&mut ring);
+        match packer.turn(true, Instant::now()) {
+            IdleTurn::Behind => {}
+            turn => {
+                if !packer.records.past_quarter() {
+                    assert_eq!(turn, IdleTurn::More);
+                    break;
+                }
+            }
+        }
+    }
+    let taken = packer.block.pending();
+    assert_eq!(packer.turn(true, Instant::now()), IdleTurn::More);
+    assert_eq!(packer.block.pending(), taken, "nothing due, nothing taken");
+}
+
+#[test]
 fn a_block_is_compressed_a_piece_per_turn_while_records_wait_in_the_ring() {
     let cfg = storage("[storage]\nblock_max_bytes = 131072\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 4 << 20);
     push(&mut records, 0..8000, 1_000);
     while !packer.block.framing() {
-        assert!(packer.turn(false, Instant::now()), "records left");
+        assert!(left(packer.turn(false, Instant::now())), "records left");
     }
     // The turn that cut the block compressed its first piece.
     let pieces = packer.block.pending_bytes().div_ceil(COMPRESS_PIECE);
@@ -206,11 +262,11 @@ fn a_block_is_compressed_a_piece_per_turn_while_records_wait_in_the_ring() {
     let mut cut = Vec::new();
     while cut.is_empty() {
         // Nothing due: with I/O waiting the compression does not go on.
-        assert!(packer.turn(true, Instant::now()));
+        assert!(left(packer.turn(true, Instant::now())));
         push(&mut records, pushed..pushed + 1, 1_000);
         pushed += 1;
         assert_eq!(packer.block.pending(), in_block, "nothing appended");
-        assert!(packer.turn(false, Instant::now()));
+        assert!(left(packer.turn(false, Instant::now())));
         turns += 1;
         cut = blocks(&mut ring);
         assert!(turns as usize <= pieces, "{turns} turns");
@@ -243,7 +299,7 @@ fn a_batching_worker_compresses_in_larger_pieces() {
         packer.set_batching(batching);
         push(&mut records, 0..8000, 1_000);
         while !packer.block.framing() {
-            assert!(packer.turn(false, Instant::now()), "records left");
+            assert!(left(packer.turn(false, Instant::now())), "records left");
         }
         // The turn that cut the block compressed its first piece.
         let raw = packer.block.pending_bytes();
@@ -354,7 +410,7 @@ fn a_packer_dropped_with_records_left_hands_them_to_the_store() {
     let cfg = storage("[storage]\nblock_max_bytes = 1024\nflush_interval_ms = 60000\n");
     let (mut records, mut packer, mut ring, _) = packer(&cfg, 1 << 20);
     push(&mut records, 0..5, 1_000);
-    assert!(!packer.turn(false, Instant::now()));
+    assert!(!left(packer.turn(false, Instant::now())));
     push(&mut records, 5..8, 1_000);
     // As a worker's panic drops its idle work: 5 in the block, 3 in the ring.
     drop(packer);
@@ -370,7 +426,7 @@ fn records_are_dropped_unpacked_when_storage_discards_them() {
     let (mut records, mut packer, mut ring, shared) = packer(&cfg, 1 << 20);
     push(&mut records, 0..10, 1_000);
     shared.unpacked_ts.store(1_000, Ordering::Release);
-    assert!(!packer.turn(false, Instant::now()));
+    assert!(!left(packer.turn(false, Instant::now())));
     assert_eq!(packer.records.backlog(), 0, "the worker's ring is emptied");
     assert!(blocks(&mut ring).is_empty(), "nothing is packed");
     assert_eq!(shared.unpacked_ts.load(Ordering::Acquire), u64::MAX);

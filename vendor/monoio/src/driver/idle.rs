@@ -22,6 +22,12 @@
 //! request at 20k requests/s waited behind up to sixteen compression
 //! pieces: p99 4.3-4.7x nginx's, against 0.90x and 1.01x with one,
 //! `bench/results/tails-20261206-0006.md`, `-0016.md`.)
+//!
+//! Work that is behind ([`IdleTurn::Behind`]: a backlog that must not
+//! grow) gets turns until it is not, whatever I/O waits and past the
+//! limit. At a turn a park, a thread that always had I/O waiting gave a
+//! worker's packer less time than its records needed, and the worker
+//! refused thousands of the events it answered (`tests/store.rs`).
 
 use std::cell::RefCell;
 
@@ -29,8 +35,23 @@ use std::cell::RefCell;
 pub(crate) const TURNS: usize = 16;
 
 /// A turn of idle work: given whether I/O is already waiting (do only what
-/// cannot wait), it does a bounded slice and returns whether more is left.
-pub type IdleWork = Box<dyn FnMut(bool) -> bool>;
+/// cannot wait), it does a bounded slice and says what is left.
+pub type IdleWork = Box<dyn FnMut(bool) -> IdleTurn>;
+
+/// What a turn of idle work leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleTurn {
+    /// Nothing: the thread may sleep.
+    Done,
+    /// More, which can wait: turns end at waiting I/O or the turn limit.
+    More,
+    /// A backlog that cannot wait, which this turn made smaller: turns go
+    /// on, whatever waits and past the limit, until it is no longer one.
+    /// Work that falls behind a busy thread must say so, or it would get
+    /// a turn a park however far behind it was. A turn that could not make
+    /// the backlog smaller must not say it, or the thread would spin.
+    Behind,
+}
 
 thread_local! {
     static IDLE_WORK: RefCell<Option<IdleWork>> = const { RefCell::new(None) };
@@ -42,13 +63,14 @@ pub fn set_idle_work(work: Option<IdleWork>) {
 }
 
 /// Gives the idle work up to [`TURNS`] turns, stopping after a turn that
-/// found I/O waiting (`io_waiting`) or that left nothing to do. Returns
-/// whether work is left. Without idle work (or from inside it), false.
+/// found I/O waiting (`io_waiting`) or that left nothing to do, and going
+/// on while it is behind ([`IdleTurn::Behind`]). Returns whether work is
+/// left. Without idle work (or from inside it), false.
 pub(crate) fn run(io_waiting: impl FnMut() -> bool) -> bool {
     run_turns(TURNS, io_waiting)
 }
 
-/// [`run`] with at most `turns` turns.
+/// [`run`] with at most `turns` turns that are not behind.
 pub(crate) fn run_turns(turns: usize, mut io_waiting: impl FnMut() -> bool) -> bool {
     IDLE_WORK.with(|w| {
         let Ok(mut w) = w.try_borrow_mut() else {
@@ -57,13 +79,14 @@ pub(crate) fn run_turns(turns: usize, mut io_waiting: impl FnMut() -> bool) -> b
         let Some(work) = w.as_mut() else {
             return false;
         };
-        for _ in 0..turns {
+        let mut left = turns;
+        while left > 0 {
             let waiting = io_waiting();
-            if !work(waiting) {
-                return false;
-            }
-            if waiting {
-                return true;
+            match work(waiting) {
+                IdleTurn::Done => return false,
+                IdleTurn::Behind => {}
+                IdleTurn::More if waiting => return true,
+                IdleTurn::More => left -= 1,
             }
         }
         true
