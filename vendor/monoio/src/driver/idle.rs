@@ -3,16 +3,15 @@
 //! A thread may hand its runtime one piece of idle work (a thread-local
 //! hook). When the runtime has no task to run and would park, it first
 //! gives the hook turns: each turn does a bounded slice of work and says
-//! whether more is left. Between turns the io_uring driver reads the ring's
-//! task-run flag (`IORING_SQ_TASKRUN`, kept by a ring built with
-//! `setup_taskrun_flag` and `DEFER_TASKRUN`): completion work that arrived
-//! meanwhile ends the idle work, and the thread goes back to its I/O
-//! without having slept. (Not yet what its tasks queued but did not
-//! submit before the park, nor a completion posted as its request was
-//! submitted, which raises no flag: see `tests/idle_work.rs`.) So work
-//! done this way costs the thread no wake-up and no other thread a
-//! preemption, where a helper thread on the same core is preempted by each
-//! wake-up of the runtime's thread.
+//! whether more is left. The io_uring driver first submits what its tasks
+//! queued, then between turns reads the ring's task-run flag
+//! (`IORING_SQ_TASKRUN`, kept by a ring built with `setup_taskrun_flag`
+//! and `DEFER_TASKRUN`) and whether completions are already posted:
+//! completion work that arrived meanwhile ends the idle work, and the
+//! thread goes back to its I/O without having slept. So work done this way
+//! costs the thread no wake-up and no other thread a preemption, where a
+//! helper thread on the same core is preempted by each wake-up of the
+//! runtime's thread.
 //!
 //! A runtime gives at most [`TURNS`] turns per park; if work is left it
 //! does not sleep, so its timers are looked at between runs of turns. The
@@ -60,6 +59,11 @@ thread_local! {
 /// Sets (or with `None` removes) this thread's idle work.
 pub fn set_idle_work(work: Option<IdleWork>) {
     IDLE_WORK.with(|w| *w.borrow_mut() = work);
+}
+
+/// Whether this thread has idle work.
+pub(crate) fn is_set() -> bool {
+    IDLE_WORK.with(|w| w.try_borrow().map_or(false, |w| w.is_some()))
 }
 
 /// Gives the idle work up to [`TURNS`] turns, stopping after a turn that

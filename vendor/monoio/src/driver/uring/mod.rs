@@ -377,10 +377,17 @@ impl IoUringDriver {
 
         // Idle work first (`driver::idle`). Work left and no completion
         // work pending: do not sleep, so that timers are looked at and
-        // the work goes on at the next park.
+        // the work goes on at the next park. What the tasks queued goes to
+        // the kernel before it: a receive left in the queue (a new
+        // connection's first) could complete only after the work, however
+        // soon its bytes came, where submitted it raises the task-run
+        // flag that ends the work.
+        if need_wait && !inner.uring.submission().is_empty() && super::idle::is_set() {
+            inner.submit()?;
+        }
         if need_wait
-            && super::idle::run(|| inner.uring.submission().taskrun())
-            && !inner.uring.submission().taskrun()
+            && super::idle::run(|| inner.io_waiting())
+            && !inner.io_waiting()
         {
             need_wait = false;
         }
@@ -421,11 +428,9 @@ impl IoUringDriver {
             // Completion work already pending (it came while this thread
             // worked) is not held for a batch: the kernel counts `min_wait`
             // from the start of the wait, so it would wait all of it again.
-            // (`taskrun` reads the flag a ring built with
-            // `setup_taskrun_flag` keeps; without it, always false.)
             let batch = inner.wait.is_on()
                 && wait_batch_active()
-                && !inner.uring.submission().taskrun()
+                && !inner.io_waiting()
                 && timeout.map_or(true, |t| t > inner.wait.min_wait);
             if batch {
                 // A general timeout always goes with the minimum one, and a
@@ -600,6 +605,15 @@ impl UringInner {
         }
         multi_recv::Multi::after_tick(self);
         Ok(())
+    }
+
+    /// Whether completions wait to be processed: completion work the
+    /// kernel deferred to this thread (the task-run flag a ring built with
+    /// `setup_taskrun_flag` keeps; without it, never), or completions
+    /// already posted (a request that completed as it was submitted posts
+    /// its completion at once and raises no flag).
+    fn io_waiting(&mut self) -> bool {
+        self.uring.submission().taskrun() || !self.uring.completion().is_empty()
     }
 
     fn submit(&mut self) -> io::Result<()> {
