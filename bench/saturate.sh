@@ -11,6 +11,8 @@
 #
 #   bench/saturate.sh [RATE] [ROUNDS] [SECONDS]
 #   e.g. bench/saturate.sh 160000 3 10
+# SERVERS="trackplane trackplane-epoll" races others (bench/lib.sh names
+# them; BINARY_old=/path adds trackplane-old, another build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -18,7 +20,8 @@ RATE=${1:-160000}; ROUNDS=${2:-3}; SECONDS_PER_WINDOW=${3:-10}
 CONNS=64
 SERVER_CORE=0
 LOAD_CORE=1
-SERVERS="trackplane trackplane-normal"
+GIVEN=${SERVERS:+SERVERS=\"$SERVERS\" }
+SERVERS=${SERVERS:-"trackplane trackplane-normal"}
 race_setup saturate
 declare -A PIDS
 
@@ -48,7 +51,7 @@ done
 {
   echo "# Saturated at $RATE/s offered, $ROUNDS rounds of $SECONDS_PER_WINDOW s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`bench/saturate.sh $RATE $ROUNDS $SECONDS_PER_WINDOW\`"
+  echo "Command: \`${GIVEN}bench/saturate.sh $RATE $ROUNDS $SECONDS_PER_WINDOW\`"
   machine_line
   echo "Every thread of the server on core 0, loadtest (open loop, 64 connections) on core 1; realistic mix, records on disk."
   echo "trackplane: background_class = \"idle\" (the default); -normal: \"normal\". Run as root, so the way back from SCHED_IDLE is allowed."
