@@ -134,6 +134,13 @@ impl Emitter {
         if n == 0 {
             return true;
         }
+        // The worker packs its records while its runtime would sleep; a
+        // client that keeps its socket full is answered read after read
+        // without that, so past a quarter the packer catches up here
+        // (`store::pack`), before the ring is asked for room.
+        if self.producer.past_quarter() {
+            monoio::catch_up_idle_work();
+        }
         let fits = !self.store.refuses() && self.producer.fits(n, self.scratch.len());
         if fits {
             // The oldest record not yet packed, for the store's lease

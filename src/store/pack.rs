@@ -46,6 +46,10 @@
 //!   10,000 answered events refused (`tests/store.rs`). Behind, a worker
 //!   packs a block (about 300 µs) before it answers again; it is behind
 //!   only where the rate of records outruns a piece a park.
+//! - A worker answering a client that keeps its socket full may not park
+//!   for thousands of requests (on epoll a read finds bytes at once), so
+//!   its emitter, finding the ring past a quarter, has the packer catch up
+//!   then and there (`monoio::catch_up_idle_work`: turns while behind).
 //! - `StreamShared::unpacked_ts` holds the receive time of the oldest record
 //!   not yet in the store's ring (or `u64::MAX`): the emitter sets it when
 //!   a record goes into an empty pipeline, the packer after each block. The

@@ -38,7 +38,7 @@ use std::future::Future;
 #[cfg(feature = "sync")]
 pub use blocking::spawn_blocking;
 pub use builder::{Buildable, RuntimeBuilder};
-pub use driver::{set_idle_work, Driver, IdleTurn, IdleWork};
+pub use driver::{catch_up_idle_work, set_idle_work, Driver, IdleTurn, IdleWork};
 #[cfg(feature = "legacy")]
 pub use driver::LegacyDriver;
 #[cfg(all(target_os = "linux", feature = "iouring"))]

@@ -61,6 +61,24 @@ pub fn set_idle_work(work: Option<IdleWork>) {
     IDLE_WORK.with(|w| *w.borrow_mut() = work);
 }
 
+/// Gives this thread's idle work turns, told I/O is waiting, for as long
+/// as it says it is behind. For a task that feeds the work's backlog
+/// without the runtime parking in between: a connection whose client
+/// keeps its socket full is answered read after read without a park, and
+/// the work never got a turn to catch up. Does nothing without idle work
+/// or from inside it.
+pub fn catch_up_idle_work() {
+    IDLE_WORK.with(|w| {
+        let Ok(mut w) = w.try_borrow_mut() else {
+            return;
+        };
+        let Some(work) = w.as_mut() else {
+            return;
+        };
+        while work(true) == IdleTurn::Behind {}
+    })
+}
+
 /// Whether this thread has idle work.
 pub(crate) fn is_set() -> bool {
     IDLE_WORK.with(|w| w.try_borrow().map_or(false, |w| w.is_some()))

@@ -26,7 +26,7 @@ use std::{
 };
 
 pub(crate) mod idle;
-pub use self::idle::{set_idle_work, IdleTurn, IdleWork};
+pub use self::idle::{catch_up_idle_work, set_idle_work, IdleTurn, IdleWork};
 #[allow(unreachable_pub)]
 #[cfg(feature = "legacy")]
 pub use self::legacy::LegacyDriver;
