@@ -26,7 +26,9 @@
 //! grow) gets turns until it is not, whatever I/O waits and past the
 //! limit. At a turn a park, a thread that always had I/O waiting gave a
 //! worker's packer less time than its records needed, and the worker
-//! refused thousands of the events it answered (`tests/store.rs`).
+//! refused thousands of the events it answered (`tests/store.rs`). A
+//! thread that does not park (a task always ready) gives no turns at all;
+//! the task feeding the backlog calls [`catch_up_idle_work`] instead.
 
 use std::cell::RefCell;
 
