@@ -70,20 +70,20 @@ pub fn set_idle_work(work: Option<IdleWork>) {
 /// the work never got a turn to catch up. Does nothing without idle work
 /// or from inside it.
 pub fn catch_up_idle_work() {
-    IDLE_WORK.with(|w| {
-        let Ok(mut w) = w.try_borrow_mut() else {
-            return;
-        };
-        let Some(work) = w.as_mut() else {
-            return;
-        };
-        while work(true) == IdleTurn::Behind {}
-    })
+    with_work((), |work| while work(true) == IdleTurn::Behind {})
 }
 
-/// Whether this thread has idle work.
+/// Whether this thread has idle work (false from inside it).
 pub(crate) fn is_set() -> bool {
-    IDLE_WORK.with(|w| w.try_borrow().map_or(false, |w| w.is_some()))
+    with_work(false, |_| true)
+}
+
+/// `f` of this thread's idle work; `none` without any, or from inside it.
+fn with_work<R>(none: R, f: impl FnOnce(&mut IdleWork) -> R) -> R {
+    IDLE_WORK.with(|w| match w.try_borrow_mut().as_deref_mut() {
+        Ok(Some(work)) => f(work),
+        _ => none,
+    })
 }
 
 /// Gives the idle work up to [`TURNS`] turns, stopping after a turn that
@@ -96,13 +96,7 @@ pub(crate) fn run(io_waiting: impl FnMut() -> bool) -> bool {
 
 /// [`run`] with at most `turns` turns that are not behind.
 pub(crate) fn run_turns(turns: usize, mut io_waiting: impl FnMut() -> bool) -> bool {
-    IDLE_WORK.with(|w| {
-        let Ok(mut w) = w.try_borrow_mut() else {
-            return false;
-        };
-        let Some(work) = w.as_mut() else {
-            return false;
-        };
+    with_work(false, |work| {
         let mut left = turns;
         while left > 0 {
             let waiting = io_waiting();
