@@ -6,14 +6,17 @@
 use std::net::IpAddr;
 
 /// Writes `s` as a JSON string. Invalid UTF-8 becomes U+FFFD.
-pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+/// Returns whether `s` was written as it is, between the quotes.
+pub fn write_str(out: &mut Vec<u8>, s: &[u8]) -> bool {
     if !all_plain(s) {
-        return write_unusual(out, s);
+        write_unusual(out, s);
+        return false;
     }
     out.reserve(s.len() + 2);
     out.push(b'"');
     out.extend_from_slice(s);
     out.push(b'"');
+    true
 }
 
 /// Whether every byte of `s` is [`plain`], tested a word at a time with no

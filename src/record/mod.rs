@@ -9,6 +9,7 @@ pub mod json;
 pub mod peek;
 
 use std::net::IpAddr;
+use std::ops::Range;
 
 use crate::audit::Verdict;
 use crate::config::IpPolicy;
@@ -36,8 +37,26 @@ pub struct Envelope<'a> {
     pub withheld_param: &'a [u8],
 }
 
-/// Appends the record of one audited event to `out`.
-pub fn encode(out: &mut Vec<u8>, env: &Envelope<'_>, verdict: &Verdict<'_>, params: &Params) {
+/// Where [`encode`] wrote the event type's and the advertiser's values
+/// (between their quotes), as offsets into the record: what the live view
+/// reads instead of scanning the record for them (`view::Batch::add_entry`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spans {
+    /// `type`'s value.
+    pub event_type: Range<usize>,
+    /// `advertiser`'s value.
+    pub advertiser: Range<usize>,
+}
+
+/// Appends the record of one audited event to `out`. Returns where its
+/// type and advertiser are, unless either had to be escaped.
+pub fn encode(
+    out: &mut Vec<u8>,
+    env: &Envelope<'_>,
+    verdict: &Verdict<'_>,
+    params: &Params,
+) -> Option<Spans> {
+    let start = out.len();
     out.extend_from_slice(b"{\"id\":\"");
     out.extend_from_slice(env.node.as_bytes());
     out.push(b'-');
@@ -47,9 +66,15 @@ pub fn encode(out: &mut Vec<u8>, env: &Envelope<'_>, verdict: &Verdict<'_>, para
     out.extend_from_slice(b"\",\"ts_ms\":");
     write_u64(out, env.ts_ms);
     out.extend_from_slice(b",\"type\":");
-    write_str(out, verdict.event_type);
+    let type_at = out.len() + 1 - start;
+    let type_plain = write_str(out, verdict.event_type);
     out.extend_from_slice(b",\"advertiser\":");
-    write_str(out, verdict.advertiser);
+    let advertiser_at = out.len() + 1 - start;
+    let advertiser_plain = write_str(out, verdict.advertiser);
+    let spans = (type_plain && advertiser_plain).then(|| Spans {
+        event_type: type_at..type_at + verdict.event_type.len(),
+        advertiser: advertiser_at..advertiser_at + verdict.advertiser.len(),
+    });
     out.extend_from_slice(if verdict.issues.is_empty() {
         b",\"status\":\"ok\",\"issues\":["
     } else {
@@ -91,6 +116,7 @@ pub fn encode(out: &mut Vec<u8>, env: &Envelope<'_>, verdict: &Verdict<'_>, para
     out.extend_from_slice(b",\"node\":");
     write_str(out, env.node.as_bytes());
     out.push(b'}');
+    spans
 }
 
 /// Writes issues as the elements of a JSON array (without brackets):
@@ -179,6 +205,32 @@ mod tests {
         assert_eq!(r["user_agent"], "Mozilla/5.0 \"quoted\"");
         assert_eq!(r["referer"], "");
         assert_eq!(r["node"], "edge-1");
+    }
+
+    #[test]
+    fn spans_point_at_the_type_and_advertiser_unless_either_was_escaped() {
+        let auditor = Auditor::new(&Config::embedded());
+        let catalogs = Catalogs::default();
+        let spans_of = |query: &str| {
+            let mut params = Params::with_capacity(16);
+            params.parse_urlencoded(query.as_bytes(), 16).unwrap();
+            let verdict = auditor.audit(&params, Route::Pixel, &catalogs);
+            // Offsets count from the record's start, not the buffer's.
+            let mut out = b"earlier bytes".to_vec();
+            let spans = encode(&mut out, &env(), &verdict, &params);
+            let rec = out.split_off(13);
+            spans.map(|s| (rec[s.event_type].to_vec(), rec[s.advertiser].to_vec()))
+        };
+        assert_eq!(
+            spans_of("adv=demo&ev=purchase"),
+            Some((b"purchase".to_vec(), b"demo".to_vec()))
+        );
+        assert_eq!(
+            spans_of("adv=&pid=x"),
+            Some((b"impression".to_vec(), b"".to_vec()))
+        );
+        assert_eq!(spans_of("adv=de%22mo"), None);
+        assert_eq!(spans_of("adv=demo&ev=%0A"), None);
     }
 
     #[test]

@@ -162,11 +162,18 @@ impl Producer {
 
     /// Appends one record, or says why not. Never blocks.
     pub fn push(&mut self, record: &[u8]) -> Result<(), PushError> {
-        if record.len() > self.max_record() {
+        self.push_parts(&[], record)
+    }
+
+    /// Appends one record made of `head` then `body`, as [`Producer::push`]
+    /// would their concatenation, without concatenating them first.
+    pub fn push_parts(&mut self, head: &[u8], body: &[u8]) -> Result<(), PushError> {
+        let len = head.len() + body.len();
+        if len > self.max_record() {
             return Err(PushError::TooLarge);
         }
         let cap = self.shared.capacity();
-        let need = padded(record.len());
+        let need = padded(len);
         let mut idx = self.tail & (cap - 1);
         let skip = if cap - idx < need { cap - idx } else { 0 };
         if self.tail + skip + need - self.cached_head > cap {
@@ -194,8 +201,13 @@ impl Producer {
         unsafe {
             base.add(idx)
                 .cast::<[u8; 4]>()
-                .write_unaligned((record.len() as u32).to_le_bytes());
-            std::ptr::copy_nonoverlapping(record.as_ptr(), base.add(idx + 4), record.len());
+                .write_unaligned((len as u32).to_le_bytes());
+            std::ptr::copy_nonoverlapping(head.as_ptr(), base.add(idx + 4), head.len());
+            std::ptr::copy_nonoverlapping(
+                body.as_ptr(),
+                base.add(idx + 4 + head.len()),
+                body.len(),
+            );
         }
         self.tail += need;
         self.shared.tail.store(self.tail, Ordering::Release);
@@ -368,6 +380,32 @@ mod tests {
         }
         got.extend(drain_all(&mut c));
         assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn a_record_pushed_in_two_parts_comes_out_whole() {
+        let (mut p, mut c) = ring(256);
+        let mut expect = Vec::new();
+        let mut got = Vec::new();
+        for i in 0..1000u32 {
+            let (head, body) = (
+                vec![0xAA; (i % 5) as usize],
+                vec![i as u8; (i % 37) as usize],
+            );
+            loop {
+                match p.push_parts(&head, &body) {
+                    Ok(()) => break,
+                    Err(PushError::Full) => got.extend(drain_all(&mut c)),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            expect.push([head, body].concat());
+        }
+        got.extend(drain_all(&mut c));
+        assert_eq!(got, expect);
+        // Both parts count toward the largest record.
+        assert_eq!(p.push_parts(&[0; 6], &[0; 57]), Err(PushError::TooLarge));
+        p.push_parts(&[0; 6], &[0; 54]).unwrap();
     }
 
     #[test]

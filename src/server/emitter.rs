@@ -1,7 +1,8 @@
 //! A worker's records on their way out: each audited event encoded as the
 //! record of DESIGN.md into a scratch buffer, then handed to the worker's
 //! ring to the store (all of a `/batch` or none) with a lossy copy to the
-//! live view's ring. The handler decides what to record; this is how.
+//! live view's ring, headed by what the view reads of it
+//! (`view::fold::entry_head`). The handler decides what to record; this is how.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use crate::ring::Producer;
 use crate::server::metrics::WorkerMetrics;
 use crate::server::{Rules, Shared};
 use crate::store::{StoreStatus, StreamShared, RING_PREFIX};
+use crate::view::fold::{entry_head, ENTRY_HEAD};
 
 /// Encodes records and hands them to the worker's ring.
 pub(super) struct Emitter {
@@ -22,8 +24,9 @@ pub(super) struct Emitter {
     pub(super) next_seq: u64,
     producer: Producer,
     scratch: Vec<u8>,
-    /// Ends of each pending record in `scratch` (for `/batch`).
-    pending: Vec<usize>,
+    /// Ends of each pending record in `scratch` (for `/batch`), and what
+    /// goes before its copy in the view's ring.
+    pending: Vec<(usize, [u8; ENTRY_HEAD])>,
     /// Highest pending sequence number of a `sync` event type.
     pending_sync: Option<u64>,
     /// Highest committed sequence number the answer must wait for.
@@ -114,9 +117,11 @@ impl Emitter {
                 b""
             },
         };
-        record::encode(&mut self.scratch, &env, verdict, params);
-        self.pending.push(self.scratch.len());
-        if verdict.issues.is_empty() {
+        let spans = record::encode(&mut self.scratch, &env, verdict, params);
+        let valid = verdict.issues.is_empty();
+        let head = entry_head(client.ts_ms, spans.as_ref().filter(|_| valid));
+        self.pending.push((self.scratch.len(), head));
+        if valid {
             metrics.events_ok.inc();
         } else {
             metrics.events_invalid.inc();
@@ -153,7 +158,8 @@ impl Emitter {
                 unpacked.store(ts, Ordering::Release);
             }
             let mut start = 0;
-            for &end in &self.pending {
+            for (end, head) in &self.pending {
+                let end = *end;
                 // Cannot fail: the whole batch was checked to fit, and a
                 // record larger than the ring accepts is refused by `fits`.
                 if self.producer.push(&self.scratch[start..end]).is_err() {
@@ -162,7 +168,7 @@ impl Emitter {
                 // The view's copy is lossy by design: a full ring drops it.
                 if self
                     .view
-                    .push(&self.scratch[start + RING_PREFIX..end])
+                    .push_parts(head, &self.scratch[start + RING_PREFIX..end])
                     .is_err()
                 {
                     self.view_shared

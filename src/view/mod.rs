@@ -284,6 +284,25 @@ impl Batch<'_> {
                 }
             }
         };
+        self.fold(ts, event_type, advertiser, status, issues, rec);
+    }
+
+    /// [`Batch::add`] for a valid event whose time, type and advertiser the
+    /// caller already knows (`fold::entry_head`): no scan of the record.
+    pub fn add_valid(&mut self, ts: u64, event_type: &str, advertiser: &str, rec: &[u8]) {
+        self.fold(ts, event_type, advertiser, "ok", &[], rec);
+    }
+
+    /// Folds one record, its fields read.
+    fn fold(
+        &mut self,
+        ts: u64,
+        event_type: &str,
+        advertiser: &str,
+        status: &str,
+        issues: &[Option<peek::Issue<'_>>],
+        rec: &[u8],
+    ) {
         self.newest_ms = self.newest_ms.max(ts);
         let Advertisers { by_id, budget } = &mut *self.ads;
         let left = budget.left;
