@@ -54,7 +54,10 @@ done
   echo "Command: \`${GIVEN}bench/saturate.sh $RATE $ROUNDS $SECONDS_PER_WINDOW\`"
   machine_line
   echo "Every thread of the server on core 0, loadtest (open loop, 64 connections) on core 1; realistic mix, records on disk."
-  echo "trackplane: background_class = \"idle\" (the default); -normal: \"normal\". Run as root, so the way back from SCHED_IDLE is allowed."
+  case " $SERVERS " in
+    *" trackplane-normal "*) echo "trackplane: background_class = \"idle\" (the default); -normal: \"normal\". Run as root, so the way back from SCHED_IDLE is allowed." ;;
+    *) echo "trackplane: background_class = \"idle\" (the default). Run as root, so the way back from SCHED_IDLE is allowed." ;;
+  esac
   echo
   echo "| round | server | achieved req/s | p99 µs | CPU µs/req | events refused | store lifts | view copies lost |"
   echo "|---|---|---|---|---|---|---|---|"
