@@ -31,7 +31,7 @@ fn embedded_default_has_the_documented_values() {
     assert!(p.params["pid"].list);
     assert_eq!(c.catalog_dir(), PathBuf::from("./data/catalogs"));
     assert_eq!((c.server.wake_batch, c.server.wake_linger_us), (32, 200));
-    assert_eq!(c.server.wake_batch_busy_percent, 80);
+    assert_eq!(c.server.wake_batch_busy_percent, 90);
     assert_eq!(c.server.audit_batch, 0);
     assert!(c.server.multishot_recv);
     assert_eq!(
