@@ -196,8 +196,9 @@ impl Producer {
             idx = 0;
         }
         // SAFETY: [idx, idx + need) lies inside the buffer (need <= cap - idx
-        // after the wrap) and is free by the head check; the consumer reads
-        // it only after the Release store of tail below.
+        // after the wrap), holds the length word and both parts (4 + len <=
+        // need), and is free by the head check; the consumer reads it only
+        // after the Release store of tail below.
         unsafe {
             base.add(idx)
                 .cast::<[u8; 4]>()
