@@ -42,6 +42,7 @@
 #   bench/together.sh A_BIN B_BIN [RATE] [WINDOWS] [SECONDS]
 #   e.g. A_TOML='[server]\nwake_batch = 0\n' B_TOML='[server]\nwake_batch = 0\n' \
 #        bench/together.sh /tmp/old/target/release/trackplane target/release/trackplane 20000 12 6
+#        DRIVER=epoll bench/together.sh OLD NEW 20000 12 6   # both on the epoll driver
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -54,7 +55,7 @@ for k in A B; do
   mkdir -p "$W/data-$k"; cp -r "$W/mix/catalogs" "$W/data-$k/"
   bin=$A; [ $k = B ] && bin=$B
   RUST_LOG=warn taskset -c 0 "$bin" serve --config "$W/$k.toml" --listen 127.0.0.1:${PORT[$k]} \
-    --admin-listen 127.0.0.1:${ADMIN[$k]} --data-dir "$W/data-$k" --workers 1 --driver uring &
+    --admin-listen 127.0.0.1:${ADMIN[$k]} --data-dir "$W/data-$k" --workers 1 --driver "${DRIVER:-uring}" &
   PID[$k]=$!
   wait_port ${PORT[$k]}
 done
@@ -63,7 +64,7 @@ worker_ns() { cut -d' ' -f1 "$(grep -l '^trackplane-w0$' /proc/"$1"/task/*/comm 
 together_load 2 A B >/dev/null
 
 ab_describe
-echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s${MIX:+, mix options: $MIX}"
+echo "rate $RATE/s to each, $WINDOWS windows of ${DUR}s${MIX:+, mix options: $MIX}, driver ${DRIVER:-uring}"
 echo
 echo "| window | first | A CPU µs/req | B CPU µs/req | B/A | A worker | B worker | B/A worker | A other | B other | B/A other | A p99 µs | B p99 µs | steal ms |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -69,6 +69,16 @@ pub(crate) trait OpAble {
     fn legacy_interest(&self) -> Option<(super::ready::Direction, usize)>;
     #[cfg(any(feature = "legacy", feature = "poll-io"))]
     fn legacy_call(&mut self) -> io::Result<u32>;
+
+    /// Whether a `legacy_call` that returned `n` left nothing to read, so
+    /// that the fd's read readiness can be cleared now instead of by a
+    /// next call that would only block: a stream read that filled less
+    /// than its buffer (as nginx reads). Saves that call, one a request on
+    /// a keep-alive connection.
+    #[cfg(any(feature = "legacy", feature = "poll-io"))]
+    fn legacy_drained(&mut self, _n: u32) -> bool {
+        false
+    }
 }
 
 /// If legacy is enabled and iouring is not, we can expose io interface in a poll-like way.

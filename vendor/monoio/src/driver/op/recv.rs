@@ -49,11 +49,30 @@ pub(crate) struct Recv<T> {
 
     /// Reference to the in-flight buffer.
     pub(crate) buf: T,
+
+    /// From a stream socket: a read that fills less than the buffer
+    /// drained it (`OpAble::legacy_drained`). Not so for datagrams, where
+    /// another may wait behind a short one.
+    #[allow(unused)]
+    stream: bool,
 }
 
 impl<T: IoBufMut> Op<Recv<T>> {
     pub(crate) fn recv(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Recv { fd, buf })
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            stream: false,
+        })
+    }
+
+    /// [`Op::recv`] from a stream socket.
+    pub(crate) fn recv_stream(fd: SharedFd, buf: T) -> io::Result<Self> {
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            stream: true,
+        })
     }
 
     #[allow(unused)]
@@ -61,6 +80,7 @@ impl<T: IoBufMut> Op<Recv<T>> {
         Recv {
             fd: fd.clone(),
             buf,
+            stream: false,
         }
     }
 
@@ -127,6 +147,11 @@ impl<T: IoBufMut> OpAble for Recv<T> {
             self.buf.bytes_total().min(u32::MAX as usize),
             0
         ))
+    }
+
+    #[cfg(any(feature = "legacy", feature = "poll-io"))]
+    fn legacy_drained(&mut self, n: u32) -> bool {
+        self.stream && n > 0 && (n as usize) < self.buf.bytes_total().min(u32::MAX as usize)
     }
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), windows))]

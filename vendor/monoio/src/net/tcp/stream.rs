@@ -411,7 +411,7 @@ impl AsyncReadRent for TcpStream {
     #[inline]
     fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         // Submit the read operation
-        let op = Op::recv(self.fd.clone(), buf).unwrap();
+        let op = Op::recv_stream(self.fd.clone(), buf).unwrap();
         op.read()
     }
 
