@@ -39,7 +39,7 @@ pub struct Envelope<'a> {
 
 /// Where [`encode`] wrote the event type's and the advertiser's values
 /// (between their quotes), as offsets into the record: what the live view
-/// reads instead of scanning the record for them (`view::Batch::add_entry`).
+/// reads instead of scanning the record for them (`view::fold::entry_head`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spans {
     /// `type`'s value.
@@ -158,20 +158,34 @@ pub fn keep_ip(ip: IpAddr, policy: IpPolicy) -> Option<IpAddr> {
     }
 }
 
+/// The pixel request `query` audited by the embedded configuration (no
+/// catalogs), appended to `out` as [`encode`] writes it; with whether the
+/// event was valid. For tests of what reads records.
+#[cfg(test)]
+pub(crate) fn encode_query(
+    out: &mut Vec<u8>,
+    env: &Envelope<'_>,
+    query: &str,
+) -> (Option<Spans>, bool) {
+    use crate::audit::{Auditor, Catalogs, Route};
+    let auditor = Auditor::new(&crate::config::Config::embedded());
+    let mut params = Params::with_capacity(16);
+    params.parse_urlencoded(query.as_bytes(), 16).unwrap();
+    let catalogs = Catalogs::default();
+    let verdict = auditor.audit(&params, Route::Pixel, &catalogs);
+    (
+        encode(out, env, &verdict, &params),
+        verdict.issues.is_empty(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Auditor, Catalogs, Route};
-    use crate::config::Config;
 
     fn record(query: &str, env: Envelope<'_>) -> serde_json::Value {
-        let auditor = Auditor::new(&Config::embedded());
-        let catalogs = Catalogs::default();
-        let mut params = Params::with_capacity(16);
-        params.parse_urlencoded(query.as_bytes(), 16).unwrap();
-        let verdict = auditor.audit(&params, Route::Pixel, &catalogs);
         let mut out = Vec::new();
-        encode(&mut out, &env, &verdict, &params);
+        encode_query(&mut out, &env, query);
         serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
@@ -209,15 +223,10 @@ mod tests {
 
     #[test]
     fn spans_point_at_the_type_and_advertiser_unless_either_was_escaped() {
-        let auditor = Auditor::new(&Config::embedded());
-        let catalogs = Catalogs::default();
         let spans_of = |query: &str| {
-            let mut params = Params::with_capacity(16);
-            params.parse_urlencoded(query.as_bytes(), 16).unwrap();
-            let verdict = auditor.audit(&params, Route::Pixel, &catalogs);
             // Offsets count from the record's start, not the buffer's.
             let mut out = b"earlier bytes".to_vec();
-            let spans = encode(&mut out, &env(), &verdict, &params);
+            let (spans, _) = encode_query(&mut out, &env(), query);
             let rec = out.split_off(13);
             spans.map(|s| (rec[s.event_type].to_vec(), rec[s.advertiser].to_vec()))
         };

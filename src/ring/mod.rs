@@ -363,6 +363,23 @@ mod tests {
         v
     }
 
+    /// Pushes one record by `push`, draining into `got` while the ring is
+    /// full.
+    fn push_draining(
+        p: &mut Producer,
+        c: &mut Consumer,
+        got: &mut Vec<Vec<u8>>,
+        push: impl Fn(&mut Producer) -> Result<(), PushError>,
+    ) {
+        loop {
+            match push(p) {
+                Ok(()) => return,
+                Err(PushError::Full) => got.extend(drain_all(c)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     #[test]
     fn records_come_out_in_order_across_wraps() {
         let (mut p, mut c) = ring(256);
@@ -370,13 +387,7 @@ mod tests {
         let mut got = Vec::new();
         for i in 0..1000u32 {
             let rec = vec![i as u8; (i % 37) as usize];
-            loop {
-                match p.push(&rec) {
-                    Ok(()) => break,
-                    Err(PushError::Full) => got.extend(drain_all(&mut c)),
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            push_draining(&mut p, &mut c, &mut got, |p| p.push(&rec));
             expect.push(rec);
         }
         got.extend(drain_all(&mut c));
@@ -393,13 +404,7 @@ mod tests {
                 vec![0xAA; (i % 5) as usize],
                 vec![i as u8; (i % 37) as usize],
             );
-            loop {
-                match p.push_parts(&head, &body) {
-                    Ok(()) => break,
-                    Err(PushError::Full) => got.extend(drain_all(&mut c)),
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            push_draining(&mut p, &mut c, &mut got, |p| p.push_parts(&head, &body));
             expect.push([head, body].concat());
         }
         got.extend(drain_all(&mut c));

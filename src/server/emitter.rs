@@ -2,7 +2,8 @@
 //! record of DESIGN.md into a scratch buffer, then handed to the worker's
 //! ring to the store (all of a `/batch` or none) with a lossy copy to the
 //! live view's ring, headed by what the view reads of it
-//! (`view::fold::entry_head`). The handler decides what to record; this is how.
+//! (`view::fold::entry_head`). The handler decides what to record; this
+//! is how.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -158,8 +159,7 @@ impl Emitter {
                 unpacked.store(ts, Ordering::Release);
             }
             let mut start = 0;
-            for (end, head) in &self.pending {
-                let end = *end;
+            for &(end, head) in &self.pending {
                 // Cannot fail: the whole batch was checked to fit, and a
                 // record larger than the ring accepts is refused by `fits`.
                 if self.producer.push(&self.scratch[start..end]).is_err() {
@@ -168,7 +168,7 @@ impl Emitter {
                 // The view's copy is lossy by design: a full ring drops it.
                 if self
                     .view
-                    .push_parts(head, &self.scratch[start + RING_PREFIX..end])
+                    .push_parts(&head, &self.scratch[start + RING_PREFIX..end])
                     .is_err()
                 {
                     self.view_shared

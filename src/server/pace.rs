@@ -54,9 +54,10 @@
 //! the same reason, at 50k/s on an AMD VM:
 //!
 //! A batched worker's p99 cannot fall under its linger. At 50k/s (an
-//! unbatched worker at 63-64% of its core on the AMD VM), over the answers due outside the VM's kdamond runs, no
-//! batched window's p99 came under 289 µs in 20, where unbatched windows
-//! came down to 77-87 µs and nginx's to 109-120
+//! unbatched worker at 63-64% of its core on the AMD VM), over the
+//! answers due outside the VM's kdamond runs, no batched window's p99
+//! came under 289 µs in 20, where unbatched windows came down to 77-87
+//! µs and nginx's to 109-120
 //! (`bench/results/tails-20261204-1715.md`, `-1727.md`); in the quiet
 //! hours of earlier sessions the batched p99 was 2.0-2.8x nginx's
 //! (`tails-20261201-0816.md`, `tails-20261202-0729.md`, `-0732.md`).

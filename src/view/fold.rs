@@ -38,13 +38,14 @@ pub const ENTRY_HEAD: usize = 16;
 /// time, then where the record's type and advertiser lie (`spans`, as
 /// `record::encode` returned them, given only for a valid event), each
 /// offset a `u16`; zeros without spans, or when they lie further in.
-/// The fold reads a valid event's fields there: scanning the record for
-/// them was two fifths of its work (`bench/profile.sh`), and most events
-/// are valid. Any other record is scanned, as before.
+/// The fold reads a valid event's fields there ([`head_fields`]):
+/// scanning the record for them was two fifths of its work (a call-graph
+/// profile of a worker, session 56 in `docs/performance-log.md`), and
+/// most events are valid. Any other record is scanned, as before.
 pub fn entry_head(ts_ms: u64, spans: Option<&Spans>) -> [u8; ENTRY_HEAD] {
     let mut head = [0; ENTRY_HEAD];
     head[..8].copy_from_slice(&ts_ms.to_le_bytes());
-    let ends = spans.and_then(|s| {
+    let offsets = spans.and_then(|s| {
         let at = |i: usize| u16::try_from(i).ok().map(u16::to_le_bytes);
         Some([
             at(s.event_type.start)?,
@@ -53,10 +54,28 @@ pub fn entry_head(ts_ms: u64, spans: Option<&Spans>) -> [u8; ENTRY_HEAD] {
             at(s.advertiser.end)?,
         ])
     });
-    if let Some(ends) = ends {
-        head[8..].copy_from_slice(ends.as_flattened());
+    if let Some(offsets) = offsets {
+        head[8..].copy_from_slice(offsets.as_flattened());
     }
     head
+}
+
+/// The event time, type and advertiser that an [`entry_head`] with spans
+/// says `rec` holds; `None` for a head without them.
+fn head_fields<'r>(head: &[u8; ENTRY_HEAD], rec: &'r [u8]) -> Option<(u64, &'r str, &'r str)> {
+    let (ts, offsets) = head.split_first_chunk::<8>()?;
+    let [type_start, type_end, ad_start, ad_end] =
+        [0, 2, 4, 6].map(|i| usize::from(u16::from_le_bytes([offsets[i], offsets[i + 1]])));
+    // An empty type still ends past the record's first byte.
+    if type_end == 0 {
+        return None;
+    }
+    let field = |range| std::str::from_utf8(rec.get(range)?).ok();
+    Some((
+        u64::from_le_bytes(*ts),
+        field(type_start..type_end)?,
+        field(ad_start..ad_end)?,
+    ))
 }
 
 /// Folds one view ring entry: by its head when that says where the fields
@@ -65,17 +84,10 @@ fn add_entry(batch: &mut Batch<'_>, entry: &[u8]) {
     let Some((head, rec)) = entry.split_first_chunk::<ENTRY_HEAD>() else {
         return;
     };
-    let word = |i: usize| usize::from(u16::from_le_bytes([head[i], head[i + 1]]));
-    let field =
-        |start: usize, end: usize| std::str::from_utf8(rec.get(word(start)..word(end))?).ok();
-    // An empty type or advertiser still ends past the record's first byte.
-    if word(10) > 0 {
-        if let (Some(t), Some(a)) = (field(8, 10), field(12, 14)) {
-            let ts = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
-            return batch.add_valid(ts, t, a, rec);
-        }
+    match head_fields(head, rec) {
+        Some((ts, event_type, advertiser)) => batch.add_valid(ts, event_type, advertiser, rec),
+        None => batch.add(rec),
     }
-    batch.add(rec);
 }
 
 /// Records folded per turn: a few tens of microseconds at the view's
@@ -156,11 +168,7 @@ mod tests {
 
     #[test]
     fn entries_read_by_their_head_fold_as_their_records_scanned() {
-        use crate::audit::{Auditor, Catalogs, Route};
-        use crate::http::Params;
-        use crate::record::{encode, Envelope};
-        let auditor = Auditor::new(&crate::config::Config::embedded());
-        let catalogs = Catalogs::default();
+        use crate::record::{encode_query, Envelope};
         let (by_entry, by_scan) = (View::default(), View::default());
         let (mut spanned, mut heads) = (0, 0);
         // Valid events (spanned), and invalid ones: one escaped, one
@@ -174,9 +182,6 @@ mod tests {
             "adv=other&ev=page_view",
         ];
         for (i, query) in queries.iter().enumerate() {
-            let mut params = Params::with_capacity(16);
-            params.parse_urlencoded(query.as_bytes(), 16).unwrap();
-            let verdict = auditor.audit(&params, Route::Pixel, &catalogs);
             let env = Envelope {
                 node: "n",
                 stream: 0,
@@ -188,8 +193,7 @@ mod tests {
                 withheld_param: b"",
             };
             let mut rec = Vec::new();
-            let spans = encode(&mut rec, &env, &verdict, &params);
-            let valid = verdict.issues.is_empty();
+            let (spans, valid) = encode_query(&mut rec, &env, query);
             let head = entry_head(env.ts_ms, spans.as_ref().filter(|_| valid));
             spanned += usize::from(spans.is_some() && valid);
             heads += usize::from(head[8..] != [0; 8]);

@@ -289,7 +289,7 @@ impl Batch<'_> {
 
     /// [`Batch::add`] for a valid event whose time, type and advertiser the
     /// caller already knows (`fold::entry_head`): no scan of the record.
-    pub fn add_valid(&mut self, ts: u64, event_type: &str, advertiser: &str, rec: &[u8]) {
+    fn add_valid(&mut self, ts: u64, event_type: &str, advertiser: &str, rec: &[u8]) {
         self.fold(ts, event_type, advertiser, "ok", &[], rec);
     }
 
