@@ -38,7 +38,7 @@ pub const ENTRY_HEAD: usize = 16;
 /// time, then where the record's type and advertiser lie (`spans`, as
 /// `record::encode` returned them, given only for a valid event), each
 /// offset a `u16`; zeros without spans, or when they lie further in.
-/// The fold reads a valid event's fields there ([`head_fields`]):
+/// The fold reads a valid event's fields there (`head_fields`):
 /// scanning the record for them was two fifths of its work (a call-graph
 /// profile of a worker, session 56 in `docs/performance-log.md`), and
 /// most events are valid. Any other record is scanned, as before.
