@@ -287,7 +287,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
     monoio::set_idle_work(Some(Box::new(move |io_waiting| {
         let now = monoio::time::recent().into_std();
         let packing = idle_packer.borrow_mut().turn(io_waiting, now);
-        match (packing, folder.turn(io_waiting)) {
+        match (packing, folder.turn(io_waiting, now)) {
             (monoio::IdleTurn::Done, true) => monoio::IdleTurn::More,
             (packing, _) => packing,
         }

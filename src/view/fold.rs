@@ -10,7 +10,9 @@
 //! worker waking on an idle core does not pay. Done by the worker between
 //! its own I/O, the same work needs neither: the worker reads its ring's
 //! task-run flag between slices and goes back to its connections as soon
-//! as a completion is pending, without having slept.
+//! as a completion is pending, without having slept. Records gather
+//! before a fold ([`GATHER_BYTES`] or [`GATHER_FOR`]), so that the fold's
+//! own work is shared by a score of them.
 //!
 //! The view stays lossy and never holds up ingestion: a worker that finds
 //! the view locked (an admin reader, another worker folding) leaves its
@@ -25,6 +27,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{forget_idle, Batch, View};
 use crate::record::Spans;
@@ -94,11 +97,27 @@ fn add_entry(batch: &mut Batch<'_>, entry: &[u8]) {
 /// per-record cost, which a request that arrives meanwhile may wait.
 pub const TURN_RECORDS: usize = 32;
 
+/// Bytes a view ring gathers before a fold, unless its first record has
+/// waited [`GATHER_FOR`]. A fold takes the view's two locks and goes
+/// through the advertisers' counts; a worker that idles between requests
+/// folded each record alone, and the fold's own work (the locks, its
+/// turn) cost about as much as the record's counting. 8 KiB is about
+/// twenty of the loadtest's records, under a turn's [`TURN_RECORDS`].
+pub const GATHER_BYTES: usize = 8 << 10;
+
+/// How long records gather at most: the view is live within seconds, and
+/// an idle worker's heartbeat gives it a turn every 20 ms.
+pub const GATHER_FOR: Duration = Duration::from_millis(50);
+
 /// One worker's view ring and what it folds into.
 pub struct Folder {
     ring: Consumer,
     view: Arc<View>,
     fold: fn(&mut Batch<'_>, &[u8]),
+    /// When a turn first found the records now waiting.
+    since: Option<Instant>,
+    /// A fold left records: the next turn folds on, gathered or not.
+    draining: bool,
 }
 
 impl Folder {
@@ -113,19 +132,35 @@ impl Folder {
         view: Arc<View>,
         fold: fn(&mut Batch<'_>, &[u8]),
     ) -> Folder {
-        Folder { ring, view, fold }
+        Folder {
+            ring,
+            view,
+            fold,
+            since: None,
+            draining: false,
+        }
     }
 
-    /// One turn of idle work: folds up to [`TURN_RECORDS`] records, unless
-    /// I/O is waiting (`io_waiting`) and the ring is not past a quarter.
-    /// Returns whether records are left for another turn; false also when
-    /// the view is locked by someone else (later, then) or stopped.
-    pub fn turn(&mut self, io_waiting: bool) -> bool {
-        if self.ring.backlog() == 0 || self.view.stopped() {
+    /// One turn of idle work at `now`: folds up to [`TURN_RECORDS`]
+    /// records, unless I/O is waiting (`io_waiting`) and the ring is not
+    /// past a quarter, or the records are still gathering
+    /// ([`GATHER_BYTES`], [`GATHER_FOR`]). Returns whether records are left
+    /// for another turn; false also when they gather, when the view is
+    /// locked by someone else (later, then) and when it is stopped.
+    pub fn turn(&mut self, io_waiting: bool, now: Instant) -> bool {
+        let backlog = self.ring.backlog();
+        if backlog == 0 || self.view.stopped() {
+            (self.since, self.draining) = (None, false);
             return false;
         }
         if io_waiting && !self.ring.past_quarter() {
             return true;
+        }
+        let since = *self.since.get_or_insert(now);
+        let gathered =
+            backlog >= GATHER_BYTES || now.saturating_duration_since(since) >= GATHER_FOR;
+        if !(gathered || self.draining) {
+            return false;
         }
         let Some(mut batch) = self.view.try_batch() else {
             return false;
@@ -147,7 +182,11 @@ impl Folder {
             self.view.stop_after_panic();
             return false;
         }
-        self.ring.backlog() > 0
+        self.draining = self.ring.backlog() > 0;
+        if !self.draining {
+            self.since = None;
+        }
+        self.draining
     }
 }
 
@@ -155,7 +194,6 @@ impl Folder {
 mod tests {
     use super::*;
     use crate::clock::unix_ms;
-    use std::time::Duration;
 
     /// A view ring entry without spans: its record is scanned.
     fn rec(adv: &str) -> Vec<u8> {
@@ -218,6 +256,13 @@ mod tests {
         assert_eq!(demo["last_hour"]["events_by_status"]["invalid"], 1);
     }
 
+    /// A turn at a time when whatever waits has gathered long enough.
+    fn turn(folder: &mut Folder, io_waiting: bool) -> bool {
+        let now = Instant::now();
+        folder.since = now.checked_sub(GATHER_FOR);
+        folder.turn(io_waiting, now)
+    }
+
     fn seen(view: &View, adv: &str) -> u64 {
         let audit: serde_json::Value =
             serde_json::from_str(&view.audit_json(adv).unwrap_or_else(|| "{}".into())).unwrap();
@@ -231,14 +276,45 @@ mod tests {
         let view = Arc::new(View::default());
         let (mut tx, rx) = crate::ring::ring(1 << 20);
         let mut folder = Folder::new(rx, view.clone());
-        assert!(!folder.turn(false), "nothing to fold");
+        assert!(!turn(&mut folder, false), "nothing to fold");
         for _ in 0..TURN_RECORDS + 5 {
             tx.push(&rec("shop")).unwrap();
         }
-        assert!(folder.turn(false), "a slice, and more left");
+        assert!(turn(&mut folder, false), "a slice, and more left");
         assert_eq!(seen(&view, "shop"), TURN_RECORDS as u64);
-        assert!(!folder.turn(false), "the rest, and nothing left");
+        assert!(!turn(&mut folder, false), "the rest, and nothing left");
         assert_eq!(seen(&view, "shop"), TURN_RECORDS as u64 + 5);
+    }
+
+    #[test]
+    fn records_gather_for_a_folds_worth_or_until_they_have_waited() {
+        let view = Arc::new(View::default());
+        let (mut tx, rx) = crate::ring::ring(1 << 20);
+        let mut folder = Folder::new(rx, view.clone());
+        let t0 = Instant::now();
+        tx.push(&rec("shop")).unwrap();
+        assert!(!folder.turn(false, t0), "one record gathers");
+        assert!(!folder.turn(false, t0 + GATHER_FOR / 2));
+        assert_eq!(seen(&view, "shop"), 0);
+        assert!(!folder.turn(false, t0 + GATHER_FOR), "waited: folded");
+        assert_eq!(seen(&view, "shop"), 1);
+        // The wait counts from the first turn that finds records again.
+        let t1 = t0 + GATHER_FOR * 3;
+        let one = rec("shop");
+        tx.push(&one).unwrap();
+        // What a record takes in the ring, its length and padding included.
+        let worth = GATHER_BYTES.div_ceil(folder.ring.backlog());
+        for _ in 0..worth - 2 {
+            tx.push(&one).unwrap();
+        }
+        assert!(!folder.turn(false, t1), "short of a fold's worth");
+        assert_eq!(seen(&view, "shop"), 1);
+        tx.push(&one).unwrap();
+        assert!(worth > TURN_RECORDS);
+        assert!(folder.turn(false, t1), "a fold's worth: a slice at once");
+        assert_eq!(seen(&view, "shop"), 1 + TURN_RECORDS as u64);
+        assert!(!folder.turn(false, t1), "and the rest");
+        assert_eq!(seen(&view, "shop"), 1 + worth as u64);
     }
 
     #[test]
@@ -249,12 +325,12 @@ mod tests {
         let (mut tx, rx) = crate::ring::ring((32 * one.len()).next_power_of_two());
         let mut folder = Folder::new(rx, view.clone());
         tx.push(&one).unwrap();
-        assert!(folder.turn(true), "left for a quiet moment");
+        assert!(turn(&mut folder, true), "left for a quiet moment");
         assert_eq!(seen(&view, "shop"), 0);
         while !tx.past_quarter() {
             tx.push(&one).unwrap();
         }
-        folder.turn(true);
+        turn(&mut folder, true);
         assert!(seen(&view, "shop") > 0, "a ring past a quarter is folded");
     }
 
@@ -266,10 +342,10 @@ mod tests {
         tx.push(&rec("shop")).unwrap();
         {
             let _reader = view.batch();
-            assert!(!folder.turn(false), "no waiting for the lock");
+            assert!(!turn(&mut folder, false), "no waiting for the lock");
         }
         assert_eq!(seen(&view, "shop"), 0);
-        assert!(!folder.turn(false));
+        assert!(!turn(&mut folder, false));
         assert_eq!(seen(&view, "shop"), 1);
     }
 
@@ -280,7 +356,7 @@ mod tests {
         let (mut tx, rx) = crate::ring::ring(1 << 12);
         let mut folder = Folder::folding(rx, view.clone(), |_, _| panic!("injected"));
         tx.push(&rec("shop")).unwrap();
-        assert!(!folder.turn(false), "nothing more after a panic");
+        assert!(!turn(&mut folder, false), "nothing more after a panic");
         assert!(view.stopped());
         // The viewer's stream ends instead of waiting for events for good.
         assert!(matches!(
@@ -291,7 +367,7 @@ mod tests {
         assert!(view.subscribe("shop", false).is_none());
         // Later records are left alone, and the view still answers.
         tx.push(&rec("shop")).unwrap();
-        assert!(!folder.turn(false));
+        assert!(!turn(&mut folder, false));
         assert!(view.advertisers_json().starts_with('['));
     }
 
@@ -301,7 +377,7 @@ mod tests {
         let (mut tx, rx) = crate::ring::ring(1 << 20);
         let mut folder = Folder::new(rx, view.clone());
         tx.push(&rec("shop")).unwrap();
-        folder.turn(false);
+        turn(&mut folder, false);
         assert_eq!(seen(&view, "shop"), 1);
         // Pretend the hour without events has passed and the minute is up.
         view.advertisers
@@ -313,7 +389,7 @@ mod tests {
         view.next_forget_ms
             .store(0, std::sync::atomic::Ordering::Relaxed);
         tx.push(&rec("other")).unwrap();
-        folder.turn(false);
+        turn(&mut folder, false);
         assert_eq!(seen(&view, "shop"), 0, "shop was forgotten");
         assert_eq!(seen(&view, "other"), 1);
         assert!(
