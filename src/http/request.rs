@@ -2,6 +2,8 @@
 //! slices into offsets (so the buffer stays free to move) and enforces the
 //! limits that decide 414, 431, 413 and 400.
 
+use memchr::memchr;
+
 /// A byte range of the connection's read buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Span {
@@ -289,12 +291,6 @@ fn trim(mut v: &[u8]) -> &[u8] {
         v = rest;
     }
     v
-}
-
-/// Position of the first `needle` in `hay`.
-#[inline]
-pub fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]
