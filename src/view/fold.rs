@@ -101,8 +101,10 @@ pub const TURN_RECORDS: usize = 32;
 /// waited [`GATHER_FOR`]. A fold takes the view's two locks and goes
 /// through the advertisers' counts; a worker that idles between requests
 /// folded each record alone, and the fold's own work (the locks, its
-/// turn) cost about as much as the record's counting. 8 KiB is about
-/// twenty of the loadtest's records, under a turn's [`TURN_RECORDS`].
+/// turn) came to about 260 ns a record beside the record's own 670 (a
+/// call-graph profile at 20k/s, session 57 in `docs/performance-log.md`).
+/// 8 KiB is about twenty of the loadtest's records, under a turn's
+/// [`TURN_RECORDS`].
 pub const GATHER_BYTES: usize = 8 << 10;
 
 /// How long records gather at most: the view is live within seconds, and
