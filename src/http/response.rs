@@ -98,18 +98,20 @@ const NO_CACHE: &[u8] = no_cache!().as_bytes();
 /// the GIF. Written whole, four copies instead of ten and a number
 /// formatted; a pixel is most of what a node answers.
 const GIF_BEFORE_DATE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: trackplane\r\nDate: ";
-const GIF_AFTER_DATE_KEEP: &[u8] = concat!(
-    "\r\nConnection: keep-alive\r\nContent-Type: image/gif\r\n",
-    no_cache!(),
-    "Content-Length: 43\r\n\r\n"
-)
-.as_bytes();
-const GIF_AFTER_DATE_CLOSE: &[u8] = concat!(
-    "\r\nConnection: close\r\nContent-Type: image/gif\r\n",
-    no_cache!(),
-    "Content-Length: 43\r\n\r\n"
-)
-.as_bytes();
+macro_rules! gif_after_date {
+    ($connection:literal) => {
+        concat!(
+            "\r\nConnection: ",
+            $connection,
+            "\r\nContent-Type: image/gif\r\n",
+            no_cache!(),
+            "Content-Length: 43\r\n\r\n"
+        )
+        .as_bytes()
+    };
+}
+const GIF_AFTER_DATE_KEEP: &[u8] = gif_after_date!("keep-alive");
+const GIF_AFTER_DATE_CLOSE: &[u8] = gif_after_date!("close");
 
 /// Writes the response start: status line, `Server`, `Date`, `Connection`.
 fn start(out: &mut Vec<u8>, status: Status, date: &HttpDate, keep_alive: bool) {
