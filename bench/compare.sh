@@ -10,8 +10,13 @@
 #
 #   bench/compare.sh [RATES] [SECONDS]        e.g. bench/compare.sh "20000 50000 100000" 10
 #
-# Uses wrk2 for the fixed rates when it is installed, loadtest otherwise;
-# wrk (closed loop) for the saturation row. Writes bench/results/compare-<date>.md.
+# The fixed rates run under wrk2 when it is installed (`wrk2` on the PATH,
+# or WRK2=/path/to/it), under loadtest otherwise; LOADGEN=loadtest or
+# LOADGEN=wrk2 chooses. wrk2 gets the same mix as a Lua script (`loadtest
+# wrk2-script`) and its report is read back by `loadtest wrk2-report`; its
+# first 10 s and 5 ms a connection are its calibration, unmeasured, so each
+# of its runs lasts that much longer than SECONDS. wrk (closed loop) runs
+# the saturation row. Writes bench/results/compare-<date>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -21,6 +26,7 @@ CONNS=64
 SERVER_CORE=0
 LOAD_CORE=1
 race_setup compare
+loadgen_setup auto $CONNS
 # trackplane's variants besides race_setup's two (as shipped, and with
 # wake-ups unbatched): epoll; storing nothing (the cost of storage is the
 # difference); every event type 'sync'.
@@ -39,13 +45,11 @@ run_rate() { # server port rate
   local before after out us steal0 kd0 mark core
   steal0=$(steal_ms); kd0=$(kdamond_ms); mark=$(core_mark $SERVER_CORE)
   before=$(cpu_ns ${PIDS[$1]})
-  out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$2" --rate "$3" --connections $CONNS --duration "$SECONDS_PER_RATE" --warmup 2 --json)
+  out=$(fixed_rate "$2" "$3" "$SECONDS_PER_RATE" $CONNS)
   after=$(cpu_ns ${PIDS[$1]})
   core=$(core_busy_ms $SERVER_CORE "$mark")
   local vm="$(( $(steal_ms) - steal0 ))|$(( $(kdamond_ms) - kd0 ))"
-  local done; done=$(json_field "$out" completed)
-  # CPU is measured over warm-up + measured window; count both windows' calls.
-  local total; total=$(calc "$done + $(json_field "$out" achieved_rate) * 2")
+  local total; total=$(answers_in_run "$out")
   us=$(calc "($after - $before) / 1000 / $total")
   ROWS+=("$1|$3|$(json_field "$out" achieved_rate)|$us|$(calc "$core * 1000 / $total")|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$(json_field "$out" p9999_us)|$(json_field "$out" max_us)|$(json_field "$out" other_status)|$vm")
   echo "  $1 @ $3/s: cpu ${us} µs/req  $out" >&2
@@ -92,7 +96,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
   echo
   echo "Command: \`bench/compare.sh \"$RATES\" $SECONDS_PER_RATE\`"
   machine_line
-  echo "Servers pinned to core $SERVER_CORE, load generator (loadtest, open loop, wrk2 semantics, $CONNS connections) to core $LOAD_CORE."
+  echo "Servers pinned to core $SERVER_CORE, load generator ($(loadgen_line $CONNS)) to core $LOAD_CORE."
   echo "steal ms: the host's steal time during the row (both cores); kdamond ms: CPU of the VM's kdamond (DAMON memory monitor, not preemptible for ms at a time) during the row. Either shows up in that row's tail."
   echo "bare: monoio io_uring (COOP_TASKRUN) + httparse, answers the GIF and nothing else; multishot: the same on raw io_uring (multishot accept and receive, provided buffers, DEFER_TASKRUN), the floor of a custom event loop. trackplane: io_uring, as shipped (wake-ups batched only while the worker uses over 90% of its core: wake_batch 32, wake_linger_us 200; store idle-class while calm, view folded by the workers while idle, 8 KiB or 50 ms at a time); trackplane-normal: background_class = \"normal\"; trackplane-unbatched: wake_batch = 0; trackplane-epoll: --driver epoll; trackplane-nostore: records dropped after the ring; trackplane-sync: every event answered after its fdatasync."
   echo "trackplane: 1 worker, realistic mix (50 advertisers x 20k-product catalogs, 10% broken tags), records on disk."

@@ -61,6 +61,59 @@ race_setup() { # NAME, for the work dir and messages
   write_nginx_conf
 }
 
+# The fixed-rate generator, after race_setup: loadtest, or wrk2 (`wrk2` on
+# the PATH, or WRK2=/path/to/it; Debian's wrk is wrk 4, which has no rate,
+# and wrk2 installed as `wrk` says --rate in its usage). LOADGEN=loadtest
+# or LOADGEN=wrk2 chooses; unset, DEFAULT does ("auto": wrk2 where it is
+# installed). wrk2 gets the mix as a Lua script and its report is read by
+# `loadtest wrk2-report`; its first 10 s and 5 ms a connection are its
+# calibration, unmeasured, which fixed_rate adds to its runs.
+loadgen_setup() { # DEFAULT CONNS
+  if [ -z "${WRK2:-}" ]; then
+    WRK2=$(command -v wrk2 || true)
+    if [ -z "$WRK2" ] && command -v wrk >/dev/null && wrk --help 2>&1 | grep -q -- '--rate'; then WRK2=$(command -v wrk); fi
+  fi
+  if [ "$1" = auto ]; then LOADGEN=${LOADGEN:-$([ -n "$WRK2" ] && echo wrk2 || echo loadtest)}; else LOADGEN=${LOADGEN:-$1}; fi
+  case "$LOADGEN" in
+    loadtest) ;;
+    wrk2) [ -n "$WRK2" ] && [ -x "$WRK2" ] || { echo "LOADGEN=wrk2 but no wrk2 found (set WRK2=/path/to/wrk2)"; exit 1; }
+          $LT wrk2-script --out "$W/mix.lua" ${MIX:-}
+          WRK2_CALIBRATION_S=$(( 10 + ($2 * 5 + 999) / 1000 )) ;;
+    *) echo "LOADGEN is loadtest or wrk2, not $LOADGEN"; exit 1 ;;
+  esac
+}
+
+# One fixed-rate run from core $LOAD_CORE: its JSON report, in loadtest's
+# keys whichever generator ran. Loadtest warms up for 2 s first and takes
+# any further arguments.
+fixed_rate() { # PORT RATE SECONDS CONNS [loadtest args]
+  local port=$1 rate=$2 secs=$3 conns=$4
+  shift 4
+  if [ "$LOADGEN" = wrk2 ]; then
+    taskset -c $LOAD_CORE "$WRK2" -t1 -c"$conns" -d$((secs + WRK2_CALIBRATION_S))s -R"$rate" -L \
+      -s "$W/mix.lua" "http://127.0.0.1:$port/" | $LT wrk2-report --rate "$rate" --connections "$conns"
+  else
+    taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$port" --rate "$rate" --connections "$conns" \
+      --duration "$secs" --warmup 2 --json ${MIX:-} "$@"
+  fi
+}
+
+# The answers a server gave over a fixed_rate run, warm-up or calibration
+# included, from its report: what its CPU over the run is divided by.
+answers_in_run() { # JSON
+  if [ "$LOADGEN" = wrk2 ]; then json_field "$1" completed
+  else awk "BEGIN {print $(json_field "$1" completed) + $(json_field "$1" achieved_rate) * 2}"; fi
+}
+
+# The generator, as a results file names it.
+loadgen_line() { # CONNS
+  if [ "$LOADGEN" = wrk2 ]; then
+    echo "$WRK2 -t1 -c$1 -R RATE -L, the mix as a Lua script; its first ${WRK2_CALIBRATION_S} s are its calibration and not measured, and it sends on a millisecond timer"
+  else
+    echo "loadtest, open loop, wrk2 semantics, $1 connections"
+  fi
+}
+
 # A big catalog replaced while a server runs (bench/worker-waits.sh
 # RELOAD, bench/reload-tail.sh): COUNT copies of a catalog of IDS ids
 # written into DATA/catalogs under hidden names before the load (writing

@@ -24,6 +24,7 @@
 #        MIX="--kinds impressions" bench/tails.sh 50000 3 10 1000   # pixels only
 #        KDAMOND_SPLIT=1 bench/tails.sh 50000 8 8 1000   # also p99 and p99.9 outside kdamond's runs
 #        STALL_SPLIT=1 bench/tails.sh 20000 8 8 1000    # also p99 and p99.9 outside the VM's stalls
+#        LOADGEN=wrk2 WRK2=/path/to/wrk2 bench/tails.sh 20000 6 10 1000   # under wrk2 (loadgen_setup in lib.sh)
 # With KDAMOND_SPLIT=1 each window also gives its p99 and p99.9 over the
 # answers due outside this VM's kdamond runs and what they widen to
 # (tails_outside_kdamond in bench/lib.sh): the part of the tail that is
@@ -44,6 +45,8 @@ SERVERS=${SERVERS:-nginx trackplane trackplane-unbatched}
 [ -n "${KDAMOND_SPLIT:-}" ] && [ -n "${STALL_SPLIT:-}" ] && { echo "tails.sh: KDAMOND_SPLIT or STALL_SPLIT, not both"; exit 1; }
 SPLIT=${KDAMOND_SPLIT:+kdamond}${STALL_SPLIT:+stalls}
 race_setup tails
+loadgen_setup loadtest $CONNS
+[ "$LOADGEN" = wrk2 ] && [ -n "$SPLIT" ] && { echo "tails.sh: the splits need loadtest's trace, not wrk2"; exit 1; }
 declare -A PIDS
 
 OUT="bench/results/tails-$(date -u +%Y%m%d-%H%M).md"
@@ -54,8 +57,8 @@ for round in $(seq "$ROUNDS"); do
     steal0=$(steal_ms); kd0=$(kdamond_ms); mark=$(core_mark $SERVER_CORE)
     [ -n "${KDAMOND_SPLIT:-}" ] && kdamond_runs_start "$W/kdamond.data"
     before=$(cpu_ns ${PIDS[$s]})
-    out=$(taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$PORT" --rate "$RATE" --connections $CONNS \
-      --duration "$SECONDS_PER_WINDOW" --warmup 2 --json ${MIX:-} ${KDAMOND_SPLIT:+--trace "$W/trace"} ${STALL_SPLIT:+--stall-us "${STALL_US:-500}"})
+    out=$(fixed_rate "$PORT" "$RATE" "$SECONDS_PER_WINDOW" $CONNS \
+      ${KDAMOND_SPLIT:+--trace "$W/trace"} ${STALL_SPLIT:+--stall-us "${STALL_US:-500}"})
     after=$(cpu_ns ${PIDS[$s]})
     core=$(core_busy_ms $SERVER_CORE "$mark")
     steal=$(( $(steal_ms) - steal0 )); kd=$(( $(kdamond_ms) - kd0 ))
@@ -69,7 +72,7 @@ for round in $(seq "$ROUNDS"); do
       split="|$(json_field "$out" p99_outside_stalls_us)|$(json_field "$out" p999_outside_stalls_us)|$(json_field "$out" stalled_pct)"
     fi
     # CPU covers warm-up and window; so do the calls it is divided by.
-    calls=$(awk "BEGIN {print $(json_field "$out" completed) + $(json_field "$out" achieved_rate) * 2}")
+    calls=$(answers_in_run "$out")
     us=$(awk "BEGIN {printf \"%.2f\", ($after - $before) / 1000 / $calls}")
     core_us=$(awk "BEGIN {printf \"%.2f\", $core * 1000 / $calls}")
     row="$round|$s|$us|$core_us|$(json_field "$out" p50_us)|$(json_field "$out" p99_us)|$(json_field "$out" p999_us)|$steal|$kd$split"
@@ -81,9 +84,9 @@ done
 {
   echo "# p99 at $RATE/s in $ROUNDS windows of $SECONDS_PER_WINDOW s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`${KDAMOND_SPLIT:+KDAMOND_SPLIT=1 }${STALL_SPLIT:+STALL_SPLIT=1 }${STALL_US:+STALL_US=$STALL_US }${MIX:+MIX=\"$MIX\" }SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
+  echo "Command: \`${KDAMOND_SPLIT:+KDAMOND_SPLIT=1 }${STALL_SPLIT:+STALL_SPLIT=1 }${STALL_US:+STALL_US=$STALL_US }${MIX:+MIX=\"$MIX\" }$([ "$LOADGEN" = wrk2 ] && echo "LOADGEN=wrk2 ")SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
   machine_line
-  echo "Server pinned to core 0, loadtest (open loop, 64 connections) to core 1; servers take turns, each window a fresh start."
+  echo "Server pinned to core 0, load generator ($(loadgen_line $CONNS)) to core 1; servers take turns, each window a fresh start."
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
   for v in $(compgen -e | grep '^BINARY_' || true); do echo "trackplane-${v#BINARY_}: runs \`${!v}\` (\`$v\`)"; done
   echo "nginx: empty_gif, buffered access log. trackplane: realistic mix (50 advertisers, 10% broken tags${MIX:+; loadtest $MIX}), records on disk; -unbatched: wake_batch = 0; -normal: background_class = \"normal\"."

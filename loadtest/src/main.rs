@@ -9,11 +9,14 @@
 //!               # both servers at once, each at --rate: one report each
 //! loadtest run ... --trace FILE     # also each answer: server, due, latency
 //! loadtest run ... --stall-us 500   # also the tail outside the machine's stalls
+//! loadtest wrk2-script --out mix.lua  # the same mix for wrk2 (`wrk2.rs`)
+//! wrk2 -L ... | loadtest wrk2-report --rate R --connections C   # its report as run's JSON
 //! ```
 
 mod engine;
 mod mix;
 mod stalls;
+mod wrk2;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +77,24 @@ enum Command {
         #[command(flatten)]
         mix: MixArgs,
     },
+    /// Write the mix as a wrk2 Lua script: the requests `run` sends, in turn.
+    Wrk2Script {
+        /// The script to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        mix: MixArgs,
+    },
+    /// Read wrk2's report (run with -L) on standard input and print it as
+    /// `run --json` does.
+    Wrk2Report {
+        /// The rate wrk2 was given (-R).
+        #[arg(long)]
+        rate: u64,
+        /// The connections wrk2 was given (-c).
+        #[arg(long)]
+        connections: usize,
+    },
 }
 
 #[derive(Args, Clone, Copy)]
@@ -107,6 +128,9 @@ impl MixArgs {
     }
 }
 
+/// Requests of the mix a run cycles through.
+const MIX_REQUESTS: usize = 10_000;
+
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
         Command::Setup { dir, mix } => match mix::write_setup(&dir, &mix.spec()) {
@@ -123,6 +147,33 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Wrk2Script { out, mix } => {
+            let requests = mix::requests(&mix.spec(), MIX_REQUESTS, "edge.example");
+            match std::fs::write(&out, wrk2::script(&requests)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("loadtest: {}: {e}", out.display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Wrk2Report { rate, connections } => {
+            let mut text = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                eprintln!("loadtest: standard input: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+            match wrk2::report(&text) {
+                Ok(r) => {
+                    println!("{}", r.json(rate, connections));
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadtest: wrk2's report: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             addr,
             rate,
@@ -139,7 +190,7 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
             let duration = Duration::from_secs(duration.clamp(1, 600));
-            let requests = mix::requests(&mix.spec(), 10_000, "edge.example");
+            let requests = mix::requests(&mix.spec(), MIX_REQUESTS, "edge.example");
             match engine::run(
                 &addr,
                 connections.clamp(1, 10_000),
