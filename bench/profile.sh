@@ -26,6 +26,7 @@
 #   bench/profile.sh [RATE] [SECONDS]
 #   e.g. SERVERS="nginx trackplane-unbatched bare-worker" MIX="--kinds impressions" bench/profile.sh 50000 6
 #        THREAD=trackplane-stor SERVERS=trackplane-unbatched bench/profile.sh   # another thread's symbols
+#        LOADGEN=wrk2 WRK2=/path/to/wrk2 SERVERS="nginx trackplane" bench/profile.sh 50000 6   # under wrk2's bursts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -37,6 +38,7 @@ SERVER_CORE=0
 LOAD_CORE=1
 SERVERS=${SERVERS:-nginx trackplane-unbatched bare-worker}
 race_setup profile
+loadgen_setup loadtest $CONNS
 declare -A PIDS
 
 OUT="bench/results/profile-$(date -u +%Y%m%d-%H%M).md"
@@ -44,8 +46,7 @@ REPORT=$W/report.md
 : > "$REPORT"
 for s in $SERVERS; do
   start_server $s
-  taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$PORT" --rate "$RATE" --connections $CONNS \
-    --duration $((SECS + 3)) --warmup 1 --json ${MIX:-} > "$W/$s.json" &
+  fixed_rate "$PORT" "$RATE" $((SECS + 3)) $CONNS > "$W/$s.json" &
   load=$!
   sleep 2
   before=$(cpu_ns ${PIDS[$s]})
@@ -106,13 +107,13 @@ done
 {
   echo "# Where the core's time goes, kernel and user, at $RATE/s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`${MIX:+MIX=\"$MIX\" }SERVERS=\"$SERVERS\" bench/profile.sh $RATE $SECS\`"
+  echo "Command: \`${MIX:+MIX=\"$MIX\" }$([ "$LOADGEN" = wrk2 ] && echo "LOADGEN=wrk2 ")SERVERS=\"$SERVERS\" bench/profile.sh $RATE $SECS\`"
   echo
   echo "Build: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src vendor Cargo.lock || echo ', with uncommitted changes to src/')"
   echo
   machine_line
   echo
-  echo "Each server alone on core 0, loadtest (open loop, $CONNS connections) on core 1; \`perf record -C 0 -F $FREQ\` (cpu-clock) for $SECS s from 2 s into the load. µs per request = samples / $FREQ / requests."
+  echo "Each server alone on core 0, load generator ($(loadgen_line $CONNS)) on core 1; \`perf record -C 0 -F $FREQ\` (cpu-clock) for $SECS s from 2 s into the load. µs per request = samples / $FREQ / requests."
   echo
   cat "$REPORT"
 } > "$OUT"
