@@ -94,7 +94,7 @@ out="bench/results/compare-$(date -u +%Y%m%d-%H%M).md"
 {
   echo "# trackplane vs nginx vs bare responder — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`bench/compare.sh \"$RATES\" $SECONDS_PER_RATE\`"
+  echo "Command: \`${MIX:+MIX=\"$MIX\" }$(loadgen_env)bench/compare.sh \"$RATES\" $SECONDS_PER_RATE\`"
   machine_line
   echo "Servers pinned to core $SERVER_CORE, load generator ($(loadgen_line $CONNS)) to core $LOAD_CORE."
   echo "steal ms: the host's steal time during the row (both cores); kdamond ms: CPU of the VM's kdamond (DAMON memory monitor, not preemptible for ms at a time) during the row. Either shows up in that row's tail."

@@ -83,9 +83,12 @@ loadgen_setup() { # DEFAULT CONNS
   esac
 }
 
+# Seconds loadtest loads a server before it measures (fixed_rate).
+WARMUP_S=2
+
 # One fixed-rate run from core $LOAD_CORE: its JSON report, in loadtest's
-# keys whichever generator ran. Loadtest warms up for 2 s first and takes
-# any further arguments.
+# keys whichever generator ran. Loadtest warms up for $WARMUP_S s first and
+# takes any further arguments.
 fixed_rate() { # PORT RATE SECONDS CONNS [loadtest args]
   local port=$1 rate=$2 secs=$3 conns=$4
   shift 4
@@ -94,7 +97,7 @@ fixed_rate() { # PORT RATE SECONDS CONNS [loadtest args]
       -s "$W/mix.lua" "http://127.0.0.1:$port/" | $LT wrk2-report --rate "$rate" --connections "$conns"
   else
     taskset -c $LOAD_CORE $LT run --addr 127.0.0.1:"$port" --rate "$rate" --connections "$conns" \
-      --duration "$secs" --warmup 2 --json ${MIX:-} "$@"
+      --duration "$secs" --warmup $WARMUP_S --json ${MIX:-} "$@"
   fi
 }
 
@@ -102,7 +105,13 @@ fixed_rate() { # PORT RATE SECONDS CONNS [loadtest args]
 # included, from its report: what its CPU over the run is divided by.
 answers_in_run() { # JSON
   if [ "$LOADGEN" = wrk2 ]; then json_field "$1" completed
-  else awk "BEGIN {print $(json_field "$1" completed) + $(json_field "$1" achieved_rate) * 2}"; fi
+  else awk "BEGIN {print $(json_field "$1" completed) + $(json_field "$1" achieved_rate) * $WARMUP_S}"; fi
+}
+
+# The generator as a results file's command line names it: nothing for
+# loadtest, the settings that chose wrk2 otherwise.
+loadgen_env() {
+  if [ "$LOADGEN" = wrk2 ]; then echo "LOADGEN=wrk2 WRK2=$WRK2 "; fi
 }
 
 # The generator, as a results file names it.

@@ -107,7 +107,7 @@ done
 {
   echo "# Where the core's time goes, kernel and user, at $RATE/s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`${MIX:+MIX=\"$MIX\" }$([ "$LOADGEN" = wrk2 ] && echo "LOADGEN=wrk2 ")SERVERS=\"$SERVERS\" bench/profile.sh $RATE $SECS\`"
+  echo "Command: \`${MIX:+MIX=\"$MIX\" }$(loadgen_env)SERVERS=\"$SERVERS\" bench/profile.sh $RATE $SECS\`"
   echo
   echo "Build: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src vendor Cargo.lock || echo ', with uncommitted changes to src/')"
   echo

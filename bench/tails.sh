@@ -84,7 +84,7 @@ done
 {
   echo "# p99 at $RATE/s in $ROUNDS windows of $SECONDS_PER_WINDOW s — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`${KDAMOND_SPLIT:+KDAMOND_SPLIT=1 }${STALL_SPLIT:+STALL_SPLIT=1 }${STALL_US:+STALL_US=$STALL_US }${MIX:+MIX=\"$MIX\" }$([ "$LOADGEN" = wrk2 ] && echo "LOADGEN=wrk2 ")SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
+  echo "Command: \`${KDAMOND_SPLIT:+KDAMOND_SPLIT=1 }${STALL_SPLIT:+STALL_SPLIT=1 }${STALL_US:+STALL_US=$STALL_US }${MIX:+MIX=\"$MIX\" }$(loadgen_env)SERVERS=\"$SERVERS\" bench/tails.sh $RATE $ROUNDS $SECONDS_PER_WINDOW $BOUND\`"
   machine_line
   echo "Server pinned to core 0, load generator ($(loadgen_line $CONNS)) to core 1; servers take turns, each window a fresh start."
   for v in $(compgen -e | grep '^VARIANT_' || true); do echo "trackplane-${v#VARIANT_}: adds \`$(printf '%b' "${!v}" | tr '\n' ' ')\`"; done
