@@ -248,16 +248,34 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
 /// of this task (5.6% of the process's CPU per request at 20k/s unbatched,
 /// 3-3.5% batched, `bench/results/together-20261130-0625.md`); what is left
 /// goes through the runtime's send, under the send timeout.
+///
+/// The call is made through syscall(2), not libc's `send`: that one is a
+/// thread-cancellation point, which in a process with threads turns
+/// asynchronous cancellation on and off around every call (two atomic
+/// updates of the thread's state and two calls). Side by side the worker
+/// spent 0.995-0.996 of its CPU a request without them, lower in 6 of 6
+/// pairs of windows (`bench/results/together-send-20261206-1550.md`).
 #[allow(unsafe_code)]
 fn send_now(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> std::io::Result<usize> {
-    use rustix::net::{send, SendFlags};
-    use std::os::fd::BorrowedFd;
-    // SAFETY: `stream` owns the descriptor and outlives this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    match send(fd, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-        Ok(n) => Ok(n),
-        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(0),
-        Err(e) => Err(e.into()),
+    // SAFETY: `stream` owns the descriptor; `buf` is valid for its length.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            stream.as_raw_fd(),
+            buf.as_ptr(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::socklen_t,
+        )
+    };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+        _ => Err(e),
     }
 }
 
