@@ -325,7 +325,6 @@ const TABLE: &[(Route, &str, &str, &[&str])] = &[
 
 fn render(issues: &Issues<'_>) -> Vec<String> {
     issues
-        .as_slice()
         .iter()
         .map(|i| {
             let mut s = format!("{}:{}", i.code.as_str(), String::from_utf8_lossy(i.param));
@@ -406,7 +405,7 @@ fn findings_beyond_the_cap_are_counted() {
         .parse_urlencoded(format!("adv=shop&pid={}", ids.join(",")).as_bytes(), 16)
         .unwrap();
     let v = auditor.audit(&params, Route::Pixel, &catalogs);
-    assert_eq!(v.issues.as_slice().len(), Issues::CAP);
+    assert_eq!(v.issues.len(), Issues::CAP);
     assert_eq!(v.issues.dropped(), 4);
 }
 

@@ -80,7 +80,7 @@ pub fn encode(
     } else {
         b",\"status\":\"invalid\",\"issues\":["
     });
-    write_issues(out, verdict.issues.as_slice());
+    write_issues(out, verdict.issues.iter());
     out.extend_from_slice(b"],\"params\":{");
     let mut first = true;
     for (k, v) in params.iter() {
@@ -122,8 +122,11 @@ pub fn encode(
 /// Writes issues as the elements of a JSON array (without brackets):
 /// `{"code":..,"param":..[,"value":..]}`, as records and `/batch` answers
 /// carry them.
-pub fn write_issues(out: &mut Vec<u8>, issues: &[crate::audit::Issue<'_>]) {
-    for (i, issue) in issues.iter().enumerate() {
+pub fn write_issues<'i, 'a: 'i>(
+    out: &mut Vec<u8>,
+    issues: impl IntoIterator<Item = &'i crate::audit::Issue<'a>>,
+) {
+    for (i, issue) in issues.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }

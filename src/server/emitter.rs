@@ -126,7 +126,7 @@ impl Emitter {
             metrics.events_ok.inc();
         } else {
             metrics.events_invalid.inc();
-            for issue in verdict.issues.as_slice() {
+            for issue in verdict.issues.iter() {
                 metrics.issue(issue.code);
             }
         }

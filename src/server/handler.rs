@@ -422,7 +422,7 @@ impl Handler {
             } else {
                 invalid += 1;
                 body_out.extend_from_slice(b",\"status\":\"invalid\",\"issues\":[");
-                record::write_issues(body_out, verdict.issues.as_slice());
+                record::write_issues(body_out, verdict.issues.iter());
                 body_out.extend_from_slice(b"]}");
             }
         }
