@@ -13,8 +13,8 @@
 //! - `record`: the JSON event record, exactly as stored and shipped
 //! - `ring`: the lock-free hand-off from a worker to storage (the one
 //!   module allowed `unsafe`, besides `server::handover`'s single
-//!   `close_range` call, `server::conn`'s borrow of a socket for one
-//!   send(2), `sched`'s scheduler calls and `shipper::kafka`'s fault
+//!   `close_range` call, `server::conn`'s send(2) of an answer through
+//!   syscall(2), `sched`'s scheduler calls and `shipper::kafka`'s fault
 //!   injection for tests; the crate denies it everywhere else)
 //! - `segment`: the on-disk format, writer, reader and crash recovery
 //! - `sched`: the store thread in the idle scheduling class while calm,
