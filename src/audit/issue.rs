@@ -103,7 +103,7 @@ impl<'a> Issues<'a> {
     }
 
     /// The kept findings, in the order found.
-    pub fn iter(&self) -> impl Iterator<Item = &Issue<'a>> + Clone {
+    pub fn iter(&self) -> impl Iterator<Item = &Issue<'a>> {
         self.items[..self.len].iter().flatten()
     }
 

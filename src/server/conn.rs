@@ -253,8 +253,8 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
 /// thread-cancellation point, which in a process with threads turns
 /// asynchronous cancellation on and off around every call (two atomic
 /// updates of the thread's state and two calls). Side by side the worker
-/// spent 0.995-0.996 of its CPU a request without them, lower in 6 of 6
-/// pairs of windows (`bench/results/together-send-20261206-1550.md`).
+/// spent 0.990 of its CPU a request without them, lower in 12 of 12
+/// windows (`bench/results/together-send-20261206-1550.md`).
 #[allow(unsafe_code)]
 fn send_now(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> std::io::Result<usize> {
     // SAFETY: `stream` owns the descriptor; `buf` is valid for its length.

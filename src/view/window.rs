@@ -208,8 +208,8 @@ mod tests {
     #[test]
     fn names_alternating_and_repeating_are_each_counted_as_themselves() {
         // The last name found per kind is looked at first: a name that
-        // differs from it, or repeats after others, or past the cap is
-        // `(other)`, must still land on its own key.
+        // differs from it, or comes back after others, even once the cap
+        // sends new names to `(other)`, must still land on its own key.
         let mut w = Window::default();
         let t0 = 1_700_000_000_000;
         for name in ["a", "a", "b", "a", "b", "b", "c", "a"] {
