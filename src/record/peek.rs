@@ -2,6 +2,14 @@
 //! by `record::encode` with a fixed key order (`id`, `ts_ms`, `type`,
 //! `advertiser`, `status`, ...), so a scan finds them; a value with an
 //! escape returns `None` and the caller parses the record instead.
+//!
+//! Values come back as the record's bytes, not checked as UTF-8: the live
+//! view, which reads them for every record, keys on bytes and checks only
+//! what it shows (`record::encode` writes UTF-8 anyway); a caller that
+//! wants text converts.
+
+/// A string value as the record holds it, between its quotes.
+pub type Value<'a> = &'a [u8];
 
 /// Where `key` begins in `rec`, searching from `from`. Records written
 /// by `record::encode` have the key right there, so that is tried first.
@@ -17,18 +25,17 @@ fn find(rec: &[u8], from: usize, key: &[u8]) -> Option<usize> {
 /// The string value after `key` (which includes the opening quote), when
 /// it has no escapes, and the offset just past it.
 #[inline(always)]
-fn plain_str_from<'a>(rec: &'a [u8], from: usize, key: &[u8]) -> Option<(&'a str, usize)> {
+fn plain_str_from<'a>(rec: &'a [u8], from: usize, key: &[u8]) -> Option<(Value<'a>, usize)> {
     let at = find(rec, from, key)? + key.len();
     let len = memchr::memchr2(b'"', b'\\', &rec[at..])?;
     if rec[at + len] != b'"' {
         return None;
     }
-    let value = std::str::from_utf8(&rec[at..at + len]).ok()?;
-    Some((value, at + len + 1))
+    Some((&rec[at..at + len], at + len + 1))
 }
 
 /// [`plain_str_from`] with `key` exactly at `at`.
-fn plain_str_at<'a>(rec: &'a [u8], at: usize, key: &[u8]) -> Option<(&'a str, usize)> {
+fn plain_str_at<'a>(rec: &'a [u8], at: usize, key: &[u8]) -> Option<(Value<'a>, usize)> {
     if !rec.get(at..)?.starts_with(key) {
         return None;
     }
@@ -58,7 +65,7 @@ fn ts_ms_from(rec: &[u8]) -> Option<(u64, usize)> {
 
 /// `ts_ms`, `type`, `advertiser` and `status` in one pass, when no value
 /// has an escape.
-pub fn ts_and_head(rec: &[u8]) -> Option<(u64, &str, &str, &str)> {
+pub fn ts_and_head(rec: &[u8]) -> Option<(u64, Value<'_>, Value<'_>, Value<'_>)> {
     let (ts, at) = ts_ms_from(rec)?;
     let (t, a, st, _) = head_from(rec, at)?;
     Some((ts, t, a, st))
@@ -66,7 +73,7 @@ pub fn ts_and_head(rec: &[u8]) -> Option<(u64, &str, &str, &str)> {
 
 /// One issue as a record carries it: code, parameter, and value (empty
 /// when the record has none).
-pub type Issue<'a> = (&'a str, &'a str, &'a str);
+pub type Issue<'a> = (Value<'a>, Value<'a>, Value<'a>);
 
 /// [`ts_and_head`], and the first `issues.len()` issues into `issues`
 /// (the rest are skipped), when no value read has an escape. Issues are
@@ -74,7 +81,7 @@ pub type Issue<'a> = (&'a str, &'a str, &'a str);
 pub fn ts_head_and_issues<'a>(
     rec: &'a [u8],
     issues: &mut [Option<Issue<'a>>],
-) -> Option<(u64, &'a str, &'a str, &'a str)> {
+) -> Option<(u64, Value<'a>, Value<'a>, Value<'a>)> {
     let (ts, at) = ts_ms_from(rec)?;
     let (t, a, st, mut at) = head_from(rec, at)?;
     let list = b",\"issues\":[";
@@ -88,7 +95,7 @@ pub fn ts_head_and_issues<'a>(
         let (code, next) = plain_str_at(rec, at, b"{\"code\":\"")?;
         let (param, next) = plain_str_at(rec, next, b",\"param\":\"")?;
         at = next;
-        let mut value = "";
+        let mut value: Value<'_> = b"";
         if rec.get(at) == Some(&b',') {
             (value, at) = plain_str_at(rec, at, b",\"value\":\"")?;
         }
@@ -112,13 +119,13 @@ pub fn ts_head_and_issues<'a>(
 /// `type`, `advertiser` and `status`, when none has an escape. Each key is
 /// searched after the previous one's value, in the order records are
 /// written.
-pub fn head(rec: &[u8]) -> Option<(&str, &str, &str)> {
+pub fn head(rec: &[u8]) -> Option<(Value<'_>, Value<'_>, Value<'_>)> {
     let (t, a, st, _) = head_from(rec, 0)?;
     Some((t, a, st))
 }
 
 /// `type`, `advertiser`, `status`, and the offset just past `status`.
-fn head_from(rec: &[u8], from: usize) -> Option<(&str, &str, &str, usize)> {
+fn head_from(rec: &[u8], from: usize) -> Option<(Value<'_>, Value<'_>, Value<'_>, usize)> {
     let (t, at) = plain_str_from(rec, from, b",\"type\":\"")?;
     let (a, at) = plain_str_from(rec, at, b",\"advertiser\":\"")?;
     let (st, at) = plain_str_from(rec, at, b",\"status\":\"")?;
@@ -133,8 +140,14 @@ mod tests {
     fn finds_fields_or_declines() {
         let rec = br#"{"id":"n-0-1","ts_ms":1700,"type":"purchase","advertiser":"shop","status":"ok","issues":[]}"#;
         assert_eq!(ts_ms(rec), Some(1700));
-        assert_eq!(head(rec), Some(("purchase", "shop", "ok")));
-        assert_eq!(ts_and_head(rec), Some((1700, "purchase", "shop", "ok")));
+        assert_eq!(
+            head(rec),
+            Some((&b"purchase"[..], &b"shop"[..], &b"ok"[..]))
+        );
+        assert_eq!(
+            ts_and_head(rec),
+            Some((1700, &b"purchase"[..], &b"shop"[..], &b"ok"[..]))
+        );
         let escaped =
             br#"{"id":"n-0-1","ts_ms":1,"type":"a\"b","advertiser":"shop","status":"ok"}"#;
         assert_eq!(head(escaped), None);
@@ -151,18 +164,21 @@ mod tests {
         let rec = br#"{"id":"n-0-1","ts_ms":7,"type":"purchase","advertiser":"shop","status":"invalid","issues":[{"code":"missing_param","param":"order_id"},{"code":"unknown_product","param":"pid","value":"sku-9"},{"code":"bad_format","param":"value","value":"9,99"}],"params":{}}"#;
         assert_eq!(
             ts_head_and_issues(rec, &mut got),
-            Some((7, "purchase", "shop", "invalid"))
+            Some((7, &b"purchase"[..], &b"shop"[..], &b"invalid"[..]))
         );
         // Two slots: the third issue is skipped.
         assert_eq!(
             got,
             [
-                Some(("missing_param", "order_id", "")),
-                Some(("unknown_product", "pid", "sku-9"))
+                Some((&b"missing_param"[..], &b"order_id"[..], &b""[..])),
+                Some((&b"unknown_product"[..], &b"pid"[..], &b"sku-9"[..]))
             ]
         );
         let ok = br#"{"id":"n-0-1","ts_ms":7,"type":"a","advertiser":"b","status":"ok","issues":[],"params":{}}"#;
-        assert_eq!(ts_head_and_issues(ok, &mut got), Some((7, "a", "b", "ok")));
+        assert_eq!(
+            ts_head_and_issues(ok, &mut got),
+            Some((7, &b"a"[..], &b"b"[..], &b"ok"[..]))
+        );
         assert_eq!(got, [None, None], "slots of an earlier record cleared");
         // An escape in a value, a key out of place, a cut record: the
         // caller parses instead.

@@ -120,7 +120,9 @@ struct Head<'a> {
 /// parsing when a value has escapes.
 fn route_of(rec: &[u8]) -> Option<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
     if let Some((t, a, _)) = crate::record::peek::head(rec) {
-        return Some((t.into(), a.into()));
+        if let (Ok(t), Ok(a)) = (std::str::from_utf8(t), std::str::from_utf8(a)) {
+            return Some((t.into(), a.into()));
+        }
     }
     let head: Head<'_> = serde_json::from_slice(rec).ok()?;
     Some((head.event_type, head.advertiser))

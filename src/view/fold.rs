@@ -65,7 +65,7 @@ pub fn entry_head(ts_ms: u64, spans: Option<&Spans>) -> [u8; ENTRY_HEAD] {
 
 /// The event time, type and advertiser that an [`entry_head`] with spans
 /// says `rec` holds; `None` for a head without them.
-fn head_fields<'r>(head: &[u8; ENTRY_HEAD], rec: &'r [u8]) -> Option<(u64, &'r str, &'r str)> {
+fn head_fields<'r>(head: &[u8; ENTRY_HEAD], rec: &'r [u8]) -> Option<(u64, &'r [u8], &'r [u8])> {
     let (ts, offsets) = head.split_first_chunk::<8>()?;
     let [type_start, type_end, ad_start, ad_end] =
         [0, 2, 4, 6].map(|i| usize::from(u16::from_le_bytes([offsets[i], offsets[i + 1]])));
@@ -73,7 +73,7 @@ fn head_fields<'r>(head: &[u8; ENTRY_HEAD], rec: &'r [u8]) -> Option<(u64, &'r s
     if type_end == 0 {
         return None;
     }
-    let field = |range| std::str::from_utf8(rec.get(range)?).ok();
+    let field = |range| rec.get(range);
     Some((
         u64::from_le_bytes(*ts),
         field(type_start..type_end)?,

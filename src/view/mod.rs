@@ -157,7 +157,7 @@ struct EventIssue<'a> {
 #[derive(Default)]
 struct AdvertiserView {
     counts: Window,
-    unknown_products: HashMap<String, (u64, u64), ahash::RandomState>,
+    unknown_products: HashMap<Box<[u8]>, (u64, u64), ahash::RandomState>,
     /// The last events, or a sample of them when it sends many.
     recent: Recent,
     /// When its last event happened.
@@ -193,7 +193,9 @@ struct Advertisers {
     /// every lookup walk thousands of entries. aHash rather than std's
     /// SipHash: folding in a valid event costs a quarter less
     /// (`cargo bench --bench view`, `bench/results/view-ahash-20261130-1015.md`).
-    by_id: HashMap<String, AdvertiserView, ahash::RandomState>,
+    /// Keyed by the record's bytes, as the view's names all are
+    /// (`record::peek`): read as UTF-8 only when shown.
+    by_id: HashMap<Box<[u8]>, AdvertiserView, ahash::RandomState>,
     budget: Budget,
 }
 
@@ -254,12 +256,12 @@ impl Batch<'_> {
         let slots: [Option<peek::Issue<'_>>; crate::audit::Issues::CAP];
         let (ts, event_type, advertiser, status, issues): (
             u64,
-            &str,
-            &str,
-            &str,
+            peek::Value<'_>,
+            peek::Value<'_>,
+            peek::Value<'_>,
             &[Option<peek::Issue<'_>>],
         ) = match peek::ts_and_head(rec) {
-            Some((ts, t, a, st)) if st == "ok" => (ts, t, a, st, &[]),
+            Some((ts, t, a, st)) if st == b"ok" => (ts, t, a, st, &[]),
             _ => {
                 let mut found = [None; crate::audit::Issues::CAP];
                 if let Some((ts, t, a, st)) = peek::ts_head_and_issues(rec, &mut found) {
@@ -271,14 +273,16 @@ impl Batch<'_> {
                     };
                     parsed = ev;
                     for (slot, i) in found.iter_mut().zip(&parsed.issues.items) {
-                        *slot = i.as_ref().map(|i| (&*i.code, &*i.param, &*i.value));
+                        *slot = i
+                            .as_ref()
+                            .map(|i| (i.code.as_bytes(), i.param.as_bytes(), i.value.as_bytes()));
                     }
                     slots = found;
                     (
                         parsed.ts_ms,
-                        &parsed.event_type,
-                        &parsed.advertiser,
-                        &parsed.status,
+                        parsed.event_type.as_bytes(),
+                        parsed.advertiser.as_bytes(),
+                        parsed.status.as_bytes(),
                         &slots,
                     )
                 }
@@ -289,17 +293,17 @@ impl Batch<'_> {
 
     /// [`Batch::add`] for a valid event whose time, type and advertiser the
     /// caller already knows (`fold::entry_head`): no scan of the record.
-    fn add_valid(&mut self, ts: u64, event_type: &str, advertiser: &str, rec: &[u8]) {
-        self.fold(ts, event_type, advertiser, "ok", &[], rec);
+    fn add_valid(&mut self, ts: u64, event_type: &[u8], advertiser: &[u8], rec: &[u8]) {
+        self.fold(ts, event_type, advertiser, b"ok", &[], rec);
     }
 
     /// Folds one record, its fields read.
     fn fold(
         &mut self,
         ts: u64,
-        event_type: &str,
-        advertiser: &str,
-        status: &str,
+        event_type: &[u8],
+        advertiser: &[u8],
+        status: &[u8],
         issues: &[Option<peek::Issue<'_>>],
         rec: &[u8],
     ) {
@@ -313,7 +317,7 @@ impl Batch<'_> {
             None if full => None,
             None => {
                 if budget.take(advertiser.len() + AdvertiserView::COST) {
-                    Some(by_id.entry(advertiser.to_owned()).or_default())
+                    Some(by_id.entry(advertiser.into()).or_default())
                 } else {
                     refused += 1;
                     None
@@ -326,7 +330,7 @@ impl Batch<'_> {
             refused += u64::from(!counts.add(ts, Kind::Status, status, budget));
             for &(code, param, value) in issues.iter().flatten() {
                 refused += u64::from(!counts.add(ts, Kind::Issue, code, budget));
-                if code != "unknown_product" {
+                if code != b"unknown_product" {
                     refused += u64::from(!counts.add(ts, Kind::Param, param, budget));
                 } else if !value.is_empty() {
                     let products = &mut view.unknown_products;
@@ -334,9 +338,10 @@ impl Batch<'_> {
                         e.0 += 1;
                         e.1 = ts;
                     } else if products.len() < MAX_PRODUCTS {
-                        let cost = value.len() + size_of::<(String, (u64, u64))>() + ENTRY_OVERHEAD;
+                        let cost =
+                            value.len() + size_of::<(Box<[u8]>, (u64, u64))>() + ENTRY_OVERHEAD;
                         if budget.take(cost) {
-                            products.insert(value.to_string(), (1, ts));
+                            products.insert(value.into(), (1, ts));
                         } else {
                             refused += 1;
                         }
@@ -360,7 +365,7 @@ impl Batch<'_> {
         // A shared copy only when someone watches this advertiser.
         let mut text: Option<Arc<str>> = None;
         self.subs.retain(|s| {
-            if s.advertiser != advertiser || (s.invalid_only && status != "invalid") {
+            if s.advertiser.as_bytes() != advertiser || (s.invalid_only && status != b"invalid") {
                 return true;
             }
             let t = text
@@ -503,7 +508,7 @@ impl View {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .by_id
-            .get(advertiser)
+            .get(advertiser.as_bytes())
         {
             for r in view.recent.iter() {
                 let text = String::from_utf8_lossy(r);
@@ -532,7 +537,11 @@ impl View {
     /// Advertisers seen, sorted.
     pub fn advertisers_json(&self) -> String {
         let ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut names: Vec<&String> = ads.by_id.keys().collect();
+        let mut names: Vec<Cow<'_, str>> = ads
+            .by_id
+            .keys()
+            .map(|k| String::from_utf8_lossy(k))
+            .collect();
         names.sort();
         serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
     }
@@ -542,7 +551,7 @@ impl View {
     pub fn audit_json(&self, advertiser: &str) -> Option<String> {
         let now = unix_ms();
         let ads = self.advertisers.lock().unwrap_or_else(|e| e.into_inner());
-        let view = ads.by_id.get(advertiser)?;
+        let view = ads.by_id.get(advertiser.as_bytes())?;
         let split = |counts: Vec<(String, u64)>| {
             let mut by: HashMap<&str, serde_json::Map<String, serde_json::Value>> = HashMap::new();
             for (key, n) in &counts {
@@ -560,12 +569,13 @@ impl View {
                 "failing_params": take("param"),
             })
         };
-        let mut products: Vec<(&String, &(u64, u64))> = view
+        let mut products: Vec<(Cow<'_, str>, &(u64, u64))> = view
             .unknown_products
             .iter()
             .filter(|(_, (_, last))| last + 3_600_000 > now)
+            .map(|(id, seen)| (String::from_utf8_lossy(id), seen))
             .collect();
-        products.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(b.0)));
+        products.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
         let doc = serde_json::json!({
             "advertiser": advertiser,
             "now_ms": now,

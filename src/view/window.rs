@@ -36,7 +36,7 @@ impl Kind {
 /// Keys a window tracks; later names are counted as `(other)` of their
 /// kind (names come from configuration, but memory stays bounded anyway).
 const MAX_KEYS: usize = 256;
-const OTHER: &str = "(other)";
+const OTHER: &[u8] = b"(other)";
 /// One-second and one-minute buckets.
 const BUCKETS: usize = 120;
 
@@ -50,10 +50,11 @@ const fn key_cost(len: usize) -> usize {
 #[derive(Debug, Default)]
 pub struct Window {
     /// Per kind: name → id. Names come from requests (unknown event
-    /// types, duplicated parameters), hence a hash keyed at random.
-    ids: [HashMap<Box<str>, u16, ahash::RandomState>; 4],
+    /// types, duplicated parameters), hence a hash keyed at random. Kept
+    /// as the record's bytes (`record::peek`); shown as text.
+    ids: [HashMap<Box<[u8]>, u16, ahash::RandomState>; 4],
     /// id → key.
-    keys: Vec<(Kind, Box<str>)>,
+    keys: Vec<(Kind, Box<[u8]>)>,
     /// Per kind: the id found last. An advertiser's events mostly repeat
     /// their type and status, and a name compared with the last one's is
     /// a hash and a probe fewer (`Window::id` was about a fifth of the
@@ -92,7 +93,7 @@ impl Window {
     /// Counts `name` of `kind` at `now_ms`. Returns false when `name` was
     /// new and `budget` had no room for it, so it was counted as
     /// `(other)`.
-    pub fn add(&mut self, now_ms: u64, kind: Kind, name: &str, budget: &mut Budget) -> bool {
+    pub fn add(&mut self, now_ms: u64, kind: Kind, name: &[u8], budget: &mut Budget) -> bool {
         if self.seconds.is_empty() {
             self.seconds = vec![Bucket::default(); BUCKETS / 2];
             self.minutes = vec![Bucket::default(); BUCKETS / 2];
@@ -107,7 +108,7 @@ impl Window {
 
     /// The id of `name`, and whether it has its own (or was meant to be
     /// `(other)` anyway).
-    fn id(&mut self, kind: Kind, name: &str, budget: &mut Budget) -> (u16, bool) {
+    fn id(&mut self, kind: Kind, name: &[u8], budget: &mut Budget) -> (u16, bool) {
         let last = &mut self.last[kind as usize];
         if let Some(id) = *last {
             if *self.keys[usize::from(id)].1 == *name {
@@ -161,7 +162,10 @@ impl Window {
             .into_iter()
             .zip(&self.keys)
             .filter(|(n, _)| *n > 0)
-            .map(|(n, (kind, name))| (format!("{}:{name}", kind.as_str()), n))
+            .map(|(n, (kind, name))| {
+                let name = String::from_utf8_lossy(name);
+                (format!("{}:{name}", kind.as_str()), n)
+            })
             .collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         out
@@ -173,7 +177,7 @@ mod tests {
     use super::*;
 
     fn add(w: &mut Window, now_ms: u64, kind: Kind, name: &str) {
-        assert!(w.add(now_ms, kind, name, &mut Budget::new(usize::MAX)));
+        assert!(w.add(now_ms, kind, name.as_bytes(), &mut Budget::new(usize::MAX)));
     }
 
     #[test]
@@ -257,7 +261,7 @@ mod tests {
         let t0 = 1_700_000_000_000;
         let mut budget = Budget::new(3 * key_cost(2) + 1);
         let kept: Vec<bool> = (0..10)
-            .map(|i| w.add(t0, Kind::Param, &format!("p{i}"), &mut budget))
+            .map(|i| w.add(t0, Kind::Param, format!("p{i}").as_bytes(), &mut budget))
             .collect();
         assert_eq!(kept.iter().filter(|k| **k).count(), 3);
         let minute = w.last_minute(t0);
@@ -265,8 +269,8 @@ mod tests {
         assert_eq!(minute.iter().map(|x| x.1).sum::<u64>(), 10);
         // Known names still count as themselves; so does every event of a
         // kind whose names no longer fit, as `(other)`.
-        assert!(w.add(t0, Kind::Param, "p1", &mut budget));
-        assert!(!w.add(t0, Kind::Type, "view_item", &mut budget));
+        assert!(w.add(t0, Kind::Param, b"p1", &mut budget));
+        assert!(!w.add(t0, Kind::Type, b"view_item", &mut budget));
         assert_eq!(
             w.last_minute(t0)
                 .iter()
