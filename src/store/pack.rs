@@ -90,15 +90,36 @@ pub fn blocks_ring_bytes(ring_bytes: usize, block_max_bytes: usize) -> usize {
         .max(ring_bytes)
 }
 
+/// When waiting records are due for a cut by age (`aged`) and for one
+/// that goes ahead of waiting requests (`late`).
+#[derive(Clone, Copy)]
+struct Due {
+    aged: Instant,
+    late: Instant,
+}
+
+impl Due {
+    /// For records waiting since `since`, flushed every `flush_every`.
+    fn after(since: Instant, flush_every: Duration) -> Due {
+        Due {
+            aged: since + flush_every / 2,
+            late: since + flush_every * 3 / 4,
+        }
+    }
+}
+
 /// One worker's packer.
 pub struct Packer {
     records: Consumer,
     blocks: Producer,
     block: BlockBuilder,
-    /// How long the records now waiting (in its ring or in `block`) have
-    /// waited, as an instant: when the packer first found them there, or
-    /// after a cut, the oldest one's receive time.
-    since: Option<Instant>,
+    /// When the records now waiting (in its ring or in `block`) will have
+    /// waited half the flush interval and three quarters of it, counted
+    /// from when the packer first found them there or, after a cut, from
+    /// the oldest one's receive time. Each turn compares these with its
+    /// reading, cheaper than taking the span since a start time (an
+    /// `Instant`'s difference is a normalized `Duration`).
+    due: Option<Due>,
     /// Bytes compressed per turn: `COMPRESS_PIECE`, or
     /// `COMPRESS_PIECE_BATCHED` while the worker batches its wake-ups.
     piece: usize,
@@ -128,7 +149,7 @@ impl Packer {
             records,
             blocks,
             block: BlockBuilder::new(next_seq, cfg.block_max_bytes, cfg.zstd_level)?,
-            since: None,
+            due: None,
             piece: COMPRESS_PIECE,
             flush_every: Duration::from_millis(cfg.flush_interval_ms),
             discard: cfg.discard_for_benchmarks,
@@ -159,19 +180,18 @@ impl Packer {
             self.discard_all();
             return IdleTurn::Done;
         }
-        let since = match self.since {
-            Some(t) => t,
+        let due = match self.due {
+            Some(d) => d,
             None if self.records.backlog() == 0 => return IdleTurn::Done,
-            None => *self.since.insert(now),
+            None => *self.due.insert(Due::after(now, self.flush_every)),
         };
         // Below the block's first record, every record is in the store's ring.
         let sync_wanted = self.shared.sync_wanted.load(Ordering::Acquire) > self.block.first_seq();
-        let waited = now.saturating_duration_since(since);
-        let aged = waited >= self.flush_every / 2;
+        let aged = now >= due.aged;
         // A block cut by age has half the interval left, which idle turns
         // nearly always find; only in its last quarter does it go ahead of
         // waiting requests (each piece would hold them up about 13 µs).
-        let late = waited >= self.flush_every * 3 / 4;
+        let late = now >= due.late;
         if io_waiting && !(sync_wanted || late || self.records.past_quarter()) {
             return self.left();
         }
@@ -307,10 +327,10 @@ impl Packer {
         // The records left have waited since they came, not since this cut:
         // on a worker that always has I/O waiting, counting from the cut
         // held each next block back another half interval.
-        self.since = (self.records.backlog() > 0).then(|| {
+        self.due = (self.records.backlog() > 0).then(|| {
             let now = Instant::now();
             let waited = Duration::from_millis(unix_ms().saturating_sub(oldest));
-            now.checked_sub(waited).unwrap_or(now)
+            Due::after(now.checked_sub(waited).unwrap_or(now), self.flush_every)
         });
         // The store's thread in the idle class barely runs on a busy core;
         // its ring filling up is the sign to lift it (nothing to lift in

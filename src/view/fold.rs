@@ -116,8 +116,12 @@ pub struct Folder {
     ring: Consumer,
     view: Arc<View>,
     fold: fn(&mut Batch<'_>, &[u8]),
-    /// When a turn first found the records now waiting.
-    since: Option<Instant>,
+    /// When the records now waiting have gathered long enough: a turn
+    /// that first finds them sets it ([`GATHER_FOR`] on), and each turn
+    /// compares it with its reading, which is cheaper than the span
+    /// between the two that a start time would take (an `Instant`'s
+    /// difference is a normalized `Duration`, about 40 instructions).
+    due: Option<Instant>,
     /// A fold left records: the next turn folds on, gathered or not.
     draining: bool,
 }
@@ -138,7 +142,7 @@ impl Folder {
             ring,
             view,
             fold,
-            since: None,
+            due: None,
             draining: false,
         }
     }
@@ -152,15 +156,14 @@ impl Folder {
     pub fn turn(&mut self, io_waiting: bool, now: Instant) -> bool {
         let backlog = self.ring.backlog();
         if backlog == 0 || self.view.stopped() {
-            (self.since, self.draining) = (None, false);
+            (self.due, self.draining) = (None, false);
             return false;
         }
         if io_waiting && !self.ring.past_quarter() {
             return true;
         }
-        let since = *self.since.get_or_insert(now);
-        let gathered =
-            backlog >= GATHER_BYTES || now.saturating_duration_since(since) >= GATHER_FOR;
+        let due = *self.due.get_or_insert_with(|| now + GATHER_FOR);
+        let gathered = backlog >= GATHER_BYTES || now >= due;
         if !(gathered || self.draining) {
             return false;
         }
@@ -186,7 +189,7 @@ impl Folder {
         }
         self.draining = self.ring.backlog() > 0;
         if !self.draining {
-            self.since = None;
+            self.due = None;
         }
         self.draining
     }
@@ -261,7 +264,7 @@ mod tests {
     /// A turn at a time when whatever waits has gathered long enough.
     fn turn(folder: &mut Folder, io_waiting: bool) -> bool {
         let now = Instant::now();
-        folder.since = now.checked_sub(GATHER_FOR);
+        folder.due = Some(now);
         folder.turn(io_waiting, now)
     }
 
