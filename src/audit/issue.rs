@@ -68,9 +68,10 @@ pub struct Issue<'a> {
 }
 
 /// At most [`Issues::CAP`] findings on the stack; more are counted, not kept.
-/// Places not yet filled are `None`, which costs a byte each to set up
-/// (the code's spare values hold it): a list of `Issue`s filled with a
-/// placeholder was set up by copying 640 bytes per event.
+/// Places past `len` are never read. They start as `None`, which costs a
+/// byte each to set up (the code's spare values hold it): a list of
+/// `Issue`s filled with a placeholder was set up by copying 640 bytes per
+/// event.
 #[derive(Debug, Clone)]
 pub struct Issues<'a> {
     items: [Option<Issue<'a>>; Issues::CAP],
@@ -115,6 +116,11 @@ impl<'a> Issues<'a> {
     /// Findings beyond [`Issues::CAP`].
     pub fn dropped(&self) -> usize {
         self.dropped
+    }
+
+    /// Forgets every finding.
+    pub fn clear(&mut self) {
+        (self.len, self.dropped) = (0, 0);
     }
 
     /// Whether nothing was found.

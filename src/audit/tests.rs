@@ -351,6 +351,46 @@ fn audit_table() {
 }
 
 #[test]
+fn a_verdict_audited_into_again_says_only_what_its_new_event_has() {
+    // The request path audits into a verdict it keeps: each row into the
+    // verdict of the row before, with its findings, redirect and products.
+    let (auditor, catalogs) = auditor();
+    let all: Vec<Params> = TABLE
+        .iter()
+        .map(|&(_, query, _, _)| {
+            let mut params = Params::with_capacity(16);
+            params.parse_urlencoded(query.as_bytes(), 16).unwrap();
+            params
+        })
+        .collect();
+    let mut v = Verdict::default();
+    for (params, &(route, query, _, _)) in all.iter().zip(TABLE).chain(all.iter().zip(TABLE).rev())
+    {
+        auditor.audit_into(&mut v, params, route, &catalogs);
+        let fresh = auditor.audit(params, route, &catalogs);
+        assert_eq!(render(&v.issues), render(&fresh.issues), "{query}");
+        assert_eq!(v.issues.dropped(), fresh.issues.dropped(), "{query}");
+        assert_eq!(
+            (
+                v.event_type,
+                v.advertiser,
+                v.products,
+                v.redirect,
+                v.durability
+            ),
+            (
+                fresh.event_type,
+                fresh.advertiser,
+                fresh.products,
+                fresh.redirect,
+                fresh.durability
+            ),
+            "{query}"
+        );
+    }
+}
+
+#[test]
 fn every_issue_code_is_covered_by_the_table() {
     for code in IssueCode::ALL {
         let prefix = format!("{}:", code.as_str());

@@ -17,7 +17,7 @@ use std::time::Instant;
 use arc_swap::cache::Cache;
 use arc_swap::ArcSwap;
 
-use crate::audit::Route;
+use crate::audit::{Route, Verdict};
 use crate::clock::WallClock;
 use crate::config::Durability;
 use crate::http::body::{self, BatchError};
@@ -213,7 +213,10 @@ impl Handler {
         let route = EVENT_ROUTES[route];
         let catalogs = self.catalogs.load();
         let rules = self.rules.load();
-        let verdict = rules.auditor.audit(&self.params, route, catalogs);
+        let mut verdict = Verdict::default();
+        rules
+            .auditor
+            .audit_into(&mut verdict, &self.params, route, catalogs);
         self.emitter.emit(
             &self.shared,
             rules,
@@ -340,7 +343,10 @@ impl Handler {
                 do_not_track: w.do_not_track,
                 ts_ms: w.ts_ms,
             };
-            let verdict = rules.auditor.audit(&w.params, w.route, catalogs);
+            let mut verdict = Verdict::default();
+            rules
+                .auditor
+                .audit_into(&mut verdict, &w.params, w.route, catalogs);
             self.emitter.emit(
                 &self.shared,
                 rules,
@@ -396,7 +402,10 @@ impl Handler {
                 body_out.extend_from_slice(b"{\"status\":\"rejected\",\"error\":\"not an object of at most max_params scalar or list values\"}");
                 continue;
             }
-            let verdict = rules.auditor.audit(&self.params, Route::Beacon, catalogs);
+            let mut verdict = Verdict::default();
+            rules
+                .auditor
+                .audit_into(&mut verdict, &self.params, Route::Beacon, catalogs);
             match self.emitter.emit(
                 &self.shared,
                 rules,
