@@ -354,18 +354,24 @@ fn audit_table() {
 fn a_verdict_audited_into_again_says_only_what_its_new_event_has() {
     // The request path audits into a verdict it keeps: each row into the
     // verdict of the row before, with its findings, redirect and products.
+    // An event with findings beyond the cap comes first and last, so that
+    // the count of those dropped must be reset too.
     let (auditor, catalogs) = auditor();
-    let all: Vec<Params> = TABLE
+    let ids: Vec<String> = (0..20).map(|i| format!("zz{i}")).collect();
+    let over_cap = format!("adv=shop&pid={}", ids.join(","));
+    let rows: Vec<(Route, &str)> = std::iter::once((Route::Pixel, over_cap.as_str()))
+        .chain(TABLE.iter().map(|&(route, query, _, _)| (route, query)))
+        .collect();
+    let all: Vec<Params> = rows
         .iter()
-        .map(|&(_, query, _, _)| {
+        .map(|&(_, query)| {
             let mut params = Params::with_capacity(16);
             params.parse_urlencoded(query.as_bytes(), 16).unwrap();
             params
         })
         .collect();
     let mut v = Verdict::default();
-    for (params, &(route, query, _, _)) in all.iter().zip(TABLE).chain(all.iter().zip(TABLE).rev())
-    {
+    for (params, &(route, query)) in all.iter().zip(&rows).chain(all.iter().zip(&rows).rev()) {
         auditor.audit_into(&mut v, params, route, &catalogs);
         let fresh = auditor.audit(params, route, &catalogs);
         assert_eq!(render(&v.issues), render(&fresh.issues), "{query}");
