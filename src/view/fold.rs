@@ -73,11 +73,10 @@ fn head_fields<'r>(head: &[u8; ENTRY_HEAD], rec: &'r [u8]) -> Option<(u64, &'r [
     if type_end == 0 {
         return None;
     }
-    let field = |range| rec.get(range);
     Some((
         u64::from_le_bytes(*ts),
-        field(type_start..type_end)?,
-        field(ad_start..ad_end)?,
+        rec.get(type_start..type_end)?,
+        rec.get(ad_start..ad_end)?,
     ))
 }
 
