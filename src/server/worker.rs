@@ -121,7 +121,13 @@ pub fn spawn(
             let use_uring = match want {
                 Driver::Uring => true,
                 Driver::Epoll => false,
-                Driver::Auto => monoio::utils::detect_uring(),
+                // One worker says why for all: they share the kernel.
+                Driver::Auto => monoio::utils::detect_uring() || {
+                    if spec.index == 0 {
+                        tracing::warn!(error = %uring_refusal(), "io_uring unavailable; using epoll");
+                    }
+                    false
+                },
             };
             if use_uring {
                 match uring_runtime(
@@ -139,7 +145,7 @@ pub fn spawn(
                         let _ = started.send(Err(ServeError::Runtime { driver: "io_uring", source: e }));
                         return;
                     }
-                    Err(e) => tracing::warn!(worker = spec.index, error = %e, "io_uring refused; falling back to epoll"),
+                    Err(e) => tracing::warn!(worker = spec.index, error = %e, "io_uring unavailable; using epoll"),
                 }
             }
             match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
@@ -152,6 +158,17 @@ pub fn spawn(
                 }
             }
         })
+}
+
+/// Why io_uring cannot serve here, for the log: the kernel's answer when
+/// asked for a ring (EPERM under a seccomp profile or
+/// `kernel.io_uring_disabled`, ENOSYS without io_uring), or, when it gives
+/// one, that the runtime's probe found operations missing.
+fn uring_refusal() -> String {
+    match io_uring::IoUring::new(2) {
+        Err(e) => e.to_string(),
+        Ok(_) => "the kernel lacks io_uring operations the runtime needs".to_owned(),
+    }
 }
 
 type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;

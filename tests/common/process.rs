@@ -29,11 +29,19 @@ pub fn serve(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
 /// with the trackplane binary) in place of the built binary: run through
 /// `prlimit` or `setpriv`, say.
 pub fn serve_via(command: &[&str], data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
-    let mut command = {
-        let mut c = Command::new(command[0]);
-        c.args(&command[1..]);
-        c
-    };
+    let mut c = Command::new(command[0]);
+    c.args(&command[1..]);
+    serve_command(c, data_dir, args, env)
+}
+
+/// As `serve`, from a `command` already made (its program the trackplane
+/// binary, or a wrapper ending with it): one set up before it runs, say.
+pub fn serve_command(
+    mut command: Command,
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Served {
     let mut child = command
         .args([
             "serve",
