@@ -1,7 +1,7 @@
 //! SIGTERM on the real binary under load: every call that got an answer is
 //! in the event log after exit, and the process exits 0. And what the
 //! process sets up for itself around serving: systemd's notifications,
-//! transparent huge pages off.
+//! transparent huge pages off, workers pinned one a core.
 
 mod common;
 
@@ -126,6 +126,70 @@ fn serves_with_transparent_huge_pages_off() {
         .find_map(|l| l.strip_prefix("THP_enabled:"))
         .map(str::trim);
     assert_eq!(thp, Some("0"), "{status}");
+}
+
+/// The cores in a `Cpus_allowed_list` ("0-2,5").
+fn cores(list: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in list.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        out.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    out
+}
+
+/// The cores each worker thread of `pid` may run on, in worker order.
+fn worker_cores(pid: u32) -> Vec<Vec<usize>> {
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+        if let Some(index) = comm.trim().strip_prefix("trackplane-w") {
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap();
+            workers.push((index.parse::<usize>().unwrap(), cores(list)));
+        }
+    }
+    workers.sort();
+    workers.into_iter().map(|(_, c)| c).collect()
+}
+
+/// By default one worker a core the process may use, each pinned to its
+/// own; under `taskset`, to the cores it allows.
+#[test]
+fn one_worker_a_core_each_pinned_to_its_own() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = cores(
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::process::serve(dir.path(), &[], &[]);
+    let started = server.wait_log("trackplane serving", 0);
+    assert!(
+        started.contains(&format!(" workers={} ", allowed.len())),
+        "{started}"
+    );
+    let pinned = worker_cores(server.child.id());
+    assert_eq!(pinned, allowed.iter().map(|&c| vec![c]).collect::<Vec<_>>());
+    drop(server);
+
+    // Two workers on the last allowed core alone share it.
+    let last = allowed[allowed.len() - 1].to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::process::serve_via(
+        &["taskset", "-c", &last, env!("CARGO_BIN_EXE_trackplane")],
+        dir.path(),
+        &["--workers", "2"],
+        &[],
+    );
+    let last = allowed[allowed.len() - 1];
+    assert_eq!(worker_cores(server.child.id()), [vec![last], vec![last]]);
 }
 
 /// Under systemd (Type=notify, WatchdogSec): READY=1 once serving,
