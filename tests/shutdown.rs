@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn sigterm_loses_nothing_answered(driver: &str) {
+/// `signal` (`-TERM`, `-INT`) under load on `driver`.
+fn a_stop_loses_nothing_answered(driver: &str, signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut server =
         common::process::serve(dir.path(), &["--workers", "2", "--driver", driver], &[]);
@@ -49,7 +50,7 @@ fn sigterm_loses_nothing_answered(driver: &str) {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    server.signal("-TERM");
+    server.signal(signal);
     let status = server.wait_exit(Duration::from_secs(20));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -106,12 +107,18 @@ fn read_one(s: &mut std::net::TcpStream) -> Option<u16> {
 
 #[test]
 fn sigterm_loses_nothing_answered_uring() {
-    sigterm_loses_nothing_answered("uring");
+    a_stop_loses_nothing_answered("uring", "-TERM");
 }
 
 #[test]
 fn sigterm_loses_nothing_answered_epoll() {
-    sigterm_loses_nothing_answered("epoll");
+    a_stop_loses_nothing_answered("epoll", "-TERM");
+}
+
+/// Ctrl-C in a terminal stops the server as SIGTERM does.
+#[test]
+fn sigint_loses_nothing_answered() {
+    a_stop_loses_nothing_answered("uring", "-INT");
 }
 
 /// A first write to fresh memory must not fault in a whole huge page while
