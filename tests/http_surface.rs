@@ -23,6 +23,7 @@ on_every_driver!(
     a_client_still_sending_past_a_limit_reads_its_status,
     slow_header_gets_408_and_idle_connection_closes,
     a_busy_connection_outlives_its_first_deadline,
+    a_stalled_body_gets_408_and_a_slow_one_is_read,
     connection_cap_per_worker,
     a_client_that_never_reads_is_let_go,
     click_redirects_only_where_allowed,
@@ -486,6 +487,54 @@ fn a_busy_connection_outlives_its_first_deadline(d: Driver) {
         "408 after {waited:?}"
     );
     assert!(closed(&mut c));
+}
+
+/// A body that stops arriving gets 408 once the body timeout passes
+/// from its last read, as nginx's `client_body_timeout` does; one that
+/// keeps coming, however slowly, is read to its end and answered.
+fn a_stalled_body_gets_408_and_a_slow_one_is_read(d: Driver) {
+    let mut s = start(
+        d,
+        "[server]\nheader_timeout_ms = 5000\nbody_timeout_ms = 300\n",
+    );
+    let body = b"adv=demo&ev=page_view&pid=slow-body";
+    let head = format!(
+        "POST /e HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stalled = s.connect();
+    stalled.write_all(head.as_bytes()).unwrap();
+    stalled.write_all(&body[..5]).unwrap();
+    let began = std::time::Instant::now();
+    // Another client is served while the body waits.
+    assert_eq!(s.get("/i?adv=demo").status, 200);
+    let r = read_responses(&mut stalled, 1).remove(0);
+    let waited = began.elapsed();
+    assert_eq!(r.status, 408);
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(2500),
+        "408 after {waited:?}: the body timeout's, not the header timeout's"
+    );
+    assert!(closed(&mut stalled));
+
+    // Seven pieces 150 ms apart: over three body timeouts in all, never
+    // one between two reads.
+    let mut slow = s.connect();
+    slow.write_all(head.as_bytes()).unwrap();
+    let began = std::time::Instant::now();
+    for piece in body.chunks(body.len().div_ceil(7)) {
+        std::thread::sleep(Duration::from_millis(150));
+        slow.write_all(piece).unwrap();
+    }
+    assert!(began.elapsed() >= Duration::from_millis(900));
+    assert_eq!(read_responses(&mut slow, 1)[0].status, 204);
+    let records = s.stop();
+    let bodies: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "page_view")
+        .collect();
+    assert_eq!(bodies.len(), 1, "{records:?}");
+    assert_eq!(bodies[0]["products"], serde_json::json!(["slow-body"]));
 }
 
 fn connection_cap_per_worker(d: Driver) {
