@@ -90,6 +90,18 @@ fn the_default_driver_falls_back_to_epoll_says_why_and_serves() {
         s.write_all(b"GET /i?adv=demo&pid=p1 HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();
         let answer = common::read_responses(&mut s, 1).remove(0);
+        let metrics = served.metrics();
+        let workers = |driver: &str| {
+            common::metric(
+                &metrics,
+                &format!("trackplane_workers{{driver=\"{driver}\"}}"),
+            )
+        };
+        assert_eq!(
+            (workers("epoll"), workers("io_uring")),
+            (2.0, 0.0),
+            "{errno}"
+        );
         assert_eq!(answer.status, 200, "{errno}");
         assert_eq!(answer.body.len(), 43, "{errno}");
         drop(s);

@@ -365,6 +365,16 @@ fn metrics_count(d: Driver, extra: &str) {
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }
+    // The one worker, by the driver it serves on.
+    let (uring, epoll) = if d == Driver::Uring { (1, 0) } else { (0, 1) };
+    assert_eq!(
+        common::metric(&text, "trackplane_workers{driver=\"io_uring\"}"),
+        uring as f64
+    );
+    assert_eq!(
+        common::metric(&text, "trackplane_workers{driver=\"epoll\"}"),
+        epoll as f64
+    );
     assert_eq!(s.admin_get("/healthz").status, 200);
     assert_eq!(s.admin_get("/readyz").status, 200);
     assert_eq!(s.admin_get("/nope").status, 404);

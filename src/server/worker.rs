@@ -136,6 +136,7 @@ pub fn spawn(
                     shared.config.server.multishot_recv,
                 ) {
                     Ok((mut rt, kind)) => {
+                        spec.metrics.on_uring.set(1);
                         let _ = started.send(Ok(kind));
                         let batched = matches!(kind, DriverKind::Uring { batched: true, .. });
                         rt.block_on(run(shared, spec, batched));
@@ -150,6 +151,7 @@ pub fn spawn(
             }
             match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
                 Ok(mut rt) => {
+                    spec.metrics.on_epoll.set(1);
                     let _ = started.send(Ok(DriverKind::Epoll));
                     rt.block_on(run(shared, spec, false));
                 }
