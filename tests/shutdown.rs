@@ -121,6 +121,51 @@ fn sigint_loses_nothing_answered() {
     a_stop_loses_nothing_answered("uring", "-INT");
 }
 
+/// SIGTERM stops accepting, but a request already begun is read to its
+/// end, answered and stored before the process exits 0; an idle
+/// keep-alive connection is closed by then.
+#[test]
+fn sigterm_stops_accepting_and_finishes_a_request_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::process::serve(dir.path(), &["--workers", "1"], &[]);
+    let addr = server.addr;
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET /i?adv=demo HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(common::read_responses(&mut idle, 1)[0].status, 200);
+    let body = b"adv=demo&ev=page_view&pid=in-flight";
+    let mut begun = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        begun,
+        "POST /e HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    begun.write_all(&body[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    server.signal("-TERM");
+    // New connections find nobody accepting.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The begun request is still read and answered.
+    begun.write_all(&body[10..]).unwrap();
+    assert_eq!(common::read_responses(&mut begun, 1)[0].status, 204);
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert!(common::closed(&mut idle));
+    let records = common::records(dir.path());
+    let page_views: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "page_view")
+        .collect();
+    assert_eq!(page_views.len(), 1, "{records:?}");
+    assert_eq!(page_views[0]["products"], serde_json::json!(["in-flight"]));
+}
+
 /// A first write to fresh memory must not fault in a whole huge page while
 /// requests wait (`forgo_huge_pages` in the server).
 #[test]
