@@ -128,16 +128,7 @@ fn a_forced_io_uring_driver_refuses_to_start_and_says_why() {
     for (errno, words) in REFUSALS {
         let dir = tempfile::tempdir().unwrap();
         let mut command = refusing_io_uring(Command::new(env!("CARGO_BIN_EXE_trackplane")), errno);
-        let out = command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--driver", "uring", "--data-dir"])
-            .arg(dir.path())
+        let out = common::process::serving_args(&mut command, dir.path(), &["--driver", "uring"])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

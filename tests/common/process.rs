@@ -42,17 +42,7 @@ pub fn serve_command(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Served {
-    let mut child = command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
+    let mut child = serving_args(&mut command, data_dir, args)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
@@ -90,6 +80,26 @@ pub fn serve_command(
         admin: admin.parse().unwrap(),
         log,
     }
+}
+
+/// `command` with `serve`'s arguments here: loopback, port 0 for both
+/// ports, `data_dir`, then `args`.
+pub fn serving_args<'a>(
+    command: &'a mut Command,
+    data_dir: &Path,
+    args: &[&str],
+) -> &'a mut Command {
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
 }
 
 /// The value of `key=value` in a log line, parsed.
