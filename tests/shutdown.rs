@@ -166,6 +166,33 @@ fn sigterm_stops_accepting_and_finishes_a_request_in_flight() {
     assert_eq!(page_views[0]["products"], serde_json::json!(["in-flight"]));
 }
 
+/// A connection that has sent nothing (as browsers open them ahead of
+/// need) holds a stop for a moment, not for its header timeout; one that
+/// sends its request within that moment is still answered.
+#[test]
+fn a_silent_connection_holds_a_stop_for_a_moment_not_its_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::process::serve(dir.path(), &["--workers", "1"], &[]);
+    let mut silent = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut late = std::net::TcpStream::connect(server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let began = Instant::now();
+    server.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    late.write_all(b"GET /i?adv=demo&pid=late HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(common::read_responses(&mut late, 1)[0].status, 200);
+    let status = server.wait_exit(Duration::from_secs(20));
+    let took = began.elapsed();
+    assert!(status.success(), "{status:?}");
+    // The header timeout is 10 s; the moment is 1 s.
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    assert!(common::closed(&mut silent));
+    let records = common::records(dir.path());
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["products"], serde_json::json!(["late"]));
+}
+
 /// A first write to fresh memory must not fault in a whole huge page while
 /// requests wait (`forgo_huge_pages` in the server).
 #[test]

@@ -47,10 +47,9 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     let lingering = Duration::from_millis(cfg.lingering_close_ms);
     let mut rbuf: Vec<u8> = Vec::with_capacity(INITIAL_READ);
     let mut wbuf: Vec<u8> = Vec::with_capacity(INITIAL_WRITE);
+    // Fresh until its first bytes arrive: shutdown waits for it a moment
+    // (`worker::FRESH_GRACE`), then for what it began.
     let mut busy = Busy::new(&worker);
-    // A client that connected waits for an answer: until its first request
-    // is answered (or its header timeout passes) shutdown waits for it too.
-    busy.set(true);
     let mut fresh = true;
     // When the bytes last read arrived, for deadlines and event times
     // alike: the runtime's reading from when it reaped them
@@ -370,20 +369,31 @@ async fn wait_durable(worker: &Worker, seq: u64) {
     }
 }
 
-/// Counts the connection as in flight (holding part of a request) while set,
-/// so that shutdown waits for it; clears itself when dropped.
+/// Counts the connection as fresh (accepted, nothing read) until it is
+/// first set, and as in flight (holding part of a request) while set, so
+/// that shutdown waits for it; clears itself when dropped.
 struct Busy<'a> {
     worker: &'a Worker,
     on: bool,
+    fresh: bool,
 }
 
 impl<'a> Busy<'a> {
     fn new(worker: &'a Worker) -> Busy<'a> {
         worker.metrics.connections_open.inc();
-        Busy { worker, on: false }
+        worker.fresh.set(worker.fresh.get() + 1);
+        Busy {
+            worker,
+            on: false,
+            fresh: true,
+        }
     }
 
     fn set(&mut self, on: bool) {
+        if self.fresh {
+            self.fresh = false;
+            self.worker.fresh.set(self.worker.fresh.get() - 1);
+        }
         if on != self.on {
             self.on = on;
             let n = self.worker.in_flight.get();

@@ -63,6 +63,8 @@ pub struct Worker {
     pub metrics: Arc<WorkerMetrics>,
     /// Connections holding part of a request or an unsent answer.
     pub in_flight: Cell<usize>,
+    /// Connections accepted that have sent nothing yet.
+    pub fresh: Cell<usize>,
     /// Connections open.
     pub connections: Cell<usize>,
 }
@@ -172,6 +174,10 @@ fn uring_refusal() -> String {
         Ok(_) => "the kernel lacks io_uring operations the runtime needs".to_owned(),
     }
 }
+
+/// How long a stopping worker waits for connections that have sent
+/// nothing yet: round trips, with room to spare.
+const FRESH_GRACE: Duration = Duration::from_secs(1);
 
 type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
 
@@ -318,6 +324,7 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
         handler: RefCell::new(handler),
         metrics: spec.metrics,
         in_flight: Cell::new(0),
+        fresh: Cell::new(0),
         connections: Cell::new(0),
     });
 
@@ -371,8 +378,19 @@ async fn run(shared: Arc<Shared>, spec: WorkerSpec, batched: bool) {
     for l in loops {
         l.await;
     }
-    let deadline = monoio::time::Instant::now() + drain;
-    while worker.in_flight.get() > 0 && monoio::time::Instant::now() < deadline {
+    // Requests begun are finished, up to the drain timeout. A client that
+    // has just connected sends its request within a round trip, so it is
+    // waited for that long (FRESH_GRACE), not its header timeout: a
+    // connection opened ahead of need, as browsers open them, held every
+    // stop for the whole header timeout (10 s by default).
+    let stopped = monoio::time::Instant::now();
+    let (deadline, fresh_until) = (stopped + drain, stopped + FRESH_GRACE.min(drain));
+    loop {
+        let now = monoio::time::Instant::now();
+        let waiting = worker.in_flight.get() > 0 || (worker.fresh.get() > 0 && now < fresh_until);
+        if !waiting || now >= deadline {
+            break;
+        }
         monoio::time::sleep(Duration::from_millis(2)).await;
     }
     // What was answered is recorded, and packed for the store, before the
