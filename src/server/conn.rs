@@ -50,7 +50,6 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
     // Fresh until its first bytes arrive: shutdown waits for it a moment
     // (`worker::FRESH_GRACE`), then for what it began.
     let mut busy = Busy::new(&worker);
-    let mut fresh = true;
     // When the bytes last read arrived, for deadlines and event times
     // alike: the runtime's reading from when it reaped them
     // (`monoio::time::recent`), so that a request costs no clock read of
@@ -181,7 +180,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
         if more {
             continue;
         }
-        if rbuf.is_empty() && !fresh {
+        if rbuf.is_empty() && !busy.fresh {
             busy.set(false);
             if rbuf.capacity() > KEEP_READ {
                 rbuf = Vec::with_capacity(INITIAL_READ);
@@ -205,7 +204,7 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
         // its answer went out: the answers are small, and a client that
         // does not read them keeps the write, not the idle wait, pending
         // (until the send timeout).
-        let deadline = if fresh {
+        let deadline = if busy.fresh {
             started + header_timeout
         } else if rbuf.is_empty() {
             arrived + idle
@@ -231,7 +230,6 @@ pub async fn serve(worker: Rc<Worker>, mut stream: TcpStream, peer: SocketAddr) 
                 // From the first byte of a request until its answer is
                 // written, shutdown waits for this connection.
                 busy.set(true);
-                fresh = false;
                 arrived = monoio::time::recent();
                 if len == 0 {
                     started = arrived;
