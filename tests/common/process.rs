@@ -42,7 +42,14 @@ pub fn serve_command(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Served {
-    let mut child = serving_args(&mut command, data_dir, args)
+    serving_args(&mut command, data_dir, args);
+    run(command, env)
+}
+
+/// Runs `command` as it is (a server that reads its ports from a file, or
+/// the embedded default's), with `env`, until its start-up log line.
+pub fn run(mut command: Command, env: &[(&str, &str)]) -> Served {
+    let mut child = command
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
