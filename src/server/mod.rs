@@ -498,8 +498,8 @@ impl Server {
         };
         notify::Notifier::from_env()
             .notify(&format!("{main_pid}READY=1\nSTATUS=serving on {data_addr}"));
-        let driver = server.drivers.first().map_or("none", |d| d.as_str());
-        tracing::info!(listen = %data_addr, admin = %admin_addr, workers, driver, background, node = %shared.node, "trackplane serving");
+        let driver = DriverKind::describe(&server.drivers);
+        tracing::info!(listen = %data_addr, admin = %admin_addr, workers, driver = driver.as_str(), background, node = %shared.node, "trackplane serving");
         Ok(server)
     }
 

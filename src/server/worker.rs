@@ -47,6 +47,35 @@ impl DriverKind {
             DriverKind::Epoll => "epoll",
         }
     }
+
+    /// The drivers of all workers, as the start line gives them: one name
+    /// when they agree, as they do unless the kernel refused some workers'
+    /// rings and not others' (a limit on rings or their memory), else
+    /// each driver with the workers on it.
+    pub fn describe(drivers: &[DriverKind]) -> String {
+        let mut kinds: Vec<DriverKind> = Vec::new();
+        for &d in drivers {
+            if !kinds.contains(&d) {
+                kinds.push(d);
+            }
+        }
+        match kinds.as_slice() {
+            [] => "none".to_owned(),
+            [one] => one.as_str().to_owned(),
+            _ => kinds
+                .iter()
+                .map(|&kind| {
+                    let on: Vec<String> = (0..drivers.len())
+                        .filter(|&i| drivers[i] == kind)
+                        .map(|i| i.to_string())
+                        .collect();
+                    let noun = if on.len() == 1 { "worker" } else { "workers" };
+                    format!("{} ({noun} {})", kind.as_str(), on.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
 }
 
 /// A worker's state, shared by its connection tasks on its one thread.
@@ -463,5 +492,28 @@ async fn pack_the_rest(mut packer: Packer, shared: &Shared, index: usize, patien
         }
         shared.store_status.nudge();
         monoio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DriverKind;
+
+    #[test]
+    fn the_start_line_names_each_driver_with_its_workers_when_they_differ() {
+        let ring = DriverKind::Uring {
+            batched: false,
+            multishot: true,
+        };
+        assert_eq!(DriverKind::describe(&[]), "none");
+        assert_eq!(
+            DriverKind::describe(&[ring, ring]),
+            "io_uring, multishot receive"
+        );
+        assert_eq!(DriverKind::describe(&[DriverKind::Epoll]), "epoll");
+        assert_eq!(
+            DriverKind::describe(&[ring, DriverKind::Epoll, ring]),
+            "io_uring, multishot receive (workers 0, 2); epoll (worker 1)"
+        );
     }
 }
