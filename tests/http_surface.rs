@@ -529,12 +529,11 @@ fn a_stalled_body_gets_408_and_a_slow_one_is_read(d: Driver) {
     assert!(began.elapsed() >= Duration::from_millis(900));
     assert_eq!(read_responses(&mut slow, 1)[0].status, 204);
     let records = s.stop();
-    let bodies: Vec<_> = records
-        .iter()
-        .filter(|r| r["type"] == "page_view")
-        .collect();
-    assert_eq!(bodies.len(), 1, "{records:?}");
-    assert_eq!(bodies[0]["products"], serde_json::json!(["slow-body"]));
+    assert_eq!(
+        common::products_of(&records, "page_view"),
+        [serde_json::json!(["slow-body"])],
+        "{records:?}"
+    );
 }
 
 fn connection_cap_per_worker(d: Driver) {

@@ -158,12 +158,11 @@ fn sigterm_stops_accepting_and_finishes_a_request_in_flight() {
     assert!(status.success(), "{status:?}");
     assert!(common::closed(&mut idle));
     let records = common::records(dir.path());
-    let page_views: Vec<_> = records
-        .iter()
-        .filter(|r| r["type"] == "page_view")
-        .collect();
-    assert_eq!(page_views.len(), 1, "{records:?}");
-    assert_eq!(page_views[0]["products"], serde_json::json!(["in-flight"]));
+    assert_eq!(
+        common::products_of(&records, "page_view"),
+        [serde_json::json!(["in-flight"])],
+        "{records:?}"
+    );
 }
 
 /// A connection that has sent nothing (as browsers open them ahead of

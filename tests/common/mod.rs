@@ -195,6 +195,15 @@ pub fn records(data_dir: &Path) -> Vec<serde_json::Value> {
     out
 }
 
+/// The products of each record of event type `kind`, in stored order.
+pub fn products_of(records: &[serde_json::Value], kind: &str) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["type"] == kind)
+        .map(|r| r["products"].clone())
+        .collect()
+}
+
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
