@@ -226,6 +226,17 @@ fn limits_answer_with_their_status(d: Driver) {
             501,
         ),
         (
+            "chunked not last",
+            b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "chunked twice",
+            b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
             "chunked and length",
             b"POST /batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
                 .to_vec(),

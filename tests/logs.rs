@@ -153,7 +153,7 @@ fn no_personal_data_in_the_log(driver: &str) {
             405,
         ),
         (
-            format!("GET /i?{uid} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: BodySentinel\r\n\r\n")
+            format!("GET /i?{uid} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: BodySentinel, chunked\r\n\r\n")
                 .into_bytes(),
             501,
         ),

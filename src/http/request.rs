@@ -112,9 +112,53 @@ pub enum HeadError {
     /// The declared body is larger than allowed: 413.
     #[error("request body too large")]
     BodyTooLarge,
-    /// A transfer coding other than `chunked`: 501.
+    /// A transfer coding under `chunked` (`gzip, chunked`): 501.
     #[error("transfer coding not implemented")]
     NotImplemented,
+}
+
+/// The transfer codings a request names, over all its `Transfer-Encoding`
+/// fields (one list, RFC 9110 §5.3), as far as framing needs them.
+#[derive(Default)]
+struct Codings {
+    /// Whether a `Transfer-Encoding` field was sent.
+    present: bool,
+    /// Codings named, empty list elements aside.
+    named: usize,
+    /// Times `chunked` was named.
+    chunked: usize,
+    /// Whether the last coding named is `chunked`.
+    chunked_last: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        for coding in value.split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            let chunked = coding.eq_ignore_ascii_case(b"chunked");
+            self.named += 1;
+            self.chunked += usize::from(chunked);
+            self.chunked_last = chunked;
+        }
+    }
+
+    /// Whether the body is chunked. A body whose last coding is not
+    /// `chunked` (an empty list included), or that is chunked twice, has
+    /// no length a server can rely on: 400 (RFC 9112 §6.3, §6.1). One chunked over another
+    /// coding (`gzip, chunked`) is framed, but its coding is one this
+    /// server does not decode: 501.
+    fn framing(&self) -> Result<bool, HeadError> {
+        match (self.present, self.chunked, self.chunked_last) {
+            (false, _, _) => Ok(false),
+            (_, 1, true) if self.named == 1 => Ok(true),
+            (_, 1, true) => Err(HeadError::NotImplemented),
+            _ => Err(HeadError::Malformed),
+        }
+    }
 }
 
 /// Parses a request head at the start of `buf`. `Ok(None)` means the head is
@@ -181,7 +225,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
         do_not_track: false,
     };
     let mut seen_length = false;
-    let mut seen_coding = false;
+    let mut codings = Codings::default();
     let mut hosts = 0u32;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -218,18 +262,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
                 seen_length = true;
                 head.content_length = n;
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                // Only `chunked`, once: anything layered on it is not
-                // implemented (RFC 9112 §6.1).
-                if seen_coding || !value.eq_ignore_ascii_case(b"chunked") {
-                    return Err(HeadError::NotImplemented);
-                }
-                seen_coding = true;
-                head.chunked = true;
-            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => codings.add(value),
             _ => {}
         }
     }
+    head.chunked = codings.framing()?;
     // Both framings at once is how requests are smuggled past proxies;
     // HTTP/1.0 has no chunked coding (RFC 9112 §6.1, §6.3).
     if head.chunked && (seen_length || minor_version == 0) {
@@ -369,9 +406,18 @@ mod tests {
         assert_eq!(parse(body).unwrap_err(), HeadError::BodyTooLarge);
         let chunked = b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n";
         assert!(parse(chunked).unwrap().unwrap().chunked);
+        let listed = b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: , chunked\r\n\r\n";
+        assert!(parse(listed).unwrap().unwrap().chunked);
         for (bad, why) in [
-            (&b"POST /e HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..], HeadError::NotImplemented),
-            (b"POST /e HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::NotImplemented),
+            (&b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..], HeadError::NotImplemented),
+            (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::NotImplemented),
+            // The last coding not chunked, or chunked twice: no length to
+            // rely on (RFC 9112 §6.3, §6.1).
+            (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", HeadError::Malformed),
+            (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", HeadError::Malformed),
+            (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::Malformed),
+            (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", HeadError::Malformed),
+            (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\nContent-Length: 2\r\n\r\n", HeadError::Malformed),
             (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", HeadError::Malformed),
             (b"POST /e HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::Malformed),
         ] {
