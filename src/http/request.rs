@@ -148,9 +148,9 @@ impl Codings {
 
     /// Whether the body is chunked. A body whose last coding is not
     /// `chunked` (an empty list included), or that is chunked twice, has
-    /// no length a server can rely on: 400 (RFC 9112 §6.3, §6.1). One chunked over another
-    /// coding (`gzip, chunked`) is framed, but its coding is one this
-    /// server does not decode: 501.
+    /// no length a server can rely on: 400 (RFC 9112 §6.3, §6.1). One
+    /// chunked over another coding (`gzip, chunked`) is framed, but its
+    /// coding is one this server does not decode: 501.
     fn framing(&self) -> Result<bool, HeadError> {
         match (self.present, self.chunked, self.chunked_last) {
             (false, _, _) => Ok(false),
