@@ -91,10 +91,6 @@ pub struct WorkerMetrics {
     pub wake_batching: Counter,
     /// Times the worker started or stopped batching its wake-ups.
     pub wake_batch_changes: Counter,
-    /// 1 once the worker serves on io_uring, else 0.
-    pub on_uring: Counter,
-    /// 1 once the worker serves on epoll, else 0.
-    pub on_epoll: Counter,
 }
 
 impl WorkerMetrics {
@@ -240,16 +236,6 @@ pub fn render(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
         "gauge",
         "Workers batching their wake-ups now (busier than server.wake_batch_busy_percent).",
         one(&|w| w.wake_batching.get()),
-    );
-    family(
-        out,
-        "trackplane_workers",
-        "gauge",
-        "Workers serving, by I/O driver: epoll where the kernel refused io_uring, or where --driver epoll chose it.",
-        [
-            ("driver=\"io_uring\"".to_owned(), sum(&|w| w.on_uring.get())),
-            ("driver=\"epoll\"".to_owned(), sum(&|w| w.on_epoll.get())),
-        ],
     );
     family(
         out,

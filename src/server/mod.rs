@@ -451,6 +451,7 @@ impl Server {
         }
         let page = Arc::new(MetricsPage {
             workers: worker_metrics,
+            drivers: drivers.clone(),
             store: store.metrics.clone(),
             shared: shared.clone(),
             recovery,

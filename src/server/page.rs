@@ -9,6 +9,8 @@ use crate::server::{metrics, Shared};
 /// Everything the metrics page reads, behind one `render`.
 pub(super) struct MetricsPage {
     pub workers: Vec<Arc<metrics::WorkerMetrics>>,
+    /// The driver each worker reported when its runtime was up.
+    pub drivers: Vec<crate::server::DriverKind>,
     pub store: Arc<crate::store::StoreMetrics>,
     pub shared: Arc<Shared>,
     pub recovery: RecoveryCounts,
@@ -23,6 +25,22 @@ impl MetricsPage {
         metrics::render(&mut out, &self.workers);
         self.store.render(&mut out);
         let one = |v: u64| [(String::new(), v)];
+        let on = |uring: bool| {
+            self.drivers
+                .iter()
+                .filter(|d| d.is_uring() == uring)
+                .count() as u64
+        };
+        family(
+            &mut out,
+            "trackplane_workers",
+            "gauge",
+            "Workers serving, by I/O driver: epoll where the kernel refused io_uring, or where --driver epoll chose it.",
+            [
+                ("driver=\"io_uring\"".to_owned(), on(true)),
+                ("driver=\"epoll\"".to_owned(), on(false)),
+            ],
+        );
         let (shared, view) = (&self.shared, &self.shared.view);
         family(
             &mut out,

@@ -48,6 +48,11 @@ impl DriverKind {
         }
     }
 
+    /// Whether this is io_uring (in whichever setting).
+    pub fn is_uring(self) -> bool {
+        matches!(self, DriverKind::Uring { .. })
+    }
+
     /// The drivers of all workers, as the start line gives them: one name
     /// when they agree, as they do unless the kernel refused some workers'
     /// rings and not others' (a limit on rings or their memory), else
@@ -167,7 +172,6 @@ pub fn spawn(
                     shared.config.server.multishot_recv,
                 ) {
                     Ok((mut rt, kind)) => {
-                        spec.metrics.on_uring.set(1);
                         let _ = started.send(Ok(kind));
                         let batched = matches!(kind, DriverKind::Uring { batched: true, .. });
                         rt.block_on(run(shared, spec, batched));
@@ -182,7 +186,6 @@ pub fn spawn(
             }
             match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
                 Ok(mut rt) => {
-                    spec.metrics.on_epoll.set(1);
                     let _ = started.send(Ok(DriverKind::Epoll));
                     rt.block_on(run(shared, spec, false));
                 }
